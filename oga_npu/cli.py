@@ -1,0 +1,317 @@
+"""`oga-npu` command line: thin commands over the library, one error boundary.
+
+Results go to stdout; progress, warnings and hints to stderr. Library errors become
+`Error: ...` and `Fix: ...` on stderr with exit code 1 (130 for Ctrl+C);
+OGA_NPU_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import OgaNpuError
+
+app = typer.Typer(
+    name="oga-npu",
+    help="Prepare Hugging Face models for ONNX Runtime GenAI (CPU, WebGPU, Ryzen AI NPU) and chat with them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+log = logging.getLogger("oga_npu")
+
+# Shared options, declared once.
+ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Prepared model folder (see `oga-npu models`).")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
+Temperature = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy.")]
+TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling, in (0, 1].")]
+TopK = Annotated[int, typer.Option("--top-k", help="0 = off.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
+Provider = Annotated[Optional[str], typer.Option("--provider", help="cpu|webgpu|dml|cuda|ryzenai (default: the model's).")]
+Fallback = Annotated[Optional[str], typer.Option("--fallback", help="'cpu': run on the CPU if the provider is missing.")]
+ChatTemplate = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file to use.")]
+Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
+
+
+def _stderr_tty() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+class StageProgress:
+    """One line per stage on stderr; a live elapsed-time spinner on a terminal."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0: dict[str, float] = {}
+        self.status = None
+
+    def __call__(self, event: str, stage: str, index: int, total: int, message: str) -> None:
+        if self.quiet:
+            return
+        head = f"[{index}/{total}] {stage}"
+        if event == "start":
+            self.t0[stage] = time.monotonic()
+            if _stderr_tty():
+                from rich.console import Console
+
+                self.status = Console(stderr=True).status(f"{head} … {message}".rstrip(" …"))
+                self.status.start()
+            else:
+                print(f"{head} … {message}".rstrip(" …"), file=sys.stderr, flush=True)
+            return
+        self._stop()
+        if event == "note":
+            print(f"note: {message}", file=sys.stderr, flush=True)
+        elif event == "skip":
+            print(f"{head} … {message}", file=sys.stderr, flush=True)
+        elif event == "done":
+            secs = time.monotonic() - self.t0.get(stage, time.monotonic())
+            msg = message if message else f"done ({secs:.0f} s)"
+            print(f"{head} … {msg}", file=sys.stderr, flush=True)
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+def _options(max_tokens, temperature, top_p, top_k, seed, stop=None):
+    from .generate import GenerationOptions
+
+    return GenerationOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                             seed=seed, stop=tuple(stop or ()))
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@app.command()
+def prepare(
+    source: Annotated[str, typer.Argument(help="Hugging Face id, local HF folder, or .gguf file.")],
+    target: Annotated[str, typer.Option("--target", help="cpu | webgpu | dml | hybrid | npu")] = "cpu",
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path.")] = "default",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild every stage, replacing a ready folder.")] = False,
+    from_stage: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
+    calib_file: Annotated[Optional[Path], typer.Option("--calib-file", help="Text file for AWQ/GPTQ calibration.")] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="DD_PLUGINS_TRACING=1 for the Ryzen AI tools; logs kept.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the model folder.")] = False,
+) -> None:
+    """Quantize (Quark), build (OGA model builder) and validate a model for a target."""
+    from .pipeline import PrepareRequest
+    from .pipeline import prepare as do_prepare
+
+    req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
+                         from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace)
+    result = do_prepare(req, StageProgress(quiet or dry_run))
+    if dry_run:
+        print("\n".join(result.plan))
+        return
+    if not quiet:
+        done = [r for r in result.stages if r.status == "done"]
+        if not done:
+            print(f"{result.output} is ready (every stage already done)", file=sys.stderr)
+        validate = (result.manifest or {}).get("stages", {}).get("validate", {}).get("detail", {})
+        if validate.get("answer"):
+            print(f"validate: {validate['prompt']!r} -> {validate['answer'].strip()!r} ({validate['provider']})",
+                  file=sys.stderr)
+        print(f"next: oga-npu chat -m {result.output}", file=sys.stderr)
+    print(result.output)
+
+
+# ---------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Argument(help="The prompt ('-' reads stdin).")],
+    model: ModelDir,
+    max_tokens: MaxTokens = 256,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    seed: Seed = None,
+    stop: Stop = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    chat_template: ChatTemplate = None,
+    provider: Provider = None,
+    fallback: Fallback = None,
+    timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s to stderr.")] = False,
+) -> None:
+    """One-shot generation, streamed to stdout."""
+    from .generate import stream_generate
+    from .model import load
+
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    opts = _options(max_tokens, temperature, top_p, top_k, seed, stop)
+    opts.validate()
+    lm = load(model, provider=provider, fallback=fallback)
+    template = chat_template.read_text(encoding="utf-8") if chat_template else None
+    if system and not raw:
+        prompt_in = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    else:
+        prompt_in = prompt
+    last = None
+    for ev in stream_generate(lm, prompt_in, opts, raw=raw, chat_template=template):
+        sys.stdout.write(ev.text)
+        sys.stdout.flush()
+        last = ev
+    sys.stdout.write("\n")
+    if timings and last:
+        _print_timings(last)
+
+
+def _print_timings(ev) -> None:
+    ttft = f"{ev.ttft * 1000:.0f} ms" if ev.ttft else "-"
+    pre = f"{ev.prefill_tps:.1f}" if ev.prefill_tps else "-"
+    dec = f"{ev.decode_tps:.1f}" if ev.decode_tps else "-"
+    print(f"[{ev.provider}] prompt {ev.prompt_tokens} tok, generated {ev.generated_tokens} tok, TTFT {ttft}, "
+          f"prefill {pre} tok/s, decode {dec} tok/s, finish {ev.finish_reason}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- chat
+
+
+@app.command()
+def chat(
+    model: ModelDir,
+    max_tokens: MaxTokens = 512,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    top_k: TopK = 0,
+    seed: Seed = None,
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    chat_template: ChatTemplate = None,
+    provider: Provider = None,
+    fallback: Fallback = None,
+    timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s after each answer.")] = False,
+) -> None:
+    """Interactive chat (/help for commands). With stdin not a terminal: one message per line."""
+    from .chat import ChatSession, repl
+    from .model import load
+
+    opts = _options(max_tokens, temperature, top_p, top_k, seed)
+    opts.validate()
+    lm = load(model, provider=provider, fallback=fallback)
+    template = chat_template.read_text(encoding="utf-8") if chat_template else None
+    session = ChatSession(lm, opts, system=system, chat_template=template)
+    repl(session, timings=timings)
+
+
+# ---------------------------------------------------------------- models / recipes / env
+
+
+@app.command()
+def models(
+    root: Annotated[Optional[Path], typer.Argument(help="Folder to list (default: models/).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """List prepared models with target, recipe, size and state."""
+    from .inventory import list_models
+
+    rows = list_models(root)
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        return
+    if not rows:
+        print(f"no models in {root or 'models/'} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
+        return
+    w = max(len(str(r.path)) for r in rows)
+    print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<10} {'SIZE':>9}  STATE")
+    for r in rows:
+        print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<10} {r.size_mb:>7.1f}MB  {r.state}")
+
+
+@app.command()
+def recipes() -> None:
+    """List the recipes prepare can use."""
+    from .recipe import list_recipes, load_recipe
+
+    for name, path in list_recipes().items():
+        try:
+            desc = load_recipe(str(path)).description
+        except OgaNpuError as e:
+            desc = f"(invalid: {e.message})"
+        print(f"{name:<12} {desc}  [{path}]")
+
+
+@app.command()
+def env() -> None:
+    """Versions of oga-npu, OGA, ORT, Quark and the Ryzen AI tools."""
+    from .pipeline import installed_versions
+
+    for k, v in installed_versions().items():
+        print(f"{k}: {v or 'not installed'}")
+    import shutil
+
+    for tool in ("onnx_utils", "model_generate", "model_benchmark", "xrt-smi"):
+        print(f"{tool}: {shutil.which(tool) or 'not found'}")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"oga-npu {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show the version.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output on stderr.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one place library errors become a message and an exit code."""
+    debug = os.environ.get("OGA_NPU_DEBUG", "") not in ("", "0")
+    try:
+        app(args=argv, standalone_mode=False)
+    except OgaNpuError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"Error: {e.message}", file=sys.stderr)
+        if e.fix:
+            print(f"Fix: {e.fix}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        print(f"Error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        print("Fix: re-run with OGA_NPU_DEBUG=1 and report the traceback", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Typed errors. Each carries a one-line cause and a fix; `cli.main` prints both.
+
+The library raises these and never prints them; the CLI boundary turns them into
+`Error: <message>` plus `Fix: <fix>` on stderr and exit code 1 (OGA_NPU_DEBUG=1 adds
+the traceback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class OgaNpuError(Exception):
+    """Base class: `message` says what went wrong, `fix` what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, fix: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RecipeError(OgaNpuError):
+    """A recipe file is missing or has bad keys/values."""
+
+
+class SourceError(OgaNpuError):
+    """The model source (hub id, folder, .gguf) cannot be used."""
+
+
+class HubError(SourceError):
+    """Download from the Hugging Face hub failed (unknown id, gated, offline)."""
+
+
+class OutputExistsError(OgaNpuError):
+    """The output folder holds something we must not overwrite without --force."""
+
+
+class LockedError(OgaNpuError):
+    """Another prepare runs on the same output folder."""
+
+
+class ToolNotFound(OgaNpuError):
+    """An external tool is not installed / not on PATH."""
+
+
+class ToolFailed(OgaNpuError):
+    """An external tool exited non-zero."""
+
+    def __init__(self, tool: str, argv: list[str], code: int, tail: list[str], log_path: Path | None,
+                 version: str | None = None):
+        self.tool = tool
+        self.argv = argv
+        self.code = code
+        self.tail = tail
+        self.log_path = log_path
+        self.version = version
+        last = " | ".join(line.strip() for line in tail[-3:] if line.strip()) or "(no stderr)"
+        ver = f" {version}" if version else ""
+        msg = f"{tool}{ver} failed with exit code {code}: {last}"
+        fix = f"see the full log: {log_path}" if log_path else "re-run with OGA_NPU_DEBUG=1"
+        fix += "; re-running the same command resumes at this stage"
+        super().__init__(msg, fix)
+
+
+class ToolTimeout(ToolFailed):
+    pass
+
+
+class StageInterrupted(OgaNpuError):
+    """Ctrl+C during a stage: exit 130, the staging folder stays for the next run."""
+
+    exit_code = 130
+
+
+class ModelFolderError(OgaNpuError):
+    """A model folder is missing files, holds git-lfs pointers, or is unfinished."""
+
+
+class IncompleteModelError(ModelFolderError):
+    pass
+
+
+class ModelLoadError(OgaNpuError):
+    """OGA failed to load or run the model (translated where the cause is known)."""
+
+
+class ProviderError(OgaNpuError):
+    """An execution provider is missing; we never fall back to CPU silently."""
+
+
+class GenerationError(OgaNpuError):
+    """Bad generation options or a prompt that does not fit."""
+
+
+class ContextLengthError(GenerationError):
+    def __init__(self, prompt_tokens: int, max_tokens: int, context: int, what: str = "context length"):
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context = context
+        super().__init__(
+            f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) = {prompt_tokens + max_tokens} "
+            f"exceeds the model's {what} ({context})",
+            "shorten the prompt or lower --max-tokens",
+        )
+
+
+class ChatTemplateError(GenerationError):
+    pass
+
+
+class VersionError(OgaNpuError):
+    """Installed package versions do not match what the step needs."""
+
+
+class DeviceError(OgaNpuError):
+    """The machine lacks the device a target needs."""

@@ -1,0 +1,261 @@
+"""The one decode loop. `stream_generate` drives OGA's Generator token by token and
+yields `GenerationEvent`s; run, chat and bench all use it and nothing else touches the
+Generator.
+
+Streaming is exact: text is released only as whole characters (no U+FFFD when an emoji
+or CJK character spans tokens), so the concatenated deltas equal a one-shot decode; stop
+strings are never emitted, also when split across tokens, and text held back as a
+possible stop-string prefix is flushed when generation ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .errors import ChatTemplateError, ContextLengthError, GenerationError
+from .model import LoadedModel, translate
+
+Messages = Sequence[dict]
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_tokens: int = 256
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0 = off
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False          # benchmarks: always generate max_tokens
+
+    def validate(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise GenerationError(f"max_tokens must be >= 1 (got {self.max_tokens})", "pass --max-tokens 1 or more")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise GenerationError(f"temperature must be >= 0 (got {self.temperature})", "pass --temperature 0 or more")
+        if not (0 < self.top_p <= 1):
+            raise GenerationError(f"top_p must be in (0, 1] (got {self.top_p})", "pass --top-p between 0 (exclusive) and 1")
+        if self.top_k < 0:
+            raise GenerationError(f"top_k must be >= 0 (got {self.top_k})", "pass --top-k 0 (off) or more")
+        if self.repetition_penalty <= 0:
+            raise GenerationError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})",
+                                  "pass a positive --repetition-penalty (1.0 = off)")
+        if self.seed is not None and not (0 <= self.seed < 2**31):
+            raise GenerationError(f"seed must be in [0, 2^31) (got {self.seed})", "pass a smaller --seed")
+        if any(not s for s in self.stop):
+            raise GenerationError("stop strings must not be empty", "drop the empty --stop")
+
+
+@dataclass
+class GenerationEvent:
+    """One step of output. `text` is the new text (may be empty while text is held back)."""
+
+    text: str
+    token: int | None
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str | None = None   # stop (EOS) | stop_string | length | None while running
+    ttft: float | None = None          # seconds from start to the first new token
+    prefill_tps: float | None = None   # prompt tokens / TTFT
+    decode_tps: float | None = None    # tokens/s after the first
+    provider: str = "cpu"
+    timings: dict = field(default_factory=dict)
+
+
+def render_prompt(lm: LoadedModel, messages: Messages, chat_template: str | None = None) -> str:
+    """Apply the model's chat template (or an explicit one) to messages."""
+    template = chat_template or lm.chat_template()
+    if not template:
+        raise ChatTemplateError(f"{lm.path} has no chat template",
+                                "pass --chat-template FILE, or --raw to send the text as is")
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") \
+                or not isinstance(m.get("content"), str):
+            raise GenerationError(f"bad message {m!r}", "messages need a role (system/user/assistant) and text content")
+    try:
+        return lm.tokenizer.apply_chat_template(json.dumps(list(messages)), template_str=template,
+                                                add_generation_prompt=True)
+    except TypeError:  # pragma: no cover - older OGA without template_str
+        return lm.tokenizer.apply_chat_template(json.dumps(list(messages)), add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - jinja errors come back as RuntimeError
+        raise ChatTemplateError(f"the chat template failed: {str(e).splitlines()[0]}",
+                                "pass a working --chat-template FILE, or --raw") from e
+
+
+def encode(lm: LoadedModel, text: str) -> list[int]:
+    return [int(t) for t in lm.tokenizer.encode(text)]
+
+
+def check_fits(lm: LoadedModel, prompt_tokens: int, max_tokens: int) -> None:
+    if prompt_tokens + max_tokens > lm.context_length:
+        raise ContextLengthError(prompt_tokens, max_tokens, lm.context_length)
+    limit = lm.hybrid_limit
+    if limit is not None and prompt_tokens + max_tokens > limit:
+        raise ContextLengthError(prompt_tokens, max_tokens, limit, "NPU hybrid limit (no chunking)")
+
+
+class _Detokenizer:
+    """Incremental decode that releases only complete characters."""
+
+    def __init__(self, tokenizer, prompt_tail: list[int] | None = None):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0   # ids[prefix:read] decode to text already released
+        self.read = 0
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        prefix_text = self.tok.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        new_text = self.tok.decode(self.ids[self.prefix:])
+        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+            delta = new_text[len(prefix_text):]
+            self.prefix, self.read = self.read, len(self.ids)
+            return delta
+        return ""
+
+    def flush(self) -> str:
+        prefix_text = self.tok.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        new_text = self.tok.decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+
+
+class _StopFilter:
+    """Holds back text that may be the start of a stop string."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self.buf = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, stop string hit)."""
+        if not self.stops:
+            return text, False
+        self.buf += text
+        hits = [(self.buf.find(s), s) for s in self.stops if s in self.buf]
+        if hits:
+            idx = min(i for i, _ in hits)
+            out, self.buf = self.buf[:idx], ""
+            return out, True
+        hold = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(self.buf)), 0, -1):
+                if self.buf.endswith(s[:k]):
+                    hold = max(hold, k)
+                    break
+        out = self.buf[:len(self.buf) - hold]
+        self.buf = self.buf[len(self.buf) - hold:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None,
+                    *, raw: bool = False, chat_template: str | None = None) -> Iterator[GenerationEvent]:
+    """Generate from a prompt string (chat template applied unless raw), a message list,
+    or token ids; yields events, the last one with finish_reason set."""
+    import onnxruntime_genai as og
+
+    opts = options or GenerationOptions()
+    opts.validate()
+    t_start = time.perf_counter()
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise GenerationError("the prompt is empty", "give a prompt with some text")
+        text = prompt if raw else render_prompt(lm, [{"role": "user", "content": prompt}], chat_template)
+        ids = encode(lm, text)
+    elif prompt and isinstance(prompt[0], dict):
+        if not any(str(m.get("content", "")).strip() for m in prompt if m.get("role") == "user"):
+            raise GenerationError("the conversation has no user text", "give a prompt with some text")
+        ids = encode(lm, render_prompt(lm, prompt, chat_template))  # type: ignore[arg-type]
+    else:
+        ids = [int(t) for t in prompt]  # type: ignore[union-attr]
+    if not ids:
+        raise GenerationError("the prompt is empty", "give a prompt with some text")
+    t_tokenized = time.perf_counter()
+    n_prompt = len(ids)
+    check_fits(lm, n_prompt, opts.max_tokens)
+
+    params = og.GeneratorParams(lm.model)
+    search = {"max_length": n_prompt + opts.max_tokens, "do_sample": opts.temperature > 0,
+              "repetition_penalty": opts.repetition_penalty}
+    if opts.temperature > 0:
+        search.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or 0)
+    else:
+        search.update(top_k=1)
+    if opts.seed is not None:
+        search["random_seed"] = opts.seed
+    if opts.ignore_eos:
+        search["min_length"] = n_prompt + opts.max_tokens
+    try:
+        params.set_search_options(**search)
+        gen = og.Generator(lm.model, params)
+        gen.append_tokens(ids)
+    except Exception as e:  # noqa: BLE001
+        raise translate(e, lm.path) from e
+
+    eos = set(lm.eos_token_ids)
+    detok = _Detokenizer(lm.tokenizer)
+    stops = _StopFilter(opts.stop)
+    n_gen = 0
+    t_first = None
+    finish = None
+    tps = {}
+
+    def event(text: str, token: int | None, reason: str | None) -> GenerationEvent:
+        now = time.perf_counter()
+        ttft = (t_first - t_start) if t_first else None
+        dec = (n_gen - 1) / (now - t_first) if t_first and n_gen > 1 and now > t_first else None
+        tps.update(ttft=ttft, decode_tps=dec)
+        return GenerationEvent(text, token, n_prompt, n_gen, reason, ttft,
+                               (n_prompt / ttft) if ttft else None, dec, lm.provider,
+                               {"tokenize_s": t_tokenized - t_start})
+
+    try:
+        while True:
+            if gen.is_done():
+                finish = "length" if n_gen >= opts.max_tokens else "stop"
+                break
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+            n_gen += 1
+            if t_first is None:
+                t_first = time.perf_counter()
+            if token in eos and not opts.ignore_eos:
+                finish = "stop"
+                break
+            delta, hit = stops.push(detok.add(token))
+            if hit:
+                yield event(delta, token, "stop_string")
+                return
+            yield event(delta, token, None)
+            if n_gen >= opts.max_tokens:
+                finish = "length"
+                break
+    except GeneratorExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - native errors mid-generation
+        raise translate(e, lm.path) from e
+    finally:
+        del gen
+    rest, hit = stops.push(detok.flush())
+    tail = rest + ("" if hit else stops.flush())
+    yield event(tail, None, "stop_string" if hit else finish)
+
+
+def generate(lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None,
+             **kw) -> tuple[str, GenerationEvent]:
+    """Non-streaming: the whole text and the last event (with timings)."""
+    parts = []
+    last = None
+    for ev in stream_generate(lm, prompt, options, **kw):
+        parts.append(ev.text)
+        last = ev
+    return "".join(parts), last  # type: ignore[return-value]

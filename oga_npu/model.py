@@ -1,0 +1,279 @@
+"""Opening an OGA model folder: checks before OGA sees it, providers, error translation.
+
+`check_folder` lists missing files, git-lfs pointer files and unfinished prepares so a
+user never reads "Protobuf parsing failed". `load` opens the folder with
+onnxruntime-genai on the provider the folder (or `provider=`) asks for and says which
+provider runs it; a provider that is not available is an error, never a CPU fallback,
+unless `fallback="cpu"` makes that explicit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelFolderError, ModelLoadError, ProviderError
+from .workdir import MANIFEST, folder_state, require_ready
+
+log = logging.getLogger(__name__)
+
+LFS_MAGIC = b"version https://git-lfs"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+PROVIDERS = ("cpu", "webgpu", "dml", "cuda", "ryzenai")
+# genai_config provider names as OGA spells them.
+OGA_PROVIDER_NAME = {"webgpu": "WebGPU", "dml": "dml", "cuda": "cuda", "ryzenai": "RyzenAI"}
+HYBRID_MAX_SEQ = 4096
+
+# Known opaque runtime messages -> (cause, fix). Matched in order, first wins.
+KNOWN_ERRORS: list[tuple[str, str, str]] = [
+    (r"input_ids is empty", "the prompt is empty", "give a non-empty prompt"),
+    (r"input_ids size \((\d+)\) \+ current sequence length \((\d+)\) exceeds max length \((\d+)\)",
+     "the prompt does not fit the model's max length", "shorten the prompt or lower --max-tokens"),
+    (r"Protobuf parsing failed",
+     "the ONNX file is not a valid model (often a git-lfs pointer, a truncated download, or the wrong file)",
+     "re-download or re-run prepare for this folder"),
+    (r"JSON Error: Unknown value|Unknown (key|value)",
+     "genai_config.json uses a key this onnxruntime-genai does not know (made by a newer builder?)",
+     "upgrade onnxruntime-genai, or rebuild the model with the installed version"),
+    (r"Unknown provider name '?(\w+)'?",
+     "this onnxruntime-genai build does not know the model's execution provider",
+     "install the runtime the model was built for (Ryzen AI's OGA for RyzenAI models), or re-run prepare for --target cpu"),
+    (r"invalid unordered_map<K, T> key",
+     "a Ryzen AI hybrid model on an unsupported CPU or a mismatched Ryzen AI runtime",
+     "run it on a Strix/Krackan NPU with the Ryzen AI release it was made with"),
+    (r"Error opening (.+)", "a file the model needs could not be opened", "check the folder with `oga-npu doctor -m DIR`"),
+    (r"Load model from .* failed", "ONNX Runtime could not load the model file", "check the folder with `oga-npu doctor -m DIR`"),
+]
+
+
+@dataclass
+class FolderReport:
+    path: Path
+    config: dict | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def is_lfs_pointer(path: Path) -> bool:
+    try:
+        if path.stat().st_size > 1024:
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(LFS_MAGIC)) == LFS_MAGIC
+    except OSError:
+        return False
+
+
+def external_data_files(onnx_path: Path) -> set[str]:
+    """Names of external data files an ONNX model refers to (read without loading weights)."""
+    try:
+        import onnx
+
+        m = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a broken file is reported by the caller
+        return set()
+    names = set()
+    for init in m.graph.initializer:
+        for kv in init.external_data:
+            if kv.key == "location":
+                names.add(kv.value)
+    return names
+
+
+def check_folder(path: Path, deep: bool = True) -> FolderReport:
+    """Everything we can say about a model folder without loading it."""
+    rep = FolderReport(path)
+    if not path.exists():
+        rep.problems.append(f"{path} does not exist")
+        return rep
+    if not path.is_dir():
+        rep.problems.append(f"{path} is not a folder")
+        return rep
+    cfg_path = path / "genai_config.json"
+    if not cfg_path.is_file():
+        rep.problems.append("genai_config.json is missing")
+    elif is_lfs_pointer(cfg_path):
+        rep.problems.append("genai_config.json is a git-lfs pointer file, not the real file (run `git lfs pull`)")
+    else:
+        try:
+            rep.config = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            rep.problems.append(f"genai_config.json is not valid JSON: {e}")
+    decoder_file = None
+    if rep.config:
+        decoder_file = rep.config.get("model", {}).get("decoder", {}).get("filename")
+        if not decoder_file:
+            rep.problems.append("genai_config.json names no model.decoder.filename")
+    onnx_files = [path / decoder_file] if decoder_file else sorted(path.glob("*.onnx"))
+    if decoder_file and not (path / decoder_file).is_file():
+        rep.problems.append(f"{decoder_file} is missing")
+    if not onnx_files:
+        rep.problems.append("no .onnx model file")
+    for f in onnx_files:
+        if f.is_file() and is_lfs_pointer(f):
+            rep.problems.append(f"{f.name} is a git-lfs pointer file, not the model (run `git lfs pull`)")
+        elif f.is_file() and deep:
+            for data in sorted(external_data_files(f)):
+                d = path / data
+                if not d.is_file():
+                    rep.problems.append(f"{data} is missing (external weights of {f.name})")
+                elif is_lfs_pointer(d):
+                    rep.problems.append(f"{data} is a git-lfs pointer file, not the weights (run `git lfs pull`)")
+        elif not f.is_file() and not decoder_file:
+            pass
+    if not any((path / t).is_file() for t in TOKENIZER_FILES):
+        rep.problems.append("tokenizer.json is missing")
+    else:
+        for t in TOKENIZER_FILES:
+            if (path / t).is_file() and is_lfs_pointer(path / t):
+                rep.problems.append(f"{t} is a git-lfs pointer file (run `git lfs pull`)")
+    return rep
+
+
+def translate(exc: Exception, path: Path | None = None) -> ModelLoadError:
+    text = str(exc)
+    for pattern, cause, fix in KNOWN_ERRORS:
+        if re.search(pattern, text):
+            first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+            return ModelLoadError(f"{cause} ({first})", fix)
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    where = f" loading {path}" if path else ""
+    return ModelLoadError(f"onnxruntime-genai failed{where}: {first}", "re-run with OGA_NPU_DEBUG=1 for the traceback")
+
+
+def configured_providers(config: dict) -> list[str]:
+    opts = config.get("model", {}).get("decoder", {}).get("session_options", {}).get("provider_options", [])
+    names = []
+    for entry in opts:
+        for k in entry:
+            names.append(k.lower())
+    return names or ["cpu"]
+
+
+def provider_available(provider: str) -> tuple[bool, str]:
+    """Whether this onnxruntime-genai can run `provider` here, and why not."""
+    import onnxruntime_genai as og
+
+    if provider == "cpu":
+        return True, ""
+    if provider == "cuda":
+        return bool(og.is_cuda_available()), "this onnxruntime-genai build has no CUDA (pip install onnxruntime-genai-cuda)"
+    if provider == "dml":
+        return bool(og.is_dml_available()), "DirectML needs Windows and onnxruntime-genai-directml"
+    if provider == "webgpu":
+        from . import webgpu
+
+        return webgpu.available()
+    if provider == "ryzenai":
+        ep = os.environ.get("RYZENAI_EP_PATH")
+        if not ep or not Path(ep).exists():
+            return False, ("the RyzenAI execution provider was not found: set RYZENAI_EP_PATH to its library "
+                           "(Ryzen AI Software on Windows with a Strix/Krackan NPU)")
+        return True, ""
+    return False, f"unknown provider '{provider}' (known: {', '.join(PROVIDERS)})"
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: object
+    tokenizer: object
+    config: dict
+    provider: str
+    manifest: dict | None = None
+
+    @property
+    def context_length(self) -> int:
+        m = self.config.get("model", {})
+        return int(m.get("context_length") or self.config.get("search", {}).get("max_length") or 2048)
+
+    @property
+    def hybrid_limit(self) -> int | None:
+        """The RyzenAI hybrid sequence limit without chunking (None when not hybrid)."""
+        if self.provider != "ryzenai":
+            return None
+        for entry in self.config["model"]["decoder"].get("session_options", {}).get("provider_options", []):
+            opts = entry.get("RyzenAI") or entry.get("ryzenai") or {}
+            if str(opts.get("hybrid_opt_chunk_context", "0")) == "1":
+                return None
+            if "hybrid_opt_max_seq_length" in opts:
+                return int(opts["hybrid_opt_max_seq_length"])
+        return HYBRID_MAX_SEQ
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = self.config.get("model", {}).get("eos_token_id", [])
+        ids = eos if isinstance(eos, list) else [eos]
+        try:
+            ids = list(dict.fromkeys([*ids, *[int(x) for x in self.tokenizer.eos_token_ids]]))
+        except AttributeError:  # pragma: no cover - older OGA
+            pass
+        return [int(i) for i in ids]
+
+    def chat_template(self) -> str | None:
+        return read_chat_template(self.path)
+
+
+def read_chat_template(path: Path) -> str | None:
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    tc = path / "tokenizer_config.json"
+    if tc.is_file():
+        try:
+            t = json.loads(tc.read_text(encoding="utf-8")).get("chat_template")
+        except ValueError:
+            return None
+        if isinstance(t, list):  # named templates: take "default"
+            t = next((x.get("template") for x in t if x.get("name") == "default"), None)
+        return t or None
+    return None
+
+
+def load(path: str | Path, provider: str | None = None, fallback: str | None = None) -> LoadedModel:
+    """Check and open a model folder. provider=None keeps what genai_config.json says."""
+    path = Path(path)
+    require_ready(path)
+    rep = check_folder(path)
+    if not rep.ok:
+        raise ModelFolderError(f"{path} cannot be loaded: " + "; ".join(rep.problems),
+                               "re-run prepare for this folder, or copy the missing files into it")
+    config = rep.config or {}
+    wanted = (provider or configured_providers(config)[0]).lower()
+    if wanted not in PROVIDERS:
+        raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")
+    ok, why = provider_available(wanted)
+    if not ok:
+        if fallback != "cpu":
+            raise ProviderError(f"provider {wanted} is not available: {why}",
+                                "install it, or pass --fallback cpu to run on the CPU instead (slower)")
+        log.warning("provider %s is not available (%s); falling back to cpu as asked", wanted, why)
+        wanted = "cpu"
+
+    import onnxruntime_genai as og
+
+    try:
+        ogc = og.Config(str(path))
+        if wanted != configured_providers(config)[0]:
+            ogc.clear_providers()
+            if wanted != "cpu":
+                ogc.append_provider(OGA_PROVIDER_NAME[wanted])
+        if wanted == "webgpu":
+            from . import webgpu
+
+            webgpu.register()
+        model = og.Model(ogc)
+        tokenizer = og.Tokenizer(model)
+    except Exception as e:  # OGA raises RuntimeError with native messages
+        raise translate(e, path) from e
+    manifest = None
+    if (path / MANIFEST).is_file():
+        manifest = folder_state(path).manifest
+    return LoadedModel(path, model, tokenizer, config, wanted, manifest)

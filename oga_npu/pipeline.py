@@ -1,0 +1,325 @@
+"""`prepare`: source -> stages (oga_npu.prepare.STAGES) -> published model folder.
+
+Each stage runs in `stages/<name>.partial/` and is renamed into place with a done.json
+marker holding its key (its inputs: the upstream key plus its own config), the tool
+versions and the seconds it took. A re-run skips stages whose key matches. The model
+folder's manifest is removed before anything changes and written last, so a folder
+interrupted at any point is never taken for a ready one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import OgaNpuError, OutputExistsError, RecipeError, StageInterrupted, VersionError
+from .prepare import STAGES
+from .prepare import source as source_mod
+from .recipe import TARGETS, Recipe, fitting_group_size, load_recipe
+from .tools import tool_env
+from .workdir import (
+    LOGS_DIR, REQUEST, begin_stage, finish_stage, folder_state, models_dir, partial_dir, prepare_lock, publish,
+    stage_dir, stage_done, unpublish, write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+# Checked before any long step: (distribution, minimum, below). Matches pyproject.toml.
+REQUIRED_VERSIONS = {
+    "onnxruntime-genai": ("0.18", "0.19"),
+    "onnxruntime": ("1.31", "1.32"),
+    "amd-quark": ("0.13", "0.14"),
+    "transformers": ("5.0", "6"),
+}
+VERSION_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers", "torch", "onnx",
+                    "huggingface-hub")
+DISK_FACTOR = 3.0  # quantized copy + ONNX weights + headroom, times the source weights
+
+
+@dataclass(frozen=True)
+class PrepareRequest:
+    source: str
+    target: str = "cpu"
+    recipe: str = "default"
+    output: Path | None = None
+    force: bool = False
+    from_stage: str | None = None
+    dry_run: bool = False
+    calib_file: Path | None = None
+    trace: bool = False
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What stages read: typed, frozen, no shared mutable state."""
+
+    target: str
+    recipe: Recipe
+    output: Path
+    calib_text: str
+    calib_key: str
+    versions: dict
+    trace: bool = False
+    env_extra: dict = field(default_factory=dict)
+
+    def tool_env(self, **extra: str) -> dict[str, str]:
+        env = dict(self.env_extra)
+        if self.trace:
+            env["DD_PLUGINS_TRACING"] = "1"
+        env.update(extra)
+        return tool_env(env)
+
+
+@dataclass
+class StageReport:
+    name: str
+    status: str       # done | skipped (already done) | planned
+    seconds: float = 0.0
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class PrepareResult:
+    output: Path
+    stages: list[StageReport]
+    manifest: dict | None = None
+    plan: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[str, str, int, int, str], None]  # (event, stage, index, total, message)
+
+
+def _noop(*_a) -> None:
+    pass
+
+
+def installed_versions() -> dict:
+    from importlib import metadata
+
+    out = {"oga-npu": __version__}
+    for name in VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def check_versions(versions: dict) -> None:
+    from packaging.version import Version
+
+    bad = []
+    for name, (lo, hi) in REQUIRED_VERSIONS.items():
+        found = versions.get(name)
+        if found is None:
+            bad.append(f"{name}: expected >={lo},<{hi}, found none")
+        elif not (Version(lo) <= Version(found) < Version(hi)):
+            bad.append(f"{name}: expected >={lo},<{hi}, found {found}")
+    if bad:
+        raise VersionError("wrong package versions: " + "; ".join(bad),
+                           "pip install -e . in a fresh virtual environment (see README)")
+
+
+def default_output(source: source_mod.Source, target: str) -> Path:
+    return models_dir() / f"{source.name}-{target}"
+
+
+def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> Recipe:
+    """Apply the group-size fallback when the model's layer widths are known."""
+    if hf_dir is None or not (hf_dir / "config.json").is_file():
+        return recipe
+    from .prepare.quantize import layer_input_widths
+
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    widths = layer_input_widths(cfg)
+    g = recipe.quantize.group_size
+    fit = fitting_group_size(g, widths)
+    if fit is None:
+        raise RecipeError(f"no Quark group size (128/64/32) divides this model's layer widths {widths}",
+                          "use a recipe with algorithm = 'none' and a builder-side int4 (or another model)")
+    if fit != g:
+        notes.append(f"group size {g} does not divide this model's layer widths {sorted(set(widths))}; "
+                     f"using {fit} instead")
+        return recipe.with_group_size(fit)
+    return recipe
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
+    if req.target not in TARGETS:
+        raise RecipeError(f"unknown target '{req.target}'", f"use one of: {', '.join(TARGETS)}")
+    recipe = load_recipe(req.recipe)
+    src = source_mod.classify(req.source)
+    out = Path(req.output) if req.output else default_output(src, req.target)
+    calib_text = str(req.calib_file) if req.calib_file else recipe.calibration.text
+    if req.calib_file and not Path(req.calib_file).is_file():
+        raise RecipeError(f"calibration file not found: {req.calib_file}", "pass an existing text file to --calib-file")
+    stages = [s for s in STAGES if s.applies(_probe_ctx(req.target, recipe, out))]
+    names = [s.NAME for s in stages]
+    if req.from_stage and req.from_stage not in names:
+        raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
+    notes: list[str] = []
+
+    if req.dry_run:
+        return _dry_run(req, recipe, src, out, calib_text, stages, notes)
+
+    versions = installed_versions()
+    check_versions(versions)
+    state = folder_state(out)
+    if state.state == "foreign":
+        raise OutputExistsError(f"{out} exists and is not an oga-npu model folder ({state.detail})",
+                                "pass --output with a new folder, or remove it")
+    if state.state == "ready" and state.request and state.request.get("source") \
+            and _norm_source(state.request["source"]) != _norm_source(req.source) and not req.force:
+        raise OutputExistsError(f"{out} holds a model prepared from {state.request['source']}",
+                                "pass --force to replace it, or --output another folder")
+
+    total = len(stages) + 1
+    progress("start", "source", 1, total, source_mod.plan(src))
+    resolved = source_mod.resolve(src)
+    progress("done" if not resolved.cached else "skip", "source", 1, total,
+             f"{resolved.hf_dir}" + (" (cached)" if resolved.cached else ""))
+    recipe = effective_recipe(recipe, resolved.hf_dir, notes)
+    for n in notes:
+        progress("note", "source", 1, total, n)
+    calib_key = "builtin" if calib_text == "builtin" else _file_key(Path(calib_text))
+    ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace)
+
+    # Keys chain: a change upstream invalidates everything after it.
+    keys, upstream = {}, _key(resolved.key)
+    for s in stages:
+        upstream = keys[s.NAME] = _key(upstream, s.NAME, s.key(ctx))
+    final_key = upstream
+
+    if state.state == "ready" and not req.force and not req.from_stage:
+        if (state.manifest or {}).get("key") == final_key:
+            reports = [StageReport(s.NAME, "skipped", 0.0, {"reason": "already done"}) for s in stages]
+            for i, s in enumerate(stages, start=2):
+                progress("skip", s.NAME, i, total, "already done")
+            return PrepareResult(out, reports, state.manifest, notes=notes)
+        raise OutputExistsError(f"{out} is a ready model prepared with other settings (recipe, target or source)",
+                                "pass --force to rebuild it, or --output another folder")
+    _check_disk(resolved.hf_dir, out)
+
+    reports: list[StageReport] = []
+    with prepare_lock(out):
+        write_json_atomic(out / REQUEST, {"source": req.source, "recipe": recipe.path or req.recipe,
+                                          "target": req.target, "oga_npu": __version__})
+        unpublish(out)
+        in_dir, model_dir = resolved.hf_dir, resolved.hf_dir
+        redo = req.force
+        for i, s in enumerate(stages, start=2):
+            if req.from_stage == s.NAME:
+                redo = True
+            done = stage_done(out, s.NAME)
+            if done and done.get("key") == keys[s.NAME] and not redo:
+                reports.append(StageReport(s.NAME, "skipped", 0.0, {"reason": "already done"}))
+                progress("skip", s.NAME, i, total, "already done")
+            else:
+                redo = True  # everything after a re-run stage re-runs too
+                progress("start", s.NAME, i, total, "")
+                part = begin_stage(out, s.NAME)
+                log_path = out / LOGS_DIR / f"{s.NAME}.log"
+                t0 = time.monotonic()
+                try:
+                    detail = s.run_stage(ctx, in_dir, part, log_path)
+                except KeyboardInterrupt as e:
+                    raise StageInterrupted(f"interrupted during {s.NAME}; {partial_dir(out, s.NAME)} is left for "
+                                           "the next run to clean", "re-run the same command to resume") from e
+                seconds = time.monotonic() - t0
+                finish_stage(out, s.NAME, part, {"stage": s.NAME, "key": keys[s.NAME], "seconds": round(seconds, 2),
+                                                 "versions": versions, "detail": detail})
+                reports.append(StageReport(s.NAME, "done", seconds, detail))
+                progress("done", s.NAME, i, total, _summary(s.NAME, detail, seconds))
+            if s.PRODUCES_MODEL:
+                model_dir = stage_dir(out, s.NAME)
+                in_dir = model_dir
+        manifest = {"key": final_key, "source": req.source, "source_kind": src.kind, "source_key": resolved.key,
+                    "recipe": recipe.name, "recipe_config": recipe.model_dump(mode="json", by_alias=True),
+                    "target": req.target, "versions": versions, "notes": notes,
+                    "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports}}
+        manifest = publish(out, model_dir, manifest)
+    return PrepareResult(out, reports, manifest, notes=notes)
+
+
+def _norm_source(s: str) -> str:
+    p = Path(s).expanduser()
+    return str(p.resolve()) if p.exists() else s
+
+
+def _file_key(p: Path) -> str:
+    from .workdir import file_fingerprint
+
+    return f"{p.name}:{file_fingerprint(p)}"
+
+
+def _summary(name: str, detail: dict, seconds: float) -> str:
+    if name == "validate" and "answer" in detail:
+        return f"{detail['answer'].strip()[:60]!r} ({seconds:.0f} s)"
+    if detail.get("skipped"):
+        return f"skipped: {detail['skipped']}"
+    return f"done ({seconds:.0f} s)"
+
+
+def _check_disk(hf_dir: Path, out: Path) -> None:
+    weights = sum(p.stat().st_size for p in hf_dir.glob("*.safetensors"))
+    need = int(weights * DISK_FACTOR)
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if need and free < need:
+        raise OgaNpuError(f"not enough disk space in {probe}: about {need / 1e9:.1f} GB needed, "
+                          f"{free / 1e9:.1f} GB free", "free some space or pass --output on another disk")
+
+
+def _probe_ctx(target: str, recipe: Recipe, out: Path) -> StageContext:
+    return StageContext(target, recipe, out, recipe.calibration.text, "", {})
+
+
+def _dry_run(req, recipe, src, out, calib_text, stages, notes) -> PrepareResult:
+    hf_guess = None
+    if src.kind == "folder":
+        hf_guess = Path(src.spec).expanduser().resolve()
+    elif src.kind == "gguf":
+        cached = source_mod.gguf_cache_dir(Path(src.spec).expanduser().resolve())
+        hf_guess = cached if (cached / "config.json").is_file() else None
+    recipe = effective_recipe(recipe, hf_guess, notes)
+    ctx = StageContext(req.target, recipe, out, calib_text, calib_text, {}, req.trace)
+    lines = [f"prepare {req.source} -> {out}  (target {req.target}, recipe {recipe.name})"]
+    lines += [f"note: {n}" for n in notes]
+    if hf_guess is None and src.kind != "folder":
+        lines.append(f"note: the group size is checked against the model's widths after the source step "
+                     f"(recipe: {recipe.quantize.group_size})")
+    total = len(stages) + 1
+    lines.append(f"[1/{total}] source: {source_mod.plan(src)}")
+    in_dir = hf_guess or Path("<source hf folder>")
+    reports = [StageReport("source", "planned")]
+    for i, s in enumerate(stages, start=2):
+        part = partial_dir(out, s.NAME)
+        lines.append(f"[{i}/{total}] {s.NAME}: writes {part} then renames it to {stage_dir(out, s.NAME)}")
+        lines += ["    " + ln for ln in s.describe(ctx, in_dir, part)]
+        lines.append(f"    log: {out / LOGS_DIR / (s.NAME + '.log')}")
+        reports.append(StageReport(s.NAME, "planned"))
+        if s.PRODUCES_MODEL:
+            in_dir = stage_dir(out, s.NAME)
+    extra_env = {k: v for k, v in ctx.tool_env().items() if k.startswith(("DD_PLUGINS", "OGA_NPU", "HF_", "RYZEN"))
+                 and os.environ.get(k) != v}
+    env_all = {k: v for k, v in ctx.tool_env().items() if k.startswith(("DD_PLUGINS", "OGA_NPU", "HF_", "RYZEN"))}
+    lines.append("environment for tools: " + (", ".join(f"{k}={v}" for k, v in sorted(env_all.items())) or
+                                              "inherited, nothing added"))
+    if extra_env:
+        lines.append("  added by oga-npu: " + ", ".join(f"{k}={v}" for k, v in sorted(extra_env.items())))
+    lines.append(f"publish: link the model files into {out} and write oga_npu_manifest.json last")
+    lines.append("dry run: nothing was written")
+    return PrepareResult(out, reports, None, plan=lines, notes=notes)

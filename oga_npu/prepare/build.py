@@ -1,0 +1,114 @@
+"""Build stage: the onnxruntime-genai model builder turns the quantized HF folder into
+an OGA model folder (model.onnx, model.onnx.data, genai_config.json, tokenizer files).
+
+Input: the quantize stage's folder. Output: the OGA folder for the target's execution
+provider (`-e cpu`, `-e webgpu`, `-e dml`; hybrid builds with `-e dml` first).
+Tool: `python -m onnxruntime_genai.models.builder`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import ToolFailed
+from ..recipe import BuildConfig
+from ..tools import python_module_argv, run_tool, tool_env
+
+BUILDER_MODULE = "onnxruntime_genai.models.builder"
+# The builder's execution provider for each prepare target.
+BUILDER_EP = {"cpu": "cpu", "webgpu": "webgpu", "dml": "dml", "hybrid": "dml", "npu": "cpu"}
+REQUIRED_FILES = ("genai_config.json",)
+
+
+def builder_argv(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path) -> list[str]:
+    argv = python_module_argv(BUILDER_MODULE, "-i", str(in_dir), "-o", str(out_dir),
+                              "-p", cfg.precision, "-e", BUILDER_EP[target], "-c", str(cache_dir))
+    extra = dict(cfg.extra_options)
+    if extra:
+        argv.append("--extra_options")
+        argv += [f"{k}={_opt(v)}" for k, v in sorted(extra.items())]
+    return argv
+
+
+def _opt(v) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def resolved_session_options(cfg: BuildConfig) -> dict:
+    out = {}
+    for k, v in cfg.session_options.items():
+        if v == "auto" and k in ("intra_op_num_threads", "inter_op_num_threads"):
+            v = physical_cores()
+        out[k] = v
+    return out
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except ImportError:  # pragma: no cover
+        n = None
+    return int(n or os.cpu_count() or 1)
+
+
+def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Path,
+        env: dict[str, str] | None = None) -> dict:
+    cache = out_dir.parent / (out_dir.name + ".cache")
+    argv = builder_argv(in_dir, out_dir, target, cfg, cache)
+    try:
+        result = run_tool(argv, name="onnxruntime-genai model builder", env=env or tool_env(), log_path=log_path)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    missing = [f for f in REQUIRED_FILES if not (out_dir / f).is_file()]
+    onnx_files = list(out_dir.glob("*.onnx"))
+    if missing or not onnx_files:
+        raise ToolFailed("onnxruntime-genai model builder", argv, 0,
+                         [f"builder exited 0 but wrote no {', '.join(missing) or '*.onnx'} in {out_dir}"], log_path)
+    config_path = out_dir / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    session = resolved_session_options(cfg)
+    if session:
+        config["model"]["decoder"].setdefault("session_options", {}).update(session)
+        config_path.write_text(json.dumps(config, indent=4) + "\n")
+    return {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session,
+            "provider": providers_in_config(config)}
+
+
+def providers_in_config(config: dict) -> list[str]:
+    opts = config.get("model", {}).get("decoder", {}).get("session_options", {}).get("provider_options", [])
+    names = [k for entry in opts for k in entry]
+    return names or ["cpu"]
+
+
+# ---------------------------------------------------------------- stage protocol (see oga_npu.pipeline)
+
+NAME = "build"
+PRODUCES_MODEL = True
+
+
+def applies(ctx) -> bool:
+    return ctx.target != "npu"  # model_generate --npu builds from the quantized folder itself
+
+
+def key(ctx) -> dict:
+    cfg = ctx.recipe.build_for(ctx.target)
+    return {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"),
+            "session": resolved_session_options(cfg)}
+
+
+def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
+    cfg = ctx.recipe.build_for(ctx.target)
+    lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache")))]
+    session = resolved_session_options(cfg)
+    if session:
+        lines.append(f"  then genai_config.json session_options += {session}")
+    return lines
+
+
+def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
+    return run(in_dir, out_dir, ctx.target, ctx.recipe.build_for(ctx.target), log_path, ctx.tool_env())

@@ -1,0 +1,188 @@
+"""Recipes: TOML files in `recipes/` loaded into typed, strict objects.
+
+A recipe says how to quantize (Quark scheme, algorithm, group size, excluded layers),
+what to calibrate on, and how to build for each target. `--target` picks the target,
+so any recipe works with any target; a target without its own table gets defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TARGETS = ("cpu", "webgpu", "dml", "hybrid", "npu")
+Target = Literal["cpu", "webgpu", "dml", "hybrid", "npu"]
+DEFAULT_RECIPE = "default"
+QUARK_GROUP_SIZES = (128, 64, 32)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuantizeConfig(_Strict):
+    """AMD Quark weight-only quantization (exported in HF format, quant_method=quark)."""
+
+    dtype: Literal["uint4", "int4"] = "uint4"
+    group_size: Literal[32, 64, 128] = 128
+    # awq and gptq need calibration text; none = plain rounding to the nearest level.
+    algorithm: Literal["awq", "gptq", "none"] = "awq"
+    exclude_layers: list[str] = Field(default_factory=lambda: ["lm_head"])
+    # Where to run Quark: auto = CUDA when torch sees a GPU, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @property
+    def scheme(self) -> str:
+        return f"{self.dtype}_wo_{self.group_size}"
+
+
+class CalibrationConfig(_Strict):
+    """Text for AWQ/GPTQ calibration: built-in local text (Python's own docs) or a file."""
+
+    text: str = "builtin"
+    samples: int = Field(16, ge=1, le=4096)
+    seq_len: int = Field(128, ge=16, le=32768)
+
+
+class BuildConfig(_Strict):
+    """onnxruntime-genai model builder options for one target."""
+
+    precision: Literal["int4", "int8", "fp16", "bf16", "fp32"] = "int4"
+    # Passed as --extra_options KEY=VALUE (e.g. accuracy_level = 4).
+    extra_options: dict[str, str | int | bool] = Field(default_factory=dict)
+    # Merged into genai_config.json model.decoder.session_options after the build.
+    # "auto" for intra_op_num_threads means the machine's physical core count at load.
+    session_options: dict[str, str | int | bool] = Field(default_factory=dict)
+
+
+class HybridConfig(_Strict):
+    """Ryzen AI hybrid/NPU steps (see recipes and ../shared/ryzen-ai-reference.md)."""
+
+    compile_ops: Literal["auto", "always", "never"] = "auto"
+    plugin_name: str = "oga_npu_ops"
+    max_seq_length: int = Field(4096, ge=128)
+    npu_variant: Literal["default", "full_fusion", "token_fusion", "basic", "eager"] = "default"
+
+    @field_validator("plugin_name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("plugin_name may hold letters, digits, '_' and '-' only")
+        return v
+
+
+class ValidateConfig(_Strict):
+    prompt: str = "What is the capital of France?"
+    max_tokens: int = Field(16, ge=1, le=512)
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    quantize: QuantizeConfig = QuantizeConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    build: dict[Target, BuildConfig] = Field(default_factory=dict)
+    hybrid: HybridConfig = HybridConfig()
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    path: str | None = Field(default=None, exclude=True)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def build_for(self, target: str) -> BuildConfig:
+        return self.build.get(target, BuildConfig())  # type: ignore[arg-type]
+
+    def with_group_size(self, group_size: int) -> "Recipe":
+        q = self.quantize.model_copy(update={"group_size": group_size})
+        return self.model_copy(update={"quantize": q})
+
+    def digest(self, *parts: str) -> str:
+        data = self.model_dump(mode="json", by_alias=True)
+        data.pop("description", None)
+        return _digest(data, *parts)
+
+
+def _digest(obj, *parts: str) -> str:
+    h = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode())
+    for p in parts:
+        h.update(p.encode())
+    return h.hexdigest()[:16]
+
+
+def recipe_dirs() -> list[Path]:
+    """Where named recipes are looked up: $OGA_NPU_RECIPES, ./recipes, the repo's recipes/."""
+    dirs = []
+    if os.environ.get("OGA_NPU_RECIPES"):
+        dirs.append(Path(os.environ["OGA_NPU_RECIPES"]))
+    dirs.append(Path.cwd() / "recipes")
+    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
+    seen, out = set(), []
+    for d in dirs:
+        r = d.resolve()
+        if r not in seen:
+            seen.add(r)
+            out.append(d)
+    return out
+
+
+def list_recipes() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in recipe_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.toml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def find_recipe(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or os.sep in name_or_path or "/" in name_or_path:
+        if not p.is_file():
+            raise RecipeError(f"recipe file not found: {p}", "pass a .toml path that exists, or a name from `oga-npu recipes`")
+        return p
+    known = list_recipes()
+    if name_or_path in known:
+        return known[name_or_path]
+    names = ", ".join(sorted(known)) or "(none found)"
+    raise RecipeError(f"unknown recipe '{name_or_path}' (known: {names})",
+                      "pass one of the known names or a path to a .toml file")
+
+
+def load_recipe(name_or_path: str = DEFAULT_RECIPE) -> Recipe:
+    path = find_recipe(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: not valid TOML: {e}", "fix the TOML syntax") from e
+    data.setdefault("name", path.stem)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = f"{path}: unknown key '{loc}'"
+        else:
+            msg = f"{path}: bad value for '{loc}': {err['msg']}"
+        raise RecipeError(msg, "see recipes/default.toml for the keys a recipe takes") from e
+    return recipe.model_copy(update={"path": str(path)})
+
+
+def fitting_group_size(requested: int, widths: list[int]) -> int | None:
+    """Largest Quark group size <= requested that divides every layer input width."""
+    for g in QUARK_GROUP_SIZES:
+        if g <= requested and all(w % g == 0 for w in widths):
+            return g
+    return None

@@ -1,0 +1,157 @@
+"""The one place that starts external programs.
+
+Every tool call goes through `run_tool`: argv built by the caller from typed fields,
+the environment passed explicitly (a copy of os.environ plus additions), all output
+appended to the stage log, the stderr tail kept for the error message.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import StageInterrupted, ToolFailed, ToolNotFound, ToolTimeout
+
+DEFAULT_TAIL_LINES = 20
+
+
+@dataclass
+class ToolResult:
+    argv: list[str]
+    code: int
+    seconds: float
+    tail: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def tool_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of the environment plus explicit additions (never mutates os.environ)."""
+    env = dict(os.environ if base is None else base)
+    env.update({k: str(v) for k, v in (extra or {}).items()})
+    return env
+
+
+def find_tool(name: str, hint: str, path: str | None = None) -> str:
+    """Absolute path of `name` on PATH (or in the given search path), else ToolNotFound."""
+    found = shutil.which(name, path=path)
+    if not found:
+        raise ToolNotFound(f"{name} not found on PATH", hint)
+    return found
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """argv that runs a Python module with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def run_tool(
+    argv: list[str],
+    *,
+    name: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log_path: Path | None = None,
+    timeout: float | None = None,
+    version: str | None = None,
+    tail_lines: int = DEFAULT_TAIL_LINES,
+) -> ToolResult:
+    """Run argv; stdout and stderr go to log_path; raise ToolFailed on non-zero exit.
+
+    Ctrl+C terminates the child and raises StageInterrupted.
+    """
+    name = name or Path(argv[0]).name
+    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+    log = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a", encoding="utf-8", errors="replace")
+        log.write(f"$ {' '.join(argv)}\n")
+        if cwd:
+            log.write(f"# cwd: {cwd}\n")
+        log.flush()
+    lock = threading.Lock()
+
+    def pump(stream, is_err: bool) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace")
+            # tqdm redraws with \r: keep only the last frame of a line in the tail.
+            shown = line.rstrip("\n").split("\r")[-1]
+            if is_err and shown.strip():
+                tail.append(shown)
+            if log is not None:
+                with lock:
+                    log.write(line)
+        stream.close()
+
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=str(cwd) if cwd else None, env=env if env is not None else tool_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as e:
+        if log:
+            log.close()
+        raise ToolNotFound(f"{name} could not be started: {e.strerror}: {argv[0]}",
+                           f"install {name} or put it on PATH") from e
+    threads = [threading.Thread(target=pump, args=(proc.stdout, False), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, True), daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        for t in threads:
+            t.join(5)
+        if log:
+            log.close()
+        raise ToolTimeout(name, argv, -1, list(tail) + [f"timed out after {timeout:.0f} s"], log_path, version)
+    except KeyboardInterrupt:
+        _stop(proc)
+        for t in threads:
+            t.join(5)
+        if log:
+            log.write("# interrupted by Ctrl+C\n")
+            log.close()
+        raise StageInterrupted(f"{name} interrupted", "re-run the same command to resume")
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - start
+    if log:
+        log.write(f"# exit code {code} after {seconds:.1f} s\n")
+        log.close()
+    if code != 0:
+        raise ToolFailed(name, argv, code, list(tail), log_path, version)
+    return ToolResult(argv=argv, code=code, seconds=seconds, tail=list(tail), log_path=log_path)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGINT if os.name != "nt" else signal.CTRL_BREAK_EVENT)
+        proc.wait(5)
+    except Exception:  # noqa: BLE001 - escalate to kill whatever went wrong
+        proc.kill()
+        proc.wait()
+
+
+def capture(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str, str]:
+    """Run a short query command (e.g. `tool --version`) and return (code, stdout, stderr)."""
+    try:
+        p = subprocess.run(argv, env=env if env is not None else tool_env(), capture_output=True,
+                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return 127, "", f"{argv[0]}: not found"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{argv[0]}: timed out after {timeout} s"
+    return p.returncode, p.stdout, p.stderr

@@ -1,0 +1,286 @@
+"""Folders, markers and locks: the on-disk contract of a prepared model.
+
+    models/<name>-<target>/            the model folder (--output)
+    ├── genai_config.json, model.onnx, model.onnx.data, tokenizer files ...
+    ├── oga_npu_manifest.json          written last: the folder is ready iff it exists
+    │                                  and the files match its sizes/hashes
+    ├── prepare.json                   the request (source, recipe, target): how to resume
+    ├── logs/<stage>.log               every tool's full output
+    ├── stages/<stage>/                finished stage outputs, each with done.json
+    ├── stages/<stage>.partial/        a stage in progress (or killed): never trusted
+    └── .lock                          held by a running prepare (pid inside)
+
+Published files are hard links to stages/<last>/ where the file system allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IncompleteModelError, LockedError
+
+MANIFEST = "oga_npu_manifest.json"
+REQUEST = "prepare.json"
+DONE = "done.json"
+LOCK = ".lock"
+STAGES_DIR = "stages"
+LOGS_DIR = "logs"
+MANIFEST_VERSION = 1
+HASH_LIMIT = 64 * 1024 * 1024  # files up to this size get a sha256 in the manifest
+
+
+def home() -> Path:
+    """oga-npu's own cache (converted GGUF files, ...): $OGA_NPU_HOME or ~/.cache/oga-npu."""
+    env = os.environ.get("OGA_NPU_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "oga-npu"
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("OGA_NPU_MODELS", "models"))
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    """Cheap content fingerprint: size plus the first and last MiB (for big GGUF files)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > (2 << 20):
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def folder_fingerprint(path: Path) -> str:
+    """Fingerprint of a local HF folder: names and sizes of its files, and small files' content."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts):
+        rel = f.relative_to(path).as_posix()
+        st = f.stat()
+        h.update(f"{rel}:{st.st_size}\n".encode())
+        if st.st_size < (1 << 20):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_dir(out: Path, stage: str) -> Path:
+    return out / STAGES_DIR / stage
+
+
+def partial_dir(out: Path, stage: str) -> Path:
+    return out / STAGES_DIR / f"{stage}.partial"
+
+
+def stage_done(out: Path, stage: str) -> dict | None:
+    d = stage_dir(out, stage)
+    return read_json(d / DONE) if d.is_dir() else None
+
+
+def begin_stage(out: Path, stage: str) -> Path:
+    """A clean staging folder for `stage`; a leftover from a killed run is removed."""
+    part = partial_dir(out, stage)
+    if part.exists():
+        shutil.rmtree(part)
+    part.mkdir(parents=True)
+    return part
+
+
+def finish_stage(out: Path, stage: str, part: Path, marker: dict) -> Path:
+    """Write done.json into the staging folder and rename it into place."""
+    write_json_atomic(part / DONE, marker)
+    final = stage_dir(out, stage)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(part, final)
+    return final
+
+
+def drop_stage(out: Path, stage: str) -> None:
+    for d in (stage_dir(out, stage), partial_dir(out, stage)):
+        if d.exists():
+            shutil.rmtree(d)
+
+
+# ---------------------------------------------------------------- publish / manifest
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def published_files(out: Path) -> list[Path]:
+    skip = {MANIFEST, REQUEST, LOCK, STAGES_DIR, LOGS_DIR}
+    return sorted(p for p in out.iterdir() if p.name not in skip and p.is_file())
+
+
+def unpublish(out: Path) -> None:
+    """Make a folder not-ready before it is changed: the manifest goes first."""
+    m = out / MANIFEST
+    if m.exists():
+        m.unlink()
+
+
+def publish(out: Path, model_stage: Path, manifest: dict) -> dict:
+    """Expose model_stage's files at the top of `out`, then write the manifest (last)."""
+    unpublish(out)
+    for p in published_files(out):
+        p.unlink()
+    files = {}
+    for src in sorted(model_stage.iterdir()):
+        if not src.is_file() or src.name == DONE:
+            continue
+        dst = out / src.name
+        link_or_copy(src, dst)
+        size = dst.stat().st_size
+        entry = {"size": size}
+        if size <= HASH_LIMIT:
+            entry["sha256"] = sha256_file(dst)
+        files[src.name] = entry
+    manifest = dict(manifest, files=files, manifest_version=MANIFEST_VERSION,
+                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+@dataclass
+class FolderState:
+    path: Path
+    state: str  # ready | incomplete | foreign | missing | empty | damaged
+    detail: str = ""
+    manifest: dict | None = None
+    request: dict | None = None
+
+
+def folder_state(out: Path, check_hashes: bool = False) -> FolderState:
+    if not out.exists():
+        return FolderState(out, "missing")
+    if not out.is_dir():
+        return FolderState(out, "foreign", "not a folder")
+    request = read_json(out / REQUEST)
+    manifest = read_json(out / MANIFEST)
+    if manifest is not None:
+        for name, entry in manifest.get("files", {}).items():
+            f = out / name
+            if not f.is_file():
+                return FolderState(out, "damaged", f"{name} is missing", manifest, request)
+            if f.stat().st_size != entry.get("size"):
+                return FolderState(out, "damaged", f"{name} has {f.stat().st_size} bytes, the manifest says "
+                                   f"{entry.get('size')}", manifest, request)
+            if check_hashes and "sha256" in entry and sha256_file(f) != entry["sha256"]:
+                return FolderState(out, "damaged", f"{name} differs from the manifest's hash", manifest, request)
+        return FolderState(out, "ready", "", manifest, request)
+    if (out / STAGES_DIR).exists() or request is not None or (out / LOCK).exists():
+        return FolderState(out, "incomplete", "prepare did not finish", None, request)
+    if not any(out.iterdir()):
+        return FolderState(out, "empty")
+    return FolderState(out, "foreign", "not prepared by oga-npu")
+
+
+def resume_command(state: FolderState) -> str:
+    req = state.request or {}
+    if req.get("source"):
+        parts = ["oga-npu", "prepare", _q(req["source"]), "--output", _q(str(state.path))]
+        if req.get("recipe"):
+            parts += ["--recipe", _q(req["recipe"])]
+        if req.get("target"):
+            parts += ["--target", req["target"]]
+        return " ".join(parts)
+    return f"oga-npu prepare SOURCE --output {_q(str(state.path))}"
+
+
+def _q(s: str) -> str:
+    return f'"{s}"' if (" " in s or not s) else s
+
+
+def require_ready(out: Path) -> FolderState:
+    """Refuse folders whose prepare did not finish (manifest missing or files changed)."""
+    st = folder_state(out)
+    if st.state in ("incomplete", "damaged"):
+        why = "prepare did not finish" if st.state == "incomplete" else st.detail
+        raise IncompleteModelError(f"{out} is incomplete ({why})", f"re-run prepare: {resume_command(st)}")
+    return st
+
+
+# ---------------------------------------------------------------- lock
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+        return psutil.pid_exists(pid)
+    except ImportError:  # pragma: no cover
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def prepare_lock(out: Path):
+    """Fail fast when another prepare holds `out`; a lock left by a dead process is taken over."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                raise LockedError(f"another prepare (pid {pid}) is working on {out}",
+                                  "wait for it to finish, or stop it; a lock from a dead process is taken over")
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
