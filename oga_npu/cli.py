@@ -107,6 +107,9 @@ def prepare(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
     calib_file: Annotated[Optional[Path], typer.Option("--calib-file", help="Text file for AWQ/GPTQ calibration.")] = None,
     trace: Annotated[bool, typer.Option("--trace", help="DD_PLUGINS_TRACING=1 for the Ryzen AI tools; logs kept.")] = False,
+    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: from the conda env or RYZEN_AI_INSTALLATION_PATH.")] = None,
+    dd_plugins: Annotated[Optional[Path], typer.Option("--dd-plugins", help="Where compiled operator plugins go (default ./dd_plugins).")] = None,
+    skip_device_check: Annotated[bool, typer.Option("--skip-device-check", help="Build hybrid/npu models on a machine without the NPU.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the model folder.")] = False,
 ) -> None:
     """Quantize (Quark), build (OGA model builder) and validate a model for a target."""
@@ -114,7 +117,8 @@ def prepare(
     from .pipeline import prepare as do_prepare
 
     req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
-                         from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace)
+                         from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
+                         rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check)
     result = do_prepare(req, StageProgress(quiet or dry_run))
     if dry_run:
         print("\n".join(result.plan))
@@ -234,6 +238,23 @@ def models(
     print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<10} {'SIZE':>9}  STATE")
     for r in rows:
         print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<10} {r.size_mb:>7.1f}MB  {r.state}")
+
+
+@app.command()
+def trace(
+    model: Annotated[Path, typer.Argument(help="A model folder made by prepare (ideally with --trace).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Summarise a prepare run: commands, exit codes, durations, plugin zip, node counts."""
+    from dataclasses import asdict
+
+    from .errors import ModelFolderError
+    from .trace import render, summarize
+
+    if not model.is_dir():
+        raise ModelFolderError(f"{model} is not a folder", "pass a model folder made by `oga-npu prepare`")
+    s = summarize(model)
+    print(json.dumps(asdict(s), indent=2) if as_json else render(s))
 
 
 @app.command()

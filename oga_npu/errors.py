@@ -117,5 +117,9 @@ class VersionError(OgaNpuError):
     """Installed package versions do not match what the step needs."""
 
 
+class PreflightError(OgaNpuError):
+    """A target's tools or device are missing; raised before anything is written."""
+
+
 class DeviceError(OgaNpuError):
     """The machine lacks the device a target needs."""

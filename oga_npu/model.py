@@ -149,7 +149,10 @@ def translate(exc: Exception, path: Path | None = None) -> ModelLoadError:
 
 
 def configured_providers(config: dict) -> list[str]:
-    opts = config.get("model", {}).get("decoder", {}).get("session_options", {}).get("provider_options", [])
+    so = config.get("model", {}).get("decoder", {}).get("session_options", {})
+    opts = so.get("provider_options", [])
+    if so.get("custom_ops_library") and not opts:
+        return ["ryzenai"]  # RAI <= 1.6 hybrid models load AMD's custom ops instead of a provider
     names = []
     for entry in opts:
         for k in entry:

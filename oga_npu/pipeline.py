@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .errors import OgaNpuError, OutputExistsError, RecipeError, StageInterrupted, VersionError
+from .devices import detect_rai_version
+from .errors import OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, VersionError
 from .prepare import STAGES
 from .prepare import source as source_mod
 from .recipe import TARGETS, Recipe, fitting_group_size, load_recipe
@@ -55,6 +57,9 @@ class PrepareRequest:
     dry_run: bool = False
     calib_file: Path | None = None
     trace: bool = False
+    rai_version: str | None = None
+    dd_plugins: Path | None = None
+    skip_device_check: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,30 @@ class StageContext:
     versions: dict
     trace: bool = False
     env_extra: dict = field(default_factory=dict)
+    rai_version: str = "1.6"
+    rai_source: str = "default"
+    dd_plugins: Path = Path("dd_plugins")
+    tools: dict = field(default_factory=dict)          # name -> resolved path
+    tool_versions: dict = field(default_factory=dict)  # name -> version string
+
+    def tool_path(self, name: str) -> str:
+        return self.tools.get(name) or name
+
+    def collect_traces(self, stage_out: Path, stage: str) -> list[str]:
+        """Copy tool logs (and with --trace, trace files) from a stage folder into logs/<stage>/."""
+        dest = self.output / LOGS_DIR / stage
+        kept = []
+        for f in sorted(stage_out.rglob("*")):
+            if not f.is_file() or f.name == "done.json":
+                continue
+            is_trace = "trace" in f.name.lower() and f.suffix != ".zip"
+            if f.suffix == ".log" or is_trace:
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dest / f.name)
+                kept.append(f.name)
+                if is_trace:  # traces are not part of the model
+                    f.unlink()
+        return kept
 
     def tool_env(self, **extra: str) -> dict[str, str]:
         # Child Python tools flush line by line, so the stage log follows them live.
@@ -167,15 +196,20 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     calib_text = str(req.calib_file) if req.calib_file else recipe.calibration.text
     if req.calib_file and not Path(req.calib_file).is_file():
         raise RecipeError(f"calibration file not found: {req.calib_file}", "pass an existing text file to --calib-file")
-    stages = [s for s in STAGES if s.applies(_probe_ctx(req.target, recipe, out))]
+    rai_version, rai_source = detect_rai_version(req.rai_version)
+    dd_plugins = Path(req.dd_plugins or "dd_plugins").absolute()
+    probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, rai_version=rai_version,
+                         rai_source=rai_source, dd_plugins=dd_plugins)
+    stages = [s for s in STAGES if s.applies(probe)]
     names = [s.NAME for s in stages]
     if req.from_stage and req.from_stage not in names:
         raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
     notes: list[str] = []
 
     if req.dry_run:
-        return _dry_run(req, recipe, src, out, calib_text, stages, notes)
+        return _dry_run(req, probe, src, stages, notes)
 
+    tools, tool_versions = preflight(req.target, stages, req.skip_device_check)
     versions = installed_versions()
     check_versions(versions)
     state = folder_state(out)
@@ -196,7 +230,8 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     for n in notes:
         progress("note", "source", 1, total, n)
     calib_key = "builtin" if calib_text == "builtin" else _file_key(Path(calib_text))
-    ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace)
+    ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace, rai_version=rai_version,
+                       rai_source=rai_source, dd_plugins=dd_plugins, tools=tools, tool_versions=tool_versions)
 
     # Keys chain: a change upstream invalidates everything after it.
     keys, upstream = {}, _key(resolved.key)
@@ -284,11 +319,42 @@ def _check_disk(hf_dir: Path, out: Path) -> None:
                           f"{free / 1e9:.1f} GB free", "free some space or pass --output on another disk")
 
 
-def _probe_ctx(target: str, recipe: Recipe, out: Path) -> StageContext:
-    return StageContext(target, recipe, out, recipe.calibration.text, "", {})
+def preflight(target: str, stages, skip_device_check: bool = False) -> tuple[dict, dict]:
+    """Find every vendor tool the target needs and check the device, before any long step.
+
+    Returns (tool paths, tool versions); raises PreflightError listing every missing piece."""
+    from .devices import INSTALL_HINT, find_npus, find_rai_tool, tool_version
+
+    need = [t for s in stages for t in ([getattr(s, "TOOL")] if hasattr(s, "TOOL") else [])]
+    problems, tools, versions = [], {}, {}
+    for t in dict.fromkeys(need):
+        path = find_rai_tool(t)
+        if path is None:
+            problems.append(f"{t} not found (PATH, RYZEN_AI_INSTALLATION_PATH, conda env): {INSTALL_HINT}")
+        else:
+            tools[t] = path
+            versions[t] = tool_version(path)
+    if target in ("hybrid", "npu") and not skip_device_check:
+        if platform.system() != "Windows":
+            problems.append(f"--target {target} runs on Windows 11 only (this is {platform.system()}); "
+                            "pass --skip-device-check to build on this machine and run elsewhere")
+        npus = find_npus()
+        if not npus:
+            problems.append("no Ryzen AI NPU found (PCI 1022:17F0); pass --skip-device-check on a build machine")
+        elif target == "hybrid" and not any(n.supports_hybrid for n in npus):
+            n = npus[0]
+            problems.append(f"the NPU is {n.name} (PCI {n.pci_id}, rev 0x{n.revision:02x}): OGA hybrid models need "
+                            "Strix or Krackan; Phoenix/Hawk Point are not supported for OGA LLMs")
+    if problems:
+        raise PreflightError(f"--target {target} cannot run here:\n  - " + "\n  - ".join(problems),
+                             "install what is missing (nothing was written)")
+    return tools, versions
 
 
-def _dry_run(req, recipe, src, out, calib_text, stages, notes) -> PrepareResult:
+def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
+    from .devices import find_rai_tool
+
+    recipe, out, calib_text = probe.recipe, probe.output, probe.calib_text
     hf_guess = None
     if src.kind == "folder":
         hf_guess = Path(src.spec).expanduser().resolve()
@@ -296,7 +362,15 @@ def _dry_run(req, recipe, src, out, calib_text, stages, notes) -> PrepareResult:
         cached = source_mod.gguf_cache_dir(Path(src.spec).expanduser().resolve())
         hf_guess = cached if (cached / "config.json").is_file() else None
     recipe = effective_recipe(recipe, hf_guess, notes)
-    ctx = StageContext(req.target, recipe, out, calib_text, calib_text, {}, req.trace)
+    tools = {}
+    for s in stages:
+        if hasattr(s, "TOOL"):
+            found = find_rai_tool(s.TOOL)
+            tools[s.TOOL] = found or s.TOOL
+            if not found:
+                notes.append(f"{s.TOOL} is not on this machine: the real run would stop before any stage")
+    ctx = StageContext(req.target, recipe, out, calib_text, calib_text, {}, req.trace, rai_version=probe.rai_version,
+                       rai_source=probe.rai_source, dd_plugins=probe.dd_plugins, tools=tools)
     lines = [f"prepare {req.source} -> {out}  (target {req.target}, recipe {recipe.name})"]
     lines += [f"note: {n}" for n in notes]
     if hf_guess is None and src.kind != "folder":

@@ -41,3 +41,20 @@ def test_prepare_again_is_fast_and_skips(smol, session_home):
     assert r.returncode == 0
     assert r.stderr.count("already done") == 3
     assert time.monotonic() - t0 < 20
+
+
+def test_real_dml_build_names_dml_and_trace_counts_nodes(tmp_path, session_home):
+    out = tmp_path / "smol-dml"
+    r = run_cli("prepare", str(smollm2_gguf()), "--target", "dml", "--recipe", "cpu-fast", "--output", str(out),
+                env={"OGA_NPU_HOME": str(session_home)})
+    assert r.returncode == 0, r.stderr
+    import json
+
+    cfg = json.loads((out / "genai_config.json").read_text())
+    providers = [k for e in cfg["model"]["decoder"]["session_options"]["provider_options"] for k in e]
+    assert providers == ["dml"]
+    assert "skipped" in r.stderr  # DirectML is not on this machine: validate says so, never runs it on the CPU
+    r = run_cli("trace", str(out))
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if "com.microsoft:MatMulNBits" in ln)
+    assert int(line.split()[-1]) >= 30 * 4  # qkv, o, gate/up, down per layer at least

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except OgaNpuError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
+    except Exception as e:  # noqa: BLE001 - native errors: translated, one line
+        print(f"error: {model_mod.translate(e, path).message}", file=sys.stderr)
+        return 1
     result = {"prompt": args.prompt, "answer": text, "chat_template": not raw, "provider": last.provider,
               "generated_tokens": last.generated_tokens, "prompt_tokens": last.prompt_tokens,
               "ttft_s": last.ttft, "decode_tps": last.decode_tps, "finish_reason": last.finish_reason}

@@ -1,0 +1,192 @@
+"""What this machine has: Ryzen AI NPU (PCI ids), the Ryzen AI tools and their versions.
+
+Linux: PCI devices from sysfs (`/sys/bus/pci/devices/*/{vendor,device,revision}`),
+`/dev/accel/accel*`, the amdxdna driver version. Windows: `pnputil /enum-devices /bus PCI
+/deviceids`. The sysfs root is injectable (OGA_NPU_SYSFS_ROOT or an argument) so tests
+can present each NPU kind; the tools are found on PATH, in RYZEN_AI_INSTALLATION_PATH
+and in the active conda environment.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .tools import capture
+
+AMD_VENDOR = 0x1022
+# (device id, revisions or None for any) -> kind
+NPU_IDS = {0x1502: "phoenix", 0x17F0: "strix"}
+KRACKAN_REVS = {0x20}
+STRIX_REVS = {0x00, 0x10, 0x11}
+NPU_NAMES = {"phoenix": "Phoenix/Hawk Point", "strix": "Strix", "krackan": "Krackan"}
+HYBRID_NPUS = ("strix", "krackan")
+RAI_TOOLS = ("onnx_utils", "model_generate", "model_benchmark", "xrt-smi")
+INSTALL_HINT = ("install Ryzen AI Software (1.6 or newer) on Windows 11 and run from its conda env "
+                "(conda activate ryzen-ai-1.x.y), or set RYZEN_AI_INSTALLATION_PATH")
+
+
+@dataclass
+class NPU:
+    kind: str            # phoenix | strix | krackan
+    pci_id: str          # 1022:17f0
+    revision: int
+    slot: str = ""
+    accel_nodes: list[str] = field(default_factory=list)
+    driver: str | None = None
+    driver_version: str | None = None
+
+    @property
+    def name(self) -> str:
+        return NPU_NAMES[self.kind]
+
+    @property
+    def supports_hybrid(self) -> bool:
+        return self.kind in HYBRID_NPUS
+
+
+def classify_pci(vendor: int, device: int, revision: int) -> str | None:
+    if vendor != AMD_VENDOR or device not in NPU_IDS:
+        return None
+    if device == 0x17F0:
+        return "krackan" if revision in KRACKAN_REVS else "strix"
+    return NPU_IDS[device]
+
+
+def sysfs_root() -> Path:
+    return Path(os.environ.get("OGA_NPU_SYSFS_ROOT", "/"))
+
+
+def _read_hex(p: Path) -> int | None:
+    try:
+        return int(p.read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def find_npus_linux(root: Path | None = None) -> list[NPU]:
+    root = root or sysfs_root()
+    found = []
+    pci = root / "sys" / "bus" / "pci" / "devices"
+    if not pci.is_dir():
+        return found
+    accel = sorted(str(p.relative_to(root).as_posix()) for p in (root / "dev" / "accel").glob("accel*")) \
+        if (root / "dev" / "accel").is_dir() else []
+    for dev in sorted(pci.iterdir()):
+        vendor, device, rev = (_read_hex(dev / n) for n in ("vendor", "device", "revision"))
+        if vendor is None or device is None:
+            continue
+        kind = classify_pci(vendor, device, rev or 0)
+        if not kind:
+            continue
+        driver = None
+        link = dev / "driver"
+        if link.exists():
+            driver = Path(os.path.realpath(link)).name
+        version = None
+        if driver:
+            vfile = root / "sys" / "module" / driver / "version"
+            version = vfile.read_text().strip() if vfile.is_file() else None
+        found.append(NPU(kind, f"{vendor:04x}:{device:04x}", rev or 0, dev.name, ["/" + a for a in accel],
+                         driver, version))
+    return found
+
+
+PNPUTIL_RE = re.compile(r"PCI\\VEN_1022&DEV_([0-9A-F]{4})[^\s]*?&REV_([0-9A-F]{2})", re.I)
+
+
+def find_npus_windows(pnputil_output: str | None = None) -> list[NPU]:
+    if pnputil_output is None:
+        code, out, _ = capture(["pnputil", "/enum-devices", "/bus", "PCI", "/deviceids"])
+        if code != 0:
+            return []
+        pnputil_output = out
+    found, seen = [], set()
+    for dev, rev in PNPUTIL_RE.findall(pnputil_output):
+        key = (int(dev, 16), int(rev, 16))
+        kind = classify_pci(AMD_VENDOR, *key)
+        if kind and key not in seen:
+            seen.add(key)
+            found.append(NPU(kind, f"1022:{dev.lower()}", key[1]))
+    return found
+
+
+def find_npus() -> list[NPU]:
+    if platform.system() == "Windows" and "OGA_NPU_SYSFS_ROOT" not in os.environ:
+        return find_npus_windows()
+    return find_npus_linux()
+
+
+# ---------------------------------------------------------------- Ryzen AI tools
+
+
+def tool_search_path() -> str:
+    """PATH plus the Ryzen AI install's and the conda env's tool folders."""
+    dirs = [os.environ.get("PATH", "")]
+    rai = os.environ.get("RYZEN_AI_INSTALLATION_PATH")
+    if rai:
+        for sub in ("bin", "Scripts", "", "deployment", "utils"):
+            dirs.append(str(Path(rai) / sub))
+    conda = os.environ.get("CONDA_PREFIX")
+    if conda:
+        for sub in ("Scripts", "bin", "Library/bin"):
+            dirs.append(str(Path(conda) / sub))
+    return os.pathsep.join(d for d in dirs if d)
+
+
+def find_rai_tool(name: str) -> str | None:
+    return shutil.which(name, path=tool_search_path())
+
+
+def tool_version(path: str) -> str | None:
+    for flag in ("--version", "-v"):
+        code, out, err = capture([path, flag], timeout=10)
+        text = (out or err).strip()
+        m = re.search(r"\d+\.\d+(\.\d+)?", text)
+        if code == 0 and m:
+            return m.group(0)
+    return None
+
+
+RAI_VERSION_RE = re.compile(r"ryzen[-_ ]?ai[-_ \\/]*(?:software[-_ \\/]*)?(\d+\.\d+(?:\.\d+)?)", re.I)
+
+
+def detect_rai_version(explicit: str | None = None) -> tuple[str, str]:
+    """(release, where it came from): --rai-version, conda env name, install path, else 1.6."""
+    if explicit:
+        return explicit, "--rai-version"
+    env_name = os.environ.get("CONDA_DEFAULT_ENV", "")
+    m = RAI_VERSION_RE.search(env_name)
+    if m:
+        return m.group(1), f"conda env {env_name}"
+    path = os.environ.get("RYZEN_AI_INSTALLATION_PATH", "")
+    m = RAI_VERSION_RE.search(path) or re.search(r"(\d+\.\d+(?:\.\d+)?)[\\/]*$", path)
+    if path and m:
+        return m.group(1), "RYZEN_AI_INSTALLATION_PATH"
+    return "1.6", "default (the 1.6 flow)"
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
+
+@dataclass
+class MachineReport:
+    os: str
+    npus: list[NPU]
+    tools: dict
+
+    def to_dict(self) -> dict:
+        return {"os": self.os, "npus": [asdict(n) | {"name": n.name} for n in self.npus], "tools": self.tools}
+
+
+def machine_report() -> MachineReport:
+    tools = {}
+    for t in RAI_TOOLS:
+        p = find_rai_tool(t)
+        tools[t] = {"path": p}
+    return MachineReport(platform.system(), find_npus(), tools)

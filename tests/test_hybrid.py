@@ -1,0 +1,202 @@
+"""The Ryzen AI hybrid/NPU flow with fake vendor tools first on PATH (tests/fake_tools)."""
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_TOOLS, run_cli, smollm2_gguf
+from oga_npu.workdir import MANIFEST, folder_state
+
+
+def fake_env(tmp_path, **extra) -> dict:
+    env = {"PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"],
+           "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def calls(tmp_path, tool=None) -> list[dict]:
+    log = tmp_path / "fake.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return [r for r in rows if (tool is None or r["tool"] == tool) and r["argv"][:1] != ["--version"]]
+
+
+@pytest.fixture(scope="module")
+def hybrid_base(tmp_path_factory, tiny_hf):
+    """A tiny model prepared for hybrid with the fakes (RAI 1.6 form, traced)."""
+    root = tmp_path_factory.mktemp("hybrid")
+    out = root / "m"
+    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--recipe", "cpu-fast", "--output", str(out),
+                "--skip-device-check", "--trace", "--rai-version", "1.6", env=fake_env(root), cwd=root)
+    assert r.returncode == 0, r.stderr
+    return root, out
+
+
+def test_hybrid_with_fakes_makes_a_ready_folder(hybrid_base):
+    root, out = hybrid_base
+    assert folder_state(out).state == "ready"
+    for f in ("model_jit.onnx", "model_jit.onnx.data", "model_jit.bin", "model_jit.pb.bin", "genai_config.json",
+              "tokenizer.json"):
+        assert (out / f).is_file(), f
+    cfg = json.loads((out / "genai_config.json").read_text())
+    assert cfg["model"]["decoder"]["session_options"]["custom_ops_library"]  # the RAI 1.6 form
+    # the plugin zip landed in dd_plugins/ of the working directory, as a real zip
+    z = root / "dd_plugins" / "oga_npu_ops.zip"
+    assert zipfile.ZipFile(z).namelist()
+    m = json.loads((out / MANIFEST).read_text())
+    assert "RYZENAI_EP_PATH" in m["stages"]["validate"]["detail"]["skipped"]  # not run here, and says why
+
+
+def test_exact_argv_and_environment_16(hybrid_base):
+    root, out = hybrid_base
+    (onnx_utils,) = calls(root, "onnx_utils")
+    assert onnx_utils["argv"] == ["vaiml", "--model-dir", str(out / "stages" / "build"), "--plugin_name",
+                                  "oga_npu_ops", "--compile", "--ops_type", "bfp16"]
+    assert onnx_utils["env"]["DD_PLUGINS_TRACING"] == "1"
+    (mg,) = calls(root, "model_generate")
+    assert mg["argv"] == ["--hybrid", str(out / "stages" / "hybrid.partial"), str(out / "stages" / "build")]
+    assert mg["env"]["DD_PLUGINS_ROOT"] == str(root / "dd_plugins")
+    assert mg["env"]["DD_PLUGINS_TRACING"] == "1"
+    assert (out / "logs" / "hybrid" / "model_generate_trace.json").is_file()
+    assert not (out / "model_generate_trace.json").exists()  # traces are kept in logs, not in the model
+
+
+@pytest.mark.parametrize("how,form", [
+    (["--rai-version", "1.7.1"], "new"),
+    (["--rai-version", "1.8"], "new"),
+    (["--rai-version", "1.7"], "old"),
+])
+def test_release_forms(tmp_path, hybrid_base, how, form):
+    root, base = hybrid_base
+    out = tmp_path / "m"
+    shutil.copytree(base, out)
+    r = run_cli("prepare", str(json.loads((base / "prepare.json").read_text())["source"]), "--target", "hybrid",
+                "--recipe", "cpu-fast", "--output", str(out), "--skip-device-check", "--from", "hybrid", *how,
+                env=fake_env(tmp_path), cwd=root)
+    assert r.returncode == 0, r.stderr
+    (mg,) = calls(tmp_path, "model_generate")
+    part, build = str(out / "stages" / "hybrid.partial"), str(out / "stages" / "build")
+    if form == "new":
+        assert mg["argv"] == ["--hybrid", "--input", build, "--output", part]
+        cfg = json.loads((out / "genai_config.json").read_text())
+        ry = cfg["model"]["decoder"]["session_options"]["provider_options"][0]["RyzenAI"]
+        assert ry["external_data_file"] == "model_jit.pb.bin"
+    else:
+        assert mg["argv"] == ["--hybrid", part, build]
+    assert "DD_PLUGINS_TRACING" not in mg["env"]  # no --trace this time
+    # quantize and build are reused; plugins are recompiled for another release's compiler
+    assert "quantize … already done" in r.stderr and "build … already done" in r.stderr
+    assert len(calls(tmp_path, "onnx_utils")) == 1
+
+
+def test_release_from_conda_env_name(tmp_path, hybrid_base):
+    root, base = hybrid_base
+    out = tmp_path / "m"
+    shutil.copytree(base, out)
+    r = run_cli("prepare", json.loads((base / "prepare.json").read_text())["source"], "--target", "hybrid",
+                "--recipe", "cpu-fast", "--output", str(out), "--skip-device-check", "--from", "hybrid",
+                env=fake_env(tmp_path, CONDA_DEFAULT_ENV="ryzen-ai-1.7.1"), cwd=root)
+    assert r.returncode == 0, r.stderr
+    (mg,) = calls(tmp_path, "model_generate")
+    assert "--input" in mg["argv"]
+
+
+def test_failing_tool_one_line_then_resume(tmp_path, hybrid_base):
+    root, base = hybrid_base
+    out = tmp_path / "m"
+    shutil.copytree(base, out)
+    src = json.loads((base / "prepare.json").read_text())["source"]
+    args = ["prepare", src, "--target", "hybrid", "--recipe", "cpu-fast", "--output", str(out),
+            "--skip-device-check", "--from", "hybrid", "--rai-version", "1.8"]
+    r = run_cli(*args, env=fake_env(tmp_path, FAKE_MODEL_GENERATE_EXIT=3,
+                                    FAKE_MODEL_GENERATE_STDERR="loading model\\nERROR: partition failed: op X"),
+                cwd=root)
+    assert r.returncode == 1
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1
+    assert "model_generate" in err[0] and "exit code 3" in err[0] and "partition failed: op X" in err[0]
+    assert str(out / "logs" / "hybrid.log") in r.stderr
+    assert folder_state(out).state == "incomplete"  # no ready output is left
+    r = run_cli("run", "-m", str(out), "hi")
+    assert r.returncode == 1 and "incomplete" in r.stderr
+    # the re-run resumes at the failed stage
+    r = run_cli(*args[:-4], "--rai-version", "1.8", env=fake_env(tmp_path), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "[5/6] hybrid … done" in r.stderr and "[3/6] build … already done" in r.stderr
+    assert folder_state(out).state == "ready"
+
+
+def test_tool_exit_0_without_output_is_a_failure(tmp_path, hybrid_base):
+    root, base = hybrid_base
+    out = tmp_path / "m"
+    shutil.copytree(base, out)
+    src = json.loads((base / "prepare.json").read_text())["source"]
+    r = run_cli("prepare", src, "--target", "hybrid", "--recipe", "cpu-fast", "--output", str(out),
+                "--skip-device-check", "--from", "hybrid", env=fake_env(tmp_path, FAKE_MODEL_GENERATE_BROKEN=1),
+                cwd=root)
+    assert r.returncode == 1 and "model_jit.onnx is missing" in r.stderr
+
+
+def test_without_tools_fails_fast_and_writes_nothing(tmp_path, tiny_hf):
+    out = tmp_path / "m"
+    t0 = time.monotonic()
+    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), cwd=tmp_path)
+    assert time.monotonic() - t0 < 5  # a child Python start included; the check itself is instant
+    assert r.returncode == 1
+    assert "onnx_utils not found" in r.stderr and "model_generate not found" in r.stderr
+    assert "Ryzen AI Software" in r.stderr
+    assert not out.exists() and not (tmp_path / "dd_plugins").exists()
+
+
+def test_phoenix_npu_is_refused_with_the_reason(tmp_path, tiny_hf):
+    sysfs = tmp_path / "sysfs"
+    dev = sysfs / "sys" / "bus" / "pci" / "devices" / "0000:c5:00.1"
+    dev.mkdir(parents=True)
+    (dev / "vendor").write_text("0x1022\n")
+    (dev / "device").write_text("0x1502\n")
+    (dev / "revision").write_text("0x00\n")
+    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(tmp_path / "m"),
+                env=fake_env(tmp_path, OGA_NPU_SYSFS_ROOT=sysfs), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "Phoenix/Hawk Point" in r.stderr and "Strix or Krackan" in r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_npu_target_uses_model_generate_npu(tmp_path, tiny_hf):
+    out = tmp_path / "npu"
+    r = run_cli("prepare", str(tiny_hf), "--target", "npu", "--recipe", "cpu-fast", "--output", str(out),
+                "--skip-device-check", "--rai-version", "1.6", env=fake_env(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (mg,) = calls(tmp_path, "model_generate")
+    assert mg["argv"] == ["--npu", str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")]
+    assert calls(tmp_path, "onnx_utils") == []  # no plugin compile for NPU-only
+
+
+def test_trace_summary(hybrid_base):
+    root, out = hybrid_base
+    r = run_cli("trace", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "[plugins] exit 0" in r.stdout and "[hybrid] exit 0" in r.stdout
+    assert "oga_npu_ops/ops.json" in r.stdout
+    assert "logs/hybrid/model_generate_trace.json" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if "com.amd:MatMulNBits" in ln)
+    before, after = (int(x) for x in line.split()[-2:])
+    assert before == 0 and after > 0
+
+
+@pytest.mark.slow
+def test_smollm2_hybrid_dry_run_lists_every_step(tmp_path):
+    gguf = smollm2_gguf()
+    r = run_cli("prepare", str(gguf), "--target", "hybrid", "--dry-run", "--trace", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "quantize" in out and "-e dml" in out
+    assert "onnx_utils vaiml --model-dir" in out and "--ops_type bfp16" in out
+    assert "model_generate --hybrid" in out
+    assert "DD_PLUGINS_ROOT=" in out and "DD_PLUGINS_TRACING=1" in out
+    assert list(tmp_path.iterdir()) == []  # nothing written
