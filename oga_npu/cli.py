@@ -216,6 +216,252 @@ def chat(
     repl(session, timings=timings)
 
 
+# ---------------------------------------------------------------- bench / eval
+
+bench_app = typer.Typer(help="Prompt-length sweeps (TTFT, prefill and decode tok/s, memory); `bench compare A B`.",
+                        invoke_without_command=True, no_args_is_help=False)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Prepared model folder.")] = None,
+    lengths: Annotated[str, typer.Option("--lengths", "-l", help="Prompt lengths, e.g. 128,256,512.")] = "128,256,512,1024,2048",
+    gen: Annotated[int, typer.Option("--gen", "-g", help="Tokens generated per run (EOS ignored).")] = 128,
+    reps: Annotated[int, typer.Option("--reps", "-r", help="Timed repetitions per length.")] = 5,
+    warmups: Annotated[int, typer.Option("--warmups", "-w", help="Untimed warmup runs per length.")] = 1,
+    prompt_file: Annotated[Optional[Path], typer.Option("--prompt-file", "-f", help="Text the prompts are cut from (default: built-in local text).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Append one JSON record per point (JSON lines).")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Append one CSV row per point.")] = None,
+    plot_out: Annotated[Optional[Path], typer.Option("--plot", help="PNG of TTFT and decode tok/s against prompt length.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Name of this run in plots.")] = None,
+    provider: Provider = None,
+    fallback: Fallback = None,
+    model_benchmark: Annotated[bool, typer.Option("--model-benchmark", help="Run AMD's model_benchmark with the same settings.")] = False,
+    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release for model_benchmark's flags.")] = None,
+) -> None:
+    """Benchmark a prepared model over prompt lengths (AMD model_benchmark style)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        raise typer.BadParameter("--model/-m is required", param_hint="--model")
+    from .bench import BenchConfig, RecordSink, parse_lengths, plot, run_model_benchmark, sweep, table
+    from .model import load
+    from .textdata import load_text
+
+    cfg = BenchConfig(parse_lengths(lengths), gen, reps, warmups, prompt_file)
+    cfg.validate()
+    text = load_text(str(prompt_file) if prompt_file else "builtin")
+    sink = RecordSink(json_out, csv_out)
+    if model_benchmark:
+        recs = run_model_benchmark(model, cfg, text, model / "logs" / "bench", rai_version,
+                                   {"provider": provider or "ryzenai"})
+        for r in recs:
+            sink.add(r)
+    else:
+        lm = load(model, provider=provider, fallback=fallback)
+        print(f"bench {model} on {lm.provider}: lengths {list(cfg.lengths)}, {cfg.gen_tokens} generated, "
+              f"{cfg.warmups} warmup + {cfg.reps} runs each, EOS ignored", file=sys.stderr)
+        recs = []
+        progress = _BenchProgress(len(cfg.lengths))
+        try:
+            with progress:
+                recs = sweep(lm, cfg, text, sink, progress.update)
+        except KeyboardInterrupt:
+            recs = progress.done
+            print("Interrupted: finished points are kept" + (f" in {json_out}" if json_out else ""), file=sys.stderr)
+            print(table(recs))
+            raise typer.Exit(130)
+    print(table(recs))
+    if plot_out:
+        plot({label or model.name: recs}, plot_out)
+        print(f"plot: {plot_out}", file=sys.stderr)
+
+
+class _BenchProgress:
+    """A progress bar on a terminal, one line per point otherwise (stderr)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.bar, self.task = total, [], None, None
+
+    def __enter__(self):
+        if _stderr_tty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("bench", total=self.total)
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+    def update(self, i: int, n: int, rec) -> None:
+        if rec is None:
+            if self.bar:
+                self.bar.update(self.task, description=f"prompt {n}")
+            return
+        self.done.append(rec)
+        if self.bar:
+            self.bar.update(self.task, advance=1)
+        else:
+            what = f"skipped ({rec.skipped})" if rec.skipped else \
+                f"TTFT {rec.ttft_avg_ms:.0f} ms, decode {rec.decode_tps_avg:.1f} tok/s"
+            print(f"[{i + 1}/{self.total}] prompt {n}: {what}", file=sys.stderr, flush=True)
+
+
+@bench_app.command("compare")
+def bench_compare(
+    a: Annotated[Path, typer.Argument(help="Baseline JSON-lines file.")],
+    b: Annotated[Path, typer.Argument(help="Other JSON-lines file.")],
+) -> None:
+    """Ratios B/A per prompt length."""
+    from .bench import compare, load_records
+
+    print(compare(load_records(a), load_records(b)))
+
+
+@bench_app.command("plot")
+def bench_plot(
+    files: Annotated[list[Path], typer.Argument(help="JSON-lines files from bench --json.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("bench.png"),
+) -> None:
+    """Several runs on one chart."""
+    from .bench import load_records, plot
+
+    print(plot({f.stem: load_records(f) for f in files}, output))
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelDir,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="HF folder of the reference model, 'auto' (the prepare source) or 'none'.")] = "auto",
+    text: Annotated[Optional[Path], typer.Option("--text", help="Text file (default: built-in local text).")] = None,
+    window: Annotated[int, typer.Option("--window", help="Tokens per window.")] = 512,
+    windows: Annotated[int, typer.Option("--windows", help="Number of windows.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Perplexity of a prepared model, and of its fp32 reference in transformers."""
+    import time as _t
+
+    from .evaluate import perplexity_hf, perplexity_oga, reference_dir, windows_of
+    from .generate import encode
+    from .model import load
+    from .textdata import load_text
+
+    lm = load(model)
+    wins = windows_of(encode(lm, load_text(str(text) if text else "builtin")), window, windows)
+    rows = []
+    t0 = _t.monotonic()
+    ppl, n = perplexity_oga(lm, wins)
+    rows.append({"model": str(model), "engine": f"oga ({lm.provider})", "perplexity": ppl, "tokens": n,
+                 "seconds": round(_t.monotonic() - t0, 1)})
+    ref_dir = None if ref in (None, "none") else (reference_dir(lm) if ref == "auto" else Path(ref))
+    if ref not in (None, "none", "auto") and not (Path(ref) / "config.json").is_file():
+        raise OgaNpuError(f"--ref {ref} is not a HF model folder", "pass a folder with config.json, or --ref none")
+    if ref_dir is not None:
+        t0 = _t.monotonic()
+        rppl, rn = perplexity_hf(ref_dir, wins)
+        rows.append({"model": str(ref_dir), "engine": "transformers fp32", "perplexity": rppl, "tokens": rn,
+                     "seconds": round(_t.monotonic() - t0, 1)})
+    elif ref == "auto":
+        print("note: no reference (the prepare source is not on disk); pass --ref HF_DIR", file=sys.stderr)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['engine']:<20} perplexity {r['perplexity']:>9.3f}  ({r['tokens']} tokens, {r['seconds']} s)  {r['model']}")
+    if len(rows) == 2:
+        print(f"quantization cost: {100 * (rows[0]['perplexity'] / rows[1]['perplexity'] - 1):+.1f}% perplexity")
+
+
+# ---------------------------------------------------------------- devices / doctor / hello
+
+
+@app.command("devices")
+def devices_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    pmode: Annotated[Optional[str], typer.Option("--pmode", help="Set the NPU power mode with xrt-smi: default|powersaver|balanced|performance|turbo.")] = None,
+) -> None:
+    """What this machine can prepare and run: NPU, GPUs, providers, Ryzen AI tools."""
+    from .devices import set_power_mode
+    from .doctor import devices_report
+
+    if pmode:
+        after = set_power_mode(pmode)
+        print(f"NPU power mode: {after or pmode}")
+        return
+    rep = devices_report()
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+        return
+    print(f"machine: {rep['os']}, {rep['cpu']}")
+    print(f"NPU: {rep['summary']}")
+    for n in rep["npus"]:
+        print(f"  {n['name']} (PCI {n['pci_id']}, rev 0x{n['revision']:02x}) driver {n.get('driver') or '-'} "
+              f"{n.get('driver_version') or ''}")
+    x = rep["xrt_smi"]
+    print("xrt-smi: " + ("not found" if not x else
+                         f"firmware {x.get('firmware')}, XRT {x.get('xrt_version')}, power mode {x.get('power_mode')}"))
+    print("GPUs: " + (", ".join(f"{g['vendor']} {g['pci_id']}" for g in rep["gpus"]) or "none found on PCI"))
+    print("onnxruntime providers: " + ", ".join(rep["providers"]["onnxruntime"]))
+    oga = rep["providers"]["onnxruntime_genai"]
+    print("onnxruntime-genai providers: " + ", ".join(
+        f"{p} {'yes' if v['available'] else 'no'}" for p, v in oga.items()))
+    tools = rep["ryzen_ai_tools"]
+    print("Ryzen AI tools: " + ", ".join(f"{t} {v['version'] or ''}".strip() if v["path"] else f"{t} not found"
+                                         for t, v in tools.items()))
+    print("targets:  " + "  ".join(f"{t}: prepare {'yes' if v['prepare'] else 'no'}, run {'yes' if v['run'] else 'no'};"
+                                   for t, v in rep["targets"].items()))
+
+
+@app.command()
+def doctor(
+    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Also check this model folder.")] = None,
+) -> None:
+    """Check versions, disk space and (with -m) a model folder; print a fix for each problem."""
+    from .doctor import doctor as run_doctor
+
+    rep = run_doctor(model)
+    for c in rep.checks:
+        print(f"ok       {c}")
+    for p in rep.problems:
+        print(f"PROBLEM  {p.what}\n         fix: {p.fix}")
+    if rep.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def hello(
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where the ONNX files go (default: a temp folder).")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per session.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """AMD's hello-world: a small CNN, Quark XINT8, CPU vs NPU (NPU where present)."""
+    from dataclasses import asdict
+
+    from .hello import run_hello
+
+    print("building the CNN, quantizing it to XINT8 with Quark ...", file=sys.stderr)
+    r = run_hello(workdir, runs)
+    if as_json:
+        print(json.dumps(asdict(r), indent=2))
+        return
+    print(f"FP32 on CPU:  {r.fp32_cpu_ms:8.2f} ms")
+    print(f"XINT8 on CPU: {r.int8_cpu_ms:8.2f} ms")
+    if r.int8_npu_ms is not None:
+        print(f"XINT8 on NPU: {r.int8_npu_ms:8.2f} ms  (speedup {r.int8_cpu_ms / r.int8_npu_ms:.1f}x over CPU; "
+              f"max |NPU - CPU| {r.npu_vs_cpu_max_abs:.4f})")
+    else:
+        print(f"XINT8 on NPU: skipped: {r.npu_skipped}")
+    print(f"INT8 vs FP32 output: cosine {r.agreement_cosine:.5f}, mean relative error {r.agreement_rel_error:.4f}")
+    print(f"models: {r.workdir}")
+
+
 # ---------------------------------------------------------------- models / recipes / env
 
 
@@ -303,7 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place library errors become a message and an exit code."""
     debug = os.environ.get("OGA_NPU_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)  # typer.Exit(code) comes back as a return value without standalone mode
     except OgaNpuError as e:
         if debug:
             import traceback

@@ -190,3 +190,72 @@ def machine_report() -> MachineReport:
         p = find_rai_tool(t)
         tools[t] = {"path": p}
     return MachineReport(platform.system(), find_npus(), tools)
+
+
+# ---------------------------------------------------------------- xrt-smi (NPU firmware, driver, power mode)
+
+PMODES = ("default", "powersaver", "balanced", "performance", "turbo")
+POWER_RE = re.compile(r"power\s*mode\s*:\s*(\w+)", re.I)
+FW_RE = re.compile(r"(?:NPU\s+)?firmware\s+version\s*:\s*([\w.\-]+)", re.I)
+XRT_VER_RE = re.compile(r"^\s*version\s*:\s*([\w.\-]+)", re.I | re.M)
+
+
+def xrt_examine() -> dict | None:
+    """Firmware, driver and power mode from `xrt-smi examine` (JSON form when it works)."""
+    import json
+    import tempfile
+
+    tool = find_rai_tool("xrt-smi")
+    if tool is None:
+        return None
+    info: dict = {"path": tool}
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "xrt.json"
+        code, _, _ = capture([tool, "examine", "-f", "JSON", "-o", str(out)], timeout=30)
+        if code == 0 and out.is_file():
+            try:
+                data = json.loads(out.read_text())
+                xrt = data.get("system", {}).get("host", {}).get("xrt", {})
+                info["xrt_version"] = xrt.get("version")
+                info["driver_version"] = xrt.get("driver_version")
+                devs = data.get("devices", [])
+                if devs:
+                    info["firmware"] = devs[0].get("firmware_version")
+                    info["power_mode"] = (devs[0].get("power_mode") or "").lower() or None
+                    info["device"] = devs[0].get("name")
+            except ValueError:
+                pass
+    if not info.get("power_mode") or not info.get("firmware"):
+        code, out_text, err = capture([tool, "examine", "--report", "platform"], timeout=30)
+        text = out_text + err
+        if code == 0:
+            m = POWER_RE.search(text)
+            if m and not info.get("power_mode"):
+                info["power_mode"] = m.group(1).lower()
+            m = FW_RE.search(text)
+            if m and not info.get("firmware"):
+                info["firmware"] = m.group(1)
+            m = XRT_VER_RE.search(text)
+            if m and not info.get("xrt_version"):
+                info["xrt_version"] = m.group(1)
+    return info
+
+
+def power_mode() -> str | None:
+    info = xrt_examine()
+    return (info or {}).get("power_mode")
+
+
+def set_power_mode(mode: str) -> str | None:
+    """`xrt-smi configure --pmode MODE`; returns the mode reported afterwards."""
+    from .errors import DeviceError, ToolNotFound
+    from .tools import run_tool, tool_env
+
+    if mode not in PMODES:
+        raise DeviceError(f"unknown power mode '{mode}'", f"use one of: {', '.join(PMODES)}")
+    tool = find_rai_tool("xrt-smi")
+    if tool is None:
+        raise ToolNotFound("xrt-smi not found: no Ryzen AI NPU driver on this machine",
+                           "install the NPU driver (Ryzen AI Software) on a machine with a Ryzen AI NPU")
+    run_tool([tool, "configure", "--pmode", mode], name="xrt-smi", env=tool_env())
+    return power_mode()

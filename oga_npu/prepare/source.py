@@ -80,7 +80,10 @@ def plan(source: Source) -> str:
         return (f"download {source.spec} ({', '.join(HUB_PATTERNS)}) into the HF cache ({cache})"
                 + (" [offline: cache only]" if offline else ""))
     if source.kind == "gguf":
-        return f"dequantize {source.spec} to fp32 safetensors in {gguf_cache_dir(Path(source.spec))} (once, cached)"
+        cache = gguf_cache_dir(Path(source.spec).expanduser().resolve())
+        if is_converted(cache):
+            return f"use the dequantized copy of {Path(source.spec).name} in {cache}"
+        return f"dequantize {source.spec} to fp32 safetensors in {cache} (once, cached)"
     return f"use {source.spec} in place"
 
 
@@ -92,7 +95,7 @@ def resolve(source: Source) -> ResolvedSource:
     if source.kind == "gguf":
         p = Path(source.spec).expanduser().resolve()
         out = gguf_cache_dir(p)
-        cached = (out / "config.json").is_file() and read_json(out / "oga_npu_source.json") is not None
+        cached = is_converted(out)
         if not cached:
             dequantize_gguf(p, out)
         return ResolvedSource(source, out, "gguf:" + out.name, time.monotonic() - start, cached)
@@ -127,6 +130,10 @@ def download(repo_id: str) -> Path:
         raise HubError(f"{repo_id}: hub request failed: {str(e).splitlines()[0]}", "try again later") from e
 
 
+def is_converted(cache: Path) -> bool:
+    return (cache / "config.json").is_file() and read_json(cache / "oga_npu_source.json") is not None
+
+
 def gguf_cache_dir(path: Path) -> Path:
     return home() / "gguf" / f"{_short_name(path.stem)}-{file_fingerprint(path)}"
 
@@ -141,6 +148,9 @@ def dequantize_gguf(gguf: Path, out: Path) -> Path:
         shutil.rmtree(part)
     part.mkdir(parents=True)
     log.info("dequantizing %s", gguf)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

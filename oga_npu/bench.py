@@ -1,0 +1,430 @@
+"""`oga-npu bench`: model_benchmark-style prompt-length sweeps through `stream_generate`.
+
+Per prompt length: exact-length prompts (token ids cut from a text, no chat template, as
+AMD's model_benchmark does), `warmups` untimed runs, `reps` timed runs that each generate
+exactly `gen_tokens` (EOS ignored through min_length), then TTFT avg/p50/stddev, prefill
+tok/s (= prompt length / mean TTFT), decode tok/s avg/p50/stddev, tokenization and
+end-to-end time, and the peak resident memory seen during the point. A length that does
+not fit the model's context is recorded as skipped with the reason; the sweep goes on.
+Each finished point is appended to the JSON-lines file at once (an interrupted sweep
+keeps its points) and written to the CSV as one whole row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import OgaNpuError
+from .generate import GenerationOptions, encode, stream_generate
+from .model import LoadedModel
+
+DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048)
+CSV_FIELDS = ("model", "provider", "prompt_tokens", "gen_tokens", "reps", "ttft_avg_ms", "ttft_p50_ms", "ttft_std_ms",
+              "prefill_tps", "decode_tps_avg", "decode_tps_p50", "decode_tps_std", "e2e_avg_s", "tokenize_ms",
+              "peak_rss_mb", "skipped", "source")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    lengths: tuple[int, ...] = DEFAULT_LENGTHS
+    gen_tokens: int = 128
+    reps: int = 5
+    warmups: int = 1
+    prompt_file: Path | None = None
+
+    def validate(self) -> None:
+        if not self.lengths or any(n < 1 for n in self.lengths):
+            raise OgaNpuError(f"bad prompt lengths {list(self.lengths)}", "pass -l with positive numbers, e.g. -l 128,512")
+        if self.gen_tokens < 2:
+            raise OgaNpuError("-g must be at least 2 (decode speed needs two tokens)", "pass -g 2 or more")
+        if self.reps < 1 or self.warmups < 0:
+            raise OgaNpuError("-r must be >= 1 and -w >= 0", "pass e.g. -r 5 -w 1")
+
+
+@dataclass
+class BenchRecord:
+    model: str
+    provider: str
+    prompt_tokens: int
+    gen_tokens: int
+    reps: int = 0
+    warmups: int = 0
+    ttft_avg_ms: float | None = None
+    ttft_p50_ms: float | None = None
+    ttft_std_ms: float | None = None
+    prefill_tps: float | None = None
+    decode_tps_avg: float | None = None
+    decode_tps_p50: float | None = None
+    decode_tps_std: float | None = None
+    e2e_avg_s: float | None = None
+    e2e_std_s: float | None = None
+    tokenize_ms: float | None = None
+    peak_rss_mb: float | None = None
+    skipped: str | None = None
+    source: str = "oga-npu"   # oga-npu | model_benchmark
+    meta: dict = field(default_factory=dict)
+
+
+def parse_lengths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in re.split(r"[,\s]+", text.strip()) if x)
+    except ValueError as e:
+        raise OgaNpuError(f"bad prompt lengths '{text}'", "pass -l 128,256,512") from e
+
+
+def _stats(xs: list[float]) -> tuple[float, float, float]:
+    return statistics.fmean(xs), statistics.median(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread; `.peak` in bytes."""
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+def prompt_ids(lm: LoadedModel, n: int, text: str) -> list[int]:
+    ids = encode(lm, text)
+    if not ids:
+        raise OgaNpuError("the prompt text produced no tokens", "pass a longer -f PROMPT_FILE")
+    while len(ids) < n:
+        ids = ids + ids
+    return ids[:n]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def model_hash(lm: LoadedModel) -> str:
+    if lm.manifest and lm.manifest.get("key"):
+        return lm.manifest["key"]
+    h = hashlib.sha256((lm.path / "genai_config.json").read_bytes())
+    for f in sorted(lm.path.glob("*.onnx*")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_metadata(lm: LoadedModel, cfg: BenchConfig) -> dict:
+    from .devices import power_mode
+    from .pipeline import installed_versions
+
+    v = installed_versions()
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "oga": v.get("onnxruntime-genai"),
+            "ort": v.get("onnxruntime"), "quark": v.get("amd-quark"), "oga_npu": v.get("oga-npu"),
+            "provider": lm.provider, "device": lm.provider if lm.provider != "cpu" else "cpu",
+            "cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
+            "npu_power_mode": power_mode(), "model_hash": model_hash(lm),
+            "recipe": (lm.manifest or {}).get("recipe"), "target": (lm.manifest or {}).get("target"),
+            "ignore_eos": True, "warmups": cfg.warmups, "reps": cfg.reps,
+            "threads": lm.config.get("model", {}).get("decoder", {}).get("session_options", {}).get(
+                "intra_op_num_threads")}
+
+
+def bench_point(lm: LoadedModel, ids: list[int], cfg: BenchConfig, meta: dict) -> BenchRecord:
+    n = len(ids)
+    rec = BenchRecord(str(lm.path), lm.provider, n, cfg.gen_tokens, cfg.reps, cfg.warmups, meta=meta)
+    limit = lm.context_length if lm.hybrid_limit is None else min(lm.context_length, lm.hybrid_limit)
+    if n + cfg.gen_tokens > limit:
+        rec.skipped = f"prompt {n} + {cfg.gen_tokens} generated > context {limit}"
+        return rec
+    opts = GenerationOptions(max_tokens=cfg.gen_tokens, ignore_eos=True)
+    ttfts, decs, e2es = [], [], []
+    with PeakRSS() as mem:
+        for i in range(cfg.warmups + cfg.reps):
+            t0 = time.perf_counter()
+            last = None
+            for ev in stream_generate(lm, ids, opts):
+                last = ev
+            e2e = time.perf_counter() - t0
+            if i < cfg.warmups:
+                continue
+            # model_benchmark and Lemonade count a run only if it produced the full length
+            if last is None or last.generated_tokens != cfg.gen_tokens:
+                continue
+            ttfts.append(last.ttft)
+            decs.append(last.decode_tps)
+            e2es.append(e2e)
+    if not ttfts:
+        rec.skipped = "no repetition produced the full output length"
+        return rec
+    t_avg, t_p50, t_std = _stats(ttfts)
+    d_avg, d_p50, d_std = _stats(decs)
+    e_avg, _, e_std = _stats(e2es)
+    rec.reps = len(ttfts)
+    rec.ttft_avg_ms, rec.ttft_p50_ms, rec.ttft_std_ms = t_avg * 1e3, t_p50 * 1e3, t_std * 1e3
+    rec.prefill_tps = n / t_avg
+    rec.decode_tps_avg, rec.decode_tps_p50, rec.decode_tps_std = d_avg, d_p50, d_std
+    rec.e2e_avg_s, rec.e2e_std_s = e_avg, e_std
+    rec.peak_rss_mb = mem.peak / 1e6
+    # tokenization is timed apart from generation (prompts here are token ids already)
+    text = lm.tokenizer.decode(ids)
+    t0 = time.perf_counter()
+    encode(lm, text)
+    rec.tokenize_ms = (time.perf_counter() - t0) * 1e3
+    return rec
+
+
+class RecordSink:
+    """Appends each finished record to JSON lines and CSV as a whole line, then flushes."""
+
+    def __init__(self, json_path: Path | None, csv_path: Path | None):
+        self.json_path, self.csv_path = json_path, csv_path
+        if csv_path and (not csv_path.exists() or csv_path.stat().st_size == 0):
+            csv_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(csv_path, "w", newline="") as f:
+                f.write(",".join(CSV_FIELDS) + "\n")
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, rec: BenchRecord) -> None:
+        if self.json_path:
+            with open(self.json_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(asdict(rec)) + "\n")
+                f.flush()
+        if self.csv_path:
+            buf = io.StringIO()
+            d = asdict(rec)
+            csv.writer(buf).writerow([_fmt(d.get(k)) for k in CSV_FIELDS])
+            with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
+                f.write(buf.getvalue())  # one write: no half row on Ctrl+C
+                f.flush()
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def sweep(lm: LoadedModel, cfg: BenchConfig, text: str, sink: RecordSink | None = None,
+          on_point: Callable[[int, int, BenchRecord | None], None] | None = None) -> list[BenchRecord]:
+    cfg.validate()
+    meta = run_metadata(lm, cfg)
+    out = []
+    for i, n in enumerate(cfg.lengths):
+        if on_point:
+            on_point(i, n, None)
+        rec = bench_point(lm, prompt_ids(lm, n, text), cfg, meta)
+        out.append(rec)
+        if sink:
+            sink.add(rec)
+        if on_point:
+            on_point(i, n, rec)
+    return out
+
+
+def load_records(path: Path) -> list[BenchRecord]:
+    recs = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                recs.append(BenchRecord(**json.loads(line)))
+            except (ValueError, TypeError) as e:
+                raise OgaNpuError(f"{path}: not an oga-npu bench JSON-lines file ({e})",
+                                  "pass files written by `oga-npu bench --json`") from e
+    return recs
+
+
+def table(recs: list[BenchRecord]) -> str:
+    head = f"{'prompt':>7} {'gen':>5} {'TTFT ms':>10} {'±':>7} {'prefill t/s':>12} {'decode t/s':>11} {'±':>6} " \
+           f"{'e2e s':>7} {'peak MB':>8}"
+    rows = [head]
+    for r in recs:
+        if r.skipped:
+            rows.append(f"{r.prompt_tokens:>7} {r.gen_tokens:>5}  skipped: {r.skipped}")
+            continue
+        rows.append(f"{r.prompt_tokens:>7} {r.gen_tokens:>5} {r.ttft_avg_ms:>10.1f} {r.ttft_std_ms:>7.1f} "
+                    f"{r.prefill_tps:>12.1f} {r.decode_tps_avg:>11.1f} {r.decode_tps_std:>6.1f} "
+                    f"{(r.e2e_avg_s or 0):>7.2f} {(r.peak_rss_mb or 0):>8.0f}")
+    return "\n".join(rows)
+
+
+def compare(a: list[BenchRecord], b: list[BenchRecord]) -> str:
+    """Ratios B/A per prompt length: TTFT (lower is better) and decode tok/s (higher is better)."""
+    bmap = {r.prompt_tokens: r for r in b if not r.skipped}
+    rows = [f"{'prompt':>7} {'TTFT A ms':>10} {'TTFT B ms':>10} {'B/A':>6} {'dec A':>8} {'dec B':>8} {'B/A':>6}"]
+    for ra in a:
+        rb = bmap.get(ra.prompt_tokens)
+        if ra.skipped or rb is None:
+            continue
+        rows.append(f"{ra.prompt_tokens:>7} {ra.ttft_avg_ms:>10.1f} {rb.ttft_avg_ms:>10.1f} "
+                    f"{rb.ttft_avg_ms / ra.ttft_avg_ms:>6.2f} {ra.decode_tps_avg:>8.1f} {rb.decode_tps_avg:>8.1f} "
+                    f"{rb.decode_tps_avg / ra.decode_tps_avg:>6.2f}")
+    return "\n".join(rows)
+
+
+def plot(runs: dict[str, list[BenchRecord]], out: Path) -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise OgaNpuError("matplotlib is not installed", "pip install 'oga-npu[plot]'") from e
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, recs in runs.items():
+        ok = [r for r in recs if not r.skipped]
+        xs = [r.prompt_tokens for r in ok]
+        ax1.errorbar(xs, [r.ttft_avg_ms for r in ok], yerr=[r.ttft_std_ms for r in ok], marker="o", label=label,
+                     capsize=3)
+        ax2.errorbar(xs, [r.decode_tps_avg for r in ok], yerr=[r.decode_tps_std for r in ok], marker="o",
+                     label=label, capsize=3)
+    for ax, title, yl in ((ax1, "Time to first token", "TTFT (ms)"), (ax2, "Decode speed", "tokens/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel(yl)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------- AMD's model_benchmark
+
+MB_LEN_RE = re.compile(r"Prompt Number of Tokens:\s*(\d+)")
+MB_GEN_RE = re.compile(r"tokens to generate:\s*(\d+)")
+MB_FIELD_RE = re.compile(r"^\s*(avg|p50|stddev) \((us|tokens/s|ms)\):\s*([\d.]+)")
+MB_N_RE = re.compile(r"^\s*n:\s*(\d+)")
+MB_PEAK_RE = re.compile(r"Peak working set size \(bytes\):\s*(\d+)")
+
+
+def model_benchmark_argv(tool: str, model: Path, cfg: BenchConfig, prompt_file: Path, rai_version: str) -> list[str]:
+    from .devices import version_tuple
+
+    argv = [tool, "-i", str(model)]
+    if version_tuple(rai_version) < (1, 8):
+        argv += ["-f", str(prompt_file)]  # RAI 1.8 makes --prompt_file and -l mutually exclusive
+    argv += ["-l", ", ".join(str(n) for n in cfg.lengths), "-g", str(cfg.gen_tokens), "-r", str(cfg.reps),
+             "-w", str(cfg.warmups), "--verbose"]
+    return argv
+
+
+def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> list[BenchRecord]:
+    """Parse model_benchmark's per-length blocks into BenchRecords."""
+    recs: list[BenchRecord] = []
+    cur: BenchRecord | None = None
+    section = None
+    for line in text.splitlines():
+        m = MB_LEN_RE.search(line)
+        if m:
+            cur = BenchRecord(model, (meta or {}).get("provider", "ryzenai"), int(m.group(1)), 0,
+                              source="model_benchmark", meta=dict(meta or {}))
+            recs.append(cur)
+            section = None
+            continue
+        if cur is None:
+            continue
+        m = MB_GEN_RE.search(line)
+        if m:
+            cur.gen_tokens = int(m.group(1))
+        if line.startswith("Prompt processing"):
+            section = "prefill"
+        elif line.startswith("Token generation"):
+            section = "decode"
+        elif line.startswith("Token sampling"):
+            section = "sampling"
+        elif line.startswith("E2E generation"):
+            section = "e2e"
+            for key, unit, val in re.findall(r"(avg|p50|stddev) \((ms)\):\s*([\d.]+)", line):
+                if key == "avg":
+                    cur.e2e_avg_s = float(val) / 1e3
+                elif key == "stddev":
+                    cur.e2e_std_s = float(val) / 1e3
+        m = MB_PEAK_RE.search(line)
+        if m:
+            cur.peak_rss_mb = int(m.group(1)) / 1e6
+        m = MB_FIELD_RE.match(line)
+        if m:
+            key, unit, val = m.group(1), m.group(2), float(m.group(3))
+            if section == "prefill":
+                if unit == "us":
+                    attr = {"avg": "ttft_avg_ms", "p50": "ttft_p50_ms", "stddev": "ttft_std_ms"}[key]
+                    setattr(cur, attr, val / 1e3)
+                elif key == "avg":
+                    cur.prefill_tps = val
+            elif section == "decode":
+                if unit == "tokens/s" and key == "avg":
+                    cur.decode_tps_avg = val
+                elif unit == "us" and val > 0:
+                    if key == "p50":
+                        cur.decode_tps_p50 = 1e6 / val
+                    elif key == "avg" and cur.decode_tps_avg is None:
+                        cur.decode_tps_avg = 1e6 / val
+                    elif key == "stddev":
+                        cur.meta["decode_std_us"] = val
+            elif section == "e2e" and unit == "ms":
+                if key == "avg":
+                    cur.e2e_avg_s = val / 1e3
+                elif key == "stddev":
+                    cur.e2e_std_s = val / 1e3
+        m = MB_N_RE.match(line)
+        if m and section == "prefill":
+            cur.reps = int(m.group(1))
+    for r in recs:
+        if r.decode_tps_avg and "decode_std_us" in r.meta and r.decode_tps_avg > 0:
+            per_token_us = 1e6 / r.decode_tps_avg
+            r.decode_tps_std = r.decode_tps_avg * r.meta.pop("decode_std_us") / per_token_us
+    return recs
+
+
+def run_model_benchmark(model: Path, cfg: BenchConfig, text: str, log_dir: Path, rai_version: str | None = None,
+                        meta: dict | None = None) -> list[BenchRecord]:
+    from .devices import INSTALL_HINT, detect_rai_version, find_rai_tool
+    from .errors import ToolNotFound
+    from .tools import run_tool, tool_env
+
+    tool = find_rai_tool("model_benchmark")
+    if tool is None:
+        raise ToolNotFound("model_benchmark not found (PATH, RYZEN_AI_INSTALLATION_PATH, conda env)", INSTALL_HINT)
+    rai, _ = detect_rai_version(rai_version)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    prompt_file = log_dir / "amd_genai_prompt.txt"
+    prompt_file.write_text(text, encoding="utf-8")
+    log = log_dir / "model_benchmark.log"
+    if log.exists():
+        log.unlink()
+    argv = model_benchmark_argv(tool, model, cfg, prompt_file, rai)
+    run_tool(argv, name="model_benchmark", env=tool_env(), log_path=log)
+    return parse_model_benchmark(log.read_text(encoding="utf-8", errors="replace"), str(model), meta)

@@ -1,0 +1,142 @@
+"""`oga-npu devices` and `oga-npu doctor`: what this machine can prepare and run, and what
+is wrong with an installation or a model folder (each problem with its fix)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import devices
+from .recipe import TARGETS
+
+# Ryzen AI release -> the onnxruntime-genai version AMD pins (models do not cross releases).
+RAI_OGA_PINS = {"1.5": "0.7.0", "1.6": "0.9.2", "1.7": "0.11.2", "1.7.1": "0.11.2", "1.8": "0.14.0"}
+
+
+def _pci_gpus(root: Path | None = None) -> list[dict]:
+    root = root or devices.sysfs_root()
+    out = []
+    pci = root / "sys" / "bus" / "pci" / "devices"
+    if not pci.is_dir():
+        return out
+    for dev in sorted(pci.iterdir()):
+        cls = devices._read_hex(dev / "class")
+        vendor = devices._read_hex(dev / "vendor")
+        if cls is not None and (cls >> 16) == 0x03 and vendor is not None:
+            name = {0x1002: "AMD", 0x10DE: "NVIDIA", 0x8086: "Intel"}.get(vendor, f"vendor 0x{vendor:04x}")
+            device = devices._read_hex(dev / "device") or 0
+            out.append({"vendor": name, "pci_id": f"{vendor:04x}:{device:04x}", "slot": dev.name})
+    return out
+
+
+def provider_status() -> dict:
+    import onnxruntime as ort
+
+    from .model import PROVIDERS, provider_available
+
+    st = {"onnxruntime": ort.get_available_providers()}
+    oga = {}
+    for p in PROVIDERS:
+        ok, why = provider_available(p)
+        oga[p] = {"available": ok, **({"why": why} if not ok else {})}
+    st["onnxruntime_genai"] = oga
+    return st
+
+
+def devices_report() -> dict:
+    from .bench import cpu_model
+
+    mr = devices.machine_report()
+    tools = {}
+    for name, info in mr.tools.items():
+        tools[name] = {"path": info["path"], "version": devices.tool_version(info["path"]) if info["path"] else None}
+    xrt = devices.xrt_examine()
+    prov = provider_status()
+    oga = prov["onnxruntime_genai"]
+    is_windows = mr.os == "Windows"
+    hybrid_npu = any(n.supports_hybrid for n in mr.npus)
+    rai_tools = tools["model_generate"]["path"] is not None
+    can_prepare = {"cpu": True, "webgpu": True, "dml": True,
+                   "hybrid": rai_tools and tools["onnx_utils"]["path"] is not None, "npu": rai_tools}
+    can_run = {"cpu": True, "webgpu": oga["webgpu"]["available"], "dml": oga["dml"]["available"],
+               "hybrid": is_windows and hybrid_npu and oga["ryzenai"]["available"],
+               "npu": is_windows and bool(mr.npus) and oga["ryzenai"]["available"]}
+    npus = mr.to_dict()["npus"]
+    summary = "no NPU, CPU only" if not npus else ", ".join(n["name"] + " NPU" for n in npus)
+    return {"os": platform.platform(), "cpu": cpu_model(), "summary": summary, "npus": npus, "xrt_smi": xrt,
+            "gpus": _pci_gpus(), "providers": prov, "ryzen_ai_tools": tools,
+            "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
+            "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS}}
+
+
+@dataclass
+class Problem:
+    what: str
+    fix: str
+
+
+@dataclass
+class DoctorReport:
+    checks: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport:
+    from packaging.version import Version
+
+    from .pipeline import REQUIRED_VERSIONS, installed_versions
+    from .workdir import folder_state
+
+    rep = DoctorReport()
+    v = installed_versions()
+    for name, (lo, hi) in REQUIRED_VERSIONS.items():
+        found = v.get(name)
+        if found is None or not (Version(lo) <= Version(found) < Version(hi)):
+            rep.problems.append(Problem(f"{name}: expected >={lo},<{hi}, found {found or 'none'}",
+                                        "pip install -e . in a fresh virtual environment"))
+        else:
+            rep.checks.append(f"{name} {found}")
+    probe = model if model and model.exists() else Path.cwd()
+    free = shutil.disk_usage(probe).free / 1e9
+    if free < min_free_gb:
+        rep.problems.append(Problem(f"only {free:.1f} GB free in {probe} (a 1-3B model's prepare needs about "
+                                    f"{min_free_gb:.0f} GB)", "free disk space or prepare with --output elsewhere"))
+    else:
+        rep.checks.append(f"{free:.0f} GB free in {probe}")
+    if model is not None:
+        _check_model(model, rep, v)
+    return rep
+
+
+def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
+    from .model import check_folder, configured_providers
+    from .workdir import folder_state, resume_command
+
+    st = folder_state(model, check_hashes=True)
+    if st.state in ("incomplete", "damaged"):
+        rep.problems.append(Problem(f"{model} is incomplete ({st.detail or 'prepare did not finish'})",
+                                    f"re-run prepare: {resume_command(st)}"))
+    elif st.state == "ready":
+        rep.checks.append(f"{model}: manifest matches every file (sizes and hashes)")
+    folder = check_folder(model)
+    for p in folder.problems:
+        fix = "run `git lfs pull` in the model's repository" if "git-lfs" in p else \
+            ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
+        rep.problems.append(Problem(f"{model}: {p}", fix))
+    if folder.config:
+        prov = configured_providers(folder.config)[0]
+        rep.checks.append(f"{model}: provider {prov}")
+        built = (st.manifest or {}).get("versions", {}).get("onnxruntime-genai")
+        now = versions.get("onnxruntime-genai")
+        if built and now and built.split(".")[:2] != now.split(".")[:2]:
+            rep.problems.append(Problem(f"{model} was built with onnxruntime-genai {built}, {now} is installed",
+                                        f"pip install onnxruntime-genai=={built}, or re-run prepare with --force"))
+        rai = ((st.manifest or {}).get("stages", {}).get("hybrid", {}).get("detail", {}) or {}).get("rai_version")
+        if prov == "ryzenai":
+            pin = RAI_OGA_PINS.get(rai or "", None)
+            if pin and now and now != pin:
+                rep.problems.append(Problem(f"{model} is a Ryzen AI {rai} model; that release pins onnxruntime-genai "
+                                            f"{pin}, {now} is installed",
+                                            f"run it in Ryzen AI {rai}'s conda env (onnxruntime-genai {pin})"))

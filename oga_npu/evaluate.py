@@ -1,0 +1,100 @@
+"""`oga-npu eval`: perplexity of a prepared model on local text, and of its fp32 reference.
+
+Text: Python's own documentation by default (no download). The text is tokenized once and
+cut into non-overlapping windows; each window is one prefill, scored on its next-token
+log-likelihood (the first token of a window is not scored). The reference model (an HF
+folder: the prepare source by default) is scored on exactly the same token ids with
+transformers in fp32, so the difference is what quantization and conversion cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OgaNpuError
+from .generate import encode
+from .model import LoadedModel, translate
+
+DEFAULT_WINDOW = 512
+DEFAULT_WINDOWS = 8
+
+
+@dataclass
+class PerplexityResult:
+    name: str
+    perplexity: float
+    tokens: int
+    windows: int
+    seconds: float
+
+
+def windows_of(ids: list[int], window: int, count: int) -> list[list[int]]:
+    out = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)][:count]
+    if not out:
+        raise OgaNpuError(f"the text has {len(ids)} tokens, fewer than one window of {window}",
+                          "pass a longer --text file or a smaller --window")
+    return out
+
+
+def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    logits = logits.astype(np.float64)
+    mx = logits.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(logits - mx).sum(axis=-1)) + mx[:, 0]
+    return float((lse - logits[np.arange(len(targets)), targets]).sum())
+
+
+def perplexity_oga(lm: LoadedModel, windows: list[list[int]]) -> tuple[float, int]:
+    import onnxruntime_genai as og
+
+    nll, n = 0.0, 0
+    for ids in windows:
+        if len(ids) > lm.context_length:
+            raise OgaNpuError(f"window {len(ids)} > context {lm.context_length}", "pass a smaller --window")
+        try:
+            params = og.GeneratorParams(lm.model)
+            params.set_search_options(max_length=len(ids) + 1)
+            gen = og.Generator(lm.model, params)
+            gen.append_tokens(ids)
+            logits = np.asarray(gen.get_output("logits"))[0]
+        except Exception as e:  # noqa: BLE001
+            raise translate(e, lm.path) from e
+        if logits.shape[0] != len(ids):
+            raise OgaNpuError("this model returns logits for the last token only (pruned lm_head)",
+                              "rebuild without prune_lm_head to measure perplexity")
+        nll += _log_softmax_nll(logits[:-1], np.asarray(ids[1:]))
+        n += len(ids) - 1
+        del gen
+    return math.exp(nll / n), n
+
+
+def perplexity_hf(hf_dir: Path, windows: list[list[int]]) -> tuple[float, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for ids in windows:
+            t = torch.tensor([ids])
+            logits = model(t).logits[0, :-1].double()
+            nll += float(torch.nn.functional.cross_entropy(logits, t[0, 1:], reduction="sum"))
+            n += len(ids) - 1
+    return math.exp(nll / n), n
+
+
+def reference_dir(lm: LoadedModel) -> Path | None:
+    """The HF folder the model was prepared from, when it is still on disk."""
+    m = lm.manifest or {}
+    if m.get("source_kind") == "folder":
+        p = Path(m["source"]).expanduser()
+        return p if (p / "config.json").is_file() else None
+    if m.get("source_kind") == "gguf":
+        from .prepare.source import gguf_cache_dir
+
+        p = gguf_cache_dir(Path(m["source"]).expanduser().resolve()) if Path(m["source"]).exists() else None
+        return p if p and (p / "config.json").is_file() else None
+    return None
