@@ -298,7 +298,7 @@ def plot(runs: dict[str, list[BenchRecord]], out: Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise OgaNpuError("matplotlib is not installed", "pip install 'oga-npu[plot]'") from e
+        raise OgaNpuError("matplotlib is not installed", "pip install matplotlib") from e
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, recs in runs.items():
         ok = [r for r in recs if not r.skipped]

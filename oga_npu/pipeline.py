@@ -144,11 +144,13 @@ def installed_versions() -> dict:
     return out
 
 
-def check_versions(versions: dict) -> None:
+def check_versions(versions: dict, needs_quark: bool = True) -> None:
     from packaging.version import Version
 
     bad = []
     for name, (lo, hi) in REQUIRED_VERSIONS.items():
+        if name == "amd-quark" and not needs_quark:
+            continue
         found = versions.get(name)
         if found is None:
             bad.append(f"{name}: expected >={lo},<{hi}, found none")
@@ -165,7 +167,7 @@ def default_output(source: source_mod.Source, target: str) -> Path:
 
 def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> Recipe:
     """Apply the group-size fallback when the model's layer widths are known."""
-    if hf_dir is None or not (hf_dir / "config.json").is_file():
+    if recipe.quantize.engine != "quark" or hf_dir is None or not (hf_dir / "config.json").is_file():
         return recipe
     from .prepare.quantize import layer_input_widths
 
@@ -211,7 +213,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
 
     tools, tool_versions = preflight(req.target, stages, req.skip_device_check)
     versions = installed_versions()
-    check_versions(versions)
+    check_versions(versions, needs_quark=any(s.NAME == "quantize" for s in stages))
     state = folder_state(out)
     if state.state == "foreign":
         raise OutputExistsError(f"{out} exists and is not an oga-npu model folder ({state.detail})",

@@ -36,6 +36,9 @@ class _Strict(BaseModel):
 class QuantizeConfig(_Strict):
     """AMD Quark weight-only quantization (exported in HF format, quant_method=quark)."""
 
+    # quark: AMD Quark quantizes, the builder packs its result. builder: no Quark stage; the
+    # OGA builder rounds the fp weights to int4 itself (build.precision) - no torch model load.
+    engine: Literal["quark", "builder"] = "quark"
     dtype: Literal["uint4", "int4"] = "uint4"
     group_size: Literal[32, 64, 128] = 128
     # awq and gptq need calibration text; none = plain rounding to the nearest level.

@@ -1,47 +1,94 @@
 """WebGPU through ONNX Runtime's plugin execution provider (package onnxruntime-ep-webgpu).
 
-The plugin library is registered with onnxruntime-genai before a model that asks for
-WebGPU is opened. Missing pieces (the package, a Vulkan/D3D12/Metal loader, an adapter)
-are reported by name; nothing falls back to the CPU silently.
+The plugin library is registered with onnxruntime-genai (and, to list adapters, with
+onnxruntime) before a model that asks for WebGPU is opened. Each missing piece has its
+own message: the package, the Vulkan loader (Linux), a WebGPU adapter. Nothing falls back
+to the CPU silently.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
-from pathlib import Path
+import platform
+from dataclasses import dataclass
 
 EP_NAME = "WebGpuExecutionProvider"
-_registered = False
+INSTALL_HINT = "pip install 'oga-npu[webgpu]' (onnxruntime-ep-webgpu)"
+_registered_oga = False
+_registered_ort = False
 
 
-def library_path() -> Path | None:
-    spec = importlib.util.find_spec("onnxruntime_ep_webgpu")
-    if spec is None or not spec.submodule_search_locations:
+@dataclass
+class Adapter:
+    vendor: str
+    device_type: str
+    metadata: dict
+
+
+def library_path() -> str | None:
+    if importlib.util.find_spec("onnxruntime_ep_webgpu") is None:
         return None
-    root = Path(list(spec.submodule_search_locations)[0])
-    for pattern in ("*.so", "*.dll", "*.dylib", "**/*.so", "**/*.dll", "**/*.dylib"):
-        libs = sorted(p for p in root.glob(pattern) if "webgpu" in p.name.lower() or "ep" in p.name.lower())
-        if libs:
-            return libs[0]
-    return None
+    import onnxruntime_ep_webgpu as ep
+
+    try:
+        return ep.get_library_path()
+    except RuntimeError:
+        return None
+
+
+def vulkan_loader_present() -> bool:
+    if platform.system() != "Linux":
+        return True  # D3D12 (Windows) and Metal (macOS) need no extra loader
+    try:
+        ctypes.CDLL("libvulkan.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def adapters() -> list[Adapter]:
+    """WebGPU adapters onnxruntime sees through the plugin (empty when none)."""
+    global _registered_ort
+    lib = library_path()
+    if lib is None:
+        return []
+    import onnxruntime as ort
+
+    if not _registered_ort:
+        try:
+            ort.register_execution_provider_library(EP_NAME, lib)
+        except Exception:  # noqa: BLE001 - an incompatible ORT is reported as no adapter
+            return []
+        _registered_ort = True
+    out = []
+    for d in ort.get_ep_devices():
+        if d.ep_name == EP_NAME:
+            out.append(Adapter(str(d.device.vendor), str(d.device.type).split(".")[-1], dict(d.device.metadata)))
+    return out
 
 
 def available() -> tuple[bool, str]:
     if library_path() is None:
-        return False, "the WebGPU plugin EP is not installed (pip install 'oga-npu[webgpu]')"
+        return False, f"the WebGPU plugin EP is not installed ({INSTALL_HINT})"
+    if not vulkan_loader_present():
+        return False, "the Vulkan loader libvulkan.so.1 is missing (apt install libvulkan1, and a GPU driver)"
+    if not adapters():
+        return False, "no WebGPU adapter found: the GPU driver is missing or does not support Vulkan/D3D12/Metal"
     return True, ""
 
 
 def register() -> None:
-    global _registered
-    if _registered:
+    """Register the plugin with onnxruntime-genai (once per process)."""
+    global _registered_oga
+    if _registered_oga:
         return
+    from .errors import ProviderError
+
+    ok, why = available()
+    if not ok:
+        raise ProviderError(f"WebGPU is not available: {why}", "install it, or pass --fallback cpu")
     import onnxruntime_genai as og
 
-    lib = library_path()
-    if lib is None:
-        from .errors import ProviderError
-
-        raise ProviderError("the WebGPU plugin EP is not installed", "pip install 'oga-npu[webgpu]'")
-    og.register_execution_provider_library(EP_NAME, str(lib))
-    _registered = True
+    og.register_execution_provider_library(EP_NAME, library_path())
+    _registered_oga = True

@@ -184,7 +184,7 @@ PRODUCES_MODEL = True
 
 
 def applies(ctx) -> bool:
-    return True
+    return ctx.recipe.quantize.engine == "quark"
 
 
 def key(ctx) -> dict:

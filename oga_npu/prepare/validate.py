@@ -29,15 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(args.model)
     try:
-        rep = model_mod.check_folder(path)
-        if not rep.ok:
-            raise SystemExit("error: " + "; ".join(rep.problems))
-        import onnxruntime_genai as og
-
-        m = og.Model(str(path))
-        tok = og.Tokenizer(m)
-        provider = model_mod.configured_providers(rep.config or {})[0]
-        lm = model_mod.LoadedModel(path, m, tok, rep.config or {}, provider)
+        lm = model_mod.load(path)  # the same checks and provider registration as `oga-npu run`
         raw = lm.chat_template() is None
         text, last = generate(lm, args.prompt, GenerationOptions(max_tokens=args.max_tokens), raw=raw)
     except OgaNpuError as e:
