@@ -86,3 +86,39 @@ def test_eos_list_is_read(copy):
     (copy / "genai_config.json").write_text(json.dumps(cfg))
     make_foreign(copy)
     assert {0, 2} <= set(load(copy).eos_token_ids)
+
+
+def test_webgpu_model_without_adapter_gives_the_adapter_error(tmp_path, tiny_hf):
+    """A webgpu build here: validate records why it was skipped; run names what is missing."""
+    out = tmp_path / "w"
+    r = run_cli("prepare", str(tiny_hf), "--target", "webgpu", "--recipe", "builder-int4", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((out / "genai_config.json").read_text())
+    webgpu = cfg["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]
+    assert webgpu["enableGraphCapture"] == "1"  # graph capture is on by default for webgpu
+    from oga_npu.webgpu import available
+
+    ok, why = available()
+    if ok:
+        pytest.skip("this machine has a WebGPU adapter")
+    assert "skipped" in r.stderr and why in r.stderr
+    r = run_cli("run", "-m", str(out), "hi")
+    assert r.returncode == 1
+    assert f"provider webgpu is not available: {why}" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("run", "-m", str(out), "hi", "-n", "3", "--fallback", "cpu", "--timings")
+    assert r.returncode == 0, r.stderr
+    assert "falling back to cpu" in r.stderr and "[cpu]" in r.stderr
+
+
+def test_webgpu_dry_run_shows_builder_flags(tmp_path, tiny_hf):
+    r = run_cli("prepare", str(tiny_hf), "--target", "webgpu", "--dry-run")
+    assert r.returncode == 0
+    assert "-e webgpu" in r.stdout and "enable_webgpu_graph=true" in r.stdout
+
+
+def test_webgpu_missing_package_message(monkeypatch):
+    from oga_npu import webgpu
+
+    monkeypatch.setattr(webgpu, "library_path", lambda: None)
+    ok, why = webgpu.available()
+    assert not ok and "onnxruntime-ep-webgpu" in why

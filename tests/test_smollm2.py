@@ -58,3 +58,30 @@ def test_real_dml_build_names_dml_and_trace_counts_nodes(tmp_path, session_home)
     assert r.returncode == 0
     line = next(ln for ln in r.stdout.splitlines() if "com.microsoft:MatMulNBits" in ln)
     assert int(line.split()[-1]) >= 30 * 4  # qkv, o, gate/up, down per layer at least
+
+
+def test_eval_reference_and_a_damaged_model(smol, tmp_path, session_home):
+    import json
+    import shutil
+
+    import numpy as np
+
+    args = ["--window", "256", "--windows", "4", "--json"]
+    r = run_cli("eval", "-m", str(smol), *args, env={"OGA_NPU_HOME": str(session_home)})
+    assert r.returncode == 0, r.stderr
+    ours, ref = json.loads(r.stdout)
+    assert ref["engine"] == "transformers fp32" and ref["tokens"] == ours["tokens"] == 4 * 255
+    assert ours["perplexity"] < 100 and ref["perplexity"] < 100  # a real model on English text
+    assert ours["perplexity"] / ref["perplexity"] < 1.5  # uint4 costs a little, not a lot
+    bad = tmp_path / "damaged"
+    shutil.copytree(smol, bad)
+    data = bad / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    rng = np.random.default_rng(0)
+    start = len(raw) // 4  # the middle of the layer weights
+    raw[start:start + len(raw) // 4] = rng.integers(0, 256, len(raw) // 4, dtype=np.uint8).tobytes()
+    data.write_bytes(bytes(raw))
+    r = run_cli("eval", "-m", str(bad), *args, "--ref", "none")
+    assert r.returncode == 0, r.stderr
+    (damaged,) = json.loads(r.stdout)
+    assert damaged["perplexity"] > 5 * ours["perplexity"]
