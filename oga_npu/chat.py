@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from .errors import ContextLengthError, OgaNpuError
+from .errors import ContextLengthError, GenerationError, OgaNpuError
 from .generate import GenerationEvent, GenerationOptions, encode, render_prompt, stream_generate
 from .model import LoadedModel
 
@@ -40,29 +40,30 @@ class ChatSession:
         sys_msg = [{"role": "system", "content": self.system}] if self.system else []
         return sys_msg + self.history + [{"role": "user", "content": user}]
 
-    def _trim(self, user: str) -> list[dict]:
-        """Drop the oldest turns until the prompt and max_tokens fit the context."""
+    def _trim(self, user: str) -> list[int]:
+        """Drop the oldest turns until the prompt and max_tokens fit the context; the prompt's ids."""
         limit = self.lm.context_length
         if self.lm.hybrid_limit:
             limit = min(limit, self.lm.hybrid_limit)
         dropped = 0
         while True:
-            msgs = self.messages(user)
-            n = len(encode(self.lm, render_prompt(self.lm, msgs, self.chat_template)))
-            if n + self.options.max_tokens <= limit or not self.history:
+            ids = encode(self.lm, render_prompt(self.lm, self.messages(user), self.chat_template))
+            if len(ids) + self.options.max_tokens <= limit or not self.history:
                 break
             self.history = self.history[2:]
             dropped += 1
         if dropped:
             self.notices.append(f"(dropped the {dropped} oldest turn(s) to fit the {limit}-token context)")
-        return msgs
+        return ids
 
     def send(self, user: str):
         """Stream the answer to `user`; history keeps what was produced (also when interrupted)."""
-        msgs = self._trim(user)
+        if not user.strip():
+            raise GenerationError("the message is empty", "type some text")
+        ids = self._trim(user)  # rendered and tokenized once; generation takes the ids
         parts: list[str] = []
         try:
-            for ev in stream_generate(self.lm, msgs, self.options, chat_template=self.chat_template):
+            for ev in stream_generate(self.lm, ids, self.options):
                 parts.append(ev.text)
                 self.last = ev
                 yield ev

