@@ -375,6 +375,8 @@ def eval_cmd(
         return
     for r in rows:
         print(f"{r['engine']:<20} perplexity {r['perplexity']:>9.3f}  ({r['tokens']} tokens, {r['seconds']} s)  {r['model']}")
+    if rows[0]["perplexity"] == float("inf"):
+        print("note: the model produced NaN/inf logits (damaged weights or a broken build)", file=sys.stderr)
     if len(rows) == 2:
         print(f"quantization cost: {100 * (rows[0]['perplexity'] / rows[1]['perplexity'] - 1):+.1f}% perplexity")
 

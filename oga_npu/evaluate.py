@@ -65,6 +65,8 @@ def perplexity_oga(lm: LoadedModel, windows: list[list[int]]) -> tuple[float, in
         if logits.shape[0] != len(ids):
             raise OgaNpuError("this model returns logits for the last token only (pruned lm_head)",
                               "rebuild without prune_lm_head to measure perplexity")
+        if not np.isfinite(logits).all():
+            return math.inf, n + len(ids) - 1  # NaN/inf logits: a broken model, infinitely perplexed
         nll += _log_softmax_nll(logits[:-1], np.asarray(ids[1:]))
         n += len(ids) - 1
         del gen
