@@ -102,7 +102,7 @@ def check_fits(lm: LoadedModel, prompt_tokens: int, max_tokens: int) -> None:
 class _Detokenizer:
     """Incremental decode that releases only complete characters."""
 
-    def __init__(self, tokenizer, prompt_tail: list[int] | None = None):
+    def __init__(self, tokenizer):
         self.tok = tokenizer
         self.ids: list[int] = []
         self.prefix = 0   # ids[prefix:read] decode to text already released
@@ -239,8 +239,6 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
             if n_gen >= opts.max_tokens:
                 finish = "length"
                 break
-    except GeneratorExit:
-        raise
     except Exception as e:  # noqa: BLE001 - native errors mid-generation
         raise translate(e, lm.path) from e
     finally:
