@@ -48,29 +48,54 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 def perplexity_oga(lm: LoadedModel, windows: list[list[int]]) -> tuple[float, int]:
-    import onnxruntime_genai as og
-
+    """Perplexity over the windows. A model built with prune_lm_head returns the last
+    position's logits only; it is scored one token at a time (each step a decode)."""
     nll, n = 0.0, 0
+    stepwise = False
     for ids in windows:
         if len(ids) > lm.context_length:
             raise OgaNpuError(f"window {len(ids)} > context {lm.context_length}", "pass a smaller --window")
-        try:
-            params = og.GeneratorParams(lm.model)
-            params.set_search_options(max_length=len(ids) + 1)
-            gen = og.Generator(lm.model, params)
-            gen.append_tokens(ids)
-            logits = np.asarray(gen.get_output("logits"))[0]
-        except Exception as e:  # noqa: BLE001
-            raise translate(e, lm.path) from e
-        if logits.shape[0] != len(ids):
-            raise OgaNpuError("this model returns logits for the last token only (pruned lm_head)",
-                              "rebuild without prune_lm_head to measure perplexity")
+        logits = None if stepwise else _window_logits(lm, ids)
+        if logits is not None and logits.shape[0] != len(ids):
+            stepwise = True  # pruned lm_head: last-token logits only
+        if stepwise:
+            logits = _window_logits_stepwise(lm, ids)
         if not np.isfinite(logits).all():
             return math.inf, n + len(ids) - 1  # NaN/inf logits: a broken model, infinitely perplexed
         nll += _log_softmax_nll(logits[:-1], np.asarray(ids[1:]))
         n += len(ids) - 1
-        del gen
     return math.exp(nll / n), n
+
+
+def _generator(lm: LoadedModel, max_length: int):
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(lm.model)
+    params.set_search_options(max_length=max_length)
+    return og.Generator(lm.model, params)
+
+
+def _window_logits(lm: LoadedModel, ids: list[int]) -> np.ndarray:
+    """One prefill; logits for every position the model returns (all, or the last only)."""
+    try:
+        gen = _generator(lm, len(ids) + 1)
+        gen.append_tokens(ids)
+        return np.asarray(gen.get_output("logits"))[0]
+    except Exception as e:  # noqa: BLE001
+        raise translate(e, lm.path) from e
+
+
+def _window_logits_stepwise(lm: LoadedModel, ids: list[int]) -> np.ndarray:
+    """Logits for every position by feeding one token per step (pruned lm_head models)."""
+    rows = []
+    try:
+        gen = _generator(lm, len(ids) + 1)
+        for tok in ids:
+            gen.append_tokens([tok])
+            rows.append(np.asarray(gen.get_output("logits"))[0, -1].astype(np.float32))
+    except Exception as e:  # noqa: BLE001
+        raise translate(e, lm.path) from e
+    return np.stack(rows)
 
 
 def perplexity_hf(hf_dir: Path, windows: list[list[int]]) -> tuple[float, int]:

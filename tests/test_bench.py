@@ -138,3 +138,18 @@ def test_eval_reports_perplexity_and_reference(tiny_model, tiny_hf):
     assert rows[1]["engine"] == "transformers fp32" and rows[1]["model"] == str(tiny_hf)
     # a random-weight model is near-uniform over the vocabulary: both perplexities are huge and close
     assert rows[0]["perplexity"] > 1000 and abs(rows[0]["perplexity"] / rows[1]["perplexity"] - 1) < 0.3
+
+
+def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, tiny_model):
+    """prune_lm_head (the default) keeps the last position's logits only; eval then scores
+    one token per step. A build that keeps every position's logits must agree."""
+    recipe = tmp_path / "full.toml"
+    recipe.write_text((REPO / "recipes" / "cpu-fast.toml").read_text().replace(", prune_lm_head = true", ""))
+    assert "prune_lm_head" not in recipe.read_text()
+    full = tmp_path / "full"
+    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full))
+    assert r.returncode == 0, r.stderr
+    args = ["--window", "64", "--windows", "2", "--ref", "none", "--json"]
+    rows = [json.loads(run_cli("eval", "-m", str(m), *args).stdout)[0] for m in (tiny_model, full)]
+    assert rows[0]["tokens"] == rows[1]["tokens"] == 126
+    assert abs(rows[0]["perplexity"] / rows[1]["perplexity"] - 1) < 1e-3
