@@ -108,12 +108,18 @@ class _Detokenizer:
         self.prefix = 0   # ids[prefix:read] decode to text already released
         self.read = 0
 
+    # A character takes at most 4 byte tokens; ids that still decode to nothing or to a
+    # broken character after this many are released as they are, so each step decodes a
+    # bounded slice (ids a tokenizer cannot decode once made this quadratic).
+    MAX_PENDING = 8
+
     def add(self, token: int) -> str:
         self.ids.append(token)
         prefix_text = self.tok.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
         new_text = self.tok.decode(self.ids[self.prefix:])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            delta = new_text[len(prefix_text):]
+        complete = len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd")
+        if complete or len(self.ids) - self.read >= self.MAX_PENDING:
+            delta = new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
             self.prefix, self.read = self.read, len(self.ids)
             return delta
         return ""

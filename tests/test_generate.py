@@ -29,6 +29,23 @@ def test_detokenizer_releases_whole_characters_only(lm):
     assert any(x == "" for x in deltas[:-1])
 
 
+def test_detokenizer_work_stays_bounded_on_undecodable_ids():
+    """Ids the tokenizer cannot decode (a model vocabulary larger than its tokenizer's)
+    used to pile up: every step decoded the whole pile again."""
+
+    class Tok:
+        longest = 0
+
+        def decode(self, ids):
+            Tok.longest = max(Tok.longest, len(ids))
+            return "".join("a" if i < 100 else "\ufffd" for i in ids)
+
+    d = _Detokenizer(Tok())
+    out = [d.add(1000 + i) for i in range(500)] + [d.add(5), d.flush()]
+    assert Tok.longest <= 2 * _Detokenizer.MAX_PENDING
+    assert "".join(out).endswith("a") and "".join(out).count("\ufffd") == 500
+
+
 def test_stream_equals_one_shot(lm):
     opts = GenerationOptions(max_tokens=40)
     events = list(stream_generate(lm, "Tell me about Tokyo 東京 😀", opts))
