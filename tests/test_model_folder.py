@@ -96,6 +96,12 @@ def test_webgpu_model_without_adapter_gives_the_adapter_error(tmp_path, tiny_hf)
     cfg = json.loads((out / "genai_config.json").read_text())
     webgpu = cfg["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]
     assert webgpu["enableGraphCapture"] == "1"  # graph capture is on by default for webgpu
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    logits = next(o for o in graph.output if o.name == "logits")
+    assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # our pass: OGA needs no cast session
+    assert graph.node[-1].op_type == "Cast" and graph.node[-1].output[0] == "logits"
     from oga_npu.webgpu import available
 
     ok, why = available()
@@ -114,6 +120,7 @@ def test_webgpu_dry_run_shows_builder_flags(tmp_path, tiny_hf):
     r = run_cli("prepare", str(tiny_hf), "--target", "webgpu", "--dry-run")
     assert r.returncode == 0
     assert "-e webgpu" in r.stdout and "enable_webgpu_graph=true" in r.stdout
+    assert "prune_lm_head=true" in r.stdout and "logits output float32" in r.stdout
 
 
 def test_webgpu_missing_package_message(monkeypatch):
@@ -122,3 +129,32 @@ def test_webgpu_missing_package_message(monkeypatch):
     monkeypatch.setattr(webgpu, "library_path", lambda: None)
     ok, why = webgpu.available()
     assert not ok and "onnxruntime-ep-webgpu" in why
+
+
+def test_float32_logits_pass_keeps_values(tmp_path):
+    """The graph pass appends a Cast: same numbers, float32 type, external weights untouched."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from oga_npu.prepare.build import cast_logits_to_float32
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 16)).astype(np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"], name="lm_head")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, [1, 16])], [w])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
+              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float16)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    data = (tmp_path / "model.onnx.data").read_bytes()
+    assert cast_logits_to_float32(path) is True
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert before.dtype == np.float16 and after.dtype == np.float32
+    # equal up to the float16 rounding the cast removes (ORT's CPU MatMul works in float32)
+    np.testing.assert_allclose(after, before.astype(np.float32), rtol=2e-3, atol=2e-3)
+    assert (tmp_path / "model.onnx.data").read_bytes() == data
+    assert cast_logits_to_float32(path) is False  # already float32: nothing to do

@@ -71,12 +71,42 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
                          [f"builder exited 0 but wrote no {', '.join(missing) or '*.onnx'} in {out_dir}"], log_path)
     config_path = out_dir / "genai_config.json"
     config = json.loads(config_path.read_text())
+    passes = []
+    if cfg.float32_logits:
+        model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
+        if cast_logits_to_float32(model_file):
+            passes.append("float32_logits")
     session = resolved_session_options(cfg)
     if session:
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
         config_path.write_text(json.dumps(config, indent=4) + "\n")
     return {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session,
-            "provider": providers_in_config(config)}
+            "graph_passes": passes, "provider": providers_in_config(config)}
+
+
+def cast_logits_to_float32(model_file: Path, output: str = "logits") -> bool:
+    """Append Cast(to=float32) to the graph output `output` when it is float16 or bfloat16.
+    Only model.onnx is rewritten (weights stay in their external data file). Returns
+    whether the graph changed."""
+    import onnx
+
+    m = onnx.load(str(model_file), load_external_data=False)
+    g = m.graph
+    out = next((o for o in g.output if o.name == output), None)
+    low = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+    if out is None or out.type.tensor_type.elem_type not in low:
+        return False
+    inner = f"{output}_before_float32_cast"
+    for node in g.node:
+        node.output[:] = [inner if o == output else o for o in node.output]
+        node.input[:] = [inner if i == output else i for i in node.input]
+    g.node.append(onnx.helper.make_node("Cast", [inner], [output], name="/oga_npu/logits_float32/Cast",
+                                        to=onnx.TensorProto.FLOAT))
+    out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    tmp = model_file.with_name(model_file.name + ".tmp")
+    onnx.save(m, str(tmp))
+    os.replace(tmp, model_file)
+    return True
 
 
 def providers_in_config(config: dict) -> list[str]:
@@ -107,6 +137,8 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     session = resolved_session_options(cfg)
     if session:
         lines.append(f"  then genai_config.json session_options += {session}")
+    if cfg.float32_logits:
+        lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
     return lines
 
 
