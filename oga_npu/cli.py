@@ -391,7 +391,7 @@ def devices_cmd(
 ) -> None:
     """What this machine can prepare and run: NPU, GPUs, providers, Ryzen AI tools."""
     from .devices import set_power_mode
-    from .doctor import devices_report
+    from .doctor import devices_report, webgpu_line
 
     if pmode:
         after = set_power_mode(pmode)
@@ -410,6 +410,7 @@ def devices_cmd(
     print("xrt-smi: " + ("not found" if not x else
                          f"firmware {x.get('firmware')}, XRT {x.get('xrt_version')}, power mode {x.get('power_mode')}"))
     print("GPUs: " + (", ".join(f"{g['vendor']} {g['pci_id']}" for g in rep["gpus"]) or "none found on PCI"))
+    print(webgpu_line(rep["webgpu"]))
     print("onnxruntime providers: " + ", ".join(rep["providers"]["onnxruntime"]))
     oga = rep["providers"]["onnxruntime_genai"]
     print("onnxruntime-genai providers: " + ", ".join(

@@ -66,9 +66,29 @@ def devices_report() -> dict:
     npus = mr.to_dict()["npus"]
     summary = "no NPU, CPU only" if not npus else ", ".join(n["name"] + " NPU" for n in npus)
     return {"os": platform.platform(), "cpu": cpu_model(), "summary": summary, "npus": npus, "xrt_smi": xrt,
-            "gpus": _pci_gpus(), "providers": prov, "ryzen_ai_tools": tools,
+            "gpus": _pci_gpus(), "webgpu": webgpu_report(), "providers": prov, "ryzen_ai_tools": tools,
             "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
             "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS}}
+
+
+def webgpu_report() -> dict:
+    """The WebGPU adapters the plugin EP finds, or why there are none."""
+    from dataclasses import asdict
+
+    from . import webgpu
+
+    ok, why = webgpu.available()
+    return {"adapters": [asdict(a) for a in webgpu.adapters()] if ok else [], **({"why": why} if not ok else {})}
+
+
+def webgpu_line(rep: dict) -> str:
+    if not rep["adapters"]:
+        return f"WebGPU adapters: none ({rep.get('why', 'not found')})"
+    parts = []
+    for a in rep["adapters"]:
+        meta = ", ".join(f"{k}={v}" for k, v in sorted(a["metadata"].items()))
+        parts.append(f"{a['vendor']} {a['device_type']}" + (f" [{meta}]" if meta else ""))
+    return "WebGPU adapters: " + "; ".join(parts)
 
 
 @dataclass

@@ -59,6 +59,23 @@ def test_devices_json_here_reports_no_npu_and_cpu():
     assert "CPUExecutionProvider" in d["providers"]["onnxruntime"]
     assert d["targets"]["cpu"] == {"prepare": True, "run": True}
     assert d["targets"]["hybrid"]["run"] is False
+    from oga_npu.webgpu import available
+
+    ok, why = available()
+    if not ok:  # the usual case here: no adapter, and the report says why
+        assert d["webgpu"] == {"adapters": [], "why": why} and d["targets"]["webgpu"]["run"] is False
+
+
+def test_devices_lists_webgpu_adapters(monkeypatch):
+    from oga_npu import doctor, webgpu
+
+    monkeypatch.setattr(webgpu, "available", lambda: (True, ""))
+    monkeypatch.setattr(webgpu, "adapters", lambda: [webgpu.Adapter("NVIDIA", "GPU", {"backend": "Vulkan"})])
+    rep = doctor.webgpu_report()
+    assert rep == {"adapters": [{"vendor": "NVIDIA", "device_type": "GPU", "metadata": {"backend": "Vulkan"}}]}
+    assert doctor.webgpu_line(rep) == "WebGPU adapters: NVIDIA GPU [backend=Vulkan]"
+    monkeypatch.setattr(webgpu, "available", lambda: (False, "no WebGPU adapter found: why"))
+    assert doctor.webgpu_line(doctor.webgpu_report()) == "WebGPU adapters: none (no WebGPU adapter found: why)"
 
 
 def test_devices_with_fake_strix_and_xrt_smi(tmp_path):
