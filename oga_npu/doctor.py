@@ -78,7 +78,8 @@ def webgpu_report() -> dict:
     from . import webgpu
 
     ok, why = webgpu.available()
-    return {"adapters": [asdict(a) for a in webgpu.adapters()] if ok else [], **({"why": why} if not ok else {})}
+    found = webgpu.adapters() if ok else []
+    return {"adapters": [{**asdict(a), "name": a.name} for a in found], **({"why": why} if not ok else {})}
 
 
 def webgpu_line(rep: dict) -> str:
@@ -87,7 +88,7 @@ def webgpu_line(rep: dict) -> str:
     parts = []
     for a in rep["adapters"]:
         meta = ", ".join(f"{k}={v}" for k, v in sorted(a["metadata"].items()))
-        parts.append(f"{a['vendor']} {a['device_type']}" + (f" [{meta}]" if meta else ""))
+        parts.append(a["name"] + (f" [{meta}]" if meta else ""))
     return "WebGPU adapters: " + "; ".join(parts)
 
 

@@ -19,11 +19,23 @@ _registered_oga = False
 _registered_ort = False
 
 
+PCI_VENDORS = {0x1002: "AMD", 0x10DE: "NVIDIA", 0x8086: "Intel", 0x5143: "Qualcomm", 0x106B: "Apple"}
+
+
 @dataclass
 class Adapter:
     vendor: str
     device_type: str
     metadata: dict
+    vendor_id: int = 0
+    device_id: int = 0
+
+    @property
+    def name(self) -> str:
+        """'NVIDIA GPU 10de:2335': onnxruntime leaves the vendor string empty on some drivers."""
+        vendor = self.vendor or PCI_VENDORS.get(self.vendor_id, "")
+        ids = f" {self.vendor_id:04x}:{self.device_id:04x}" if self.vendor_id else ""
+        return f"{vendor} {self.device_type}{ids}".strip()
 
 
 def library_path() -> str | None:
@@ -64,7 +76,9 @@ def adapters() -> list[Adapter]:
     out = []
     for d in ort.get_ep_devices():
         if d.ep_name == EP_NAME:
-            out.append(Adapter(str(d.device.vendor), str(d.device.type).split(".")[-1], dict(d.device.metadata)))
+            hw = d.device
+            out.append(Adapter(str(hw.vendor), str(hw.type).split(".")[-1], dict(hw.metadata),
+                               int(getattr(hw, "vendor_id", 0) or 0), int(getattr(hw, "device_id", 0) or 0)))
     return out
 
 

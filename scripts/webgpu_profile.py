@@ -6,8 +6,9 @@
 
 For each prompt length it times Generator creation, the prefill (`append_tokens`), the
 first token read, and every decode step (median, p10/p90, the first steps apart, since
-graph capture records on the first decode step). `--set` overrides provider options in
-a copy of genai_config.json (e.g. `--set enableGraphCapture=0`); the model's weights are
+graph capture records on the first decode step). `--set` overrides provider options and
+`--session` session options in a copy of genai_config.json (e.g. `--set enableGraphCapture=0`,
+`--session intra_op_num_threads=1`); the model's weights are
 linked, not copied. `--profile` turns on ONNX Runtime's profiler for one run and
 prints time per operator type and provider for the prefill and for the decode steps,
 including the GPU kernel times the WebGPU EP records when the adapter has timestamp
@@ -30,7 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def variant_dir(src: Path, overrides: dict[str, str], profile_prefix: str | None) -> Path:
+def variant_dir(src: Path, overrides: dict[str, str], profile_prefix: str | None,
+                session: dict[str, str] | None = None) -> Path:
     """A folder of links to src's files with an edited genai_config.json."""
     d = Path(tempfile.mkdtemp(prefix="oga-npu-variant-"))
     for f in src.iterdir():
@@ -44,6 +46,8 @@ def variant_dir(src: Path, overrides: dict[str, str], profile_prefix: str | None
             raise SystemExit("the model names no provider to set options on")
         opts = next(iter(entries[0].values()))
         opts.update(overrides)
+    for k, v in (session or {}).items():
+        so[k] = int(v) if v.lstrip("-").isdigit() else v
     if profile_prefix:
         so["enable_profiling"] = profile_prefix
     (d / "genai_config.json").write_text(json.dumps(cfg, indent=2))
@@ -126,6 +130,8 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--session", action="append", default=[], metavar="KEY=VALUE",
+                    help="genai_config session option, e.g. intra_op_num_threads=1")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-gen", type=int, default=8)
     ap.add_argument("--top", type=int, default=25)
@@ -140,7 +146,8 @@ def main() -> None:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     lengths = [int(x) for x in args.lengths.split(",")]
     result = {"model": str(args.model), "label": args.label, "overrides": overrides, "runs": []}
-    d = variant_dir(args.model, overrides, None)
+    session = dict(kv.split("=", 1) for kv in args.session)
+    d = variant_dir(args.model, overrides, None, session)
     t = time.perf_counter()
     lm = load(d)
     result["load_s"] = time.perf_counter() - t
@@ -159,7 +166,7 @@ def main() -> None:
         prefix = str(Path(tempfile.mkdtemp(prefix="oga-npu-prof-")) / "ort")
         # Profiling sees nothing inside a captured graph: profile with capture off.
         extra = {"enableGraphCapture": "0"} if provider == "webgpu" else {}
-        d2 = variant_dir(args.model, {**overrides, **extra}, prefix)
+        d2 = variant_dir(args.model, {**overrides, **extra}, prefix, session)
         lm = load(d2)
         n = max(lengths)
         one_run(og, lm, n, 4)

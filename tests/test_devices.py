@@ -70,10 +70,11 @@ def test_devices_lists_webgpu_adapters(monkeypatch):
     from oga_npu import doctor, webgpu
 
     monkeypatch.setattr(webgpu, "available", lambda: (True, ""))
-    monkeypatch.setattr(webgpu, "adapters", lambda: [webgpu.Adapter("NVIDIA", "GPU", {"backend": "Vulkan"})])
+    # as seen on the lent H200: onnxruntime gave an empty vendor string, the PCI ids name it
+    monkeypatch.setattr(webgpu, "adapters", lambda: [webgpu.Adapter("", "GPU", {"Discrete": "1"}, 0x10DE, 0x2335)])
     rep = doctor.webgpu_report()
-    assert rep == {"adapters": [{"vendor": "NVIDIA", "device_type": "GPU", "metadata": {"backend": "Vulkan"}}]}
-    assert doctor.webgpu_line(rep) == "WebGPU adapters: NVIDIA GPU [backend=Vulkan]"
+    assert rep["adapters"][0]["name"] == "NVIDIA GPU 10de:2335" and rep["adapters"][0]["vendor_id"] == 0x10DE
+    assert doctor.webgpu_line(rep) == "WebGPU adapters: NVIDIA GPU 10de:2335 [Discrete=1]"
     monkeypatch.setattr(webgpu, "available", lambda: (False, "no WebGPU adapter found: why"))
     assert doctor.webgpu_line(doctor.webgpu_report()) == "WebGPU adapters: none (no WebGPU adapter found: why)"
 
