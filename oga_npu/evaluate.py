@@ -51,15 +51,12 @@ def perplexity_oga(lm: LoadedModel, windows: list[list[int]]) -> tuple[float, in
     """Perplexity over the windows. A model built with prune_lm_head returns the last
     position's logits only; it is scored one token at a time (each step a decode)."""
     nll, n = 0.0, 0
-    stepwise = False
+    # A two-token prefill tells whether the model returns every position's logits.
+    stepwise = _window_logits(lm, windows[0][:2]).shape[0] != 2
     for ids in windows:
         if len(ids) > lm.context_length:
             raise OgaNpuError(f"window {len(ids)} > context {lm.context_length}", "pass a smaller --window")
-        logits = None if stepwise else _window_logits(lm, ids)
-        if logits is not None and logits.shape[0] != len(ids):
-            stepwise = True  # pruned lm_head: last-token logits only
-        if stepwise:
-            logits = _window_logits_stepwise(lm, ids)
+        logits = _window_logits_stepwise(lm, ids) if stepwise else _window_logits(lm, ids)
         if not np.isfinite(logits).all():
             return math.inf, n + len(ids) - 1  # NaN/inf logits: a broken model, infinitely perplexed
         nll += _log_softmax_nll(logits[:-1], np.asarray(ids[1:]))
