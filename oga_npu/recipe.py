@@ -73,6 +73,10 @@ class BuildConfig(_Strict):
     # builder). For WebGPU: onnxruntime-genai otherwise casts fp16 logits in a second ORT
     # session with its own GPU sync on every token, outside the captured graph.
     float32_logits: bool = False
+    # model.engine.onnx beside model.onnx (graph passes of oga_npu.graphpass, same weights)
+    # for direct decoding on onnxruntime (oga_npu.engine): greedy steps chained on the GPU.
+    # WebGPU builds only (it needs the graph-capture attention-mask layout).
+    direct_decode: bool = False
 
 
 # What a target gets when the recipe has no [build.<target>] table. Measured: threads =
@@ -82,10 +86,12 @@ class BuildConfig(_Strict):
 # GPU) gave 1.3x decode for a Llama-3.2-1B shape on an H200; prune_lm_head (the prefill
 # computes and copies back the last position's logits only, not 1024 x 128256 of them)
 # took its TTFT at 1024 prompt tokens from 280 to 34 ms. `oga-npu eval` scores such a
-# model one token at a time.
+# model one token at a time. direct_decode: greedy decode 277-290 -> 484-502 tok/s there
+# (docs/performance.md).
 DEFAULT_BUILD = {
     "cpu": BuildConfig(extra_options={"accuracy_level": 4, "prune_lm_head": True}, session_options={"intra_op_num_threads": "auto"}),
-    "webgpu": BuildConfig(extra_options={"enable_webgpu_graph": True, "prune_lm_head": True}, float32_logits=True),
+    "webgpu": BuildConfig(extra_options={"enable_webgpu_graph": True, "prune_lm_head": True}, float32_logits=True,
+                          direct_decode=True),
 }
 
 

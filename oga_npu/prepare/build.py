@@ -76,12 +76,24 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
         model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
         if cast_logits_to_float32(model_file):
             passes.append("float32_logits")
+    skipped = {}
+    if cfg.direct_decode:
+        from ..graphpass import GraphPassError, engine_graph
+
+        model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
+        try:
+            engine_graph(model_file, int(config["model"]["vocab_size"]))
+            passes.append("direct_decode")
+        except GraphPassError as e:  # the model still runs on onnxruntime-genai's Generator
+            skipped["direct_decode"] = str(e)
+            with open(log_path, "a", encoding="utf-8") as f:
+                f.write(f"direct_decode skipped: {e}\n")
     session = resolved_session_options(cfg)
     if session:
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
         config_path.write_text(json.dumps(config, indent=4) + "\n")
     return {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session,
-            "graph_passes": passes, "provider": providers_in_config(config)}
+            "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
 
 
 def cast_logits_to_float32(model_file: Path, output: str = "logits") -> bool:
@@ -139,6 +151,8 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
         lines.append(f"  then genai_config.json session_options += {session}")
     if cfg.float32_logits:
         lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
+    if cfg.direct_decode:
+        lines.append("  then model.engine.onnx beside it: one step input, on-device greedy token (direct decoding)")
     return lines
 
 
