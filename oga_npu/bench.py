@@ -150,6 +150,7 @@ def run_metadata(lm: LoadedModel, cfg: BenchConfig) -> dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "oga": v.get("onnxruntime-genai"),
             "ort": v.get("onnxruntime"), "quark": v.get("amd-quark"), "oga_npu": v.get("oga-npu"),
             "provider": lm.provider, "device": lm.provider if lm.provider != "cpu" else "cpu",
+            "decoder": lm.decoder,
             "cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
             "npu_power_mode": power_mode(), "model_hash": model_hash(lm),
             "recipe": (lm.manifest or {}).get("recipe"), "target": (lm.manifest or {}).get("target"),

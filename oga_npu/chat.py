@@ -105,7 +105,7 @@ def stats_line(ev: GenerationEvent | None) -> str:
     ttft = f"{ev.ttft * 1000:.0f} ms" if ev.ttft else "-"
     dec = f"{ev.decode_tps:.1f} tok/s" if ev.decode_tps else "-"
     pre = f"{ev.prefill_tps:.0f} tok/s" if ev.prefill_tps else "-"
-    return (f"[{ev.provider}] prompt {ev.prompt_tokens} tok, answer {ev.generated_tokens} tok, TTFT {ttft}, "
+    return (f"[{ev.runtime}] prompt {ev.prompt_tokens} tok, answer {ev.generated_tokens} tok, TTFT {ttft}, "
             f"prefill {pre}, decode {dec}")
 
 

@@ -183,7 +183,7 @@ def _print_timings(ev) -> None:
     ttft = f"{ev.ttft * 1000:.0f} ms" if ev.ttft else "-"
     pre = f"{ev.prefill_tps:.1f}" if ev.prefill_tps else "-"
     dec = f"{ev.decode_tps:.1f}" if ev.decode_tps else "-"
-    print(f"[{ev.provider}] prompt {ev.prompt_tokens} tok, generated {ev.generated_tokens} tok, TTFT {ttft}, "
+    print(f"[{ev.runtime}] prompt {ev.prompt_tokens} tok, generated {ev.generated_tokens} tok, TTFT {ttft}, "
           f"prefill {pre} tok/s, decode {dec} tok/s, finish {ev.finish_reason}", file=sys.stderr)
 
 
@@ -261,7 +261,8 @@ def bench(
             sink.add(r)
     else:
         lm = load(model, provider=provider, fallback=fallback)
-        print(f"bench {model} on {lm.provider}: lengths {list(cfg.lengths)}, {cfg.gen_tokens} generated, "
+        where = lm.provider if lm.decoder == "oga" else f"{lm.provider} (direct decode)"
+        print(f"bench {model} on {where}: lengths {list(cfg.lengths)}, {cfg.gen_tokens} generated, "
               f"{cfg.warmups} warmup + {cfg.reps} runs each, EOS ignored", file=sys.stderr)
         recs = []
         progress = _BenchProgress(len(cfg.lengths))

@@ -1,6 +1,7 @@
-"""The one decode loop. `stream_generate` drives OGA's Generator token by token and
-yields `GenerationEvent`s; run, chat and bench all use it and nothing else touches the
-Generator.
+"""The one decode loop. `stream_generate` drives a Generator token by token and yields
+`GenerationEvent`s; run, chat and bench all use it and nothing else touches the
+Generator. The Generator is onnxruntime-genai's, or for a model loaded with direct
+decoding (WebGPU, see engine.py) a `DirectGenerator` with the same surface.
 
 Streaming is exact: text is released only as whole characters (no U+FFFD when an emoji
 or CJK character spans tokens), so the concatenated deltas equal a one-shot decode; stop
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .errors import ChatTemplateError, ContextLengthError, GenerationError
+from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
 from .model import LoadedModel, translate
 
 Messages = Sequence[dict]
@@ -65,6 +66,12 @@ class GenerationEvent:
     decode_tps: float | None = None    # tokens/s after the first
     provider: str = "cpu"
     timings: dict = field(default_factory=dict)
+    decoder: str = "oga"               # oga (onnxruntime-genai's Generator) | direct (engine.py)
+
+    @property
+    def runtime(self) -> str:
+        """'webgpu' or 'webgpu, direct decode': what ran it, for the timing lines."""
+        return self.provider if self.decoder == "oga" else f"{self.provider}, {self.decoder} decode"
 
 
 def render_prompt(lm: LoadedModel, messages: Messages, chat_template: str | None = None) -> str:
@@ -189,23 +196,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
     n_prompt = len(ids)
     check_fits(lm, n_prompt, opts.max_tokens)
 
-    params = og.GeneratorParams(lm.model)
-    search = {"max_length": n_prompt + opts.max_tokens, "do_sample": opts.temperature > 0,
-              "repetition_penalty": opts.repetition_penalty}
-    if opts.temperature > 0:
-        search.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or 0)
-    else:
-        search.update(top_k=1)
-    if opts.seed is not None:
-        search["random_seed"] = opts.seed
-    if opts.ignore_eos:
-        search["min_length"] = n_prompt + opts.max_tokens
-    try:
-        params.set_search_options(**search)
-        gen = og.Generator(lm.model, params)
-        gen.append_tokens(ids)
-    except Exception as e:  # noqa: BLE001
-        raise translate(e, lm.path) from e
+    gen = _direct_generator(lm, ids, opts) if lm.engine is not None else _oga_generator(og, lm, ids, opts)
 
     eos = set(lm.eos_token_ids)
     detok = _Detokenizer(lm.tokenizer)
@@ -222,7 +213,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
         tps.update(ttft=ttft, decode_tps=dec)
         return GenerationEvent(text, token, n_prompt, n_gen, reason, ttft,
                                (n_prompt / ttft) if ttft else None, dec, lm.provider,
-                               {"tokenize_s": t_tokenized - t_start})
+                               {"tokenize_s": t_tokenized - t_start}, lm.decoder)
 
     try:
         while True:
@@ -245,6 +236,8 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
             if n_gen >= opts.max_tokens:
                 finish = "length"
                 break
+    except OgaNpuError:
+        raise
     except Exception as e:  # noqa: BLE001 - native errors mid-generation
         raise translate(e, lm.path) from e
     finally:
@@ -252,6 +245,43 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
     rest, hit = stops.push(detok.flush())
     tail = rest + ("" if hit else stops.flush())
     yield event(tail, None, "stop_string" if hit else finish)
+
+
+def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions):
+    n_prompt = len(ids)
+    params = og.GeneratorParams(lm.model)
+    search = {"max_length": n_prompt + opts.max_tokens, "do_sample": opts.temperature > 0,
+              "repetition_penalty": opts.repetition_penalty}
+    if opts.temperature > 0:
+        search.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or 0)
+    else:
+        search.update(top_k=1)
+    if opts.seed is not None:
+        search["random_seed"] = opts.seed
+    if opts.ignore_eos:
+        search["min_length"] = n_prompt + opts.max_tokens
+    try:
+        params.set_search_options(**search)
+        gen = og.Generator(lm.model, params)
+        gen.append_tokens(ids)
+    except Exception as e:  # noqa: BLE001
+        raise translate(e, lm.path) from e
+    return gen
+
+
+def _direct_generator(lm: LoadedModel, ids: list[int], opts: GenerationOptions):
+    """Greedy without a penalty chains on the device; anything else samples on the host.
+    ignore_eos needs nothing here: stream_generate does not stop at EOS then (unlike
+    onnxruntime-genai's min_length, EOS is not masked out, so the token may appear)."""
+    from .engine import Sampler
+
+    sampler = None
+    if opts.temperature > 0 or opts.repetition_penalty != 1.0:
+        sampler = Sampler(opts.temperature, opts.top_k, opts.top_p, opts.repetition_penalty, opts.seed)
+    total = len(ids) + opts.max_tokens
+    gen = lm.direct_engine(total).generator(total, sampler)
+    gen.append_tokens(ids)
+    return gen
 
 
 def generate(lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None,

@@ -186,11 +186,39 @@ def provider_available(provider: str) -> tuple[bool, str]:
 @dataclass
 class LoadedModel:
     path: Path
-    model: object
+    _model: object | None   # onnxruntime-genai Model; opened on first use when decoding is direct
     tokenizer: object
     config: dict
     provider: str
     manifest: dict | None = None
+    engine: object | None = None          # engine.DirectEngine when decoding bypasses OGA's Generator
+    _open_oga: object | None = field(default=None, repr=False)
+
+    @property
+    def decoder(self) -> str:
+        return "direct" if self.engine is not None else "oga"
+
+    @property
+    def model(self):
+        """The onnxruntime-genai Model (eval and the OGA decoder use it)."""
+        if self._model is None:
+            self._model = self._open_oga()  # type: ignore[misc]
+        return self._model
+
+    def direct_engine(self, needed: int):
+        """The direct engine with KV buffers of at least `needed` positions (grown on demand)."""
+        from .engine import MIN_CAPACITY, DirectEngine
+
+        e = self.engine
+        if e is not None and e.capacity >= needed:
+            return e
+        cap = min(self.context_length, max(MIN_CAPACITY, 1 << (max(needed, 1) - 1).bit_length()))
+        chain = e.chain if e is not None else None
+        self.engine = None
+        del e  # free the old buffers and session before the new ones
+        kw = {"chain": chain} if chain else {}
+        self.engine = DirectEngine(self.path, self.config, self.provider, cap, **kw)
+        return self.engine
 
     @property
     def context_length(self) -> int:
@@ -262,21 +290,49 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
 
     import onnxruntime_genai as og
 
+    from . import engine as eng
+
+    choice = eng.decoder_choice()
+    direct = eng.engine_available(path) and (choice == "direct" or (choice == "auto" and wanted == "webgpu"))
+    if choice == "direct" and not eng.engine_available(path):
+        raise ProviderError(f"{path} has no {eng.ENGINE_FILE} for direct decoding",
+                            f"re-run prepare --target webgpu for it, or unset {eng.DECODER_ENV}")
+    if direct and wanted not in ("webgpu", "cpu"):
+        direct = False
+
     try:
         ogc = og.Config(str(path))
         if wanted != configured_providers(config)[0]:
             ogc.clear_providers()
             if wanted != "cpu":
                 ogc.append_provider(OGA_PROVIDER_NAME[wanted])
-        if wanted == "webgpu":
-            from . import webgpu
+    except Exception as e:  # OGA raises RuntimeError with native messages
+        raise translate(e, path) from e
 
-            webgpu.register()
-        model = og.Model(ogc)
-        tokenizer = og.Tokenizer(model)
+    def open_oga():
+        try:
+            if wanted == "webgpu":
+                from . import webgpu
+
+                webgpu.register()
+            return og.Model(ogc)
+        except Exception as e:  # noqa: BLE001
+            raise translate(e, path) from e
+
+    model = None if direct else open_oga()
+    try:
+        tokenizer = og.Tokenizer(model if model is not None else ogc)
     except Exception as e:  # OGA raises RuntimeError with native messages
         raise translate(e, path) from e
     manifest = None
     if (path / MANIFEST).is_file():
         manifest = folder_state(path).manifest
-    return LoadedModel(path, model, tokenizer, config, wanted, manifest)
+    lm = LoadedModel(path, model, tokenizer, config, wanted, manifest, _open_oga=open_oga)
+    if direct:
+        try:
+            lm.direct_engine(0)
+        except (ModelLoadError, ProviderError) as e:
+            if choice == "direct":
+                raise
+            log.warning("direct decoding is off for %s (%s); onnxruntime-genai decodes instead", path, e)
+    return lm
