@@ -234,12 +234,12 @@ class Sampler:
             m = min(256, p.size)
             while True:
                 top = np.argpartition(p, -m)[-m:] if m < p.size else np.arange(p.size)
-                top = top[np.argsort(-p[top], kind="stable")]
+                top = top[np.argsort(-p[top])]
                 cum = np.cumsum(p[top], dtype=np.float64)
                 if cum[-1] >= goal or m == p.size:
                     keep = top[:min(int(np.searchsorted(cum, goal)) + 1, top.size)]
                     break
-                m = min(m * 4, p.size)
+                m = m * 16 if m * 16 < p.size // 2 else p.size  # then one full sort (2-3 ms at 128k)
             ids = keep if ids is None else ids[keep]
             p = p[keep]
         i = self._draw(p)
