@@ -354,7 +354,7 @@ def eval_cmd(
     from .model import load
     from .textdata import load_text
 
-    lm = load(model)
+    lm = load(model, decoder="oga")  # scores through onnxruntime-genai: no second copy in the direct engine
     wins = windows_of(encode(lm, load_text(str(text) if text else "builtin")), window, windows)
     rows = []
     t0 = _t.monotonic()

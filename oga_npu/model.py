@@ -268,8 +268,11 @@ def read_chat_template(path: Path) -> str | None:
     return None
 
 
-def load(path: str | Path, provider: str | None = None, fallback: str | None = None) -> LoadedModel:
-    """Check and open a model folder. provider=None keeps what genai_config.json says."""
+def load(path: str | Path, provider: str | None = None, fallback: str | None = None,
+         decoder: str | None = None) -> LoadedModel:
+    """Check and open a model folder. provider=None keeps what genai_config.json says;
+    decoder=None follows OGA_NPU_DECODER (auto: direct for webgpu models that have
+    model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA)."""
     path = Path(path)
     require_ready(path)
     rep = check_folder(path)
@@ -292,7 +295,7 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
 
     from . import engine as eng
 
-    choice = eng.decoder_choice()
+    choice = decoder or eng.decoder_choice()
     direct = eng.engine_available(path) and (choice == "direct" or (choice == "auto" and wanted == "webgpu"))
     if choice == "direct" and not eng.engine_available(path):
         raise ProviderError(f"{path} has no {eng.ENGINE_FILE} for direct decoding",

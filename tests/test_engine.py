@@ -175,6 +175,7 @@ def test_eval_opens_onnxruntime_genai_lazily(tiny_webgpu, monkeypatch):
     lm = load(tiny_webgpu, provider="cpu")
     assert lm._model is None
     assert lm.model is not None and lm._model is lm.model
+    assert load(tiny_webgpu, provider="cpu", decoder="oga").engine is None  # what `oga-npu eval` opens
 
 
 def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
