@@ -192,3 +192,21 @@ def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
     manifest = (out / "oga_npu_manifest.json").read_text()
     assert "graph_passes_skipped" in manifest and "attention_mask" in manifest
     assert any("direct_decode skipped" in f.read_text() for f in (out / "logs").glob("*build*"))
+
+
+def test_direct_matches_onnxruntime_genai_on_a_webgpu_adapter(request):
+    """The real GPU path (graph capture, device buffers). On the lent H200,
+    scripts/check_direct_decode.py did the same for SmolLM2's shape, capture on and off."""
+    from oga_npu import webgpu
+
+    ok, why = webgpu.available()
+    if not ok:
+        pytest.skip(f"no WebGPU adapter here: {why}")
+    tiny_webgpu = request.getfixturevalue("tiny_webgpu")
+    oga = load(tiny_webgpu, decoder="oga")
+    direct = load(tiny_webgpu, decoder="direct")
+    assert direct.provider == "webgpu" and direct.engine.capture
+    for n, gen in ((17, 60), (3, 30)):
+        ids = [100 + (i * 7) % 900 for i in range(n)]
+        opts = GenerationOptions(max_tokens=gen, ignore_eos=True)
+        assert tokens(direct, ids, opts) == tokens(oga, ids, opts)
