@@ -149,6 +149,13 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
     if folder.config:
         prov = configured_providers(folder.config)[0]
         rep.checks.append(f"{model}: provider {prov}")
+        if prov == "webgpu":
+            from .engine import ENGINE_FILE, engine_available
+
+            rep.checks.append(f"{model}: decoding direct ({ENGINE_FILE}, greedy steps chained on the GPU)"
+                              if engine_available(model) else
+                              f"{model}: decoding through onnxruntime-genai's Generator (no {ENGINE_FILE}: "
+                              "re-run prepare --target webgpu for direct decoding)")
         built = (st.manifest or {}).get("versions", {}).get("onnxruntime-genai")
         now = versions.get("onnxruntime-genai")
         if built and now and built.split(".")[:2] != now.split(".")[:2]:
