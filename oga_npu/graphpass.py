@@ -100,6 +100,9 @@ def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
     g = m.graph
     if not any(o.name == "logits" for o in g.output):
         raise GraphPassError("the model has no logits output")
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 18:
+        raise GraphPassError(f"opset {opset} < 18 (ReduceMax/ReduceMin take axes as an input from 18)")
     rows = math.ceil(vocab_size / chunk)
     padded = rows * chunk
     p = "/oga_npu/greedy"
@@ -134,7 +137,11 @@ def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
                                    init(f"{p}/big", np.array(float(padded), np.float32))],
                          [f"{p}/cand"], name=f"{p}/where"),
         helper.make_node("ReduceMin", [f"{p}/cand", f"{p}/ax1"], [f"{p}/rowmin"], keepdims=1, name=f"{p}/rowmin"),
-        helper.make_node("ReduceMin", [f"{p}/rowmin", f"{p}/ax0"], [f"{p}/min"], keepdims=1, name=f"{p}/min"),
+        helper.make_node("ReduceMin", [f"{p}/rowmin", f"{p}/ax0"], [f"{p}/min_raw"], keepdims=1, name=f"{p}/min_raw"),
+        # NaN logits match no maximum: keep the id inside the vocabulary all the same
+        helper.make_node("Clip", [f"{p}/min_raw", init(f"{p}/first_id", np.array(0.0, np.float32)),
+                                  init(f"{p}/last_id", np.array(float(vocab_size - 1), np.float32))],
+                         [f"{p}/min"], name=f"{p}/clip"),
         helper.make_node("Cast", [f"{p}/min"], [NEXT_TOKEN], to=onnx.TensorProto.INT32, name=f"{p}/to_int"),
     ]
     g.node.extend(nodes)

@@ -135,6 +135,33 @@ def test_sampler_frequencies_follow_softmax(size):
     assert np.abs(drawn[keep] / n - p[keep] / p[keep].sum()).max() < 0.015
 
 
+@pytest.mark.parametrize("vocab", [7, 512, 1000])  # under one block, whole blocks, a padded last block
+def test_greedy_token_subgraph(vocab):
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from oga_npu.graphpass import add_greedy_token
+
+    def model(opset):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, vocab])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, vocab])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+    with pytest.raises(GraphPassError, match="opset 17"):
+        add_greedy_token(model(17), vocab)
+    m = model(21)
+    add_greedy_token(m, vocab)
+    s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(vocab)
+    for _ in range(20):
+        x = rng.normal(size=(1, 1, vocab)).astype(np.float32)
+        x[0, 0, rng.integers(vocab, size=2)] = 9.0  # a tie: the first index wins, as in argmax
+        assert s.run(["next_token"], {"x": x})[0].tolist() == [[int(np.argmax(x))]]
+    nan = np.full((1, 1, vocab), np.nan, np.float32)
+    assert 0 <= s.run(["next_token"], {"x": nan})[0][0, 0] < vocab
+
+
 def test_graph_pass_refuses_a_layout_it_does_not_know(tiny_model):
     """The CPU build sums an int64 mask and takes its shape: no fused step input for it."""
     import onnx
