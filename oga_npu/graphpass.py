@@ -59,6 +59,9 @@ def fuse_step_input(m) -> None:
     if helper.get_attribute_value(next(a for a in cast.attribute if a.name == "to")) != onnx.TensorProto.INT32:
         raise GraphPassError("the attention mask is not summed as int32")
     reduce_sum = sum_users[0]
+    keepdims = next((helper.get_attribute_value(a) for a in reduce_sum.attribute if a.name == "keepdims"), 1)
+    if keepdims != 0:
+        raise GraphPassError("the attention mask's row sum keeps its dimension (not the builder's layout)")
     total = reduce_sum.output[0]
     batch = inputs["input_ids"].type.tensor_type.shape.dim[0]
 
