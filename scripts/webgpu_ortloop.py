@@ -118,66 +118,55 @@ class Loop:
         self.d_logits = self.dev((1, 1, self.vocab), self.logits_type)
         self.h_logits = np.zeros((1, 1, self.vocab), self.logits_type)
         self.h_logits_v = ort.OrtValue.ortvalue_from_numpy(self.h_logits)
-        if self.argmax:
-            nt = np.int32 if self.fused else np.int64
-            self.d_next = self.dev((1, 1), nt)
-            self.h_next = np.zeros((1, 1), nt)
+        if self.fused:  # the graph has next_token (int32); it is read only with --argmax
+            self.d_next = self.dev((1, 1), np.int32)
+            self.h_next = np.zeros((1, 1), np.int32)
             self.h_next_v = ort.OrtValue.ortvalue_from_numpy(self.h_next)
         if self.chain:
             self.d_hist = self.dev((1, self.max_len), np.float32)
             self.h_hist = np.zeros((1, self.max_len), np.float32)
             self.h_hist_v = ort.OrtValue.ortvalue_from_numpy(self.h_hist)
-        self.decode_binding = b = self.sess.io_binding()
-        if self.chain:
-            b.bind_ortvalue_input("history", self.d_hist)
-            b.bind_ortvalue_output("history_next", self.d_hist)
-            b.bind_ortvalue_output("step_next", self.d_step)
         if self.fused:
-            b.bind_ortvalue_input("step", self.d_step)
+            self.decode_binding = self.binding({"step": self.d_step})
         else:
-            b.bind_ortvalue_input("input_ids", self.d_ids)
-            b.bind_ortvalue_input("attention_mask", self.d_mask)
-        for past, present, v in self.kv:
-            b.bind_ortvalue_input(past, v)
-            b.bind_ortvalue_output(present, v)
-        b.bind_ortvalue_output("logits", self.d_logits)
-        if self.fused:
-            b.bind_ortvalue_output("next_token", self.d_next if self.argmax else self.dev((1, 1), np.int32))
-        elif self.argmax:
-            b.bind_ortvalue_output("next_token", self.d_next)
+            self.decode_binding = self.binding({"input_ids": self.d_ids, "attention_mask": self.d_mask})
         self.decode_opts = ort.RunOptions()
         self.decode_opts.add_run_config_entry("gpu_graph_id", "1")
         self.prefill_opts = ort.RunOptions()
         self.prefill_opts.add_run_config_entry("gpu_graph_id", "-1")
 
+    def binding(self, inputs: dict):
+        """IOBinding of `inputs` plus what every run shares: the KV buffers (past and present
+        alike), the logits, and for the fused graph next_token (and the chain's buffers)."""
+        b = self.sess.io_binding()
+        for name, v in inputs.items():
+            b.bind_ortvalue_input(name, v)
+        if self.chain:
+            b.bind_ortvalue_input("history", self.d_hist)
+            b.bind_ortvalue_output("history_next", self.d_hist)
+            b.bind_ortvalue_output("step_next", self.d_step)
+        for past, present, v in self.kv:
+            b.bind_ortvalue_input(past, v)
+            b.bind_ortvalue_output(present, v)
+        b.bind_ortvalue_output("logits", self.d_logits)
+        if self.fused:
+            b.bind_ortvalue_output("next_token", self.d_next)
+        return b
+
     def prefill(self, ids: list[int]) -> int:
         ort = self.ort
         n = len(ids)
-        b = self.sess.io_binding()
         if self.fused:
             d_step = self.dev((1, n + 1), np.float32)
             self.upload(ort.OrtValue.ortvalue_from_numpy(np.array([ids + [n]], np.float32)), d_step)
-            b.bind_ortvalue_input("step", d_step)
-            if self.chain:
-                b.bind_ortvalue_input("history", self.d_hist)
-                b.bind_ortvalue_output("history_next", self.d_hist)
-                b.bind_ortvalue_output("step_next", self.d_step)
+            b = self.binding({"step": d_step})
         else:
             self.h_mask[:] = 0
             self.h_mask[0, :n] = 1
             self.upload(self.h_mask_v, self.d_mask)
             d_ids = self.dev((1, n), np.int64)
             self.upload(ort.OrtValue.ortvalue_from_numpy(np.array([ids], np.int64)), d_ids)
-            b.bind_ortvalue_input("input_ids", d_ids)
-            b.bind_ortvalue_input("attention_mask", self.d_mask)
-        for past, present, v in self.kv:
-            b.bind_ortvalue_input(past, v)
-            b.bind_ortvalue_output(present, v)
-        b.bind_ortvalue_output("logits", self.d_logits)
-        if self.fused:
-            b.bind_ortvalue_output("next_token", self.d_next if self.argmax else self.dev((1, 1), np.int32))
-        elif self.argmax:
-            b.bind_ortvalue_output("next_token", self.d_next)
+            b = self.binding({"input_ids": d_ids, "attention_mask": self.d_mask})
         self.sess.run_with_iobinding(b, self.prefill_opts)
         self.total = n
         return self.read_token()
