@@ -168,9 +168,8 @@ class DirectEngine:
     def prefill(self, ids: list[int]) -> None:
         n = len(ids)
         step = np.array([list(ids) + [n]], np.float32)  # ids, then the total length
-        d = self._dev(step.shape, np.float32) if self.memory is not None else self.ort.OrtValue.ortvalue_from_numpy(step)
-        if self.memory is not None:
-            self.upload(step, d)
+        d = self._dev(step.shape, np.float32)
+        self.upload(step, d)
         self._run(self._binding(d), self.prefill_options)
 
     def decode(self, token: int | None, total: int) -> None:
