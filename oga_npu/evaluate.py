@@ -68,7 +68,7 @@ def _generator(lm: LoadedModel, max_length: int):
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(lm.model)
-    params.set_search_options(max_length=max_length)
+    params.set_search_options(max_length=lm.kv_length(max_length))
     return og.Generator(lm.model, params)
 
 

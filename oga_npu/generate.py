@@ -250,7 +250,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
 def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions):
     n_prompt = len(ids)
     params = og.GeneratorParams(lm.model)
-    search = {"max_length": n_prompt + opts.max_tokens, "do_sample": opts.temperature > 0,
+    search = {"max_length": lm.kv_length(n_prompt + opts.max_tokens), "do_sample": opts.temperature > 0,
               "repetition_penalty": opts.repetition_penalty}
     if opts.temperature > 0:
         search.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or 0)

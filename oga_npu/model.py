@@ -213,6 +213,7 @@ class LoadedModel:
         if e is not None and e.capacity >= needed:
             return e
         cap = min(self.context_length, max(MIN_CAPACITY, 1 << (max(needed, 1) - 1).bit_length()))
+        cap = self.kv_length(cap)  # a windowed attention layer needs at least its window
         chain = e.chain if e is not None else None
         self.engine = None
         del e  # free the old buffers and session before the new ones
@@ -224,6 +225,26 @@ class LoadedModel:
     def context_length(self) -> int:
         m = self.config.get("model", {})
         return int(m.get("context_length") or self.config.get("search", {}).get("max_length") or 2048)
+
+    @property
+    def sliding_window(self) -> int | None:
+        """Window of the layers the builder gave a bounded (windowed) KV cache, or None."""
+        sw = self.config.get("model", {}).get("decoder", {}).get("sliding_window") or {}
+        w = int(sw.get("window_size") or 0)
+        return w if w > 0 else None
+
+    def kv_length(self, needed: int) -> int:
+        """The max_length to ask onnxruntime-genai for when `needed` positions are used.
+
+        onnxruntime-genai 0.18 sizes a windowed layer's cache as min(max_length, window + 16)
+        on CPU, while onnxruntime's GroupQueryAttention (sliding_window_cache=1) refuses a
+        cache smaller than the window ("KV cache capacity (53) must be at least
+        local_window_size (4096)"). So a sliding-window model asks for at least the window
+        (capped at the context): the full-attention layers then hold max(needed, window)
+        positions, the windowed ones window..window + 16, whatever the prompt length.
+        """
+        w = self.sliding_window
+        return max(needed, min(w, self.context_length)) if w else needed
 
     @property
     def hybrid_limit(self) -> int | None:
@@ -280,6 +301,12 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
         raise ModelFolderError(f"{path} cannot be loaded: " + "; ".join(rep.problems),
                                "re-run prepare for this folder, or copy the missing files into it")
     config = rep.config or {}
+    window = (config.get("model", {}).get("decoder", {}).get("sliding_window") or {}).get("window_size") or 0
+    context = config.get("model", {}).get("context_length") or 0
+    if 0 < context < window:
+        raise ModelFolderError(f"{path} was built with a sliding-window KV cache of {window} positions, more than "
+                               f"its context ({context}): onnxruntime cannot run it",
+                               "re-run prepare for it with --force (this version builds such models without one)")
     wanted = (provider or configured_providers(config)[0]).lower()
     if wanted not in PROVIDERS:
         raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")

@@ -26,11 +26,28 @@ REQUIRED_FILES = ("genai_config.json",)
 def builder_argv(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path) -> list[str]:
     argv = python_module_argv(BUILDER_MODULE, "-i", str(in_dir), "-o", str(out_dir),
                               "-p", cfg.precision, "-e", BUILDER_EP[target], "-c", str(cache_dir))
-    extra = dict(cfg.extra_options)
+    extra = {**window_options(in_dir), **cfg.extra_options}
     if extra:
         argv.append("--extra_options")
         argv += [f"{k}={_opt(v)}" for k, v in sorted(extra.items())]
     return argv
+
+
+def window_options(in_dir: Path) -> dict:
+    """Builder options the model's sliding window needs. A window wider than the context
+    (a config's default window on a short-context model) never slides, but the builder
+    would still give those layers a windowed KV cache that onnxruntime refuses to run
+    below the window's size, which max_length (at most the context) cannot reach."""
+    try:
+        cfg = json.loads((Path(in_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    cfg = cfg.get("text_config") or cfg
+    window = cfg.get("sliding_window") or 0
+    context = cfg.get("seq_length") or cfg.get("max_position_embeddings") or 0
+    if isinstance(window, int) and isinstance(context, int) and 0 < context < window:
+        return {"windowed_kv_cache": False}
+    return {}
 
 
 def _opt(v) -> str:
