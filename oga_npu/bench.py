@@ -166,7 +166,7 @@ def bench_point(lm: LoadedModel, ids: list[int], cfg: BenchConfig, meta: dict) -
     if n + cfg.gen_tokens > limit:
         rec.skipped = f"prompt {n} + {cfg.gen_tokens} generated > context {limit}"
         return rec
-    opts = GenerationOptions(max_tokens=cfg.gen_tokens, ignore_eos=True)
+    opts = GenerationOptions(max_tokens=cfg.gen_tokens, temperature=0.0, ignore_eos=True)  # greedy, no penalty: timing, not text
     ttfts, decs, e2es = [], [], []
     with PeakRSS() as mem:
         for i in range(cfg.warmups + cfg.reps):

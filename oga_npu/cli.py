@@ -34,9 +34,10 @@ log = logging.getLogger("oga_npu")
 # Shared options, declared once.
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Prepared model folder (see `oga-npu models`).")]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
-Temperature = Annotated[float, typer.Option("--temperature", "-t", help="0 = greedy.")]
-TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling, in (0, 1].")]
-TopK = Annotated[int, typer.Option("--top-k", help="0 = off.")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 = greedy. Default: the model's (README: Sampling defaults).", show_default=False)]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling, in (0, 1]. Default: the model's.", show_default=False)]
+TopK = Annotated[Optional[int], typer.Option("--top-k", help="0 = off. Default: the model's.", show_default=False)]
+RepetitionPenalty = Annotated[Optional[float], typer.Option("--repetition-penalty", help="1.0 = off. Default: the model's.", show_default=False)]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 Provider = Annotated[Optional[str], typer.Option("--provider", help="cpu|webgpu|dml|cuda|ryzenai (default: the model's).")]
 Fallback = Annotated[Optional[str], typer.Option("--fallback", help="'cpu': run on the CPU if the provider is missing.")]
@@ -86,11 +87,11 @@ class StageProgress:
             self.status = None
 
 
-def _options(max_tokens, temperature, top_p, top_k, seed, stop=None):
+def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_penalty=None):
     from .generate import GenerationOptions
 
     return GenerationOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                             seed=seed, stop=tuple(stop or ()))
+                             seed=seed, stop=tuple(stop or ()), repetition_penalty=repetition_penalty)
 
 
 # ---------------------------------------------------------------- prepare
@@ -143,9 +144,10 @@ def run(
     prompt: Annotated[str, typer.Argument(help="The prompt ('-' reads stdin).")],
     model: ModelDir,
     max_tokens: MaxTokens = 256,
-    temperature: Temperature = 0.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepetitionPenalty = None,
     seed: Seed = None,
     stop: Stop = None,
     raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
@@ -161,7 +163,7 @@ def run(
 
     if prompt == "-":
         prompt = sys.stdin.read()
-    opts = _options(max_tokens, temperature, top_p, top_k, seed, stop)
+    opts = _options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty)
     opts.validate()
     lm = load(model, provider=provider, fallback=fallback)
     template = chat_template.read_text(encoding="utf-8") if chat_template else None
@@ -194,9 +196,10 @@ def _print_timings(ev) -> None:
 def chat(
     model: ModelDir,
     max_tokens: MaxTokens = 512,
-    temperature: Temperature = 0.0,
-    top_p: TopP = 1.0,
-    top_k: TopK = 0,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepetitionPenalty = None,
     seed: Seed = None,
     system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
     chat_template: ChatTemplate = None,
@@ -208,7 +211,7 @@ def chat(
     from .chat import ChatSession, repl
     from .model import load
 
-    opts = _options(max_tokens, temperature, top_p, top_k, seed)
+    opts = _options(max_tokens, temperature, top_p, top_k, seed, repetition_penalty=repetition_penalty)
     opts.validate()
     lm = load(model, provider=provider, fallback=fallback)
     template = chat_template.read_text(encoding="utf-8") if chat_template else None

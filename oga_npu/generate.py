@@ -23,33 +23,76 @@ from .model import LoadedModel, translate
 Messages = Sequence[dict]
 
 
+# Sampling for models whose source names none (a GGUF, a generation_config.json without
+# do_sample): llama.cpp's defaults (temp 0.8, top-k 40, top-p 0.95) with Ollama's
+# repeat penalty 1.1, which a small model needs to avoid looping.
+DEFAULT_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.1}
+SAMPLING_FIELDS = tuple(DEFAULT_SAMPLING)
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
+    """None in a sampling field means "the model's default" (see `model_defaults`);
+    temperature 0 is greedy (no repetition penalty unless one is given)."""
+
     max_tokens: int = 256
-    temperature: float = 0.0          # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0                    # 0 = off
+    temperature: float | None = None   # 0 = greedy
+    top_p: float | None = None
+    top_k: int | None = None           # 0 = off
     seed: int | None = None
-    repetition_penalty: float = 1.0
+    repetition_penalty: float | None = None  # 1.0 = off
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False          # benchmarks: always generate max_tokens
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise GenerationError(f"max_tokens must be >= 1 (got {self.max_tokens})", "pass --max-tokens 1 or more")
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+        if self.temperature is not None and not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise GenerationError(f"temperature must be >= 0 (got {self.temperature})", "pass --temperature 0 or more")
-        if not (0 < self.top_p <= 1):
+        if self.top_p is not None and not (0 < self.top_p <= 1):
             raise GenerationError(f"top_p must be in (0, 1] (got {self.top_p})", "pass --top-p between 0 (exclusive) and 1")
-        if self.top_k < 0:
+        if self.top_k is not None and self.top_k < 0:
             raise GenerationError(f"top_k must be >= 0 (got {self.top_k})", "pass --top-k 0 (off) or more")
-        if self.repetition_penalty <= 0:
+        if self.repetition_penalty is not None and not self.repetition_penalty > 0:
             raise GenerationError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})",
                                   "pass a positive --repetition-penalty (1.0 = off)")
         if self.seed is not None and not (0 <= self.seed < 2**31):
             raise GenerationError(f"seed must be in [0, 2^31) (got {self.seed})", "pass a smaller --seed")
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty", "drop the empty --stop")
+
+
+def model_defaults(config: dict) -> dict:
+    """The sampling settings a model folder asks for: the `search` section the OGA builder
+    wrote from the source's generation_config.json when it asks to sample (do_sample),
+    else DEFAULT_SAMPLING. The builder writes search values even without a
+    generation_config, so do_sample is what tells the model's own settings apart."""
+    search = config.get("search", {}) if isinstance(config, dict) else {}
+    if not search.get("do_sample"):
+        return dict(DEFAULT_SAMPLING)
+    out = {}
+    for k, default in DEFAULT_SAMPLING.items():
+        v = search.get(k)
+        out[k] = type(default)(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else default
+    if out["top_k"] < 0:
+        out["top_k"] = 0
+    if not 0 < out["top_p"] <= 1:
+        out["top_p"] = 1.0
+    return out
+
+
+def resolve_options(options: GenerationOptions | None, lm: LoadedModel | None) -> GenerationOptions:
+    """Fill the fields left None with the model's defaults (run, chat and serve share this)."""
+    from dataclasses import replace
+
+    opts = options or GenerationOptions()
+    missing = [k for k in SAMPLING_FIELDS if getattr(opts, k) is None]
+    if not missing:
+        return opts
+    base = model_defaults(lm.config if lm is not None else {})
+    if opts.temperature == 0:  # greedy is plain argmax unless a penalty is asked for
+        base["repetition_penalty"] = 1.0
+    return replace(opts, **{k: base[k] for k in missing})
 
 
 @dataclass
@@ -176,7 +219,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
     or token ids; yields events, the last one with finish_reason set."""
     import onnxruntime_genai as og
 
-    opts = options or GenerationOptions()
+    opts = resolve_options(options, lm)
     opts.validate()
     t_start = time.perf_counter()
     if isinstance(prompt, str):

@@ -40,7 +40,7 @@ def ours(lm, ids: list[int], n: int) -> float:
     from oga_npu.generate import GenerationOptions, stream_generate
 
     last = None
-    for ev in stream_generate(lm, ids, GenerationOptions(max_tokens=n, ignore_eos=True)):
+    for ev in stream_generate(lm, ids, GenerationOptions(max_tokens=n, temperature=0.0, ignore_eos=True)):
         last = ev
     assert last.generated_tokens == n
     return last.decode_tps

@@ -25,7 +25,7 @@ from oga_npu.model import load  # noqa: E402
 
 
 def tokens(lm, ids: list[int], gen: int) -> list[int]:
-    opts = GenerationOptions(max_tokens=gen, ignore_eos=True)
+    opts = GenerationOptions(max_tokens=gen, temperature=0.0, ignore_eos=True)
     return [e.token for e in stream_generate(lm, ids, opts) if e.token is not None]
 
 

@@ -39,7 +39,7 @@ def run_oga(model_dir: Path, ids: list[int], gen: int, reps: int) -> tuple[float
     ttft, dec = [], []
     for i in range(reps + 1):
         last = None
-        for ev in stream_generate(lm, ids, GenerationOptions(max_tokens=gen, ignore_eos=True)):
+        for ev in stream_generate(lm, ids, GenerationOptions(max_tokens=gen, temperature=0.0, ignore_eos=True)):
             last = ev
         if i:
             ttft.append(last.ttft)

@@ -62,7 +62,7 @@ def test_direct_greedy_matches_onnxruntime_genai(tiny_webgpu, monkeypatch, chain
     oga, direct = open_both(tiny_webgpu, monkeypatch)
     assert direct._model is None  # no second copy of the weights in onnxruntime-genai
     direct.engine.chain = chain
-    opts = GenerationOptions(max_tokens=21, ignore_eos=True)
+    opts = GenerationOptions(max_tokens=21, temperature=0.0, ignore_eos=True)
     long = [100 + (i * 7) % 900 for i in range(37)]
     short = long[:5]
     # the second prompt is shorter: stale KV positions from the first must not leak in
@@ -75,14 +75,14 @@ def test_direct_greedy_matches_onnxruntime_genai(tiny_webgpu, monkeypatch, chain
 def test_direct_penalty_and_sampling(tiny_webgpu, monkeypatch):
     oga, direct = open_both(tiny_webgpu, monkeypatch)
     ids = [100 + (i * 13) % 700 for i in range(24)]
-    plain = GenerationOptions(max_tokens=8, ignore_eos=True)
-    pen = GenerationOptions(max_tokens=8, repetition_penalty=3.0, ignore_eos=True)
+    plain = GenerationOptions(max_tokens=8, temperature=0.0, ignore_eos=True)
+    pen = GenerationOptions(max_tokens=8, temperature=0.0, repetition_penalty=3.0, ignore_eos=True)
     # a random model rarely wants a token it has seen: put its next token into the prompt
     # until the penalty changes the answer, so the comparison below means something
     for _ in range(8):
         if tokens(oga, ids, pen) != tokens(oga, ids, plain):
             break
-        ids = tokens(oga, ids, GenerationOptions(max_tokens=1, ignore_eos=True)) + ids
+        ids = tokens(oga, ids, GenerationOptions(max_tokens=1, temperature=0.0, ignore_eos=True)) + ids
     else:
         pytest.fail("no prompt found where the repetition penalty matters")
     assert tokens(direct, ids, pen) == tokens(oga, ids, pen)  # host path: same arithmetic as OGA's
@@ -91,8 +91,8 @@ def test_direct_penalty_and_sampling(tiny_webgpu, monkeypatch):
     a, b = tokens(direct, ids, hot), tokens(direct, ids, hot)
     assert a == b and len(a) == 16  # seeded: reproducible
     assert a != tokens(direct, ids, GenerationOptions(max_tokens=16, temperature=1.5, seed=8, ignore_eos=True))
-    top1 = GenerationOptions(max_tokens=16, temperature=1.0, top_k=1, seed=1, ignore_eos=True)
-    assert tokens(direct, ids, top1) == tokens(oga, ids, GenerationOptions(max_tokens=16, ignore_eos=True))
+    top1 = GenerationOptions(max_tokens=16, temperature=1.0, top_k=1, repetition_penalty=1.0, seed=1, ignore_eos=True)
+    assert tokens(direct, ids, top1) == tokens(oga, ids, GenerationOptions(max_tokens=16, temperature=0.0, ignore_eos=True))
 
 
 def test_engine_grows_its_kv_buffers(tiny_webgpu, monkeypatch):
@@ -100,7 +100,7 @@ def test_engine_grows_its_kv_buffers(tiny_webgpu, monkeypatch):
     oga, direct = open_both(tiny_webgpu, monkeypatch)
     assert direct.engine.capacity == 16
     ids = [200 + i for i in range(20)]
-    opts = GenerationOptions(max_tokens=12, ignore_eos=True)
+    opts = GenerationOptions(max_tokens=12, temperature=0.0, ignore_eos=True)
     assert tokens(direct, ids, opts) == tokens(oga, ids, opts)
     assert direct.engine.capacity == 32
 
@@ -198,11 +198,11 @@ def test_doctor_says_which_decoder(tiny_webgpu, tmp_path):
 
 
 def test_cli_run_says_direct_decode(tiny_webgpu):
-    r = run_cli("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "--timings",
+    r = run_cli("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "-t", "0", "--timings",
                 env={eng.DECODER_ENV: "direct"})
     assert r.returncode == 0, r.stderr
     assert "[cpu, direct decode]" in r.stderr
-    r2 = run_cli("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "--timings",
+    r2 = run_cli("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "-t", "0", "--timings",
                  env={eng.DECODER_ENV: "oga"})
     assert r2.returncode == 0 and "[cpu]" in r2.stderr
     assert r.stdout == r2.stdout  # same greedy text either way
@@ -247,5 +247,5 @@ def test_direct_matches_onnxruntime_genai_on_a_webgpu_adapter(request):
     assert direct.provider == "webgpu" and direct.engine.capture
     for n, gen in ((17, 60), (3, 30)):
         ids = [100 + (i * 7) % 900 for i in range(n)]
-        opts = GenerationOptions(max_tokens=gen, ignore_eos=True)
+        opts = GenerationOptions(max_tokens=gen, temperature=0.0, ignore_eos=True)
         assert tokens(direct, ids, opts) == tokens(oga, ids, opts)

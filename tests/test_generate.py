@@ -7,7 +7,8 @@ import signal
 import pytest
 
 from oga_npu.errors import ChatTemplateError, ContextLengthError, GenerationError
-from oga_npu.generate import GenerationOptions, _Detokenizer, _StopFilter, encode, generate, stream_generate
+from oga_npu.generate import (DEFAULT_SAMPLING, GenerationOptions, _Detokenizer, _StopFilter, encode, generate,
+                               resolve_options, stream_generate)
 from oga_npu.model import load
 
 
@@ -47,7 +48,7 @@ def test_detokenizer_work_stays_bounded_on_undecodable_ids():
 
 
 def test_stream_equals_one_shot(lm):
-    opts = GenerationOptions(max_tokens=40)
+    opts = GenerationOptions(max_tokens=40, temperature=0.0)
     events = list(stream_generate(lm, "Tell me about Tokyo 東京 😀", opts))
     streamed = "".join(e.text for e in events)
     assert events[-1].finish_reason in ("length", "stop")
@@ -74,7 +75,7 @@ def test_stop_filter_holds_back_split_stop_strings():
 
 
 def test_stop_string_split_across_tokens_is_never_emitted(lm):
-    opts = GenerationOptions(max_tokens=30)
+    opts = GenerationOptions(max_tokens=30, temperature=0.0)
     events = list(stream_generate(lm, "hello", opts))
     ids = [e.token for e in events if e.token is not None]
     # pick a stop string that spans a token boundary in this very output
@@ -85,15 +86,15 @@ def test_stop_string_split_across_tokens_is_never_emitted(lm):
     stop = full[boundary - 1:boundary + 1]
     assert stop and stop not in full[:boundary - 1] + full[boundary - 1:boundary]  # spans the boundary
     first = full.find(stop)
-    text, last = generate(lm, "hello", GenerationOptions(max_tokens=30, stop=(stop,)))
+    text, last = generate(lm, "hello", GenerationOptions(max_tokens=30, temperature=0.0, stop=(stop,)))
     assert stop not in text
     assert text == full[:first]
     assert last.finish_reason == "stop_string"
 
 
 def test_greedy_and_seeded_sampling_repeat(lm):
-    g1, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20))
-    g2, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20))
+    g1, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20, temperature=0.0))
+    g2, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20, temperature=0.0))
     assert g1 == g2
     s = GenerationOptions(max_tokens=20, temperature=1.5, top_k=50, seed=7)
     a, _ = generate(lm, "Once upon a time", s)
@@ -101,6 +102,28 @@ def test_greedy_and_seeded_sampling_repeat(lm):
     assert a == b
     c, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20, temperature=1.5, top_k=50, seed=8))
     assert c != a
+
+
+def test_unset_sampling_options_take_the_models_defaults(lm):
+    from types import SimpleNamespace
+
+    # The tiny model's source names no sampling (no do_sample): llama.cpp-style defaults.
+    assert not lm.config["search"].get("do_sample")
+    r = resolve_options(GenerationOptions(), lm)
+    assert {k: getattr(r, k) for k in DEFAULT_SAMPLING} == DEFAULT_SAMPLING
+    # What the user gives wins, field by field; temperature 0 stays greedy.
+    r = resolve_options(GenerationOptions(temperature=0.0, top_k=5), lm)
+    assert (r.temperature, r.top_k, r.top_p) == (0.0, 5, DEFAULT_SAMPLING["top_p"])
+    # A source whose generation_config asks to sample: the builder's search section is used.
+    own = SimpleNamespace(config={"search": {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 20,
+                                             "repetition_penalty": 1.05}})
+    r = resolve_options(GenerationOptions(top_p=0.5), own)
+    assert (r.temperature, r.top_p, r.top_k, r.repetition_penalty) == (0.6, 0.5, 20, 1.05)
+    # The decode loop samples by default: a seed repeats, and seeds differ from greedy.
+    greedy, _ = generate(lm, "Once upon a time", GenerationOptions(max_tokens=20, temperature=0.0))
+    runs = [generate(lm, "Once upon a time", GenerationOptions(max_tokens=20, seed=s))[0] for s in (1, 1, 2, 3)]
+    assert runs[0] == runs[1]
+    assert any(t != greedy for t in runs)
 
 
 def test_too_long_prompt_is_refused_with_both_counts(lm):
@@ -132,10 +155,11 @@ def test_ignore_eos_generates_exactly_max_tokens(lm):
 
 def test_every_eos_id_is_honoured(lm):
     # make the greedy first token an EOS id by listing it among several
-    first = next(e.token for e in stream_generate(lm, "hello", GenerationOptions(max_tokens=1)) if e.token is not None)
+    greedy = GenerationOptions(max_tokens=1, temperature=0.0)
+    first = next(e.token for e in stream_generate(lm, "hello", greedy) if e.token is not None)
     lm.config["model"]["eos_token_id"] = [12345, first]
     try:
-        text, last = generate(lm, "hello", GenerationOptions(max_tokens=10))
+        text, last = generate(lm, "hello", GenerationOptions(max_tokens=10, temperature=0.0))
     finally:
         lm.config["model"]["eos_token_id"] = 2
     assert last.finish_reason == "stop" and last.generated_tokens == 1 and text == ""

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lm = model_mod.load(path)  # the same checks and provider registration as `oga-npu run`
         raw = lm.chat_template() is None
-        text, last = generate(lm, args.prompt, GenerationOptions(max_tokens=args.max_tokens), raw=raw)
+        text, last = generate(lm, args.prompt, GenerationOptions(max_tokens=args.max_tokens, temperature=0.0), raw=raw)  # greedy: one answer
     except OgaNpuError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
