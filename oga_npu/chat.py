@@ -6,6 +6,7 @@ context (prompt + max_tokens), the oldest user/assistant pairs are dropped, with
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -138,6 +139,9 @@ def repl(session: ChatSession, timings: bool = False, out=None) -> None:
             continue
         if text == "/stats":
             print(stats_line(session.last), file=sys.stderr)
+            continue
+        if re.match(r"/\w+(\s|$)", text):  # a mistyped command never goes to the model as a message
+            print(f"unknown command {text.split()[0]}, /help lists them", file=sys.stderr)
             continue
         try:
             for ev in session.send(msg):

@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click-style help: flags read `--force`, not `--force <bool>`
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -99,7 +100,7 @@ def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_
 
 @app.command()
 def prepare(
-    source: Annotated[str, typer.Argument(help="Hugging Face id, local HF folder, or .gguf file.")],
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="Hugging Face id, local HF folder, or .gguf file.")],
     target: Annotated[str, typer.Option("--target", help="cpu | webgpu | dml | hybrid | npu")] = "cpu",
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path.")] = "default",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>).")] = None,
@@ -141,7 +142,7 @@ def prepare(
 
 @app.command()
 def run(
-    prompt: Annotated[str, typer.Argument(help="The prompt ('-' reads stdin).")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The prompt ('-' reads stdin).")],
     model: ModelDir,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = None,
@@ -165,8 +166,8 @@ def run(
         prompt = sys.stdin.read()
     opts = _options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty)
     opts.validate()
+    template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
     lm = load(model, provider=provider, fallback=fallback)
-    template = chat_template.read_text(encoding="utf-8") if chat_template else None
     if system and not raw:
         prompt_in = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     else:
@@ -213,8 +214,8 @@ def chat(
 
     opts = _options(max_tokens, temperature, top_p, top_k, seed, repetition_penalty=repetition_penalty)
     opts.validate()
+    template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
     lm = load(model, provider=provider, fallback=fallback)
-    template = chat_template.read_text(encoding="utf-8") if chat_template else None
     session = ChatSession(lm, opts, system=system, chat_template=template)
     repl(session, timings=timings)
 
@@ -320,8 +321,8 @@ class _BenchProgress:
 
 @bench_app.command("compare")
 def bench_compare(
-    a: Annotated[Path, typer.Argument(help="Baseline JSON-lines file.")],
-    b: Annotated[Path, typer.Argument(help="Other JSON-lines file.")],
+    a: Annotated[Path, typer.Argument(metavar="A.json", help="Baseline JSON-lines file.")],
+    b: Annotated[Path, typer.Argument(metavar="B.json", help="Other JSON-lines file.")],
 ) -> None:
     """Ratios B/A per prompt length."""
     from .bench import compare, load_records
@@ -331,7 +332,7 @@ def bench_compare(
 
 @bench_app.command("plot")
 def bench_plot(
-    files: Annotated[list[Path], typer.Argument(help="JSON-lines files from bench --json.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE.json", help="JSON-lines files from bench --json.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("bench.png"),
 ) -> None:
     """Several runs on one chart."""
@@ -474,7 +475,7 @@ def hello(
 
 @app.command()
 def models(
-    root: Annotated[Optional[Path], typer.Argument(help="Folder to list (default: models/).")] = None,
+    root: Annotated[Optional[Path], typer.Argument(metavar="[DIR]", help="Folder to list (default: models/).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """List prepared models with target, recipe, size and state."""
@@ -495,7 +496,7 @@ def models(
 
 @app.command()
 def trace(
-    model: Annotated[Path, typer.Argument(help="A model folder made by prepare (ideally with --trace).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder made by prepare (ideally with --trace).")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Summarise a prepare run: commands, exit codes, durations, plugin zip, node counts."""
@@ -553,21 +554,18 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: the one place library errors become a message and an exit code."""
+    """Entry point: the one place errors become a message and an exit code.
+    Usage errors: the usage line and the problem, exit 2. Library errors and the
+    environment's (no space, name too long, no permission, not found): `Error:` and
+    `Fix:`, exit 1. "unexpected" is left for bugs."""
     debug = os.environ.get("OGA_NPU_DEBUG", "") not in ("", "0")
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=args or ["--help"], prog_name="oga-npu", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)  # typer.Exit(code) comes back as a return value without standalone mode
     except OgaNpuError as e:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        print(f"Error: {e.message}", file=sys.stderr)
-        if e.fix:
-            print(f"Fix: {e.fix}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _fail(e, debug)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
@@ -576,17 +574,73 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("Aborted.", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
+    except typer.TyperException as e:  # usage errors (bad option, missing value, unknown command)
+        if type(e).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, not an error
+            print(e.format_message())
+            sys.exit(0)
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:  # pragma: no cover - every typer usage error has show()
+            print(f"Error: {e.format_message()}", file=sys.stderr)
+        hint = _usage_hint(e, args)
+        if hint:
+            print(hint, file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
+    except BrokenPipeError:  # `oga-npu ... | head`: the reader left; not an error worth a message
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
+        except OSError:
+            pass
+        sys.exit(141)
+    except OSError as e:
+        from .errors import FileSystemError
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if debug:
-            raise
-        print(f"Error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
-        print("Fix: re-run with OGA_NPU_DEBUG=1 and report the traceback", file=sys.stderr)
-        sys.exit(1)
+        err = FileSystemError.from_os_error(e)
+        if err is None:
+            _unexpected(e, debug)
+        _fail(err, debug)
+    except Exception as e:  # noqa: BLE001 - the last resort: a bug
+        _unexpected(e, debug)
+
+
+BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def _usage_hint(e: Exception, args: list[str]) -> str:
+    """One more line for the two usage errors people hit most: a value after a flag
+    (`--dry-run true`) and an abbreviated option (`--temp`)."""
+    msg = e.format_message() if hasattr(e, "format_message") else str(e)
+    if "unexpected extra argument" in msg:
+        for i, a in enumerate(args[1:], 1):
+            if a.lower() in BOOL_WORDS and args[i - 1].startswith("--"):
+                return f"Hint: {args[i - 1]} is a flag and takes no value: write {args[i - 1]} alone"
+    name = getattr(e, "option_name", None)
+    ctx = getattr(e, "ctx", None)
+    if name and ctx is not None and name.startswith("--"):
+        opts = sorted({o for p in ctx.command.params for o in getattr(p, "opts", []) if o.startswith(name)})
+        if opts:
+            return f"Hint: did you mean {' or '.join(opts)}?"
+    return ""
+
+
+def _fail(e: OgaNpuError, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"Error: {e.message}", file=sys.stderr)
+    if e.fix:
+        print(f"Fix: {e.fix}", file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+def _unexpected(e: BaseException, debug: bool) -> None:
+    if debug:
+        raise e
+    print(f"Error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+    print("Fix: re-run with OGA_NPU_DEBUG=1 and report the traceback", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

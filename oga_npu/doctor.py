@@ -132,9 +132,12 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
 
 
 def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
-    from .model import check_folder, configured_providers
+    from .model import check_folder, configured_providers, missing_model_fix
     from .workdir import folder_state, resume_command
 
+    if not model.exists():
+        rep.problems.append(Problem(f"{model} does not exist", missing_model_fix(model)))
+        return
     st = folder_state(model, check_hashes=True)
     if st.state in ("incomplete", "damaged"):
         rep.problems.append(Problem(f"{model} is incomplete ({st.detail or 'prepare did not finish'})",

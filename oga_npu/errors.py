@@ -123,3 +123,49 @@ class PreflightError(OgaNpuError):
 
 class DeviceError(OgaNpuError):
     """The machine lacks the device a target needs."""
+
+
+class ModelNotFoundError(ModelFolderError):
+    """A model path (run/chat/doctor -m) that does not exist: usually a typo."""
+
+
+class FileSystemError(OgaNpuError):
+    """The file system refused: no space left, a name too long, no permission, not found.
+    Built from the OSError by `from_os_error` so the message names the path and the fix."""
+
+    def __init__(self, message: str, fix: str = "", errno_: int | None = None, path: str | None = None):
+        super().__init__(message, fix)
+        self.errno = errno_
+        self.path = path
+
+    @classmethod
+    def from_os_error(cls, e: OSError) -> FileSystemError | None:
+        """The typed error for an OSError caused by the environment, None for other OSErrors."""
+        import errno as E
+
+        path = e.filename if e.filename is not None else e.filename2
+        where = f" {_short(path)}" if path is not None else ""
+        table = {
+            E.ENOSPC: (f"no space left on the disk writing{where}",
+                       "free some space there, or point --output / OGA_NPU_HOME / OGA_NPU_MODELS at a disk with "
+                       "room (`oga-npu doctor` shows free space)"),
+            E.ENAMETOOLONG: (f"file name too long:{where}", "use a shorter path or file name (--output DIR)"),
+            E.EACCES: (f"permission denied:{where}",
+                       "use a folder you can write to (--output DIR, OGA_NPU_HOME, OGA_NPU_MODELS) or fix its permissions"),
+            E.ENOENT: (f"no such file or folder:{where}", "check the path (a typo?)"),
+            E.ENOTDIR: (f"not a folder:{where}", "check the path: a file stands where a folder should be"),
+            E.EISDIR: (f"is a folder, not a file:{where}", "pass a file path"),
+            E.EROFS: (f"read-only file system:{where}", "use a writable folder (--output DIR, OGA_NPU_HOME)"),
+        }
+        table[E.EPERM] = table[E.EACCES]
+        if hasattr(E, "EDQUOT"):
+            table[E.EDQUOT] = (f"disk quota exceeded writing{where}", table[E.ENOSPC][1])
+        if e.errno not in table:
+            return None
+        msg, fix = table[e.errno]
+        return cls(msg, fix, e.errno, None if path is None else str(path))
+
+
+def _short(path, limit: int = 120) -> str:
+    s = str(path)
+    return s if len(s) <= limit else f"{s[:60]}…{s[-40:]} ({len(s)} characters)"

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelFolderError, ModelLoadError, ProviderError
+from .errors import ModelFolderError, ModelLoadError, ModelNotFoundError, ProviderError
 from .workdir import MANIFEST, folder_state, require_ready
 
 log = logging.getLogger(__name__)
@@ -289,12 +289,37 @@ def read_chat_template(path: Path) -> str | None:
     return None
 
 
+def require_exists(path: Path) -> None:
+    """A model path that is not there is most often a typo: say so and name the models
+    that are (not "re-run prepare")."""
+    if path.exists():
+        return
+    raise ModelNotFoundError(f"{path} does not exist", missing_model_fix(path))
+
+
+def missing_model_fix(path: Path) -> str:
+    import difflib
+
+    from .inventory import list_models
+    from .workdir import models_dir
+
+    try:
+        names = [r.path for r in list_models()]
+    except OSError:
+        names = []
+    close = difflib.get_close_matches(path.name, [p.name for p in names], n=1, cutoff=0.6)
+    guess = next((p for p in names if close and p.name == close[0]), None)
+    lead = f"did you mean {guess}? " if guess else ""
+    return f"{lead}`oga-npu models` lists the prepared models (in {models_dir()}); `oga-npu prepare SOURCE` makes one"
+
+
 def load(path: str | Path, provider: str | None = None, fallback: str | None = None,
          decoder: str | None = None) -> LoadedModel:
     """Check and open a model folder. provider=None keeps what genai_config.json says;
     decoder=None follows OGA_NPU_DECODER (auto: direct for webgpu models that have
     model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA)."""
     path = Path(path)
+    require_exists(path)
     require_ready(path)
     rep = check_folder(path)
     if not rep.ok:

@@ -1,0 +1,124 @@
+"""The CLI's error boundary, in-process: usage errors exit 2 with the usage line, the
+environment's errors are one `Error:` line plus a fix, "unexpected" is for bugs only."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from oga_npu import cli
+
+
+def call(capsys, *argv: str) -> tuple[int, str, str]:
+    code = 0
+    try:
+        cli.main(list(argv))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "Hi"],                                   # no -m
+    ["chta"],                                        # a mistyped command
+    ["run", "-m", "m", "--temp", "0.5", "Hi"],       # an unknown option
+    ["prepare", "src", "--dry-run", "true"],         # a value after a flag
+    ["run", "-m", "m", "-n", "abc", "Hi"],           # not a number
+])
+def test_usage_errors_exit_2_with_the_usage_line(capsys, argv):
+    code, out, err = call(capsys, *argv)
+    assert code == 2, err
+    assert "Usage: oga-npu" in err and "Error: " in err
+    assert "unexpected" not in err.lower().replace("unexpected extra argument", "")
+    if "--temp" in argv:
+        assert "did you mean --temperature" in err
+    if "true" in argv:
+        assert "--dry-run is a flag" in err
+
+
+def test_bare_command_prints_help_and_exits_0(capsys):
+    code, out, err = call(capsys)
+    assert code == 0 and "Usage: oga-npu" in out and "prepare" in out and not err
+
+
+def test_flags_show_without_a_type(capsys):
+    code, out, _ = call(capsys, "prepare", "--help")
+    assert code == 0
+    assert "--force" in out and "--dry-run" in out
+    assert "<bool>" not in out
+
+
+@pytest.mark.parametrize("err_no, words", [
+    (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied"), (errno.EPERM, "permission denied"),
+    (errno.ENAMETOOLONG, "file name too long"), (errno.ENOENT, "no such file"),
+])
+def test_os_errors_are_one_line_with_the_path_and_a_fix(capsys, monkeypatch, err_no, words):
+    import oga_npu.inventory as inv
+
+    path = "/data/models/" + "x" * 300 if err_no == errno.ENAMETOOLONG else "/data/models/cache.bin"
+
+    def boom(root=None):
+        raise OSError(err_no, "os message", path)
+
+    monkeypatch.setattr(inv, "list_models", boom)
+    code, out, err = call(capsys, "models")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 2, err
+    assert lines[0].startswith("Error: ") and words in lines[0] and path[:40] in lines[0]
+    assert lines[1].startswith("Fix: ") and "unexpected" not in err
+    assert len(lines[0]) < 250  # a 300-character name is shortened
+
+
+def test_real_os_errors_missing_template_and_long_name(capsys, tmp_path):
+    code, _, err = call(capsys, "run", "-m", str(tmp_path), "--chat-template", str(tmp_path / "nope.jinja"), "Hi")
+    assert code == 1 and "nope.jinja" in err and "Fix: " in err and "unexpected" not in err
+    long = tmp_path / ("n" * 300)
+    code, _, err = call(capsys, "run", "-m", str(long), "Hi")
+    assert code == 1 and "unexpected" not in err and "Fix: " in err
+    assert len(err.strip().splitlines()) == 2
+
+
+def test_a_bug_still_says_unexpected(capsys, monkeypatch):
+    import oga_npu.inventory as inv
+
+    monkeypatch.setattr(inv, "list_models", lambda root=None: 1 / 0)
+    code, _, err = call(capsys, "models")
+    assert code == 1 and "unexpected ZeroDivisionError" in err
+
+
+def test_mistyped_model_path_points_at_models(capsys, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    (models / "smollm2-135m-instruct-cpu").mkdir(parents=True)
+    (models / "smollm2-135m-instruct-cpu" / "genai_config.json").write_text("{}")
+    for cmd in (["run", "-m", str(models / "smollm2-135m-instrct-cpu"), "Hi"],
+                ["chat", "-m", str(models / "smollm2-135m-instrct-cpu")]):
+        code, _, err = call(capsys, *cmd)
+        assert code == 1 and "does not exist" in err and "oga-npu models" in err, err
+        assert "did you mean" in err and "smollm2-135m-instruct-cpu" in err
+    code, out, err = call(capsys, "doctor", "-m", str(models / "nope"))
+    assert code == 1 and "nope does not exist" in out and "oga-npu models" in out
+
+
+def test_chat_unknown_slash_command_is_not_sent(capsys, monkeypatch):
+    import io
+
+    from oga_npu.chat import repl
+
+    class Session:
+        sent: list = []
+        notices: list = []
+        last = None
+        lm = None
+
+        def send(self, msg):
+            self.sent.append(msg)
+            return iter(())
+
+    s = Session()
+    monkeypatch.setattr("sys.stdin", io.StringIO("/foo\n/usr/bin is a folder?\n/exit\n"))
+    repl(s)
+    err = capsys.readouterr().err
+    assert "unknown command /foo, /help lists them" in err
+    assert s.sent == ["/usr/bin is a folder?"]
