@@ -525,6 +525,17 @@ def recipes() -> None:
 
 
 @app.command()
+def architectures(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON: every cell with its status and how it was verified.")] = False,
+    reasons: Annotated[bool, typer.Option("--reasons", help="Say why each refused or untested cell is so.")] = False,
+) -> None:
+    """Which model architectures prepare handles: architecture x recipe x target."""
+    from .architectures import render, table
+
+    print(json.dumps(table(), indent=2) if as_json else render(reasons=reasons))
+
+
+@app.command()
 def env() -> None:
     """Versions of oga-npu, OGA, ORT, Quark and the Ryzen AI tools."""
     from .pipeline import installed_versions

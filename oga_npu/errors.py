@@ -36,6 +36,10 @@ class HubError(SourceError):
     """Download from the Hugging Face hub failed (unknown id, gated, offline)."""
 
 
+class ArchitectureError(OgaNpuError):
+    """The model's architecture, or its recipe/target combination, cannot be prepared."""
+
+
 class OutputExistsError(OgaNpuError):
     """The output folder holds something we must not overwrite without --force."""
 
@@ -63,7 +67,7 @@ class ToolFailed(OgaNpuError):
         ver = f" {version}" if version else ""
         msg = f"{tool}{ver} failed with exit code {code}: {last}"
         fix = f"see the full log: {log_path}" if log_path else "re-run with OGA_NPU_DEBUG=1"
-        fix += "; re-running the same command resumes at this stage"
+        fix += "; once its cause is fixed, the same command resumes at this stage (finished stages are kept)"
         super().__init__(msg, fix)
 
 

@@ -185,6 +185,28 @@ def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> R
     return recipe
 
 
+def check_architecture(config: dict | None, recipe: Recipe, target: str, notes: list[str]) -> bool:
+    """Refuse (ArchitectureError) what oga_npu.architectures marks as refused. Returns whether
+    the config was known (False: check again once the source is resolved)."""
+    from .architectures import UNTESTED, check, runtime_needs
+
+    if config is None:
+        return False
+    arch, cell = check(config, recipe, target)
+    if cell.status == UNTESTED:
+        notes.append(f"{arch.hf_architectures[0]} with recipe {recipe.name} for {target} is not verified here "
+                     f"({cell.how})")
+    needs = runtime_needs(config)
+    if needs.sliding_window:
+        log.info("sliding window %s on %s layers", needs.sliding_window, needs.sliding_layers)
+    return True
+
+
+def _read_config(hf_dir: Path) -> dict | None:
+    p = hf_dir / "config.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -198,6 +220,9 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     calib_text = str(req.calib_file) if req.calib_file else recipe.calibration.text
     if req.calib_file and not Path(req.calib_file).is_file():
         raise RecipeError(f"calibration file not found: {req.calib_file}", "pass an existing text file to --calib-file")
+    notes: list[str] = []
+    # The architecture table first: a combination that cannot work stops here, nothing written.
+    arch_checked = check_architecture(source_mod.peek_config(src), recipe, req.target, notes)
     rai_version, rai_source = detect_rai_version(req.rai_version)
     dd_plugins = Path(req.dd_plugins or "dd_plugins").absolute()
     probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, rai_version=rai_version,
@@ -206,7 +231,6 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     names = [s.NAME for s in stages]
     if req.from_stage and req.from_stage not in names:
         raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
-    notes: list[str] = []
 
     if req.dry_run:
         return _dry_run(req, probe, src, stages, notes)
@@ -228,6 +252,8 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     resolved = source_mod.resolve(src)
     progress("done" if not resolved.cached else "skip", "source", 1, total,
              f"{resolved.hf_dir}" + (" (cached)" if resolved.cached else ""))
+    if not arch_checked:  # a hub model not yet in the cache: its config.json is known only now
+        check_architecture(_read_config(resolved.hf_dir), recipe, req.target, notes)
     recipe = effective_recipe(recipe, resolved.hf_dir, notes)
     for n in notes:
         progress("note", "source", 1, total, n)

@@ -11,21 +11,31 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
+from ..architectures import config_fixes
 from ..errors import ToolFailed
 from ..recipe import BuildConfig
 from ..tools import python_module_argv, run_tool, tool_env
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
+SHIM_MODULE = "oga_npu.prepare.build"  # main() below: the builder with config fixes applied
 # The builder's execution provider for each prepare target.
 BUILDER_EP = {"cpu": "cpu", "webgpu": "webgpu", "dml": "dml", "hybrid": "dml", "npu": "cpu"}
 REQUIRED_FILES = ("genai_config.json",)
 
 
-def builder_argv(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path) -> list[str]:
-    argv = python_module_argv(BUILDER_MODULE, "-i", str(in_dir), "-o", str(out_dir),
-                              "-p", cfg.precision, "-e", BUILDER_EP[target], "-c", str(cache_dir))
+def builder_argv(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path,
+                 fixes: list[str] = ()) -> list[str]:
+    """The builder's command line; with config fixes, the builder runs under this module's
+    main(), which applies them to the config object it loads (see oga_npu.architectures)."""
+    args = ["-i", str(in_dir), "-o", str(out_dir), "-p", cfg.precision, "-e", BUILDER_EP[target],
+            "-c", str(cache_dir)]
+    if fixes:
+        argv = python_module_argv(SHIM_MODULE, *[x for f in fixes for x in ("--fix", f)], "--", *args)
+    else:
+        argv = python_module_argv(BUILDER_MODULE, *args)
     extra = {**window_options(in_dir), **cfg.extra_options}
     if extra:
         argv.append("--extra_options")
@@ -76,9 +86,12 @@ def physical_cores() -> int:
 def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Path,
         env: dict[str, str] | None = None) -> dict:
     cache = out_dir.parent / (out_dir.name + ".cache")
-    argv = builder_argv(in_dir, out_dir, target, cfg, cache)
+    fixes = config_fixes(json.loads((in_dir / "config.json").read_text()))
+    argv = builder_argv(in_dir, out_dir, target, cfg, cache, fixes)
     try:
         result = run_tool(argv, name="onnxruntime-genai model builder", env=env or tool_env(), log_path=log_path)
+    except ToolFailed as e:
+        raise builder_failed(e) from e
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     missing = [f for f in REQUIRED_FILES if not (out_dir / f).is_file()]
@@ -109,8 +122,21 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     if session:
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
         config_path.write_text(json.dumps(config, indent=4) + "\n")
-    return {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session,
+    return {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
             "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
+
+
+def builder_failed(e: ToolFailed) -> ToolFailed:
+    """The builder is deterministic: the same input fails the same way, so the fix names the
+    cause (an unsupported architecture, a config the builder cannot read), not a re-run."""
+    text = " ".join(e.tail)
+    if "is not currently supported" in text:
+        e.fix = ("this architecture is not in the onnxruntime-genai 0.18 model builder: use a model of one that is "
+                 "(`oga-npu architectures`)")
+    else:
+        e.fix = (f"the builder fails the same way on the same input: see {e.log_path} for the cause "
+                 "(`oga-npu architectures` lists what is supported); after fixing it, the re-run keeps finished stages")
+    return e
 
 
 def cast_logits_to_float32(model_file: Path, output: str = "logits") -> bool:
@@ -144,6 +170,46 @@ def providers_in_config(config: dict) -> list[str]:
     return names or ["cpu"]
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m oga_npu.prepare.build --fix NAME ... -- BUILDER ARGS`: run the OGA builder
+    with the named oga_npu.architectures config fixes applied to every config transformers
+    loads in this process (the builder's view only; no file is changed)."""
+    import argparse
+    import runpy
+
+    from transformers import AutoConfig
+
+    from ..architectures import CONFIG_FIXES, apply_config_fixes
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    ap = argparse.ArgumentParser(prog=f"python -m {SHIM_MODULE}")
+    ap.add_argument("--fix", action="append", default=[], choices=sorted(CONFIG_FIXES))
+    ns = ap.parse_args(argv[:split])
+    original = AutoConfig.from_pretrained.__func__
+
+    def from_pretrained(cls, *a, **k):
+        cfg = original(cls, *a, **k)
+        applied = apply_config_fixes(cfg, ns.fix)
+        if applied:
+            print(f"oga-npu: config fixes for the builder: {', '.join(applied)}", file=sys.stderr)
+        return cfg
+
+    AutoConfig.from_pretrained = classmethod(from_pretrained)
+    saved = sys.argv
+    sys.argv = [BUILDER_MODULE, *argv[split + 1:]]
+    try:
+        runpy.run_module(BUILDER_MODULE, run_name="__main__", alter_sys=False)
+    finally:
+        sys.argv = saved
+        AutoConfig.from_pretrained = classmethod(original)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
 # ---------------------------------------------------------------- stage protocol (see oga_npu.pipeline)
 
 NAME = "build"
@@ -162,7 +228,12 @@ def key(ctx) -> dict:
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     cfg = ctx.recipe.build_for(ctx.target)
-    lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache")))]
+    fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \
+        else []
+    lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"),
+                                          fixes))]
+    if fixes:
+        lines.append(f"  the builder reads the config with fixes (in memory, the folder is not changed): {fixes}")
     session = resolved_session_options(cfg)
     if session:
         lines.append(f"  then genai_config.json session_options += {session}")

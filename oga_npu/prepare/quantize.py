@@ -44,6 +44,31 @@ def model_type(config: dict) -> str:
     return config.get("model_type", "")
 
 
+def quark_template(config: dict, algorithm: str | None):
+    """Quark's LLMTemplate for this model (registered from oga_npu.architectures when Quark
+    has none) and the AWQ config to pass when the table supplies the scaling layers."""
+    from quark.torch import LLMTemplate
+
+    from ..architectures import QUARK_KV_LAYERS, quark_spec
+    from ..errors import ArchitectureError
+
+    try:
+        name, source, awq_layers = quark_spec(config)
+    except ArchitectureError as e:
+        raise SystemExit(f"error: {e.message}") from e
+    if name not in LLMTemplate.list_available():
+        LLMTemplate.register_template(LLMTemplate(model_type=name, kv_layers_name=QUARK_KV_LAYERS,
+                                                  q_layer_name="*q_proj", exclude_layers_name=["lm_head"]))
+    template = LLMTemplate.get(name)
+    algo_configs = None
+    if algorithm == "awq" and awq_layers is not None:
+        from quark.torch.quantization.config.config import AWQConfig
+
+        algo_configs = {"awq": AWQConfig(scaling_layers=[dict(x) for x in awq_layers],
+                                         model_decoder_layers="model.layers")}
+    return template, algo_configs
+
+
 # ---------------------------------------------------------------- AWQ clip search
 
 
@@ -116,7 +141,7 @@ def quantize(in_dir: Path, out_dir: Path, *, scheme: str, algorithm: str, exclud
              fast_clip: bool = True) -> dict:
     """Quantize in_dir into out_dir (which must exist and be empty). Returns stats."""
     import torch
-    from quark.torch import LLMTemplate, ModelQuantizer, export_safetensors
+    from quark.torch import ModelQuantizer, export_safetensors
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.monotonic()
@@ -124,12 +149,10 @@ def quantize(in_dir: Path, out_dir: Path, *, scheme: str, algorithm: str, exclud
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = AutoConfig.from_pretrained(in_dir)
     mtype = cfg.model_type
-    try:
-        template = LLMTemplate.get(mtype)
-    except Exception as e:  # quark raises ValueError/KeyError for unknown types
-        raise SystemExit(f"error: Quark has no LLM template for model_type '{mtype}': {e}") from e
     algo = None if algorithm == "none" else algorithm
-    qcfg = template.get_config(scheme=scheme, algorithm=algo, exclude_layers=exclude_layers)
+    template, algo_configs = quark_template(json.loads((in_dir / "config.json").read_text()), algo)
+    qcfg = template.get_config(scheme=scheme, algorithm=algo, exclude_layers=exclude_layers,
+                               algo_configs=algo_configs)
     model = AutoModelForCausalLM.from_pretrained(in_dir, dtype=torch.float32).to(device).eval()
     tok = AutoTokenizer.from_pretrained(in_dir)
     calib = None

@@ -87,6 +87,53 @@ def plan(source: Source) -> str:
     return f"use {source.spec} in place"
 
 
+# GGUF general.architecture -> the HF architecture transformers makes of it (for the up-front
+# check; a GGUF architecture not listed is checked after transformers has converted it).
+GGUF_ARCHITECTURES = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "phi2": "PhiForCausalLM", "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM", "granite": "GraniteForCausalLM",
+    "olmo": "OlmoForCausalLM", "olmo2": "Olmo2ForCausalLM", "nemotron": "NemotronForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM", "ernie4_5": "Ernie4_5ForCausalLM", "gptj": "GPTJForCausalLM",
+    "internlm2": "InternLM2ForCausalLM", "hunyuan-dense": "HunYuanDenseV1ForCausalLM",
+}
+
+
+def gguf_architecture(path: Path) -> str | None:
+    """general.architecture from a GGUF header (memory-mapped; the weights are not read)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields.get("general.architecture")
+        return bytes(field.parts[field.data[0]]).decode("utf-8") if field else None
+    except Exception:  # noqa: BLE001 - a damaged header is reported by the conversion itself
+        return None
+
+
+def peek_config(source: Source) -> dict | None:
+    """The source's config.json as a dict when it is cheap to know (no download, no
+    conversion): a local folder, a converted or readable GGUF, a hub id already cached."""
+    import json
+
+    if source.kind == "folder":
+        return json.loads((Path(source.spec).expanduser() / "config.json").read_text())
+    if source.kind == "gguf":
+        p = Path(source.spec).expanduser().resolve()
+        cached = gguf_cache_dir(p) / "config.json"
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        arch = gguf_architecture(p)
+        return {"architectures": [GGUF_ARCHITECTURES[arch]], "model_type": arch} if arch in GGUF_ARCHITECTURES \
+            else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source.spec, "config.json")
+    except Exception:  # noqa: BLE001 - not cached or a malformed id: checked after the download
+        return None
+    return json.loads(Path(found).read_text()) if isinstance(found, str) else None
+
+
 def resolve(source: Source) -> ResolvedSource:
     start = time.monotonic()
     if source.kind == "folder":

@@ -1,0 +1,340 @@
+"""Every architecture in oga_npu.architectures: prepared with each recipe the table marks as
+working and run, or refused before any stage.
+
+The matrix runs `prepare` in this process (one torch/Quark import for the session): the
+pipeline is the real one, only `run_tool` runs its `python -m` tools (Quark quantize, the OGA
+builder, validate) in-process instead of in a child process. A few cases go through the
+real CLI. The tiny models copy each architecture's reference checkpoint settings (head_dim,
+rope, sliding window, soft-capping, tied embeddings) at 2 layers and narrow widths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import runpy
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from oga_npu import architectures as A
+from oga_npu.errors import ArchitectureError, ToolFailed
+
+MATRIX = [a for a in A.ARCHITECTURES if a.settings]
+RECIPE_FILES = {}
+
+
+def _inprocess_run_tool(argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None,
+                        tail_lines=20):
+    """oga_npu.tools.run_tool for `python -m MODULE ...` argv, run in this process."""
+    from oga_npu.tools import ToolResult
+
+    assert argv[1] == "-m", argv
+    module, args = argv[2], argv[3:]
+    buf = io.StringIO()
+    saved = sys.argv
+    sys.argv = [module, *args]
+    code = 0
+    t0 = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int) and e.code is not None:
+            buf.write(str(e.code) + "\n")
+    except Exception as e:  # noqa: BLE001 - what a child process would print before exiting 1
+        code = 1
+        buf.write(f"{type(e).__name__}: {e}\n")
+    finally:
+        sys.argv = saved
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(buf.getvalue())
+    tail = [ln for ln in buf.getvalue().splitlines() if ln.strip()][-tail_lines:]
+    if code:
+        raise ToolFailed(name or module, argv, code, tail, log_path, version)
+    return ToolResult(argv=argv, code=0, seconds=time.monotonic() - t0, tail=tail, log_path=log_path)
+
+
+@pytest.fixture
+def inprocess_tools(monkeypatch):
+    import importlib
+
+    import oga_npu.tools as tools
+
+    build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
+    monkeypatch.setattr(tools, "run_tool", _inprocess_run_tool)
+    monkeypatch.setattr(build, "run_tool", _inprocess_run_tool)
+
+
+@pytest.fixture(scope="session")
+def test_recipes(tmp_path_factory) -> dict[str, Path]:
+    """The shipped recipes, with AWQ calibration cut to 4 x 64 tokens (same algorithm, less text)."""
+    from oga_npu.recipe import find_recipe
+
+    d = tmp_path_factory.mktemp("recipes")
+    out = {}
+    for name in A.RECIPES:
+        text = find_recipe(name).read_text()
+        if name == "default":
+            text = text.replace("samples = 16", "samples = 4").replace("seq_len = 128", "seq_len = 64")
+            assert "samples = 4" in text and "seq_len = 64" in text
+        (d / f"{name}.toml").write_text(text)
+        out[name] = d / f"{name}.toml"
+    return out
+
+
+def _make_tiny(arch: A.Architecture, out: Path, tokenizer_dir: Path) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    cfg = A.tiny_config(arch, len(vocab))
+    cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    for f in tokenizer_dir.iterdir():
+        if f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, smol_tokenizer_dir):
+    root = tmp_path_factory.mktemp("archs")
+    cache: dict[str, Path] = {}
+
+    def get(arch: A.Architecture) -> Path:
+        if arch.name not in cache:
+            cache[arch.name] = _make_tiny(arch, root / arch.name, smol_tokenizer_dir)
+        return cache[arch.name]
+
+    return get
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _run(model: Path, prompt: str = "The capital of France is", n: int = 5) -> str:
+    """`oga-npu run` in this process (typer's CliRunner)."""
+    from typer.testing import CliRunner
+
+    from oga_npu.cli import app
+
+    r = CliRunner().invoke(app, ["run", prompt, "-m", str(model), "-n", str(n), "--raw", "--timings"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    return r.output
+
+
+# ---------------------------------------------------------------- the table itself
+
+
+def test_table_covers_every_text_decoder_the_builder_dispatches_on():
+    """Every `config.architectures[0] == "..."` in the pinned builder's create_model has a row."""
+    import re
+
+    import onnxruntime_genai.models.builder as builder
+
+    src = Path(builder.__file__).read_text()
+    body = src[src.index("def create_model("):]
+    names = set(re.findall(r'config\.architectures\[0\] == "(\w+)"', body))
+    assert len(names) > 30
+    missing = sorted(n for n in names if n not in {h for a in A.ARCHITECTURES for h in a.hf_architectures})
+    assert not missing, missing
+    for req in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "PhiForCausalLM",
+                "Phi3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GraniteForCausalLM",
+                "SmolLM3ForCausalLM", "Ernie4_5ForCausalLM", "NemotronForCausalLM", "OlmoForCausalLM",
+                "InternLM2ForCausalLM", "HunYuanDenseV1ForCausalLM"):
+        A.lookup({"architectures": [req], "max_position_embeddings": 1, "original_max_position_embeddings": 1})
+
+
+def test_builder_classes_named_in_the_table_exist():
+    import onnxruntime_genai.models.builder as builder
+
+    for a in A.ARCHITECTURES:
+        assert hasattr(builder, a.builder), (a.name, a.builder)
+
+
+def test_quark_templates_named_in_the_table_exist_or_are_registered():
+    from quark.torch import LLMTemplate
+
+    for a in A.ARCHITECTURES:
+        if a.quark_template and a.quark_template_source == "quark":
+            assert a.quark_template in LLMTemplate.list_available(), a.name
+        if a.quark_template_source == "oga_npu":
+            assert a.quark_template not in LLMTemplate.list_available() or a.name == "qwen3", a.name
+            assert a.quark_awq in A.AWQ_LAYOUTS, a.name
+
+
+def test_phi3_rope_variant_is_picked_like_the_builder():
+    short = {"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 4096,
+             "original_max_position_embeddings": 4096}
+    long = dict(short, max_position_embeddings=131072)
+    assert A.lookup(short).builder == "Phi3MiniModel"
+    assert A.lookup(long).builder == "Phi3MiniLongRoPEModel"
+
+
+def test_runtime_needs_of_reference_settings():
+    g2 = A.runtime_needs(A.tiny_config("gemma2", 100))
+    assert (g2.sliding_window, g2.attn_logit_softcapping, g2.final_logit_softcapping, g2.tied_embeddings) == \
+        (4096, 50.0, 30.0, True)
+    g3 = A.runtime_needs(A.tiny_config("gemma3_text", 100))
+    assert g3.sliding_window == 512 and g3.sliding_layers == "1 of 2"
+    q2 = A.runtime_needs(A.tiny_config("qwen2", 100))
+    assert q2.sliding_window is None  # use_sliding_window = false
+    assert A.by_name("gemma2").sliding_window and not A.by_name("llama").sliding_window
+
+
+def test_gemma3_config_fix_applies_to_the_loaded_config_object():
+    """transformers 5 loads Gemma 3's rope per layer type; the fix gives the builder one dict."""
+    from transformers import AutoConfig
+
+    cfg = A.tiny_config("gemma3_text", 100)
+    assert A.config_fixes(cfg) == ["gemma3_rope_per_layer_type"]
+    c = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    assert "full_attention" in c.rope_parameters
+    assert A.apply_config_fixes(c, ["gemma3_rope_per_layer_type"]) == ["gemma3_rope_per_layer_type"]
+    assert c.rope_parameters == {"rope_type": "default", "rope_theta": 1000000.0}
+    assert (c.rope_theta, c.rope_local_base_freq) == (1000000.0, 10000.0)
+    assert A.apply_config_fixes(c, ["gemma3_rope_per_layer_type"]) == []  # idempotent
+    assert A.config_fixes(A.tiny_config("llama", 100)) == []
+
+
+def test_cli_architectures_lists_the_table(capsys):
+    from typer.testing import CliRunner
+
+    from oga_npu.cli import app
+
+    r = CliRunner().invoke(app, ["architectures", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    by = {row["name"]: row for row in rows}
+    assert by["gemma3_text"]["support"]["default"]["cpu"]["status"] == "verified"
+    assert by["internlm2"]["support"]["builder-int4"]["cpu"]["status"] == "refused"
+    assert by["llama"]["support"]["default"]["hybrid"]["status"] == "expected"
+    for row in rows:  # never "verified" off cpu: nothing here runs webgpu/dml/hybrid/npu models
+        for r_ in A.RECIPES:
+            for t in ("webgpu", "dml", "hybrid", "npu"):
+                assert row["support"][r_][t]["status"] != "verified"
+    r = CliRunner().invoke(app, ["architectures", "--reasons"])
+    assert r.exit_code == 0 and "Gemma3ForCausalLM" in r.output and "trust_remote_code" in r.output
+
+
+# ---------------------------------------------------------------- refusals
+
+
+REFUSED_CASES = [(a, r, t) for a in A.ARCHITECTURES for r in A.RECIPES for t in A.TARGETS
+                 if not a.support(r, t).allowed]
+
+
+def test_every_refused_cell_is_refused_by_prepare_before_any_stage(tmp_path, test_recipes, monkeypatch):
+    """prepare raises ArchitectureError for every refused cell, before any tool runs or any write."""
+    from oga_npu import pipeline
+
+    def no_tools(*a, **k):
+        raise AssertionError("a tool ran for a refused combination")
+
+    import oga_npu.tools as tools
+
+    monkeypatch.setattr(tools, "run_tool", no_tools)
+    assert REFUSED_CASES
+    seen_archs = set()
+    for arch, recipe, target in REFUSED_CASES:
+        src = tmp_path / "src" / arch.name
+        if arch.name not in seen_archs:
+            src.mkdir(parents=True)
+            cfg = {"architectures": [arch.hf_architectures[0]], "model_type": arch.model_type}
+            (src / "config.json").write_text(json.dumps(cfg))
+            seen_archs.add(arch.name)
+        out = tmp_path / "out" / f"{arch.name}-{recipe}-{target}"
+        with pytest.raises(ArchitectureError) as e:
+            pipeline.prepare(pipeline.PrepareRequest(str(src), target=target, recipe=str(test_recipes[recipe]),
+                                                     output=out))
+        assert arch.support(recipe, target).how in e.value.message
+        assert e.value.fix
+        assert not out.exists()
+
+
+def test_builderless_architecture_is_refused_fast_by_the_cli(tmp_path):
+    """olmo2 (no builder support): exit 1 in under 10 s, before quantize, no output folder."""
+    src = tmp_path / "olmo2"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2",
+                                                 "hidden_size": 64, "num_attention_heads": 2}))
+    out = tmp_path / "models" / "olmo2-cpu"
+    t0 = time.monotonic()
+    r = run_cli("prepare", str(src), "--output", str(out))
+    secs = time.monotonic() - t0
+    assert r.returncode == 1, r.stderr
+    assert "Olmo2ForCausalLM" in r.stderr and "builder" in r.stderr and "Fix:" in r.stderr
+    assert "quantize" not in r.stderr.split("Error:")[0]
+    assert not out.exists() and not (tmp_path / "models").exists()
+    assert secs < 10, secs
+
+
+def test_refused_recipe_names_what_works_instead(tmp_path):
+    src = tmp_path / "lfm2moe"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe"}))
+    with pytest.raises(ArchitectureError) as e:
+        A.check(json.loads((src / "config.json").read_text()), "default", "cpu")
+    assert "Quark" in e.value.message and "--recipe builder-int4" in e.value.fix
+
+
+def test_builder_failure_fix_does_not_promise_a_rerun_works():
+    from oga_npu.prepare.build import builder_failed
+
+    e = builder_failed(ToolFailed("onnxruntime-genai model builder", ["x"], 1,
+                                  ["NotImplementedError: The foo model is not currently supported."], Path("b.log")))
+    assert "re-running the same command resumes" not in e.fix and "not in the onnxruntime-genai" in e.fix
+    e = builder_failed(ToolFailed("onnxruntime-genai model builder", ["x"], 1, ["KeyError: 'rope_type'"],
+                                  Path("b.log")))
+    assert "fails the same way" in e.fix and "b.log" in e.fix
+
+
+# ---------------------------------------------------------------- the matrix: prepare + run
+
+
+def _prepare_and_run(arch, recipe, tmp_path, tiny_models, test_recipes):
+    from oga_npu import pipeline
+
+    src = tiny_models(arch)
+    before = _digest(src)
+    out = tmp_path / f"{arch.name}-{recipe}"
+    res = pipeline.prepare(pipeline.PrepareRequest(str(src), recipe=str(test_recipes[recipe]), output=out))
+    assert _digest(src) == before, "prepare changed the user's folder"
+    validate = res.manifest["stages"]["validate"]["detail"]
+    assert validate["generated_tokens"] > 0 and validate["provider"] == "cpu"
+    out_text = _run(out)
+    assert "generated 5 tok" in out_text, out_text
+    return res
+
+
+@pytest.mark.parametrize("arch", MATRIX, ids=[a.name for a in MATRIX])
+def test_cpu_fast_and_builder_int4(arch, tmp_path, tiny_models, test_recipes, inprocess_tools):
+    for recipe in ("cpu-fast", "builder-int4"):
+        assert arch.support(recipe, "cpu").status == A.VERIFIED
+        res = _prepare_and_run(arch, recipe, tmp_path, tiny_models, test_recipes)
+        build = res.manifest["stages"]["build"]["detail"]
+        assert build["config_fixes"] == [f for f in arch.config_fixes], build
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", MATRIX, ids=[a.name for a in MATRIX])
+def test_default_awq(arch, tmp_path, tiny_models, test_recipes, inprocess_tools):
+    assert arch.support("default", "cpu").status == A.VERIFIED
+    res = _prepare_and_run(arch, "default", tmp_path, tiny_models, test_recipes)
+    q = res.manifest["stages"]["quantize"]["detail"]
+    assert q["algorithm"] == "awq" and q["calibration_tokens"] > 0
