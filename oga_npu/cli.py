@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,42 +51,106 @@ def _stderr_tty() -> bool:
     return sys.stderr.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-class StageProgress:
-    """One line per stage on stderr; a live elapsed-time spinner on a terminal."""
+def _duration(secs: float) -> str:
+    secs = int(round(secs))
+    return f"{secs} s" if secs < 60 else f"{secs // 60} min {secs % 60:02d} s"
 
-    def __init__(self, quiet: bool = False):
+
+class StageProgress:
+    """One line per stage on stderr. On a terminal a live line (elapsed time and the
+    stage's own progress: AWQ layer, ETA); otherwise plain lines: a stage that runs past
+    a few seconds prints a line when it starts and one at least every 10 s."""
+
+    FIRST_S = 2.0       # plain mode: a stage this short prints only its result line
+    EVERY_S = 10.0
+
+    def __init__(self, quiet: bool = False, tty: bool | None = None):
         self.quiet = quiet
+        self.tty = _stderr_tty() if tty is None else tty
         self.t0: dict[str, float] = {}
-        self.status = None
+        self.lock = threading.Lock()
+        self.current: tuple[str, str, str] | None = None   # (head, start message, latest update)
+        self.live = None
+        self.task = None
+        self.stop_event = threading.Event()
+        self.ticker: threading.Thread | None = None
 
     def __call__(self, event: str, stage: str, index: int, total: int, message: str) -> None:
         if self.quiet:
             return
         head = f"[{index}/{total}] {stage}"
-        if event == "start":
-            self.t0[stage] = time.monotonic()
-            if _stderr_tty():
-                from rich.console import Console
+        with self.lock:
+            if event == "update":
+                if self.current is not None and self.current[0] == head:
+                    self.current = (head, self.current[1], message)
+                    if self.live is not None:
+                        self.live.update(self.task, description=self._line(time.monotonic()))
+                return
+            if event == "start":
+                self._stop()
+                self.t0[stage] = time.monotonic()
+                self.current = (head, message, "")
+                if self.tty:
+                    self._start_live()
+                else:
+                    self._start_ticker()
+                return
+            self._stop()
+            if event == "note":
+                print(f"note: {message}", file=sys.stderr, flush=True)
+            elif event == "skip":
+                print(f"{head} … {message}", file=sys.stderr, flush=True)
+            elif event == "done":
+                secs = time.monotonic() - self.t0.get(stage, time.monotonic())
+                msg = message if message else f"done ({secs:.0f} s)"
+                print(f"{head} … {msg}", file=sys.stderr, flush=True)
 
-                self.status = Console(stderr=True).status(f"{head} … {message}".rstrip(" …"))
-                self.status.start()
-            else:
-                print(f"{head} … {message}".rstrip(" …"), file=sys.stderr, flush=True)
-            return
-        self._stop()
-        if event == "note":
-            print(f"note: {message}", file=sys.stderr, flush=True)
-        elif event == "skip":
-            print(f"{head} … {message}", file=sys.stderr, flush=True)
-        elif event == "done":
-            secs = time.monotonic() - self.t0.get(stage, time.monotonic())
-            msg = message if message else f"done ({secs:.0f} s)"
-            print(f"{head} … {msg}", file=sys.stderr, flush=True)
+    def _line(self, now: float) -> str:
+        head, start, update = self.current  # type: ignore[misc]
+        t0 = self.t0.get(head.split()[-1], now)
+        parts = [p for p in (start, update) if p]
+        return f"{head} … {_duration(now - t0)}" + (f": {' · '.join(parts)}" if parts else "")
+
+    def _start_live(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self.live = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=Console(stderr=True),
+                             transient=True, refresh_per_second=4)
+        self.task = self.live.add_task(self._line(time.monotonic()), total=None)
+        self.live.start()
+        self._start_ticker()  # the elapsed time in the line moves even when the tool is quiet
+
+    def _start_ticker(self) -> None:
+        self.stop_event = threading.Event()
+        stop = self.stop_event
+
+        def tick() -> None:
+            wait = 1.0 if self.tty else self.FIRST_S
+            while not stop.wait(wait):
+                with self.lock:
+                    if stop.is_set() or self.current is None:
+                        return
+                    line = self._line(time.monotonic())
+                    if self.live is not None:
+                        self.live.update(self.task, description=line)
+                    else:
+                        print(line, file=sys.stderr, flush=True)
+                wait = 1.0 if self.tty else self.EVERY_S
+
+        self.ticker = threading.Thread(target=tick, daemon=True)
+        self.ticker.start()
 
     def _stop(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
+        self.stop_event.set()
+        self.current = None
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def close(self) -> None:
+        with self.lock:
+            self._stop()
 
 
 def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_penalty=None):
@@ -121,7 +186,11 @@ def prepare(
     req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
                          from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
                          rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check)
-    result = do_prepare(req, StageProgress(quiet or dry_run))
+    stage_progress = StageProgress(quiet or dry_run)
+    try:
+        result = do_prepare(req, stage_progress)
+    finally:
+        stage_progress.close()
     if dry_run:
         print("\n".join(result.plan))
         return
@@ -445,7 +514,7 @@ def doctor(
 
 @app.command()
 def hello(
-    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where the ONNX files go (default: a temp folder).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where the ONNX files and Quark's reports go (default: a temporary folder, removed after).")] = None,
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per session.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
@@ -454,11 +523,15 @@ def hello(
 
     from .hello import run_hello
 
-    print("building the CNN, quantizing it to XINT8 with Quark ...", file=sys.stderr)
-    r = run_hello(workdir, runs)
+    steps = StageProgress()
+    try:
+        r = run_hello(workdir, runs, steps)
+    finally:
+        steps.close()
     if as_json:
         print(json.dumps(asdict(r), indent=2))
         return
+    print(f"times are per run, the mean of {r.runs} runs:")
     print(f"FP32 on CPU:  {r.fp32_cpu_ms:8.2f} ms")
     print(f"XINT8 on CPU: {r.int8_cpu_ms:8.2f} ms")
     if r.int8_npu_ms is not None:
@@ -467,7 +540,7 @@ def hello(
     else:
         print(f"XINT8 on NPU: skipped: {r.npu_skipped}")
     print(f"INT8 vs FP32 output: cosine {r.agreement_cosine:.5f}, mean relative error {r.agreement_rel_error:.4f}")
-    print(f"models: {r.workdir}")
+    print(f"models: {r.workdir}" if r.workdir else "models: not kept (--workdir DIR keeps them)")
 
 
 # ---------------------------------------------------------------- models / recipes / env

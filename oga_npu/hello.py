@@ -23,7 +23,7 @@ INPUT_SHAPE = (1, 3, 224, 224)
 
 @dataclass
 class HelloResult:
-    workdir: str
+    workdir: str                   # "" when the files went to a removed temporary folder
     fp32_cpu_ms: float
     int8_cpu_ms: float
     int8_npu_ms: float | None
@@ -33,6 +33,8 @@ class HelloResult:
     npu_vs_cpu_max_abs: float | None = None
     quantize_seconds: float = 0.0
     providers: list[str] = field(default_factory=list)
+    runs: int = 10                 # the times above are the mean of this many runs, per run
+
 
 
 def build_fp32(path: Path, seed: int = 0) -> Path:
@@ -113,41 +115,81 @@ def why_no_npu() -> tuple[str | None, str | None]:
     return npus[0].kind, None
 
 
-def run_hello(workdir: Path | None = None, runs: int = 10) -> HelloResult:
+def _noop(*_a) -> None:
+    pass
+
+
+def run_hello(workdir: Path | None = None, runs: int = 10, progress=_noop) -> HelloResult:
+    """Everything is written inside `workdir` (Quark's quantized_info.csv and its temp
+    files included); without one, inside a temporary folder that is removed at the end.
+    `progress(event, step, index, total, message)` hears of each step (as prepare's stages)."""
+    import shutil
+
+    keep = workdir is not None
+    work = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="oga-npu-hello-"))
+    try:
+        return _run(work, runs, progress, keep)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(work: Path, runs: int, progress, keep: bool) -> HelloResult:
     import onnxruntime as ort
 
-    work = Path(workdir or tempfile.mkdtemp(prefix="oga-npu-hello-"))
-    work.mkdir(parents=True, exist_ok=True)
-    fp32 = build_fp32(work / "hello_fp32.onnx")
-    t0 = time.monotonic()
-    # Quark prints its reports to stdout: run it as a child so they land in a log, not in our results.
-    from .tools import python_module_argv, run_tool, tool_env
+    from .tools import python_module_argv, reporting, run_tool, tool_env
 
+    work.mkdir(parents=True, exist_ok=True)
+    total = 4
+    progress("start", "build", 1, total, "the CNN as FP32 ONNX")
+    fp32 = build_fp32(work / "hello_fp32.onnx")
+    progress("done", "build", 1, total, "")
+    t0 = time.monotonic()
+    # Quark prints its reports to stdout and writes quantized_info.csv into its working
+    # directory: run it as a child in the work folder, its temp files there too.
     int8 = work / "hello_xint8.onnx"
-    run_tool(python_module_argv("oga_npu.hello", "quantize", str(fp32), str(int8)), name="Quark ONNX quantize (XINT8)",
-             env=tool_env({"PYTHONUNBUFFERED": "1"}), log_path=work / "quantize.log")
+    tmp = work / "tmp"
+    tmp.mkdir(exist_ok=True)
+    progress("start", "quantize", 2, total, "Quark XINT8, random calibration data")
+    with reporting(lambda msg: progress("update", "quantize", 2, total, msg)):
+        run_tool(python_module_argv("oga_npu.hello", "quantize", str(fp32), str(int8)),
+                 name="Quark ONNX quantize (XINT8)", cwd=work,
+                 env=tool_env({"PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}),
+                 log_path=work / "quantize.log")
+    shutil_rm(tmp)
     qsecs = time.monotonic() - t0
+    progress("done", "quantize", 2, total, "")
+    progress("start", "cpu", 3, total, f"FP32 and XINT8 on the CPU, {runs} timed runs each")
     feed = {"input": np.random.default_rng(1).random(INPUT_SHAPE, dtype=np.float32)}
     cpu = ["CPUExecutionProvider"]
     fp32_ms, ref = time_session(ort.InferenceSession(str(fp32), providers=cpu), feed, runs)
     int8_ms, out = time_session(ort.InferenceSession(str(int8), providers=cpu), feed, runs)
+    progress("done", "cpu", 3, total, "")
     a, b = out.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
     cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     rel = float(np.abs(a - b).mean() / np.abs(b).mean())
     kind, skipped = why_no_npu()
     npu_ms = npu_diff = None
     if skipped is None:
+        progress("start", "npu", 4, total, f"XINT8 on the NPU (compile, then {runs} timed runs)")
         cache = work / "npu_cache"
-        if cache.exists():
-            import shutil
-
-            shutil.rmtree(cache)
+        shutil_rm(cache)
         sess = ort.InferenceSession(str(int8), providers=["VitisAIExecutionProvider"],
                                     provider_options=[npu_provider_options(kind or "strix", cache)])
         npu_ms, npu_out = time_session(sess, feed, runs)
         npu_diff = float(np.abs(npu_out - out).max())
-    return HelloResult(str(work), fp32_ms, int8_ms, npu_ms, skipped, cos, rel, npu_diff, round(qsecs, 1),
-                       ort.get_available_providers())
+        progress("done", "npu", 4, total, "")
+    else:
+        progress("skip", "npu", 4, total, "skipped")
+    return HelloResult(str(work) if keep else "", fp32_ms, int8_ms, npu_ms, skipped, cos, rel, npu_diff,
+                       round(qsecs, 1), ort.get_available_providers(), runs)
+
+
+def shutil_rm(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from . import tools as tools_mod
 from .devices import detect_rai_version
 from .errors import OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, VersionError
 from .prepare import STAGES
@@ -293,12 +294,17 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                 progress("skip", s.NAME, i, total, "already done")
             else:
                 redo = True  # everything after a re-run stage re-runs too
-                progress("start", s.NAME, i, total, "")
+                progress("start", s.NAME, i, total, _estimate_line(s, ctx, in_dir))
                 part = begin_stage(out, s.NAME)
                 log_path = out / LOGS_DIR / f"{s.NAME}.log"
                 t0 = time.monotonic()
+
+                def report(msg: str, _s=s.NAME, _i=i) -> None:
+                    progress("update", _s, _i, total, msg)
+
                 try:
-                    detail = s.run_stage(ctx, in_dir, part, log_path)
+                    with tools_mod.reporting(report):
+                        detail = s.run_stage(ctx, in_dir, part, log_path)
                 except KeyboardInterrupt as e:
                     raise StageInterrupted(f"interrupted during {s.NAME}; {partial_dir(out, s.NAME)} is left for "
                                            "the next run to clean", "re-run the same command to resume") from e
@@ -318,6 +324,44 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     return PrepareResult(out, reports, manifest, notes=notes)
 
 
+def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:
+    """Per stage, what the real run would do with what is on disk: 'already done' or
+    'would run' (the same keys as `prepare`; a hub source is compared by the manifest)."""
+    state = folder_state(out)
+    if state.state in ("missing", "empty"):
+        return {}
+    if state.state == "foreign":
+        return {"_stop": f"{out} exists and is not an oga-npu model folder: the real run would stop"}
+    manifest = state.manifest or {}
+    same_source = _norm_source(str((state.request or manifest).get("source", ""))) == _norm_source(req.source)
+    if src.kind == "folder":
+        source_key = "folder:" + source_mod.folder_fingerprint(Path(src.spec).expanduser().resolve())
+    elif src.kind == "gguf":
+        source_key = "gguf:" + source_mod.gguf_cache_dir(Path(src.spec).expanduser().resolve()).name
+    else:  # a hub id: its key names the downloaded revision; trust the folder's record for the same id
+        source_key = manifest.get("source_key") if same_source else None
+    if source_key is None:
+        return {}
+    keys, upstream = {}, _key(source_key)
+    for s in stages:
+        upstream = keys[s.NAME] = _key(upstream, s.NAME, s.key(ctx))
+    out_status: dict = {}
+    if state.state == "ready" and not req.force and not req.from_stage and manifest.get("key") != upstream:
+        out_status["_stop"] = (f"{out} is a ready model prepared with other settings: the real run would stop "
+                               "(pass --force to rebuild it, or --output another folder)")
+    redo = req.force
+    for s in stages:
+        if req.from_stage == s.NAME:
+            redo = True
+        done = stage_done(out, s.NAME)
+        if done and done.get("key") == keys[s.NAME] and not redo:
+            out_status[s.NAME] = "already done"
+        else:
+            redo = True
+            out_status[s.NAME] = "would run"
+    return out_status
+
+
 def _norm_source(s: str) -> str:
     p = Path(s).expanduser()
     return str(p.resolve()) if p.exists() else s
@@ -327,6 +371,18 @@ def _file_key(p: Path) -> str:
     from .workdir import file_fingerprint
 
     return f"{p.name}:{file_fingerprint(p)}"
+
+
+def _estimate_line(stage, ctx, in_dir: Path) -> str:
+    """'estimate: about 3 min' for stages that can say (from the model's size and the recipe)."""
+    est = getattr(stage, "estimate", None)
+    try:
+        secs = est(ctx, in_dir) if est else None
+    except (OSError, ValueError, KeyError):
+        secs = None
+    if not secs or secs < 20:
+        return ""
+    return f"estimate about {max(1, round(secs / 60))} min" if secs >= 90 else f"estimate about {secs:.0f} s"
 
 
 def _summary(name: str, detail: dict, seconds: float) -> str:
@@ -397,23 +453,34 @@ def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
             tools[s.TOOL] = found or s.TOOL
             if not found:
                 notes.append(f"{s.TOOL} is not on this machine: the real run would stop before any stage")
-    ctx = StageContext(req.target, recipe, out, calib_text, calib_text, {}, req.trace, rai_version=probe.rai_version,
+    calib_key = "builtin" if calib_text == "builtin" else \
+        (_file_key(Path(calib_text)) if Path(calib_text).is_file() else calib_text)
+    ctx = StageContext(req.target, recipe, out, calib_text, calib_key, {}, req.trace, rai_version=probe.rai_version,
                        rai_source=probe.rai_source, dd_plugins=probe.dd_plugins, tools=tools)
+    status = _plan_status(req, ctx, src, stages, out)
     lines = [f"prepare {req.source} -> {out}  (target {req.target}, recipe {recipe.name})"]
     lines += [f"note: {n}" for n in notes]
     if hf_guess is None and src.kind != "folder":
         lines.append(f"note: the group size is checked against the model's widths after the source step "
                      f"(recipe: {recipe.quantize.group_size})")
+    if status.get("_stop"):
+        lines.append(f"note: {status['_stop']}")
     total = len(stages) + 1
     lines.append(f"[1/{total}] source: {source_mod.plan(src)}")
     in_dir = hf_guess or Path("<source hf folder>")
     reports = [StageReport("source", "planned")]
     for i, s in enumerate(stages, start=2):
         part = partial_dir(out, s.NAME)
-        lines.append(f"[{i}/{total}] {s.NAME}: writes {part} then renames it to {stage_dir(out, s.NAME)}")
-        lines += ["    " + ln for ln in s.describe(ctx, in_dir, part)]
-        lines.append(f"    log: {out / LOGS_DIR / (s.NAME + '.log')}")
-        reports.append(StageReport(s.NAME, "planned"))
+        what = status.get(s.NAME, "would run")
+        if what == "already done":
+            lines.append(f"[{i}/{total}] {s.NAME}: already done ({stage_dir(out, s.NAME)})")
+        else:
+            est = _estimate_line(s, ctx, in_dir) if in_dir.exists() else ""
+            lines.append(f"[{i}/{total}] {s.NAME}: {what}" + (f" ({est})" if est else "")
+                         + f": writes {part} then renames it to {stage_dir(out, s.NAME)}")
+            lines += ["    " + ln for ln in s.describe(ctx, in_dir, part)]
+            lines.append(f"    log: {out / LOGS_DIR / (s.NAME + '.log')}")
+        reports.append(StageReport(s.NAME, "skipped" if what == "already done" else "planned"))
         if s.PRODUCES_MODEL:
             in_dir = stage_dir(out, s.NAME)
     extra_env = {k: v for k, v in ctx.tool_env().items() if k.startswith(("DD_PLUGINS", "OGA_NPU", "HF_", "RYZEN"))

@@ -7,8 +7,12 @@ appended to the stage log, the stderr tail kept for the error message.
 
 from __future__ import annotations
 
+import codecs
 import collections
+import contextlib
+import contextvars
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +25,43 @@ from pathlib import Path
 from .errors import StageInterrupted, ToolFailed, ToolNotFound, ToolTimeout
 
 DEFAULT_TAIL_LINES = 20
+
+# Set by the pipeline around a stage: every tool run inside it reports a one-line summary
+# of its own progress (tqdm bars, Quark/builder status lines) through this callback.
+_reporter: contextvars.ContextVar = contextvars.ContextVar("oga_npu_tool_reporter", default=None)
+
+
+@contextlib.contextmanager
+def reporting(report):
+    """Summaries of tool output go to `report(text)` while the block runs."""
+    token = _reporter.set(report)
+    try:
+        yield
+    finally:
+        _reporter.reset(token)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# tqdm: "AWQ:  23%|██▎       | 7/30 [01:05<03:35,  9.37s/it]"
+_TQDM = re.compile(r"^\s*(?P<desc>[^|]*?):?\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
+                   r"(?:\s*\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:?]+))?")
+_STATUS = re.compile(r"^(\[QUARK-(INFO|WARNING)\]:\s*|(Reading|Unpacking|Saving|Loading|Writing|Building|Quantiz|"
+                     r"Compil|Generat|Export|Processing|Running)\w*\b)", re.IGNORECASE)
+
+
+def summarize_output(frame: str) -> str | None:
+    """A short status from one line (or tqdm frame) of a tool's output, None for noise."""
+    text = _ANSI.sub("", frame).strip()
+    if not text:
+        return None
+    m = _TQDM.match(text)
+    if m:
+        desc = m["desc"].strip() or "progress"
+        eta = m["eta"] if m["eta"] and "?" not in m["eta"] and int(m["n"]) < int(m["total"]) else None
+        return f"{desc} {m['n']}/{m['total']}" + (f", ETA {eta}" if eta else "")
+    if _STATUS.match(text) and len(text) < 160:
+        return re.sub(r"^\[QUARK-(INFO|WARNING)\]:\s*", "Quark: ", text).rstrip(":")
+    return None
 
 
 @dataclass
@@ -79,16 +120,44 @@ def run_tool(
         log.flush()
     lock = threading.Lock()
 
+    report = _reporter.get()
+
     def pump(stream, is_err: bool) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace")
-            # tqdm redraws with \r: keep only the last frame of a line in the tail.
-            shown = line.rstrip("\n").split("\r")[-1]
-            if is_err and shown.strip():
-                tail.append(shown)
+        # Read what is there, not whole lines: tqdm redraws a line with \r and writes its
+        # newline only at the end, so its frames reach the reporter as they come.
+        buf, last = "", ""  # the unterminated frame; the newest non-blank frame of this line
+
+        def frame_done() -> None:
+            nonlocal buf, last
+            if buf.strip():
+                last = buf
+                if report is not None:
+                    summary = summarize_output(buf)
+                    if summary:
+                        report(summary)
+            buf = ""
+
+        read = getattr(stream, "read1", stream.read)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads
+        for chunk in iter(lambda: read(65536), b""):
+            text = decoder.decode(chunk)
             if log is not None:
                 with lock:
-                    log.write(line)
+                    log.write(text)
+                    log.flush()
+            for piece in re.split(r"([\r\n])", text):
+                if piece == "\r":
+                    frame_done()
+                elif piece == "\n":
+                    frame_done()
+                    if is_err and last.strip():  # tqdm: only the last frame of a line in the tail
+                        tail.append(last)
+                    last = ""
+                else:
+                    buf += piece
+        frame_done()
+        if is_err and last.strip():
+            tail.append(last)
         stream.close()
 
     start = time.monotonic()

@@ -122,3 +122,27 @@ def test_chat_unknown_slash_command_is_not_sent(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "unknown command /foo, /help lists them" in err
     assert s.sent == ["/usr/bin is a folder?"]
+
+
+def test_stage_progress_plain_lines_keep_coming(capsys, monkeypatch):
+    """Off a terminal: a short stage prints one line; a long one a line at start and then
+    at least every EVERY_S seconds, with the stage's latest progress and the estimate."""
+    import time
+
+    monkeypatch.setattr(cli.StageProgress, "FIRST_S", 0.1)
+    monkeypatch.setattr(cli.StageProgress, "EVERY_S", 0.2)
+    p = cli.StageProgress(tty=False)
+    p("start", "source", 1, 4, "dequantize x.gguf")
+    p("skip", "source", 1, 4, "/cache/x (cached)")
+    p("start", "quantize", 2, 4, "estimate about 3 min")
+    p("update", "quantize", 2, 4, "AWQ 7/30, ETA 02:10")
+    time.sleep(0.75)
+    p("update", "quantize", 2, 4, "AWQ 9/30, ETA 01:50")
+    time.sleep(0.3)
+    p("done", "quantize", 2, 4, "")
+    time.sleep(0.3)
+    lines = capsys.readouterr().err.splitlines()
+    assert sum("[1/4] source" in ln for ln in lines) == 1
+    beats = [ln for ln in lines if ln.startswith("[2/4] quantize") and "estimate about 3 min" in ln]
+    assert len(beats) >= 3 and "AWQ 7/30, ETA 02:10" in beats[0] and "AWQ 9/30" in beats[-1]
+    assert lines[-1].startswith("[2/4] quantize … done")

@@ -127,11 +127,19 @@ def test_doctor_finds_missing_weights_and_lfs_pointer(tmp_path, tiny_model):
 
 
 def test_hello_runs_cpu_and_says_why_npu_skipped(tmp_path):
-    r = run_cli("hello", "--workdir", str(tmp_path / "h"), "--runs", "3", "--json",
-                env={"OGA_NPU_SYSFS_ROOT": "/nonexistent"})
+    """Also: nothing lands in the current directory (Quark's quantized_info.csv went there)
+    and the temporary work folder is removed."""
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    r = run_cli("hello", "--runs", "3", "--json", cwd=cwd,
+                env={"OGA_NPU_SYSFS_ROOT": "/nonexistent", "TMPDIR": str(tmp)})
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert (tmp_path / "h" / "hello_fp32.onnx").is_file() and (tmp_path / "h" / "hello_xint8.onnx").is_file()
+    assert list(cwd.iterdir()) == []
+    # no folder left in TMPDIR (onnxruntime itself keeps a 51-byte TMPDIR/.ses session file)
+    assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == []
+    assert d["workdir"] == "" and d["runs"] == 3
     assert d["fp32_cpu_ms"] > 0 and d["int8_cpu_ms"] > 0
     assert d["int8_npu_ms"] is None and "no Ryzen AI NPU" in d["npu_skipped"]
     # XINT8 keeps the FP32 model's output: a real bound, not a formality

@@ -72,10 +72,40 @@ def test_ready_folder_with_other_recipe_needs_force(tmp_path, tiny_model, tiny_h
     shutil.copytree(tiny_model, out)
     r = run_cli("prepare", str(tiny_hf), "--recipe", "default", "--output", str(out), "--dry-run")
     assert r.returncode == 0
+    assert "the real run would stop" in r.stdout and "quantize: would run" in r.stdout
     r = run_cli("prepare", str(tiny_hf), "--recipe", "default", "--output", str(out))
     assert r.returncode == 1
     assert "--force" in r.stderr
     assert folder_state(out).state == "ready"  # nothing lost
+
+
+def test_dry_run_shows_the_plan_against_the_disk(tmp_path, tiny_model, tiny_hf):
+    """A ready folder: every stage 'already done', as the real run then says; a missing
+    validate stage: only it would run; the spec path is the real run's."""
+    import shutil
+
+    from oga_npu.pipeline import PrepareRequest, prepare
+
+    def plan(out, **kw):
+        return prepare(PrepareRequest(source=str(tiny_hf), recipe="cpu-fast", output=out, dry_run=True, **kw)).plan
+
+    lines = plan(tiny_model)
+    for stage in ("quantize", "build", "validate"):
+        assert any(ln.startswith(f"[") and f"] {stage}: already done" in ln for ln in lines), lines
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_model, out)
+    shutil.rmtree(out / "stages" / "validate")
+    (out / MANIFEST).unlink()
+    lines = plan(out)
+    assert any("] build: already done" in ln for ln in lines)
+    assert any("] validate: would run" in ln for ln in lines)
+    lines = plan(out, from_stage="build")
+    assert any("] quantize: already done" in ln for ln in lines)
+    assert any("] build: would run" in ln for ln in lines)
+    fresh = plan(tmp_path / "new")
+    assert any("] quantize: would run" in ln for ln in fresh)
+    assert any(f"--spec {tmp_path / 'new' / 'stages' / 'quantize_spec.json'}" in ln for ln in fresh)
+    assert not (tmp_path / "new").exists()
 
 
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_hf):

@@ -69,3 +69,28 @@ def test_ctrl_c_stops_the_child(tmp_path, monkeypatch):
     with pytest.raises(StageInterrupted):
         run_tool(py("import time; time.sleep(30)"), log_path=tmp_path / "t.log")
     assert "interrupted" in (tmp_path / "t.log").read_text()
+
+
+def test_tool_progress_reaches_the_reporter_while_the_tool_runs(tmp_path):
+    """tqdm frames (\\r, no newline until the end) are summarized as they come, with the ETA."""
+    import sys
+    import time
+
+    from oga_npu.tools import reporting, run_tool
+
+    script = ("import sys, time\n"
+              "for i in range(4):\n"
+              "    sys.stderr.write(f'\\rAWQ: {i*25}%|##  | {i}/4 [00:0{i}<00:0{4-i}, 1.00s/it]'); sys.stderr.flush()\n"
+              "    time.sleep(0.3)\n"
+              "sys.stderr.write('\\rAWQ: 100%|####| 4/4 [00:04<00:00, 1.00s/it]\\n')\n"
+              "print('\\x1b[32m[QUARK-INFO]: Export done\\x1b[0m')\n")
+    got = []
+    t0 = time.monotonic()
+    with reporting(lambda msg: got.append((time.monotonic() - t0, msg))):
+        res = run_tool([sys.executable, "-c", script], log_path=tmp_path / "t.log")
+    msgs = [m for _, m in got]
+    assert "AWQ 1/4, ETA 00:03" in msgs and "AWQ 4/4" in msgs and "Quark: Export done" in msgs
+    first = next(t for t, m in got if m.startswith("AWQ 1/4"))
+    assert first < res.seconds - 0.4  # reported while the tool still ran, not at its end
+    assert res.tail == ["AWQ: 100%|####| 4/4 [00:04<00:00, 1.00s/it]"]  # the tail keeps a bar's last frame
+    assert "AWQ: 50%" in (tmp_path / "t.log").read_text()  # the log keeps everything

@@ -226,6 +226,14 @@ def key(ctx) -> dict:
             "session": resolved_session_options(cfg)}
 
 
+def estimate(ctx, in_dir: Path) -> float | None:
+    """Rough seconds: the builder reads, repacks and writes about 8 M parameters/s on 2 cores."""
+    from .quantize import param_count
+
+    params = param_count(in_dir)
+    return params / 8e6 * 2 / physical_cores() if params else None
+
+
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     cfg = ctx.recipe.build_for(ctx.target)
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \

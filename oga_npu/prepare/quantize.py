@@ -40,6 +40,35 @@ def layer_input_widths(config: dict) -> list[int]:
     return [w for w in widths if w]
 
 
+def param_count(hf_dir: Path) -> int:
+    """Parameters in an HF folder's safetensors files (read from their headers only)."""
+    import struct
+
+    n = 0
+    for f in Path(hf_dir).glob("*.safetensors"):
+        with open(f, "rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(size))
+        for name, t in header.items():
+            if name != "__metadata__":
+                n += math.prod(t.get("shape", []))
+    return n
+
+
+# Seconds per million parameters on 2 quiet CPU cores (SmolLM2-135M: load + export about
+# 40 s; AWQ on 16 x 128 calibration tokens about 140 s more). Rough, for the estimate line.
+SECONDS_PER_MPARAM = {"load": 0.3, "awq_per_2k_tokens": 1.05, "gptq_per_2k_tokens": 1.5}
+
+
+def estimate_seconds(params: int, algorithm: str, calib_tokens: int, cores: int, cuda: bool = False) -> float:
+    m = params / 1e6
+    secs = SECONDS_PER_MPARAM["load"] * m
+    per = SECONDS_PER_MPARAM.get(f"{algorithm}_per_2k_tokens")
+    if per:
+        secs += per * m * calib_tokens / 2048 / (8 if cuda else 1)
+    return secs * 2 / max(1, cores)
+
+
 def model_type(config: dict) -> str:
     return config.get("model_type", "")
 
@@ -232,12 +261,23 @@ def argv(spec_path: Path) -> list[str]:
     return python_module_argv("oga_npu.prepare.quantize", "--spec", str(spec_path))
 
 
+def estimate(ctx, in_dir: Path) -> float | None:
+    from .build import physical_cores
+
+    q, c = ctx.recipe.quantize, ctx.recipe.calibration
+    params = param_count(in_dir)
+    if not params:
+        return None
+    tokens = 0 if q.algorithm == "none" else c.samples * c.seq_len
+    return estimate_seconds(params, q.algorithm, tokens, physical_cores(), cuda=q.device == "cuda")
+
+
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     q, c = ctx.recipe.quantize, ctx.recipe.calibration
     calib = "no calibration" if q.algorithm == "none" else \
         f"calibration: {c.samples} x {c.seq_len} tokens of {ctx.calib_text}"
     return [f"AMD Quark {q.scheme}, algorithm {q.algorithm}, exclude {q.exclude_layers}, {calib}, device {q.device}",
-            "$ " + " ".join(argv(out_dir / "quantize_spec.json")),
+            "$ " + " ".join(argv(out_dir.parent / f"{NAME}_spec.json")),
             f"  in:  {in_dir}", f"  out: {out_dir}"]
 
 
