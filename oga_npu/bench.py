@@ -236,9 +236,12 @@ def _fmt(v) -> str:
 
 
 def sweep(lm: LoadedModel, cfg: BenchConfig, text: str, sink: RecordSink | None = None,
-          on_point: Callable[[int, int, BenchRecord | None], None] | None = None) -> list[BenchRecord]:
+          on_point: Callable[[int, int, BenchRecord | None], None] | None = None,
+          label: str | None = None) -> list[BenchRecord]:
     cfg.validate()
     meta = run_metadata(lm, cfg)
+    if label:
+        meta["label"] = label  # `bench plot` names the run by it
     out = []
     for i, n in enumerate(cfg.lengths):
         if on_point:
@@ -292,6 +295,14 @@ def compare(a: list[BenchRecord], b: list[BenchRecord]) -> str:
     return "\n".join(rows)
 
 
+def run_label(recs: list[BenchRecord], fallback: str) -> str:
+    """A run's name in plots: its --label, else the model folder's name."""
+    for r in recs:
+        if r.meta.get("label"):
+            return str(r.meta["label"])
+    return Path(recs[0].model).name if recs and recs[0].model else fallback
+
+
 def plot(runs: dict[str, list[BenchRecord]], out: Path) -> Path:
     try:
         import matplotlib
@@ -308,8 +319,16 @@ def plot(runs: dict[str, list[BenchRecord]], out: Path) -> Path:
                      capsize=3)
         ax2.errorbar(xs, [r.decode_tps_avg for r in ok], yerr=[r.decode_tps_std for r in ok], marker="o",
                      label=label, capsize=3)
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    lengths = sorted({r.prompt_tokens for recs in runs.values() for r in recs if not r.skipped})
     for ax, title, yl in ((ax1, "Time to first token", "TTFT (ms)"), (ax2, "Decode speed", "tokens/s")):
         ax.set_xscale("log", base=2)
+        if lengths:  # ticks at the measured lengths, written 128, 256 (not 2^7)
+            ax.xaxis.set_major_locator(FixedLocator(lengths))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("prompt tokens")
         ax.set_ylabel(yl)
         ax.set_title(title)

@@ -168,7 +168,7 @@ def prepare(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Hugging Face id, local HF folder, or .gguf file.")],
     target: Annotated[str, typer.Option("--target", help="cpu | webgpu | dml | hybrid | npu")] = "cpu",
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path.")] = "default",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>, plus -<recipe> for a recipe other than default).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage, replacing a ready folder.")] = False,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
@@ -202,7 +202,8 @@ def prepare(
         if validate.get("answer"):
             print(f"validate: {validate['prompt']!r} -> {validate['answer'].strip()!r} ({validate['provider']})",
                   file=sys.stderr)
-        print(f"next: oga-npu chat -m {result.output}", file=sys.stderr)
+        if sys.stdout.isatty():  # a script that captures the path gives its own hint
+            print(f"next: oga-npu chat -m {result.output}", file=sys.stderr)
     print(result.output)
 
 
@@ -341,7 +342,7 @@ def bench(
         progress = _BenchProgress(len(cfg.lengths))
         try:
             with progress:
-                recs = sweep(lm, cfg, text, sink, progress.update)
+                recs = sweep(lm, cfg, text, sink, progress.update, label=label or model.name)
         except KeyboardInterrupt:
             recs = progress.done
             print("Interrupted: finished points are kept" + (f" in {json_out}" if json_out else ""), file=sys.stderr)
@@ -405,9 +406,14 @@ def bench_plot(
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG to write.")] = Path("bench.png"),
 ) -> None:
     """Several runs on one chart."""
-    from .bench import load_records, plot
+    from .bench import load_records, plot, run_label
 
-    print(plot({f.stem: load_records(f) for f in files}, output))
+    runs: dict = {}
+    for f in files:
+        recs = load_records(f)
+        name = run_label(recs, f.stem)
+        runs[name if name not in runs else f"{name} ({f.stem})"] = recs
+    print(plot(runs, output))
 
 
 @app.command("eval")

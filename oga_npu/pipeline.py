@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from .devices import detect_rai_version
 from .errors import OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, VersionError
 from .prepare import STAGES
 from .prepare import source as source_mod
-from .recipe import TARGETS, Recipe, fitting_group_size, load_recipe
+from .recipe import DEFAULT_RECIPE, TARGETS, Recipe, fitting_group_size, load_recipe
 from .tools import tool_env
 from .workdir import (
     LOGS_DIR, REQUEST, begin_stage, finish_stage, folder_state, models_dir, partial_dir, prepare_lock, publish,
@@ -162,8 +163,11 @@ def check_versions(versions: dict, needs_quark: bool = True) -> None:
                            "pip install -e . in a fresh virtual environment (see README)")
 
 
-def default_output(source: source_mod.Source, target: str) -> Path:
-    return models_dir() / f"{source.name}-{target}"
+def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT_RECIPE) -> Path:
+    """models/<name>-<target>, plus -<recipe> when it is not the default recipe, so a
+    second recipe never collides with a folder made by the first."""
+    tail = "" if recipe in ("", DEFAULT_RECIPE) else "-" + re.sub(r"[^\w.-]+", "-", Path(recipe).stem).lower()
+    return models_dir() / f"{source.name}-{target}{tail}"
 
 
 def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> Recipe:
@@ -217,7 +221,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
         raise RecipeError(f"unknown target '{req.target}'", f"use one of: {', '.join(TARGETS)}")
     recipe = load_recipe(req.recipe)
     src = source_mod.classify(req.source)
-    out = Path(req.output) if req.output else default_output(src, req.target)
+    out = Path(req.output) if req.output else default_output(src, req.target, recipe.name)
     calib_text = str(req.calib_file) if req.calib_file else recipe.calibration.text
     if req.calib_file and not Path(req.calib_file).is_file():
         raise RecipeError(f"calibration file not found: {req.calib_file}", "pass an existing text file to --calib-file")

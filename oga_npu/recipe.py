@@ -149,12 +149,16 @@ def _digest(obj, *parts: str) -> str:
 
 
 def recipe_dirs() -> list[Path]:
-    """Where named recipes are looked up: $OGA_NPU_RECIPES, ./recipes, the repo's recipes/."""
+    """Where named recipes are looked up: $OGA_NPU_RECIPES, ./recipes, the recipes that
+    came with the package (oga_npu/recipes/ in a wheel, copied from the top-level recipes/
+    by setup.py), the checkout's recipes/ (source and editable installs)."""
     dirs = []
     if os.environ.get("OGA_NPU_RECIPES"):
         dirs.append(Path(os.environ["OGA_NPU_RECIPES"]))
     dirs.append(Path.cwd() / "recipes")
-    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
+    here = Path(__file__).resolve().parent
+    dirs.append(here / "recipes")
+    dirs.append(here.parent / "recipes")
     seen, out = set(), []
     for d in dirs:
         r = d.resolve()

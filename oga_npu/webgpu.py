@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass
 
 EP_NAME = "WebGpuExecutionProvider"
-INSTALL_HINT = "pip install 'oga-npu[webgpu]' (onnxruntime-ep-webgpu)"
+INSTALL_HINT = "pip install 'oga-npu[webgpu]', which installs onnxruntime-ep-webgpu"
 _registered_oga = False
 _registered_ort = False
 
@@ -84,7 +84,7 @@ def adapters() -> list[Adapter]:
 
 def available() -> tuple[bool, str]:
     if library_path() is None:
-        return False, f"the WebGPU plugin EP is not installed ({INSTALL_HINT})"
+        return False, f"the WebGPU plugin EP is not installed: {INSTALL_HINT}"
     if not vulkan_loader_present():
         return False, "the Vulkan loader libvulkan.so.1 is missing (apt install libvulkan1, and a GPU driver)"
     if not adapters():

@@ -153,3 +153,36 @@ def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, t
     rows = [json.loads(run_cli("eval", "-m", str(m), *args).stdout)[0] for m in (tiny_model, full)]
     assert rows[0]["tokens"] == rows[1]["tokens"] == 126
     assert abs(rows[0]["perplexity"] / rows[1]["perplexity"] - 1) < 1e-3
+
+
+def test_plot_ticks_are_plain_lengths_and_legends_name_the_runs(tmp_path, monkeypatch):
+    import json as _json
+    from dataclasses import asdict
+
+    import matplotlib.pyplot as plt
+
+    from oga_npu import cli
+    from oga_npu.bench import BenchRecord
+
+    def recs(model, label=None):
+        meta = {"label": label} if label else {}
+        return [BenchRecord(model, "cpu", n, 16, 2, 1, ttft_avg_ms=n / 10, ttft_std_ms=1.0, decode_tps_avg=50.0,
+                            decode_tps_std=1.0, meta=meta) for n in (128, 256, 512)]
+
+    files = []
+    for name, r in (("a.jsonl", recs("/m/smol-awq", "AWQ run")), ("b.jsonl", recs("/m/smol-fast"))):
+        f = tmp_path / name
+        f.write_text("".join(_json.dumps(asdict(x)) + "\n" for x in r))
+        files.append(str(f))
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    try:
+        cli.main(["bench", "plot", *files, "-o", str(tmp_path / "p.png")])
+    except SystemExit as e:
+        assert not e.code
+    assert (tmp_path / "p.png").is_file()
+    fig = figs[-1]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["128", "256", "512"]
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["AWQ run", "smol-fast"]

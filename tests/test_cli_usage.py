@@ -146,3 +146,14 @@ def test_stage_progress_plain_lines_keep_coming(capsys, monkeypatch):
     beats = [ln for ln in lines if ln.startswith("[2/4] quantize") and "estimate about 3 min" in ln]
     assert len(beats) >= 3 and "AWQ 7/30, ETA 02:10" in beats[0] and "AWQ 9/30" in beats[-1]
     assert lines[-1].startswith("[2/4] quantize … done")
+
+
+def test_devices_lines_have_no_nested_parentheses(capsys):
+    code, out, _ = call(capsys, "devices")
+    assert code == 0 and "WebGPU adapters:" in out
+    for line in out.splitlines():
+        depth = deepest = 0
+        for ch in line:
+            depth += (ch == "(") - (ch == ")")
+            deepest = max(deepest, depth)
+        assert deepest <= 1, line
