@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from .errors import ContextLengthError, GenerationError, OgaNpuError
+from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
 from .generate import GenerationEvent, GenerationOptions, encode, render_prompt, stream_generate
 from .model import LoadedModel
 
@@ -34,7 +34,13 @@ class ChatSession:
     notices: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        # Fail at start, not at the first message, when the model has no chat template.
+        # Fail at start, not at the first message, when the model has no chat template:
+        # a base model would otherwise get the conversation as raw text.
+        if not (self.chat_template or self.lm.chat_template()):
+            raise ChatTemplateError(
+                f"{self.lm.path} has no chat template (a base model?): chat cannot format a conversation for it",
+                "pass --chat-template FILE (a Jinja chat template, e.g. the instruct model's chat_template.jinja), "
+                "or complete plain text with `oga-npu run --raw PROMPT -m MODEL`")
         render_prompt(self.lm, [{"role": "user", "content": "hi"}], self.chat_template)
 
     def messages(self, user: str) -> list[dict]:

@@ -121,7 +121,7 @@ def render_prompt(lm: LoadedModel, messages: Messages, chat_template: str | None
     """Apply the model's chat template (or an explicit one) to messages."""
     template = chat_template or lm.chat_template()
     if not template:
-        raise ChatTemplateError(f"{lm.path} has no chat template",
+        raise ChatTemplateError(f"{lm.path} has no chat template (a base model?)",
                                 "pass --chat-template FILE, or --raw to send the text as is")
     for m in messages:
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") \

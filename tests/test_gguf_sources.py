@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -50,3 +53,167 @@ def test_tiny_gguf_reads_back_as_the_same_model(tmp_path, monkeypatch, arch):
     with torch.no_grad():
         want, got = made["model"].eval()(ids).logits, loaded(ids).logits
     assert torch.allclose(want, got, atol=1e-5), (arch, float((want - got).abs().max()))
+
+
+# ---------------------------------------------------------------- GGUF sources through prepare
+
+FP32_RECIPE = """description = "test: the builder's fp32 graph, no quantization (compares exactly with transformers)"
+[quantize]
+engine = "builder"
+[build.cpu]
+precision = "fp32"
+"""
+
+
+def _prepare(source: Path, out: Path, recipe: str, home: Path) -> Path:
+    """The real pipeline, in process (session fixtures cannot use the per-test home)."""
+    from oga_npu.pipeline import PrepareRequest, prepare
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OGA_NPU_HOME", str(home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return prepare(PrepareRequest(source=str(source), recipe=recipe, output=out)).output
+
+
+@pytest.fixture(scope="session")
+def base_kquant_gguf(tmp_path_factory) -> Path:
+    """A Qwen3 base model (no chat template) as llama.cpp's Q4_K_M mix (hidden 256: K-quant blocks fit)."""
+    return gguf_models.write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-qwen3-base.Q4_K_M.gguf", "qwen3", "Q4_K_M",
+                                  chat_template=None, hidden_size=256, intermediate_size=512)
+
+
+@pytest.fixture(scope="session")
+def base_kquant_model(tmp_path_factory, base_kquant_gguf, session_home) -> Path:
+    return _prepare(base_kquant_gguf, tmp_path_factory.mktemp("prepared") / "qwen3-base", "builder-int4", session_home)
+
+
+@pytest.fixture(scope="session")
+def sliding_gguf(tmp_path_factory) -> Path:
+    """Gemma 2 (window on every other layer, soft-capping) with a 16-token window."""
+    return gguf_models.write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-gemma2-w16.Q8_0.gguf", "gemma2", "Q8_0",
+                                  sliding_window=16)
+
+
+@pytest.fixture(scope="session")
+def sliding_model(tmp_path_factory, sliding_gguf, session_home) -> Path:
+    recipe = tmp_path_factory.mktemp("recipe") / "fp32.toml"
+    recipe.write_text(FP32_RECIPE)
+    return _prepare(sliding_gguf, tmp_path_factory.mktemp("prepared") / "gemma2-w16", str(recipe), session_home)
+
+
+def _cli(capsys, *args: str, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    """oga_npu.cli.main in process: (exit code, stdout, stderr)."""
+    import io
+
+    from oga_npu import cli
+
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    capsys.readouterr()
+    try:
+        cli.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_k_quant_base_gguf_of_qwen3_prepares_and_runs_raw(base_kquant_gguf, base_kquant_model, capsys):
+    import gguf
+
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(str(base_kquant_gguf)).tensors}
+    assert {"Q4_K", "Q6_K"} <= kinds  # a real K-quant mix went in
+    cfg = json.loads((base_kquant_model / "genai_config.json").read_text())
+    assert cfg["model"]["type"] == "qwen3"
+    code, out, err = _cli(capsys, "run", "The capital of France is", "--raw", "-n", "5", "--timings",
+                          "-m", str(base_kquant_model))
+    assert code == 0, err
+    assert "[cpu]" in err and "generated 5 tok" in err
+
+
+def test_base_model_without_template_chat_refuses_with_the_fix(base_kquant_model, capsys, monkeypatch, tmp_path):
+    code, out, err = _cli(capsys, "chat", "-m", str(base_kquant_model), stdin="hello\n", monkeypatch=monkeypatch)
+    assert code == 1 and out == ""
+    assert "has no chat template" in err and "--chat-template FILE" in err and "run --raw" in err
+    code, out, err = _cli(capsys, "run", "hello", "-n", "2", "-m", str(base_kquant_model))
+    assert code == 1 and "no chat template" in err and "--raw" in err
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
+    code, out, err = _cli(capsys, "chat", "-m", str(base_kquant_model), "-n", "3", "--chat-template", str(template),
+                          stdin="hello\n", monkeypatch=monkeypatch)
+    assert code == 0, err
+    code, out, err = _cli(capsys, "chat", "-m", str(base_kquant_model), "--chat-template", str(tmp_path / "none.jinja"),
+                          stdin="hello\n", monkeypatch=monkeypatch)
+    assert code == 1 and "none.jinja" in err and "Traceback" not in err
+
+
+def _hf_greedy(gguf_path: Path, ids: list[int], n: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return m.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist()
+
+
+def test_sliding_window_model_generates_within_and_across_the_window(sliding_gguf, sliding_model):
+    """-n 5 on a 10-token prompt (the KV capacity once fell below the window), and a 40-token
+    prompt plus 30 tokens (past window + cache slack, so the windowed cache evicts): the
+    same greedy tokens as transformers on the same weights; eval scores like transformers."""
+    from oga_npu.evaluate import perplexity_hf, perplexity_oga
+    from oga_npu.generate import GenerationOptions, generate
+    from oga_npu.model import load
+
+    cfg = json.loads((sliding_model / "genai_config.json").read_text())
+    sw = cfg["model"]["decoder"]["sliding_window"]
+    assert sw["window_size"] == 16 and sw["layers"] == [0]  # gemma2: sliding, full
+    lm = load(sliding_model)
+    for n_prompt, n_new in ((10, 5), (40, 30)):
+        ids = list(range(200, 200 + n_prompt))
+        opts = GenerationOptions(max_tokens=n_new, ignore_eos=True)
+        tokens = [ev.token for ev in _stream(lm, ids, opts)]
+        assert tokens == _hf_greedy(sliding_gguf, ids, n_new), n_prompt
+    text, last = generate(lm, "Hi", GenerationOptions(max_tokens=5))  # with the chat template
+    assert last.generated_tokens >= 1
+    window = list(range(100, 148))
+    ppl, n = perplexity_oga(lm, [window])
+    ref, _ = perplexity_hf(_dequantized(sliding_gguf), [window])
+    assert n == 47 and ppl == pytest.approx(ref, rel=1e-3)
+
+
+def _stream(lm, ids, opts):
+    from oga_npu.generate import stream_generate
+
+    return [ev for ev in stream_generate(lm, ids, opts) if ev.token is not None]
+
+
+def _dequantized(gguf_path: Path) -> Path:
+    from oga_npu.prepare.source import gguf_cache_dir
+
+    return gguf_cache_dir(gguf_path.resolve())
+
+
+def test_window_wider_than_context_builds_without_windowed_cache(tmp_path, sliding_model):
+    """A window the context never reaches gets no windowed cache (onnxruntime refuses one that
+    max_length cannot fill); a folder built with one anyway is refused at load with the fix."""
+    import shutil
+
+    from oga_npu.errors import ModelFolderError
+    from oga_npu.model import load
+    from oga_npu.prepare.build import window_options
+
+    (tmp_path / "config.json").write_text(json.dumps({"sliding_window": 4096, "max_position_embeddings": 512}))
+    assert window_options(tmp_path) == {"windowed_kv_cache": False}
+    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"sliding_window": 512,
+                                                                      "max_position_embeddings": 32768}}))
+    assert window_options(tmp_path) == {}
+    from oga_npu.workdir import MANIFEST
+
+    old = tmp_path / "old"
+    shutil.copytree(sliding_model, old, ignore=shutil.ignore_patterns("stages", MANIFEST, "prepare.json"))
+    cfg = json.loads((old / "genai_config.json").read_text())
+    cfg["model"]["context_length"] = 8
+    (old / "genai_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelFolderError, match="more than its context"):
+        load(old)
