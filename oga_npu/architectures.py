@@ -73,6 +73,8 @@ class Architecture:
     tiny: dict = field(default_factory=dict)       # tiny sizes (heads, head_dim kept real)
     verified: tuple[str, ...] = ()            # recipes a test in this repo prepares and runs on CPU
     amd_hybrid: bool = False                  # a family on AMD's Ryzen AI hybrid/NPU supported list
+    gguf: str = ""                            # GGUF general.architecture transformers 5 reads as this row ("" none)
+    gguf_verified: bool = False               # tests/test_gguf_sources.py prepares a tiny GGUF of it and runs it
     note: str = ""
     overrides: dict = field(default_factory=dict)  # (recipe, target) -> Support, beats the rules below
 
@@ -201,6 +203,7 @@ _MHA = dict(num_attention_heads=2, num_key_value_heads=2)
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "llama", ("LlamaForCausalLM",), "llama", "LlamaModel", "llama",
+        gguf="llama",
         reference="meta-llama/Llama-3.2-1B-Instruct", amd_hybrid=True,
         settings=dict(head_dim=64, rope_theta=500000.0, tie_word_embeddings=True, max_position_embeddings=131072,
                       rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
@@ -211,6 +214,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "mistral", ("MistralForCausalLM",), "mistral", "MistralModel", "mistral",
+        gguf="mistral",
         reference="mistralai/Mistral-7B-Instruct-v0.3", amd_hybrid=True,
         settings=dict(head_dim=128, rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=False,
                       max_position_embeddings=32768, rms_norm_eps=1e-5),
@@ -219,6 +223,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "qwen2", ("Qwen2ForCausalLM",), "qwen2", "QwenModel", "qwen2",
+        gguf="qwen2",
         reference="Qwen/Qwen2.5-0.5B-Instruct", amd_hybrid=True,
         settings=dict(rope_theta=1000000.0, tie_word_embeddings=True, max_position_embeddings=32768,
                       rms_norm_eps=1e-6, use_sliding_window=False, sliding_window=None),
@@ -227,6 +232,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "qwen3", ("Qwen3ForCausalLM",), "qwen3", "Qwen3Model", "qwen3", quark_awq="llama",
+        gguf="qwen3", gguf_verified=True,
         reference="Qwen/Qwen3-0.6B", amd_hybrid=True,
         settings=dict(head_dim=128, rope_theta=1000000.0, tie_word_embeddings=True, max_position_embeddings=40960,
                       rms_norm_eps=1e-6),
@@ -236,6 +242,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "phi3", ("Phi3ForCausalLM",), "phi3", "Phi3MiniModel", "phi3",
+        gguf="phi3",
         reference="microsoft/Phi-3-mini-4k-instruct", amd_hybrid=True,
         settings=dict(rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=4096,
                       original_max_position_embeddings=4096, sliding_window=2047, rms_norm_eps=1e-5),
@@ -277,6 +284,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "gemma2", ("Gemma2ForCausalLM",), "gemma2", "Gemma2Model", "gemma2",
+        gguf="gemma2", gguf_verified=True,
         reference="google/gemma-2-2b-it",
         settings=dict(head_dim=256, rope_theta=10000.0, hidden_activation="gelu_pytorch_tanh",
                       query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
@@ -287,6 +295,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "gemma3_text", ("Gemma3ForCausalLM",), "gemma3_text", "Gemma3Model", "gemma3_text",
+        gguf="gemma3", gguf_verified=True,
         reference="google/gemma-3-1b-it", amd_hybrid=True,
         config_fixes=("gemma3_rope_per_layer_type",),
         settings=dict(head_dim=256, hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256,
@@ -329,6 +338,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "nemotron", ("NemotronForCausalLM",), "nemotron", "NemotronModel", "nemotron", quark_template_source="oga_npu",
+        gguf="nemotron",
         quark_awq="v_to_o",
         reference="nvidia/Nemotron-Mini-4B-Instruct",
         settings=dict(head_dim=128, rope_theta=10000.0, partial_rotary_factor=0.5, hidden_act="relu2",
@@ -406,6 +416,46 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("whisper", ("WhisperForConditionalGeneration",), "whisper", "WhisperModel", None,
                  builder_refusal="Whisper is speech-to-text, not a text decoder: `run`/`chat` cannot drive it"),
 )
+
+# GGUF sources (the existing path: transformers dequantizes the file into an HF folder). transformers
+# 5.24 reads these llama.cpp architectures (its GGUF_SUPPORTED_ARCHITECTURES); the rows above that
+# it loads as name theirs in `gguf`, these others load as a model the 0.18 builder lacks or as one
+# no row verifies. Any other name (gemma, granite, olmo, phi2, smollm3, ernie4_5, ...) it refuses:
+# "GGUF model with architecture gemma is not supported yet." Mistral files from llama.cpp say
+# "llama" (transformers reads them as Mistral only when general.name is exactly "mistral"), so they
+# become Llama rows, the same graph without Mistral v0.1's window. Long-rope Phi-3.5/Phi-4-mini
+# files load without their rope factors (transformers reads no rope.scaling keys for phi3).
+GGUF_OTHERS = {
+    "qwen2moe": "Qwen2MoeForCausalLM", "qwen3moe": "Qwen3MoeForCausalLM", "gpt-oss": "GptOssForCausalLM",
+    "lfm2": "Lfm2ForCausalLM", "falcon": "FalconForCausalLM", "bloom": "BloomForCausalLM",
+    "stablelm": "StableLmForCausalLM", "gpt2": "GPT2LMHeadModel", "starcoder2": "Starcoder2ForCausalLM",
+    "mamba": "MambaForCausalLM", "gemma4": "Gemma4ForCausalLM", "deci": "DeciLMForCausalLM",
+    "minimax-m2": "MiniMaxM2ForCausalLM", "t5": "T5ForConditionalGeneration", "t5encoder": "T5EncoderModel",
+}
+
+
+def gguf_config(gguf_arch: str | None, file_name: str = "the GGUF file") -> dict | None:
+    """The config.json stand-in (architectures, model_type) of a GGUF's general.architecture,
+    for the table's check before any work; raises ArchitectureError when transformers cannot
+    read that architecture from GGUF at all. None when the header could not be read."""
+    if not gguf_arch:
+        return None
+    for a in ARCHITECTURES:
+        if a.gguf == gguf_arch:
+            return {"architectures": [a.hf_architectures[0]], "model_type": a.model_type}
+    if gguf_arch in GGUF_OTHERS:
+        return {"architectures": [GGUF_OTHERS[gguf_arch]], "model_type": gguf_arch}
+    readable = sorted(a.gguf for a in ARCHITECTURES if a.gguf and a.support("builder-int4", "cpu").allowed)
+    row = next((a for a in ARCHITECTURES if gguf_arch.replace("-", "_") in (a.name, a.model_type)), None)
+    if row is not None and row.support("builder-int4", "cpu").allowed:
+        fix = "prepare it from its Hugging Face folder or hub id" + (f" (e.g. {row.reference})" * bool(row.reference))
+    else:
+        fix = "use a model of a supported architecture (`oga-npu architectures` lists them)"
+    raise ArchitectureError(
+        f"{file_name}: transformers cannot read GGUF files of architecture '{gguf_arch}', so it cannot be "
+        f"dequantized for the builder (GGUF architectures that work: {', '.join(readable)})",
+        fix + "; nothing was written")
+
 
 _BY_HF: dict[str, list[Architecture]] = {}
 for _a in ARCHITECTURES:
@@ -521,6 +571,7 @@ def table() -> list[dict]:
             "builder": a.builder, "quark_template": a.quark_template,
             "quark_template_source": a.quark_template_source if a.quark_template else None,
             "config_fixes": list(a.config_fixes), "runtime": list(a.runtime), "reference": a.reference,
+            "gguf": a.gguf or None, "gguf_verified": a.gguf_verified,
             "note": a.note,
             "support": {r: {t: {"status": c.status, "how": c.how} for t, c in cells.items()}
                         for r, cells in _cells(a).items()},

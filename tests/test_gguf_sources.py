@@ -126,8 +126,8 @@ def test_k_quant_base_gguf_of_qwen3_prepares_and_runs_raw(base_kquant_gguf, base
     assert {"Q4_K", "Q6_K"} <= kinds  # a real K-quant mix went in
     cfg = json.loads((base_kquant_model / "genai_config.json").read_text())
     assert cfg["model"]["type"] == "qwen3"
-    code, out, err = _cli(capsys, "run", "The capital of France is", "--raw", "-n", "5", "--timings",
-                          "-m", str(base_kquant_model))
+    code, out, err = _cli(capsys, "run", "The capital of France is", "--raw", "-n", "5", "--temperature", "0",
+                          "--timings", "-m", str(base_kquant_model))
     assert code == 0, err
     assert "[cpu]" in err and "generated 5 tok" in err
 
@@ -171,10 +171,10 @@ def test_sliding_window_model_generates_within_and_across_the_window(sliding_ggu
     lm = load(sliding_model)
     for n_prompt, n_new in ((10, 5), (40, 30)):
         ids = list(range(200, 200 + n_prompt))
-        opts = GenerationOptions(max_tokens=n_new, ignore_eos=True)
+        opts = GenerationOptions(max_tokens=n_new, temperature=0, ignore_eos=True)
         tokens = [ev.token for ev in _stream(lm, ids, opts)]
         assert tokens == _hf_greedy(sliding_gguf, ids, n_new), n_prompt
-    text, last = generate(lm, "Hi", GenerationOptions(max_tokens=5))  # with the chat template
+    text, last = generate(lm, "Hi", GenerationOptions(max_tokens=5, temperature=0))  # with the chat template
     assert last.generated_tokens >= 1
     window = list(range(100, 148))
     ppl, n = perplexity_oga(lm, [window])
@@ -217,3 +217,42 @@ def test_window_wider_than_context_builds_without_windowed_cache(tmp_path, slidi
     (old / "genai_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelFolderError, match="more than its context"):
         load(old)
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf_model(tmp_path_factory, session_home) -> Path:
+    """Gemma 3 text in its real layer pattern (6 layers: 5 with the 512 window, 1 global)."""
+    g = gguf_models.write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-gemma3.Q8_0.gguf", "gemma3", "Q8_0", layers=6)
+    return _prepare(g, tmp_path_factory.mktemp("prepared") / "gemma3", "builder-int4", session_home)
+
+
+def test_gemma3_gguf_prepares_and_answers(gemma3_gguf_model):
+    from oga_npu.architectures import by_name
+    from oga_npu.generate import GenerationOptions, generate
+    from oga_npu.model import load
+
+    assert by_name("gemma3_text").gguf_verified and by_name("qwen3").gguf_verified
+    cfg = json.loads((gemma3_gguf_model / "genai_config.json").read_text())
+    assert cfg["model"]["decoder"]["sliding_window"]["layers"] == [0, 1, 2, 3, 4]
+    lm = load(gemma3_gguf_model)
+    opts = GenerationOptions(max_tokens=5, temperature=0, ignore_eos=True)
+    text, last = generate(lm, "What is the capital of France?", opts)
+    assert last.generated_tokens == 5 and last.provider == "cpu"
+
+
+def test_gguf_architecture_transformers_cannot_read_is_refused_before_any_work(tmp_path, capsys):
+    import gguf
+
+    src = tmp_path / "gemma-2b.Q4_0.gguf"
+    w = gguf.GGUFWriter(str(src), "gemma")  # a header is all the check reads
+    w.add_block_count(2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "out"
+    code, stdout, err = _cli(capsys, "prepare", str(src), "--recipe", "builder-int4", "--output", str(out))
+    assert code == 1, err
+    assert "cannot read GGUF files of architecture 'gemma'" in err and "qwen3" in err
+    assert "google/gemma-2b-it" in err and "Traceback" not in err
+    assert not out.exists()

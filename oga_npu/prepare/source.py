@@ -89,16 +89,6 @@ def plan(source: Source) -> str:
 
 # GGUF general.architecture -> the HF architecture transformers makes of it (for the up-front
 # check; a GGUF architecture not listed is checked after transformers has converted it).
-GGUF_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM", "phi2": "PhiForCausalLM", "gemma": "GemmaForCausalLM",
-    "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM", "granite": "GraniteForCausalLM",
-    "olmo": "OlmoForCausalLM", "olmo2": "Olmo2ForCausalLM", "nemotron": "NemotronForCausalLM",
-    "smollm3": "SmolLM3ForCausalLM", "ernie4_5": "Ernie4_5ForCausalLM", "gptj": "GPTJForCausalLM",
-    "internlm2": "InternLM2ForCausalLM", "hunyuan-dense": "HunYuanDenseV1ForCausalLM",
-}
-
-
 def gguf_architecture(path: Path) -> str | None:
     """general.architecture from a GGUF header (memory-mapped; the weights are not read)."""
     try:
@@ -122,9 +112,9 @@ def peek_config(source: Source) -> dict | None:
         cached = gguf_cache_dir(p) / "config.json"
         if cached.is_file():
             return json.loads(cached.read_text())
-        arch = gguf_architecture(p)
-        return {"architectures": [GGUF_ARCHITECTURES[arch]], "model_type": arch} if arch in GGUF_ARCHITECTURES \
-            else None
+        from ..architectures import gguf_config
+
+        return gguf_config(gguf_architecture(p), p.name)  # refuses what transformers cannot read
     try:
         from huggingface_hub import try_to_load_from_cache
 
