@@ -2,6 +2,10 @@
 
 History rule: the system prompt is always kept; when the next turn would not fit the
 context (prompt + max_tokens), the oldest user/assistant pairs are dropped, with a notice.
+
+KV reuse: the session keeps the model's last Generator (kvcache.PromptCache), so a turn
+prefills only the new message, not the whole history (unless the provider cannot
+continue a sequence, or trimming changed the start of the history).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
 from .generate import GenerationEvent, GenerationOptions, encode, render_prompt, stream_generate
+from .kvcache import PromptCache
 from .model import LoadedModel
 
 HELP = """commands:
@@ -32,6 +37,8 @@ class ChatSession:
     history: list[dict] = field(default_factory=list)
     last: GenerationEvent | None = None
     notices: list[str] = field(default_factory=list)
+    reuse: bool = True                      # keep the KV cache between turns
+    cache: PromptCache | None = None
 
     def __post_init__(self) -> None:
         # Fail at start, not at the first message, when the model has no chat template:
@@ -42,6 +49,8 @@ class ChatSession:
                 "pass --chat-template FILE (a Jinja chat template, e.g. the instruct model's chat_template.jinja), "
                 "or complete plain text with `oga-npu run --raw PROMPT -m MODEL`")
         render_prompt(self.lm, [{"role": "user", "content": "hi"}], self.chat_template)
+        if self.reuse and self.cache is None:
+            self.cache = PromptCache(self.lm)
 
     def messages(self, user: str) -> list[dict]:
         sys_msg = [{"role": "system", "content": self.system}] if self.system else []
@@ -70,7 +79,7 @@ class ChatSession:
         ids = self._trim(user)  # rendered and tokenized once; generation takes the ids
         parts: list[str] = []
         try:
-            for ev in stream_generate(self.lm, ids, self.options):
+            for ev in stream_generate(self.lm, ids, self.options, cache=self.cache if self.reuse else None):
                 parts.append(ev.text)
                 self.last = ev
                 yield ev
@@ -112,7 +121,8 @@ def stats_line(ev: GenerationEvent | None) -> str:
     ttft = f"{ev.ttft * 1000:.0f} ms" if ev.ttft else "-"
     dec = f"{ev.decode_tps:.1f} tok/s" if ev.decode_tps else "-"
     pre = f"{ev.prefill_tps:.0f} tok/s" if ev.prefill_tps else "-"
-    return (f"[{ev.runtime}] prompt {ev.prompt_tokens} tok, answer {ev.generated_tokens} tok, TTFT {ttft}, "
+    cached = f" ({ev.cached_tokens} cached)" if ev.cached_tokens else ""
+    return (f"[{ev.runtime}] prompt {ev.prompt_tokens} tok{cached}, answer {ev.generated_tokens} tok, TTFT {ttft}, "
             f"prefill {pre}, decode {dec}")
 
 

@@ -277,6 +277,7 @@ def chat(
     provider: Provider = None,
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s after each answer.")] = False,
+    kv_reuse: Annotated[bool, typer.Option("--kv-reuse/--no-kv-reuse", help="Keep the KV cache between turns (prefill only the new message).")] = True,
 ) -> None:
     """Interactive chat (/help for commands). With stdin not a terminal: one message per line."""
     from .chat import ChatSession, repl
@@ -286,7 +287,7 @@ def chat(
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
     lm = load(model, provider=provider, fallback=fallback)
-    session = ChatSession(lm, opts, system=system, chat_template=template)
+    session = ChatSession(lm, opts, system=system, chat_template=template, reuse=kv_reuse)
     repl(session, timings=timings)
 
 

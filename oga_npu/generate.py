@@ -43,6 +43,7 @@ class GenerationOptions:
     repetition_penalty: float | None = None  # 1.0 = off
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False          # benchmarks: always generate max_tokens
+    guidance: tuple[str, str] | None = None   # (type, data) for onnxruntime-genai's set_guidance: json_schema, regex, lark
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -110,6 +111,7 @@ class GenerationEvent:
     provider: str = "cpu"
     timings: dict = field(default_factory=dict)
     decoder: str = "oga"               # oga (onnxruntime-genai's Generator) | direct (engine.py)
+    cached_tokens: int = 0             # prompt tokens whose KV came from the cache (kvcache.py), not prefilled
 
     @property
     def runtime(self) -> str:
@@ -214,9 +216,11 @@ class _StopFilter:
 
 
 def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None,
-                    *, raw: bool = False, chat_template: str | None = None) -> Iterator[GenerationEvent]:
+                    *, raw: bool = False, chat_template: str | None = None,
+                    cache=None) -> Iterator[GenerationEvent]:
     """Generate from a prompt string (chat template applied unless raw), a message list,
-    or token ids; yields events, the last one with finish_reason set."""
+    or token ids; yields events, the last one with finish_reason set. `cache` (a
+    kvcache.PromptCache) reuses the KV of the model's last conversation where it can."""
     import onnxruntime_genai as og
 
     opts = resolve_options(options, lm)
@@ -239,7 +243,17 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
     n_prompt = len(ids)
     check_fits(lm, n_prompt, opts.max_tokens)
 
-    gen = _direct_generator(lm, ids, opts) if lm.engine is not None else _oga_generator(og, lm, ids, opts)
+    gen, cached = None, 0
+    if cache is not None:
+        try:
+            gen, cached = cache.acquire(ids, opts, lambda i, n: _oga_generator(og, lm, i, opts, n))
+        except OgaNpuError:
+            raise
+        except Exception as e:  # noqa: BLE001 - native errors in rewind/append
+            raise translate(e, lm.path) from e
+    if gen is None:
+        gen = _direct_generator(lm, ids, opts) if lm.engine is not None else _oga_generator(og, lm, ids, opts)
+    ok = False
 
     eos = set(lm.eos_token_ids)
     detok = _Detokenizer(lm.tokenizer)
@@ -256,7 +270,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
         tps.update(ttft=ttft, decode_tps=dec)
         return GenerationEvent(text, token, n_prompt, n_gen, reason, ttft,
                                (n_prompt / ttft) if ttft else None, dec, lm.provider,
-                               {"tokenize_s": t_tokenized - t_start}, lm.decoder)
+                               {"tokenize_s": t_tokenized - t_start}, lm.decoder, cached)
 
     try:
         while True:
@@ -273,27 +287,35 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
                 break
             delta, hit = stops.push(detok.add(token))
             if hit:
+                ok = True
                 yield event(delta, token, "stop_string")
                 return
+            ok = True   # stopping between tokens (a closed stream) leaves a consistent sequence
             yield event(delta, token, None)
+            ok = False
             if n_gen >= opts.max_tokens:
                 finish = "length"
                 break
+        ok = True
     except OgaNpuError:
         raise
     except Exception as e:  # noqa: BLE001 - native errors mid-generation
         raise translate(e, lm.path) from e
     finally:
+        if cache is not None:
+            cache.release(gen, ok)
         del gen
     rest, hit = stops.push(detok.flush())
     tail = rest + ("" if hit else stops.flush())
     yield event(tail, None, "stop_string" if hit else finish)
 
 
-def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions):
+def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions, max_length: int | None = None):
+    """A Generator with `ids` prefilled; max_length defaults to prompt + max_tokens (the
+    KV cache makes longer ones to continue the conversation in)."""
     n_prompt = len(ids)
     params = og.GeneratorParams(lm.model)
-    search = {"max_length": lm.kv_length(n_prompt + opts.max_tokens), "do_sample": opts.temperature > 0,
+    search = {"max_length": lm.kv_length(max_length or n_prompt + opts.max_tokens), "do_sample": opts.temperature > 0,
               "repetition_penalty": opts.repetition_penalty}
     if opts.temperature > 0:
         search.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or 0)
@@ -305,6 +327,8 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions)
         search["min_length"] = n_prompt + opts.max_tokens
     try:
         params.set_search_options(**search)
+        if opts.guidance:
+            params.set_guidance(*opts.guidance)
         gen = og.Generator(lm.model, params)
         gen.append_tokens(ids)
     except Exception as e:  # noqa: BLE001
@@ -318,6 +342,9 @@ def _direct_generator(lm: LoadedModel, ids: list[int], opts: GenerationOptions):
     onnxruntime-genai's min_length, EOS is not masked out, so the token may appear)."""
     from .engine import Sampler
 
+    if opts.guidance:
+        raise GenerationError("guided output (JSON schema, grammar) does not run on the direct WebGPU decoder",
+                              "load the model with OGA_NPU_DECODER=oga")
     sampler = None
     if opts.temperature > 0 or opts.repetition_penalty != 1.0:
         sampler = Sampler(opts.temperature, opts.top_k, opts.top_p, opts.repetition_penalty, opts.seed)

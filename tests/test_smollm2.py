@@ -32,6 +32,22 @@ def test_chat_piped_answers_paris(smol):
     assert "Paris" in r.stdout
 
 
+def test_chat_kv_reuse_answers_equal_full_prefills(smol):
+    """Temperature 0: every turn with the cached KV gives the answer a full re-prefill gives."""
+    from oga_npu.chat import ChatSession
+    from oga_npu.generate import GenerationOptions
+    from oga_npu.model import load
+
+    lm = load(smol)
+    opts = GenerationOptions(max_tokens=24)
+    reused, fresh = ChatSession(lm, opts), ChatSession(lm, opts, reuse=False)
+    for i, q in enumerate(["What is the capital of France?", "And of Italy?", "Name a river in that country."]):
+        a = "".join(e.text for e in reused.send(q))
+        b = "".join(e.text for e in fresh.send(q))
+        assert a == b and a.strip()
+        assert (reused.last.cached_tokens > 0) == (i > 0) and fresh.last.cached_tokens == 0
+
+
 def test_prepare_again_is_fast_and_skips(smol, session_home):
     import time
 

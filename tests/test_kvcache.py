@@ -1,0 +1,105 @@
+"""KV reuse between turns (oga_npu/kvcache.py), in process on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+
+from oga_npu.chat import ChatSession
+from oga_npu.generate import GenerationOptions, encode, render_prompt, stream_generate
+from oga_npu.kvcache import PromptCache, common_prefix, reuse_support
+from oga_npu.model import load
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    return load(tiny_model)
+
+
+def _answer(lm, prompt, opts, cache=None):
+    evs = list(stream_generate(lm, prompt, opts, cache=cache))
+    return "".join(e.text for e in evs), [e.token for e in evs if e.token is not None], evs[-1]
+
+
+def test_chat_turns_reuse_the_cache(lm):
+    """Turn N prefills only the new message. (The answers' equality with full prefills is
+    checked on SmolLM2 in test_smollm2.py: on this random model the logits are nearly
+    flat, and the runtime's decode-step and prefill kernels round differently, so a
+    regenerated history can flip a near-tie.)"""
+    opts = GenerationOptions(max_tokens=12)
+    reused = ChatSession(lm, opts)
+    cached = []
+    for q in ["Hello, who are you?", "Tell me more.", "And then?"]:
+        "".join(e.text for e in reused.send(q))
+        cached.append(reused.last.cached_tokens)
+    assert cached[0] == 0 and cached[1] > 0 and cached[2] > cached[1]
+    assert cached[2] < reused.last.prompt_tokens  # the new message is prefilled
+    assert reused.cache.stats.hits == 2 and reused.cache.stats.misses == 1
+
+
+def test_a_shared_prefilled_prefix_gives_exactly_the_fresh_answer(lm):
+    opts = GenerationOptions(max_tokens=12)
+    cache = PromptCache(lm)
+    system = {"role": "system", "content": "You are a terse assistant. " * 8}
+    _answer(lm, [system, {"role": "user", "content": "first question"}], opts, cache)
+    msgs = [system, {"role": "user", "content": "second question, a different one"}]
+    text, toks, last = _answer(lm, msgs, opts, cache)
+    ref_text, ref_toks, ref_last = _answer(lm, msgs, opts)
+    assert last.cached_tokens > 40 and ref_last.cached_tokens == 0
+    assert (text, toks) == (ref_text, ref_toks)
+
+
+def test_a_different_prefix_prefills_in_full_and_equals_fresh(lm):
+    opts = GenerationOptions(max_tokens=10)
+    cache = PromptCache(lm)
+    _answer(lm, [{"role": "user", "content": "first conversation"}], opts, cache)
+    other = [{"role": "system", "content": "Another system prompt."}, {"role": "user", "content": "second"}]
+    text, toks, last = _answer(lm, other, opts, cache)
+    ref_text, ref_toks, _ = _answer(lm, other, opts)
+    # only the template's first tokens can match ("<|im_start|>system\\n"): the rest is prefilled
+    ids = encode(lm, render_prompt(lm, other))
+    assert last.cached_tokens <= 3 and last.cached_tokens < len(ids)
+    assert (text, toks) == (ref_text, ref_toks)
+    # the same prompt again: all but the last prompt token come from the cache
+    text2, toks2, last2 = _answer(lm, other, opts, cache)
+    assert last2.cached_tokens == len(ids) - 1 and toks2 == ref_toks
+
+
+def test_sampling_with_a_seed_never_reuses_so_it_repeats(lm):
+    opts = GenerationOptions(max_tokens=10, temperature=0.9, seed=7)
+    cache = PromptCache(lm)
+    msgs = [{"role": "user", "content": "pick some words"}]
+    t1, k1, l1 = _answer(lm, msgs, opts, cache)
+    t2, k2, l2 = _answer(lm, msgs, opts, cache)
+    assert k1 == k2 and l2.cached_tokens == 0
+    # without a seed, sampling settings equal: reused
+    unseeded = GenerationOptions(max_tokens=5, temperature=0.9)
+    _answer(lm, msgs, unseeded, cache)
+    _, _, l4 = _answer(lm, msgs, unseeded, cache)
+    assert l4.cached_tokens > 0
+    # other sampling settings than the cached Generator's: a fresh one
+    _, _, l5 = _answer(lm, msgs, GenerationOptions(max_tokens=5, temperature=0.5), cache)
+    assert l5.cached_tokens == 0
+
+
+def test_a_stream_closed_mid_answer_leaves_a_usable_cache(lm):
+    opts = GenerationOptions(max_tokens=20)
+    cache = PromptCache(lm)
+    msgs = [{"role": "user", "content": "a long answer please"}]
+    it = stream_generate(lm, msgs, opts, cache=cache)
+    for _, _ev in zip(range(3), it):
+        pass
+    it.close()                                   # what a dropped client does
+    text, toks, last = _answer(lm, msgs, opts, cache)
+    ref_text, ref_toks, _ = _answer(lm, msgs, opts)
+    assert last.cached_tokens > 0 and toks == ref_toks
+
+
+def test_common_prefix_and_provider_support(lm):
+    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert common_prefix([], [1]) == 0
+    assert reuse_support(lm) == (True, "onnxruntime-genai rewind_to + append_tokens")
+    for provider in ("dml", "ryzenai"):
+        fake = type(lm)(lm.path, lm._model, lm.tokenizer, lm.config, provider)
+        ok, why = reuse_support(fake)
+        assert not ok and provider in why
+        assert not PromptCache(fake).reusable(GenerationOptions())
