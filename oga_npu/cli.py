@@ -291,6 +291,32 @@ def chat(
     repl(session, timings=timings)
 
 
+# ---------------------------------------------------------------- serve
+
+@app.command()
+def serve(
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Prepared model folder (repeatable); the model id is the folder name.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the server to the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait per model; past it: 503 with Retry-After.")] = 16,
+    provider: Provider = None,
+    fallback: Fallback = None,
+) -> None:
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)."""
+    from .server import serve as run_server
+
+    if max_queue < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--max-queue")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"Warning: binding {host} makes the server reachable from other machines"
+              + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
+    rc = run_server(model, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
+                    fallback=fallback)
+    if rc:
+        raise typer.Exit(rc)
+
+
 # ---------------------------------------------------------------- bench / eval
 
 bench_app = typer.Typer(help="Prompt-length sweeps (TTFT, prefill and decode tok/s, memory); `bench compare A B`.",

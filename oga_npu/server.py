@@ -1,0 +1,828 @@
+"""`oga-npu serve`: an OpenAI-compatible HTTP server over `stream_generate`.
+
+A thin layer: a route validates the body (pydantic models below), turns it into a prompt
+and `GenerationOptions`, and turns `GenerationEvent`s into OpenAI objects or SSE chunks.
+Beside the routes, small objects do the rest:
+
+- `ServedModel`: one loaded model = one device. Its requests run one at a time in arrival
+  order (`DeviceQueue`: an asyncio FIFO lock; past `max_queue` waiting requests the answer
+  is 503 with Retry-After). Every call into the model goes through its one worker thread,
+  one token per call, so a stream whose client went away stops within one token and the
+  next request starts at once. Its `PromptCache` (kvcache.py) keeps the last
+  conversation's KV cache.
+- `Metrics`: Prometheus counters and histograms (prometheus-client, own registry).
+- The model provider is injected (`create_app(provider)`): `FolderProvider` loads model
+  folders in the background (/health says 503 until they are ready); tests may pass any
+  object with `.ready`, `.error`, `.models` (id -> ServedModel).
+
+Unsupported request features are refused with 400 ("... is not supported"), never
+ignored silently; README.md has the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
+from .generate import GenerationEvent, GenerationOptions, check_fits, encode, render_prompt, stream_generate
+from .kvcache import PromptCache, reuse_support
+
+log = logging.getLogger("oga_npu.server")
+
+DEFAULT_MAX_QUEUE = 16
+RETRY_AFTER_S = 2
+
+
+# ---------------------------------------------------------------- request models
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        if self.content is None and self.tool_calls:
+            return json.dumps([{"name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}
+                               for c in self.tool_calls])
+        return self.content or ""
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class JsonSchemaSpec(_Strict):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class FunctionDef(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: dict
+
+
+class _Sampling(_Strict):
+    """Fields both routes share. Accepted only at their no-op value: n, presence_penalty,
+    frequency_penalty, logprobs (400 otherwise). Accepted and ignored: user."""
+
+    model: str
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)                  # extension (llama.cpp, vLLM)
+    repetition_penalty: float | None = Field(None, gt=0)   # extension
+    seed: int | None = Field(None, ge=0, lt=2**31)
+    stop: Union[str, list[str], None] = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+
+# ---------------------------------------------------------------- errors
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None, **extra):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers, self.extra = headers or {}, extra
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.extra}}
+
+
+def not_supported(what: str, param: str) -> ApiError:
+    return ApiError(400, f"{what} is not supported by oga-npu serve", param=param, code="not_supported")
+
+
+def from_validation(e: ValidationError) -> ApiError:
+    err = e.errors()[0]
+    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+    param = ".".join(loc) or None
+    if err.get("type") == "extra_forbidden":
+        return ApiError(400, f"unknown field '{param}' (see the support table in the README)", param=param,
+                        code="unknown_field")
+    msg = err.get("msg", "invalid request")
+    return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
+
+
+def from_library(e: OgaNpuError) -> ApiError:
+    if isinstance(e, ContextLengthError):
+        return ApiError(400, f"the request needs {e.prompt_tokens} prompt tokens + {e.max_tokens} max_tokens, "
+                             f"more than the model's {e.context}-token context (n_prompt_tokens={e.prompt_tokens}, "
+                             f"n_ctx={e.context})", param="messages", code="context_length_exceeded",
+                        n_prompt_tokens=e.prompt_tokens, n_ctx=e.context)
+    if isinstance(e, (GenerationError, ChatTemplateError)):
+        return ApiError(400, e.message, code="invalid_value")
+    return ApiError(500, e.message, type_="server_error", code="generation_failed")
+
+
+# ---------------------------------------------------------------- queue, metrics, models
+
+class QueueFull(Exception):
+    pass
+
+
+class DeviceQueue:
+    """One request at a time, first come first served; at most `max_queue` waiting."""
+
+    def __init__(self, max_queue: int):
+        self.max_queue = max_queue
+        self.waiting = 0
+        self.running = 0
+        self._lock: asyncio.Lock | None = None
+
+    async def acquire(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        if self._lock.locked() and self.waiting >= self.max_queue:
+            raise QueueFull()
+        self.waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self.waiting -= 1
+        self.running = 1
+
+    def release(self) -> None:
+        self.running = 0
+        if self._lock is not None and self._lock.locked():
+            self._lock.release()
+
+    @property
+    def depth(self) -> int:
+        return self.waiting + self.running
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("oga_npu_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.prompt_tokens = Counter("oga_npu_prompt_tokens", "Prompt tokens", ["model"], registry=r)
+        self.completion_tokens = Counter("oga_npu_completion_tokens", "Generated tokens", ["model"], registry=r)
+        self.cached_tokens = Counter("oga_npu_cached_tokens", "Prompt tokens reused from the KV cache", ["model"],
+                                     registry=r)
+        self.ttft = Histogram("oga_npu_ttft_seconds", "Time to first token", ["model"], registry=r,
+                              buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+        self.decode = Histogram("oga_npu_decode_tokens_per_second", "Decode speed per request", ["model"],
+                                registry=r, buckets=(1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000))
+        self.queue = Gauge("oga_npu_queue_depth", "Requests running or waiting", ["model"], registry=r)
+
+    def observe(self, model: str, ev: GenerationEvent) -> None:
+        self.prompt_tokens.labels(model).inc(ev.prompt_tokens)
+        self.completion_tokens.labels(model).inc(ev.generated_tokens)
+        self.cached_tokens.labels(model).inc(ev.cached_tokens)
+        if ev.ttft is not None:
+            self.ttft.labels(model).observe(ev.ttft)
+        if ev.decode_tps:
+            self.decode.labels(model).observe(ev.decode_tps)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+@dataclass
+class ServedModel:
+    """A loaded model, its device queue, its worker thread and its KV cache."""
+
+    id: str
+    lm: Any
+    max_queue: int = DEFAULT_MAX_QUEUE
+    queue: DeviceQueue = field(init=False)
+    cache: PromptCache | None = field(init=False)
+    executor: ThreadPoolExecutor = field(init=False)
+    guidance: bool = field(init=False)
+
+    def __post_init__(self):
+        self.queue = DeviceQueue(self.max_queue)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.id}")
+        self.cache = PromptCache(self.lm)
+        self.guidance = guidance_available(self.lm)
+
+    def info(self) -> dict:
+        reuse, why = reuse_support(self.lm)
+        man = self.lm.manifest or {}
+        return {"id": self.id, "object": "model", "created": int(Path(self.lm.path).stat().st_mtime),
+                "owned_by": "oga-npu", "context_length": self.lm.context_length, "provider": self.lm.provider,
+                "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
+                "source": man.get("source"), "kv_reuse": reuse, "kv_reuse_note": why,
+                "guided_output": self.guidance}
+
+
+def guidance_available(lm) -> bool:
+    """Whether this onnxruntime-genai build enforces JSON schemas (llguidance) for this model."""
+    if lm.decoder != "oga":
+        return False
+    try:
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(lm.model)
+        params.set_search_options(max_length=8)
+        params.set_guidance("json_schema", '{"type": "object"}')
+        og.Generator(lm.model, params)
+        return True
+    except Exception as e:  # noqa: BLE001 - a build without llguidance raises here
+        log.info("guided output is off for %s: %s", lm.path, e)
+        return False
+
+
+class FolderProvider:
+    """Loads model folders (model.load) in a background thread; the id is the folder name."""
+
+    def __init__(self, folders: list[Path], max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None,
+                 fallback: str | None = None, loader=None):
+        self.folders = [Path(f) for f in folders]
+        self.max_queue, self.provider, self.fallback = max_queue, provider, fallback
+        self.models: dict[str, ServedModel] = {}
+        self.error: OgaNpuError | None = None
+        self.ready = False
+        self._loader = loader
+        ids = [f.resolve().name for f in self.folders]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise GenerationError(f"two model folders have the same name {sorted(dup)} (the model id)",
+                                  "rename one of the folders")
+
+    def start(self, on_error=None) -> None:
+        threading.Thread(target=self._load, args=(on_error,), daemon=True, name="load-models").start()
+
+    def _load(self, on_error) -> None:
+        from .model import load
+
+        try:
+            for f in self.folders:
+                lm = (self._loader or load)(f, provider=self.provider, fallback=self.fallback)
+                sm = ServedModel(f.resolve().name, lm, self.max_queue)
+                self.models[sm.id] = sm
+                log.info("loaded %s from %s on %s (%s decoder)", sm.id, f, lm.provider, lm.decoder)
+            self.ready = True
+        except OgaNpuError as e:
+            self.error = e
+            if on_error:
+                on_error(e)
+        except Exception as e:  # noqa: BLE001
+            self.error = OgaNpuError(f"loading failed: {e}", "re-run with OGA_NPU_DEBUG=1")
+            if on_error:
+                on_error(self.error)
+
+
+# ---------------------------------------------------------------- requests -> options
+
+def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance=None) -> GenerationOptions:
+    if req.n != 1:
+        raise not_supported("n other than 1", "n")
+    if req.presence_penalty or req.frequency_penalty:
+        raise not_supported("presence_penalty/frequency_penalty (use repetition_penalty)",
+                            "presence_penalty" if req.presence_penalty else "frequency_penalty")
+    stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if any(not s for s in stops):
+        raise ApiError(400, "stop strings must not be empty", param="stop")
+    if len(stops) > 4:
+        raise ApiError(400, "at most 4 stop strings", param="stop")
+    limit = min(lm.context_length, lm.hybrid_limit or lm.context_length)
+    if max_tokens is None:
+        max_tokens = limit - n_prompt
+        if max_tokens < 1:
+            raise from_library(ContextLengthError(n_prompt, 1, limit))
+    kw: dict[str, Any] = {"max_tokens": max_tokens, "stop": tuple(stops), "guidance": guidance}
+    for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
+        v = getattr(req, name)
+        if v is not None:
+            kw[name] = v
+    opts = GenerationOptions(**kw)
+    try:
+        opts.validate()
+        check_fits(lm, n_prompt, max_tokens)
+    except OgaNpuError as e:
+        raise from_library(e) from e
+    return opts
+
+
+def _schema_guidance(schema: dict) -> tuple[str, str]:
+    """llguidance JSON; compact whitespace unless the schema says otherwise (small models
+    otherwise tend to fill the answer with newlines)."""
+    schema = dict(schema)
+    schema.setdefault("x-guidance", {"whitespace_flexible": False})
+    return ("json_schema", json.dumps(schema))
+
+
+def _tool_schema(tools: list[Tool], choice) -> dict:
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.get("name")
+        tools = [t for t in tools if t.function.name == name]
+        if not tools:
+            raise ApiError(400, f"tool_choice names '{name}', which is not in tools", param="tool_choice")
+    variants = [{"type": "object", "properties": {"name": {"const": t.function.name},
+                                                  "arguments": t.function.parameters or {"type": "object"}},
+                 "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str, str] | None, bool]:
+    """Messages for the template, guidance, and whether the answer is a tool call."""
+    if req.logprobs or req.top_logprobs:
+        raise not_supported("logprobs", "logprobs")
+    msgs = []
+    for i, m in enumerate(req.messages):
+        role = "system" if m.role == "developer" else m.role
+        msgs.append({"role": role, "content": m.text()})
+    guidance = None
+    tool_call = False
+    rf = req.response_format
+    if rf is not None and rf.type != "text":
+        if not sm.guidance:
+            raise not_supported(f"response_format {rf.type} (this model/runtime has no guided output)",
+                                "response_format")
+        if rf.type == "json_object":
+            guidance = _schema_guidance({"type": "object"})
+        else:
+            if rf.json_schema is None:
+                raise ApiError(400, "response_format json_schema needs a json_schema object",
+                               param="response_format.json_schema")
+            guidance = _schema_guidance(rf.json_schema.schema_ or {"type": "object"})
+    if req.tools and req.tool_choice != "none":
+        if not sm.guidance:
+            raise not_supported("tools (this model/runtime has no guided output)", "tools")
+        if req.tool_choice in (None, "auto"):
+            raise not_supported("tool_choice 'auto' (a tool call cannot be enforced as optional); pass "
+                                "tool_choice 'required' or a named function", "tool_choice")
+        if guidance:
+            raise not_supported("response_format together with tools", "response_format")
+        schema = _tool_schema(req.tools, req.tool_choice)
+        guidance = _schema_guidance(schema)
+        tool_call = True
+        listing = json.dumps([t.function.model_dump(exclude_none=True) for t in req.tools])
+        note = ("You can call these functions. Answer with one call as JSON "
+                f'{{"name": ..., "arguments": {{...}}}}.\nFunctions: {listing}')
+        if msgs and msgs[0]["role"] == "system":
+            msgs[0] = {"role": "system", "content": msgs[0]["content"] + "\n\n" + note}
+        else:
+            msgs.insert(0, {"role": "system", "content": note})
+    elif req.tool_choice not in (None, "none", "auto") and not req.tools:
+        raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+    if not any(m["content"].strip() for m in msgs if m["role"] == "user"):
+        raise ApiError(400, "the conversation has no user text", param="messages")
+    return msgs, guidance, tool_call
+
+
+# ---------------------------------------------------------------- the app
+
+def create_app(provider, api_key: str | None = None):
+    app = FastAPI(title="oga-npu", docs_url=None, redoc_url=None)
+    metrics = Metrics()
+    state = {"last": None, "stopping": False}
+    app.state.provider = provider
+    app.state.metrics = metrics
+    app.state.serve_state = state
+
+    def error_response(e: ApiError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.middleware("http")
+    async def count_and_guard(request: Request, call_next):
+        path = request.url.path
+        try:
+            if path.startswith("/v1") and api_key is not None:
+                auth = request.headers.get("authorization", "")
+                given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+                if not hmac.compare_digest(given.encode(), api_key.encode()):
+                    raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                   type_="authentication_error", code="invalid_api_key")
+            response = await call_next(request)
+        except ApiError as e:
+            response = error_response(e)
+        route = path if path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
+                                 "/metrics", "/v1/stats") else "other"
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, e: RequestValidationError):
+        return error_response(ApiError(400, str(e.errors()[0].get("msg", "invalid request")), code="invalid_value"))
+
+    @app.exception_handler(404)
+    async def not_found(_request, _e):
+        return error_response(ApiError(404, "no such route", type_="not_found_error", code="not_found"))
+
+    @app.exception_handler(405)
+    async def bad_method(_request, _e):
+        return error_response(ApiError(405, "method not allowed", code="method_not_allowed"))
+
+    @app.exception_handler(Exception)
+    async def crashed(_request, e: Exception):
+        log.exception("request failed")
+        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type_="server_error"))
+
+    async def body_of(request: Request, model_cls):
+        ctype = request.headers.get("content-type", "")
+        if "json" not in ctype.lower():
+            raise ApiError(400, f"Content-Type must be application/json (got '{ctype or 'none'}')",
+                           code="invalid_content_type")
+        raw = await request.body()
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from e
+        if not isinstance(obj, dict):
+            raise ApiError(400, f"the body must be a JSON object, not {type(obj).__name__}", code="invalid_json")
+        try:
+            return model_cls.model_validate(obj)
+        except ValidationError as e:
+            raise from_validation(e) from e
+
+    def served(model_id: str) -> ServedModel:
+        if provider.error is not None:
+            raise ApiError(503, f"the model failed to load: {provider.error.message}", type_="server_error",
+                           code="model_load_failed")
+        if not provider.ready:
+            raise ApiError(503, "the models are still loading", type_="unavailable_error", code="loading",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        sm = provider.models.get(model_id)
+        if sm is None:
+            raise ApiError(404, f"the model '{model_id}' does not exist (loaded: {', '.join(provider.models)})",
+                           type_="not_found_error", param="model", code="model_not_found")
+        return sm
+
+    async def in_worker(sm: ServedModel, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(sm.executor, fn, *args)
+
+    async def events(sm: ServedModel, ids: list[int], opts: GenerationOptions) -> AsyncIterator[GenerationEvent]:
+        """stream_generate, one token per worker call; holds the device queue while it runs."""
+        try:
+            await sm.queue.acquire()
+        except QueueFull:
+            raise ApiError(503, f"{sm.id} is busy: {sm.queue.waiting} requests are waiting (--max-queue "
+                                f"{sm.queue.max_queue})", type_="unavailable_error", code="server_busy",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        metrics.queue.labels(sm.id).set(sm.queue.depth)
+        it = stream_generate(sm.lm, ids, opts, cache=sm.cache)
+        last = None
+        try:
+            while True:
+                if state["stopping"]:
+                    raise ApiError(503, "the server is shutting down", type_="server_error", code="shutting_down")
+                ev = await in_worker(sm, next, it, None)
+                if ev is None:
+                    break
+                last = ev
+                yield ev
+        except OgaNpuError as e:
+            raise from_library(e) from e
+        finally:
+            # Not awaited: a cancelled task (client gone) cannot await. The worker is one
+            # thread, so the close runs before the next request's first step.
+            sm.executor.submit(it.close)
+            sm.queue.release()
+            metrics.queue.labels(sm.id).set(sm.queue.depth)
+            if last is not None and last.finish_reason is not None:
+                metrics.observe(sm.id, last)
+                state["last"] = {"model": sm.id, "provider": last.runtime, "prompt_tokens": last.prompt_tokens,
+                                 "completion_tokens": last.generated_tokens, "cached_tokens": last.cached_tokens,
+                                 "ttft_s": last.ttft, "prefill_tokens_per_s": last.prefill_tps,
+                                 "decode_tokens_per_s": last.decode_tps, "finish_reason": last.finish_reason}
+
+    def usage(ev: GenerationEvent | None) -> dict:
+        p, c, k = (ev.prompt_tokens, ev.generated_tokens, ev.cached_tokens) if ev else (0, 0, 0)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+                "prompt_tokens_details": {"cached_tokens": k}}
+
+    def finish(ev: GenerationEvent, tool_call: bool) -> str:
+        if ev.finish_reason == "length":
+            return "length"
+        return "tool_calls" if tool_call else "stop"
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    async def stream_body(gen: AsyncIterator[GenerationEvent], first: GenerationEvent | None, make_chunk,
+                          include_usage: bool, tool_call: bool):
+        """SSE: role first (chat), text deltas, the finish chunk, usage, [DONE]; errors as an event."""
+        last = None
+        text = []
+        try:
+            head = make_chunk(None, None, first=True)
+            if head is not None:
+                yield sse(head)
+            pending = [first] if first is not None else []
+            while True:
+                if pending:
+                    ev = pending.pop()
+                else:
+                    try:
+                        ev = await gen.__anext__()
+                    except StopAsyncIteration:
+                        break
+                last = ev
+                if tool_call:
+                    text.append(ev.text)
+                elif ev.text:
+                    yield sse(make_chunk(ev.text, None))
+            if last is not None:
+                if tool_call:
+                    calls = _tool_calls("".join(text)) if last.finish_reason != "length" else None
+                    if calls:
+                        yield sse(make_chunk(None, None, tool_calls=[dict(c, index=i) for i, c in enumerate(calls)]))
+                    else:
+                        yield sse(make_chunk("".join(text), None))
+                yield sse(make_chunk(None, finish(last, tool_call and last.finish_reason != "length")))
+                if include_usage:
+                    yield sse(make_chunk(None, None, usage=usage(last)))
+        except ApiError as e:
+            yield sse(e.body())
+        except Exception as e:  # noqa: BLE001 - the stream has started: report in band
+            log.exception("stream failed")
+            yield sse(ApiError(500, f"{type(e).__name__}: {e}", type_="server_error").body())
+        finally:
+            await gen.aclose()
+        yield "data: [DONE]\n\n"
+
+    async def start(gen: AsyncIterator[GenerationEvent]) -> GenerationEvent | None:
+        """The first event, so queue-full and early errors become HTTP statuses."""
+        try:
+            return await gen.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    async def prepare(sm: ServedModel, build) -> tuple[list[int], Any]:
+        try:
+            return await in_worker(sm, build)
+        except OgaNpuError as e:
+            raise from_library(e) from e
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = await body_of(request, ChatRequest)
+        sm = served(req.model)
+        msgs, guidance, tool_call = _chat_plan(req, sm)
+
+        def build():
+            ids = encode(sm.lm, render_prompt(sm.lm, msgs))
+            return ids, _options(req, req.max_completion_tokens or req.max_tokens, sm.lm, len(ids), guidance)
+
+        ids, opts = await prepare(sm, build)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        gen = events(sm, ids, opts)
+        first = await start(gen)
+
+        if req.stream:
+            def chunk(text, reason, first=False, usage=None, tool_calls=None):
+                if first:
+                    delta = {"role": "assistant", "content": ""}
+                elif tool_calls is not None:
+                    delta = {"tool_calls": tool_calls}
+                else:
+                    delta = {"content": text} if text is not None else {}
+                out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": sm.id,
+                       "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None,
+                                                     "finish_reason": reason}]}
+                if usage:
+                    out["usage"] = usage
+                return out
+
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(stream_body(gen, first, chunk, include, tool_call),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+        parts, last = [], first
+        if first is not None:
+            parts.append(first.text)
+        async for ev in gen:
+            parts.append(ev.text)
+            last = ev
+        text = "".join(parts)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        reason = finish(last, tool_call) if last else "stop"
+        if tool_call and reason == "tool_calls":
+            calls = _tool_calls(text)
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": calls}
+            else:
+                reason = "stop"
+        return {"id": cid, "object": "chat.completion", "created": created, "model": sm.id,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+                "usage": usage(last)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = await body_of(request, CompletionRequest)
+        sm = served(req.model)
+        if req.logprobs:
+            raise not_supported("logprobs", "logprobs")
+        if req.echo:
+            raise not_supported("echo", "echo")
+        if req.suffix:
+            raise not_supported("suffix", "suffix")
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise not_supported("more than one prompt per request", "prompt")
+            prompt = prompt[0]
+        if not prompt.strip():
+            raise ApiError(400, "the prompt is empty", param="prompt")
+
+        def build():
+            ids = encode(sm.lm, prompt)
+            return ids, _options(req, req.max_tokens, sm.lm, len(ids))
+
+        ids, opts = await prepare(sm, build)
+        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        gen = events(sm, ids, opts)
+        first = await start(gen)
+
+        if req.stream:
+            def chunk(text, reason, first=False, usage=None, tool_calls=None):
+                if first:
+                    return None
+                out = {"id": cid, "object": "text_completion", "created": created, "model": sm.id,
+                       "choices": [] if usage else [{"index": 0, "text": text or "", "logprobs": None,
+                                                     "finish_reason": reason}]}
+                if usage:
+                    out["usage"] = usage
+                return out
+
+            include = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(stream_body(gen, first, chunk, include, False),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        parts, last = ([first.text], first) if first else ([], None)
+        async for ev in gen:
+            parts.append(ev.text)
+            last = ev
+        return {"id": cid, "object": "text_completion", "created": created, "model": sm.id,
+                "choices": [{"index": 0, "text": "".join(parts), "logprobs": None,
+                             "finish_reason": finish(last, False) if last else "stop"}],
+                "usage": usage(last)}
+
+    @app.get("/v1/models")
+    async def list_models():
+        served_models = provider.models if provider.ready else {}
+        return {"object": "list", "data": [sm.info() for sm in served_models.values()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str):
+        return served(model_id).info()
+
+    @app.get("/v1/stats")
+    async def stats():
+        return {"last_request": state["last"],
+                "models": {i: {"queue_depth": sm.queue.depth, "kv_cache": vars(sm.cache.stats) if sm.cache else None}
+                           for i, sm in (provider.models if provider.ready else {}).items()}}
+
+    @app.get("/health")
+    async def health():
+        if provider.error is not None:
+            return JSONResponse({"status": "error", "message": provider.error.message}, status_code=503)
+        if not provider.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ok", "models": list(provider.models)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _tool_calls(text: str) -> list[dict] | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or "name" not in obj:
+        return None
+    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+             "function": {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}}]
+
+
+# ---------------------------------------------------------------- running it
+
+def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
+          log_level: str = "info") -> int:
+    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
+    import sys
+
+    import uvicorn
+
+    from .model import check_folder
+    from .errors import ModelFolderError
+
+    for f in folders:
+        rep = check_folder(Path(f), deep=False)
+        if not rep.ok:
+            raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
+                                   "pass a folder made by `oga-npu prepare`")
+    models = FolderProvider(folders, max_queue, provider, fallback)
+    app = create_app(models, api_key)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                            access_log=False)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.serve_state["stopping"] = True   # open streams end with an error event, then [DONE]
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
+    failed: list[OgaNpuError] = []
+
+    def on_error(e: OgaNpuError):
+        failed.append(e)
+        print(f"Error: {e.message}" + (f"\nFix: {e.fix}" if e.fix else ""), file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    models.start(on_error)
+    print(f"oga-npu serve: http://{host}:{port}/v1 (models: {', '.join(f.resolve().name for f in models.folders)}; "
+          f"loading, /health says when ready)", file=sys.stderr, flush=True)
+    server.run()
+    return 1 if failed else 0
