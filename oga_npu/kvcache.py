@@ -16,7 +16,8 @@ Rules (one cached conversation per model, the last one):
 - at least one prompt token is always prefilled (the model needs logits to start from);
 - providers: onnxruntime-genai continues sequences on cpu, cuda and webgpu (its chat
   examples rely on it); dml and ryzenai (NPU hybrid) models and the direct WebGPU engine
-  (engine.py: static prefill from position 0) get a full prefill every time.
+  (engine.py: static prefill from position 0) get a full prefill every time, and so do
+  sliding-window models (their windowed layers keep only the last W positions).
   `reuse_support` says which, and /v1/models reports it.
 
 At temperature 0 an answer after reuse equals a fresh prefill's (tests/test_kvcache.py),
@@ -39,6 +40,8 @@ def reuse_support(lm: LoadedModel) -> tuple[bool, str]:
     """Whether this loaded model can continue a cached sequence, and why not."""
     if lm.decoder != "oga":
         return False, "direct WebGPU decoding prefills from position 0: full prefill every turn"
+    if getattr(lm, "sliding_window", None):
+        return False, "a sliding-window KV cache drops old positions, so it cannot rewind: full prefill every turn"
     if lm.provider not in CONTINUING_PROVIDERS:
         return False, (f"onnxruntime-genai does not document sequence continuation on {lm.provider}: "
                        "full prefill every turn")

@@ -250,6 +250,8 @@ class Metrics:
                               buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
         self.decode = Histogram("oga_npu_decode_tokens_per_second", "Decode speed per request", ["model"],
                                 registry=r, buckets=(1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000))
+        self.cancelled = Counter("oga_npu_cancelled_requests", "Generations stopped early (client gone, error, "
+                                 "shutdown)", ["model"], registry=r)
         self.queue = Gauge("oga_npu_queue_depth", "Requests running or waiting", ["model"], registry=r)
 
     def observe(self, model: str, ev: GenerationEvent) -> None:
@@ -564,7 +566,11 @@ def create_app(provider, api_key: str | None = None):
             sm.executor.submit(it.close)
             sm.queue.release()
             metrics.queue.labels(sm.id).set(sm.queue.depth)
-            if last is not None and last.finish_reason is not None:
+            if last is None or last.finish_reason is None:
+                metrics.cancelled.labels(sm.id).inc()
+                if last is not None:
+                    metrics.completion_tokens.labels(sm.id).inc(last.generated_tokens)
+            else:
                 metrics.observe(sm.id, last)
                 state["last"] = {"model": sm.id, "provider": last.runtime, "prompt_tokens": last.prompt_tokens,
                                  "completion_tokens": last.generated_tokens, "cached_tokens": last.cached_tokens,
