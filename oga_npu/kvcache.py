@@ -83,7 +83,7 @@ class PromptCache:
 
     def reusable(self, opts) -> bool:
         return self.enabled and not getattr(opts, "guidance", None) and not opts.ignore_eos \
-            and not (opts.seed is not None and opts.temperature > 0)
+            and not (opts.seed is not None and (opts.temperature or 0) > 0)
 
     def acquire(self, ids: list[int], opts, make: Callable[[list[int], int], object]) -> tuple[object | None, int]:
         """A Generator with `ids` appended, and how many of them were reused from the cache.

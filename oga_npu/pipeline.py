@@ -320,7 +320,13 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
             if s.PRODUCES_MODEL:
                 model_dir = stage_dir(out, s.NAME)
                 in_dir = model_dir
+        from .model import read_chat_template
+
+        hub = src.kind == "hub"
         manifest = {"key": final_key, "source": req.source, "source_kind": src.kind, "source_key": resolved.key,
+                    # where the same weights come from for another runtime (vLLM, transformers)
+                    "hub_id": src.spec if hub else None, "revision": resolved.path.name if hub else None,
+                    "chat_template": read_chat_template(model_dir),
                     "recipe": recipe.name, "recipe_config": recipe.model_dump(mode="json", by_alias=True),
                     "target": req.target, "versions": versions, "notes": notes,
                     "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports}}

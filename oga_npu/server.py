@@ -40,7 +40,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
-from .generate import GenerationEvent, GenerationOptions, check_fits, encode, render_prompt, stream_generate
+from .generate import (GenerationEvent, GenerationOptions, check_fits, encode, render_prompt, resolve_options,
+                       stream_generate)
 from .kvcache import PromptCache, reuse_support
 
 log = logging.getLogger("oga_npu.server")
@@ -129,6 +130,7 @@ class _Sampling(_Strict):
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)                  # extension (llama.cpp, vLLM)
     repetition_penalty: float | None = Field(None, gt=0)   # extension
+    ignore_eos: bool = False                               # extension (llama.cpp, vLLM): benchmarks
     seed: int | None = Field(None, ge=0, lt=2**31)
     stop: Union[str, list[str], None] = None
     stream: bool = False
@@ -293,7 +295,8 @@ class ServedModel:
         return {"id": self.id, "object": "model", "created": int(Path(self.lm.path).stat().st_mtime),
                 "owned_by": "oga-npu", "context_length": self.lm.context_length, "provider": self.lm.provider,
                 "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
-                "source": man.get("source"), "kv_reuse": reuse, "kv_reuse_note": why,
+                "source": man.get("source"), "hub_id": man.get("hub_id"),
+                "revision": man.get("revision"), "kv_reuse": reuse, "kv_reuse_note": why,
                 "guided_output": self.guidance}
 
 
@@ -372,12 +375,13 @@ def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance
         max_tokens = limit - n_prompt
         if max_tokens < 1:
             raise from_library(ContextLengthError(n_prompt, 1, limit))
-    kw: dict[str, Any] = {"max_tokens": max_tokens, "stop": tuple(stops), "guidance": guidance}
+    kw: dict[str, Any] = {"max_tokens": max_tokens, "stop": tuple(stops), "guidance": guidance,
+                          "ignore_eos": req.ignore_eos}
     for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
         v = getattr(req, name)
         if v is not None:
             kw[name] = v
-    opts = GenerationOptions(**kw)
+    opts = resolve_options(GenerationOptions(**kw), lm)   # unset sampling fields: the model's defaults
     try:
         opts.validate()
         check_fits(lm, n_prompt, max_tokens)
@@ -818,9 +822,12 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
         def handle_exit(self, sig, frame):
             app.state.serve_state["stopping"] = True   # open streams end with an error event, then [DONE]
             super().handle_exit(sig, frame)
+            stopped.append(sig)
+            self._captured_signals.clear()   # a clean stop exits 0 instead of re-raising the signal
 
     server = Server(config)
     failed: list[OgaNpuError] = []
+    stopped: list[int] = []
 
     def on_error(e: OgaNpuError):
         failed.append(e)
@@ -831,4 +838,6 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
     print(f"oga-npu serve: http://{host}:{port}/v1 (models: {', '.join(f.resolve().name for f in models.folders)}; "
           f"loading, /health says when ready)", file=sys.stderr, flush=True)
     server.run()
+    if stopped:
+        print("oga-npu serve: stopped", file=sys.stderr, flush=True)
     return 1 if failed else 0

@@ -25,7 +25,7 @@ def test_chat_turns_reuse_the_cache(lm):
     checked on SmolLM2 in test_smollm2.py: on this random model the logits are nearly
     flat, and the runtime's decode-step and prefill kernels round differently, so a
     regenerated history can flip a near-tie.)"""
-    opts = GenerationOptions(max_tokens=12)
+    opts = GenerationOptions(max_tokens=12, temperature=0)
     reused = ChatSession(lm, opts)
     cached = []
     for q in ["Hello, who are you?", "Tell me more.", "And then?"]:
@@ -37,7 +37,7 @@ def test_chat_turns_reuse_the_cache(lm):
 
 
 def test_a_shared_prefilled_prefix_gives_exactly_the_fresh_answer(lm):
-    opts = GenerationOptions(max_tokens=12)
+    opts = GenerationOptions(max_tokens=12, temperature=0)
     cache = PromptCache(lm)
     system = {"role": "system", "content": "You are a terse assistant. " * 8}
     _answer(lm, [system, {"role": "user", "content": "first question"}], opts, cache)
@@ -49,7 +49,7 @@ def test_a_shared_prefilled_prefix_gives_exactly_the_fresh_answer(lm):
 
 
 def test_a_different_prefix_prefills_in_full_and_equals_fresh(lm):
-    opts = GenerationOptions(max_tokens=10)
+    opts = GenerationOptions(max_tokens=10, temperature=0)
     cache = PromptCache(lm)
     _answer(lm, [{"role": "user", "content": "first conversation"}], opts, cache)
     other = [{"role": "system", "content": "Another system prompt."}, {"role": "user", "content": "second"}]
@@ -82,7 +82,7 @@ def test_sampling_with_a_seed_never_reuses_so_it_repeats(lm):
 
 
 def test_a_stream_closed_mid_answer_leaves_a_usable_cache(lm):
-    opts = GenerationOptions(max_tokens=20)
+    opts = GenerationOptions(max_tokens=20, temperature=0)
     cache = PromptCache(lm)
     msgs = [{"role": "user", "content": "a long answer please"}]
     it = stream_generate(lm, msgs, opts, cache=cache)
