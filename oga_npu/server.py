@@ -459,6 +459,20 @@ def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str
 
 # ---------------------------------------------------------------- the app
 
+class _Stream(StreamingResponse):
+    """Closes its body when the client goes away (Starlette cancels the send loop and leaves
+    the generator suspended), so the device queue is released at once, not at GC."""
+
+    async def __call__(self, scope, receive, send):
+        import anyio
+
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
 def create_app(provider, api_key: str | None = None):
     app = FastAPI(title="oga-npu", docs_url=None, redoc_url=None)
     metrics = Metrics()
@@ -680,7 +694,7 @@ def create_app(provider, api_key: str | None = None):
                 return out
 
             include = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream_body(gen, first, chunk, include, tool_call),
+            return _Stream(stream_body(gen, first, chunk, include, tool_call),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
         parts, last = [], first
@@ -741,7 +755,7 @@ def create_app(provider, api_key: str | None = None):
                 return out
 
             include = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(stream_body(gen, first, chunk, include, False),
+            return _Stream(stream_body(gen, first, chunk, include, False),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         parts, last = ([first.text], first) if first else ([], None)
         async for ev in gen:

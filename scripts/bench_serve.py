@@ -113,6 +113,9 @@ def _prompt_text(lm, n: int) -> str:
 
 
 def bench_decode(args) -> dict:
+    """In-process and server runs alternate (rep by rep), so load drift on a shared machine
+    hits both alike. The in-process run is what `oga-npu bench` times (stream_generate,
+    EOS ignored, same prompt and length)."""
     import openai
 
     from oga_npu.generate import GenerationOptions, stream_generate
@@ -121,31 +124,27 @@ def bench_decode(args) -> dict:
     lm = load(args.model)
     prompt = _prompt_text(lm, args.prompt)
     opts = GenerationOptions(max_tokens=args.gen, temperature=0, ignore_eos=True)
-    local = []
-    for i in range(args.reps + 1):
-        last = None
-        for last in stream_generate(lm, prompt, opts, raw=True):
-            pass
-        if i:
-            local.append(last.decode_tps)
-    del lm
     srv = Server(args.model)
+    local, client_tps, server_tps = [], [], []
     try:
         client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0)
         name = Path(args.model).resolve().name
-        client_tps, server_tps = [], []
         for i in range(args.reps + 1):
+            last = None
+            for last in stream_generate(lm, prompt, opts, raw=True):
+                pass
             times = []
+            n = 0
             stream = client.completions.create(model=name, prompt=prompt, max_tokens=args.gen, temperature=0,
                                                stream=True, extra_body={"ignore_eos": True},
                                                stream_options={"include_usage": True})
-            n = 0
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].text:
                     times.append(time.perf_counter())
                 if chunk.usage:
                     n = chunk.usage.completion_tokens
-            if i:
+            if i:  # rep 0 is the warmup
+                local.append(last.decode_tps)
                 # chunks carry whole characters: the tokens after the first over the time they took
                 client_tps.append((n - 1) / (times[-1] - times[0]))
                 server_tps.append(srv.stats()["last_request"]["decode_tokens_per_s"])
@@ -156,7 +155,7 @@ def bench_decode(args) -> dict:
             "reps": args.reps, "in_process_tps": round(m(local), 1), "server_client_tps": round(m(client_tps), 1),
             "server_reported_tps": round(m(server_tps), 1),
             "client_vs_in_process": round(m(client_tps) / m(local), 3),
-            "stdev": {"in_process": round(statistics.pstdev(local), 1), "client": round(statistics.pstdev(client_tps), 1)}}
+            "per_rep": {"in_process": [round(x, 1) for x in local], "client": [round(x, 1) for x in client_tps]}}
 
 
 def bench_soak(args) -> dict:

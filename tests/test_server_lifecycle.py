@@ -112,3 +112,12 @@ def test_sigterm_mid_stream_sends_an_error_then_done_and_exits(server, tiny_mode
     err = json.loads(rest[-2])
     assert err["error"]["code"] == "shutting_down"
     assert server.proc.wait(20) == 0
+
+
+def test_public_bind_warns_and_a_bad_folder_is_one_line(tmp_path):
+    from conftest import run_cli
+
+    r = run_cli("serve", "-m", str(tmp_path / "missing"), "--host", "0.0.0.0", "--port", str(free_port()))
+    assert r.returncode == 1
+    assert "Warning: binding 0.0.0.0" in r.stderr and "--api-key" in r.stderr
+    assert "Error:" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
