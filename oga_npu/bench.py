@@ -13,7 +13,6 @@ keeps its points) and written to the CSV as one whole row.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -34,6 +33,11 @@ DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048)
 CSV_FIELDS = ("model", "provider", "prompt_tokens", "gen_tokens", "reps", "ttft_avg_ms", "ttft_p50_ms", "ttft_std_ms",
               "prefill_tps", "decode_tps_avg", "decode_tps_p50", "decode_tps_std", "e2e_avg_s", "tokenize_ms",
               "peak_rss_mb", "skipped", "source")
+# What every bench and eval record carries about where it ran (None where absent); the CSV
+# has these columns after CSV_FIELDS.
+RECORD_META = ("oga_npu", "oga", "ort", "quark", "rai_version", "npu_driver", "npu_power_mode", "device",
+               "provider", "model_hash")
+CSV_META_FIELDS = tuple(k for k in RECORD_META if k != "provider")
 
 
 @dataclass(frozen=True)
@@ -134,25 +138,48 @@ def cpu_model() -> str:
 
 
 def model_hash(lm: LoadedModel) -> str:
-    if lm.manifest and lm.manifest.get("key"):
-        return lm.manifest["key"]
-    h = hashlib.sha256((lm.path / "genai_config.json").read_bytes())
-    for f in sorted(lm.path.glob("*.onnx*")):
-        h.update(f"{f.name}:{f.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+    """The hash of the folder's content (every file's sha256), not of the prepare settings."""
+    return lm.content_hash
 
 
-def run_metadata(lm: LoadedModel, cfg: BenchConfig) -> dict:
-    from .devices import power_mode
+def device_name(provider: str) -> str | None:
+    """What `provider` runs on here: the CPU's name, the WebGPU adapter, the NPU."""
+    if provider == "cpu":
+        return cpu_model()
+    if provider == "webgpu":
+        from . import webgpu
+
+        found = webgpu.adapters()
+        return found[0].name if found else None
+    if provider == "ryzenai":
+        from .devices import find_npus
+
+        npus = find_npus()
+        return f"{npus[0].name} NPU" if npus else None
+    return None
+
+
+def record_metadata(lm: LoadedModel | None = None, provider: str | None = None, content_hash: str | None = None) -> dict:
+    """Versions, Ryzen AI release, NPU driver and power mode, device, provider and content hash
+    for a bench or eval record (None where this machine has none)."""
+    provider = lm.provider if lm is not None else provider or "cpu"
+    from .devices import detect_rai_version, find_npus, xrt_examine
     from .pipeline import installed_versions
 
     v = installed_versions()
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "oga": v.get("onnxruntime-genai"),
-            "ort": v.get("onnxruntime"), "quark": v.get("amd-quark"), "oga_npu": v.get("oga-npu"),
-            "provider": lm.provider, "device": lm.provider if lm.provider != "cpu" else "cpu",
-            "decoder": lm.decoder,
-            "cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
-            "npu_power_mode": power_mode(), "model_hash": model_hash(lm),
+    rai, rai_from = detect_rai_version()
+    xrt = xrt_examine() or {}
+    npus = find_npus()
+    driver = xrt.get("driver_version") or (npus[0].driver_version if npus else None)
+    return {"oga_npu": v.get("oga-npu"), "oga": v.get("onnxruntime-genai"), "ort": v.get("onnxruntime"),
+            "quark": v.get("amd-quark"), "rai_version": None if rai_from.startswith("default") else rai,
+            "npu_driver": driver, "npu_power_mode": xrt.get("power_mode"), "device": device_name(provider),
+            "provider": provider, "model_hash": model_hash(lm) if lm is not None else content_hash}
+
+
+def run_metadata(lm: LoadedModel, cfg: BenchConfig) -> dict:
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record_metadata(lm),
+            "decoder": lm.decoder, "cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
             "recipe": (lm.manifest or {}).get("recipe"), "target": (lm.manifest or {}).get("target"),
             "ignore_eos": True, "warmups": cfg.warmups, "reps": cfg.reps,
             "threads": lm.config.get("model", {}).get("decoder", {}).get("session_options", {}).get(
@@ -208,10 +235,17 @@ class RecordSink:
 
     def __init__(self, json_path: Path | None, csv_path: Path | None):
         self.json_path, self.csv_path = json_path, csv_path
+        header = ",".join(CSV_FIELDS + CSV_META_FIELDS)
         if csv_path and (not csv_path.exists() or csv_path.stat().st_size == 0):
             csv_path.parent.mkdir(parents=True, exist_ok=True)
             with open(csv_path, "w", newline="") as f:
-                f.write(",".join(CSV_FIELDS) + "\n")
+                f.write(header + "\n")
+        elif csv_path:
+            with open(csv_path, encoding="utf-8") as f:
+                first = f.readline().strip()
+            if first != header:
+                raise OgaNpuError(f"{csv_path} has other columns (an older oga-npu wrote it)",
+                                  "pass --csv a new file")
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -223,7 +257,8 @@ class RecordSink:
         if self.csv_path:
             buf = io.StringIO()
             d = asdict(rec)
-            csv.writer(buf).writerow([_fmt(d.get(k)) for k in CSV_FIELDS])
+            csv.writer(buf).writerow([_fmt(d.get(k)) for k in CSV_FIELDS] +
+                                     [_fmt(rec.meta.get(k)) for k in CSV_META_FIELDS])
             with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
                 f.write(buf.getvalue())  # one write: no half row on Ctrl+C
                 f.flush()
@@ -435,6 +470,9 @@ def run_model_benchmark(model: Path, cfg: BenchConfig, text: str, log_dir: Path,
     from .errors import ToolNotFound
     from .tools import run_tool, tool_env
 
+    from .workdir import require_ready
+
+    require_ready(model)  # a folder changed since prepare is refused here as in load()
     tool = find_rai_tool("model_benchmark")
     if tool is None:
         raise ToolNotFound("model_benchmark not found (PATH, RYZEN_AI_INSTALLATION_PATH, conda env)", INSTALL_HINT)

@@ -180,17 +180,22 @@ def prepare(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the model folder.")] = False,
 ) -> None:
     """Quantize (Quark), build (OGA model builder) and validate a model for a target."""
-    from .pipeline import PrepareRequest
-    from .pipeline import prepare as do_prepare
+    from .errors import StageInterrupted
 
-    req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
-                         from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
-                         rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check)
-    stage_progress = StageProgress(quiet or dry_run)
-    try:
-        result = do_prepare(req, stage_progress)
-    finally:
-        stage_progress.close()
+    try:  # typer turns a bare KeyboardInterrupt into a silent exit 130: say what happened
+        from .pipeline import PrepareRequest
+        from .pipeline import prepare as do_prepare
+
+        req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
+                             from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
+                             rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check)
+        stage_progress = StageProgress(quiet or dry_run)
+        try:
+            result = do_prepare(req, stage_progress)
+        finally:
+            stage_progress.close()
+    except KeyboardInterrupt as e:
+        raise StageInterrupted("interrupted before the first stage started", "re-run the same command") from e
     if dry_run:
         print("\n".join(result.plan))
         return
@@ -356,8 +361,12 @@ def bench(
     text = load_text(str(prompt_file) if prompt_file else "builtin")
     sink = RecordSink(json_out, csv_out)
     if model_benchmark:
+        from .bench import record_metadata
+        from .workdir import folder_content_hash
+
         recs = run_model_benchmark(model, cfg, text, model / "logs" / "bench", rai_version,
-                                   {"provider": provider or "ryzenai"})
+                                   record_metadata(provider=provider or "ryzenai",
+                                                   content_hash=folder_content_hash(model)))
         for r in recs:
             sink.add(r)
     else:
@@ -465,8 +474,11 @@ def eval_cmd(
     rows = []
     t0 = _t.monotonic()
     ppl, n = perplexity_oga(lm, wins)
+    from .bench import record_metadata
+
+    meta = record_metadata(lm)  # versions, device, provider and the folder's content hash
     rows.append({"model": str(model), "engine": f"oga ({lm.provider})", "perplexity": ppl, "tokens": n,
-                 "seconds": round(_t.monotonic() - t0, 1)})
+                 "seconds": round(_t.monotonic() - t0, 1), "meta": meta})
     ref_dir = None if ref in (None, "none") else (reference_dir(lm) if ref == "auto" else Path(ref))
     if ref not in (None, "none", "auto") and not (Path(ref) / "config.json").is_file():
         raise OgaNpuError(f"--ref {ref} is not a HF model folder", "pass a folder with config.json, or --ref none")
@@ -474,7 +486,9 @@ def eval_cmd(
         t0 = _t.monotonic()
         rppl, rn = perplexity_hf(ref_dir, wins)
         rows.append({"model": str(ref_dir), "engine": "transformers fp32", "perplexity": rppl, "tokens": rn,
-                     "seconds": round(_t.monotonic() - t0, 1)})
+                     "seconds": round(_t.monotonic() - t0, 1),
+                     "meta": {**meta, "provider": "transformers (cpu)", "device": meta.get("device")
+                              if lm.provider == "cpu" else None, "model_hash": None}})
     elif ref == "auto":
         print("note: no reference (the prepare source is not on disk); pass --ref HF_DIR", file=sys.stderr)
     if as_json:
@@ -675,6 +689,10 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors: the usage line and the problem, exit 2. Library errors and the
     environment's (no space, name too long, no permission, not found): `Error:` and
     `Fix:`, exit 1. "unexpected" is left for bugs."""
+    from .guard import should_supervise, supervise
+
+    if argv is None and should_supervise(sys.argv[1:]):
+        sys.exit(supervise(sys.argv[1:]))  # run/chat in a child: a native crash ends in one line
     debug = os.environ.get("OGA_NPU_DEBUG", "") not in ("", "0")
     args = list(sys.argv[1:] if argv is None else argv)
     try:

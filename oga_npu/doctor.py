@@ -32,6 +32,8 @@ def _pci_gpus(root: Path | None = None) -> list[dict]:
 
 
 def provider_status() -> dict:
+    """Per provider: available only when this machine really gave it to us (WebGPU: an adapter
+    obtained by a tiny session in a child process), else why not, in the loader's words."""
     import onnxruntime as ort
 
     from .model import PROVIDERS, provider_available
@@ -39,10 +41,25 @@ def provider_status() -> dict:
     st = {"onnxruntime": ort.get_available_providers()}
     oga = {}
     for p in PROVIDERS:
-        ok, why = provider_available(p)
+        ok, why = runnable(p, provider_available)
         oga[p] = {"available": ok, **({"why": why} if not ok else {})}
     st["onnxruntime_genai"] = oga
     return st
+
+
+def runnable(provider: str, provider_available=None) -> tuple[bool, str]:
+    """provider_available, and for WebGPU an adapter actually obtained in a child process."""
+    if provider_available is None:
+        from .model import provider_available
+    ok, why = provider_available(provider)
+    if ok and provider == "webgpu":
+        from .probe import probe_webgpu
+
+        r = probe_webgpu()
+        if not r.ok:
+            crash = f" (the probe died of {r.crash})" if r.crash else ""
+            return False, f"the plugin lists an adapter but a WebGPU session could not get one{crash}: {r.message}"
+    return ok, why
 
 
 def devices_report() -> dict:
@@ -108,7 +125,6 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
     from packaging.version import Version
 
     from .pipeline import REQUIRED_VERSIONS, installed_versions
-    from .workdir import folder_state
 
     rep = DoctorReport()
     v = installed_versions()
@@ -118,7 +134,7 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
             rep.problems.append(Problem(f"{name}: expected >={lo},<{hi}, found {found or 'none'}",
                                         "pip install -e . in a fresh virtual environment"))
         else:
-            rep.checks.append(f"{name} {found}")
+            rep.checks.append(f"{name} {found} (expected >={lo},<{hi})")
     probe = model if model and model.exists() else Path.cwd()
     free = shutil.disk_usage(probe).free / 1e9
     if free < min_free_gb:
@@ -131,6 +147,26 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
     return rep
 
 
+def _probe(model: Path, prov: str, rep: DoctorReport) -> None:
+    """Load and generate in a child process: a native crash is reported, not suffered."""
+    from .probe import PROBE_TOKENS, probe_model
+
+    r = probe_model(model, prov)
+    if r.ok:
+        info = r.info or {}
+        rep.checks.append(f"{model}: provider {info.get('provider', prov)}: loads and generates "
+                          f"{info.get('tokens', PROBE_TOKENS)} tokens (in a child process)")
+    elif r.crash:
+        what = r.phase or "starting"
+        rep.problems.append(Problem(f"{model}: native crash ({r.crash}) while {what} on provider {prov}"
+                                    + (f": {r.message}" if r.message else ""),
+                                    "check genai_config.json's session_options (custom_ops_library, provider "
+                                    "libraries) and the runtime install; try --provider cpu"))
+    else:
+        rep.problems.append(Problem(f"{model}: does not load and generate on provider {prov}: {r.message}",
+                                    "see the message; OGA_NPU_DEBUG=1 oga-npu run ... shows the traceback"))
+
+
 def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
     from .model import check_folder, configured_providers, missing_model_fix
     from .workdir import folder_state, resume_command
@@ -138,12 +174,20 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
     if not model.exists():
         rep.problems.append(Problem(f"{model} does not exist", missing_model_fix(model)))
         return
-    st = folder_state(model, check_hashes=True)
-    if st.state in ("incomplete", "damaged"):
+    st = folder_state(model, verify="full")
+    if st.state == "incomplete":
         rep.problems.append(Problem(f"{model} is incomplete ({st.detail or 'prepare did not finish'})",
                                     f"re-run prepare: {resume_command(st)}"))
+    elif st.state == "damaged":
+        rep.problems.append(Problem(f"{model} does not match its manifest: {st.detail}",
+                                    f"re-run prepare to rebuild it: {resume_command(st)} --force"))
     elif st.state == "ready":
-        rep.checks.append(f"{model}: manifest matches every file (sizes and hashes)")
+        files = (st.manifest or {}).get("files", {})
+        unhashed = [n for n, e in files.items() if "sha256" not in e]
+        rep.checks.append(f"{model}: manifest matches every file (sizes and sha256 of all {len(files)} files)"
+                          if not unhashed else
+                          f"{model}: manifest matches every file's size; {len(unhashed)} big files have no hash "
+                          "(prepared by an older oga-npu: re-run prepare with --force to hash them)")
     folder = check_folder(model)
     for p in folder.problems:
         fix = "run `git lfs pull` in the model's repository" if "git-lfs" in p else \
@@ -151,7 +195,12 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         rep.problems.append(Problem(f"{model}: {p}", fix))
     if folder.config:
         prov = configured_providers(folder.config)[0]
-        rep.checks.append(f"{model}: provider {prov}")
+        ok, why = runnable(prov)
+        if not ok:
+            rep.problems.append(Problem(f"{model}: provider {prov} cannot run on this machine: {why}",
+                                        f"run it where {prov} is available, or re-run prepare with --target cpu"))
+        elif st.state not in ("incomplete", "damaged") and not folder.problems:
+            _probe(model, prov, rep)
         if prov == "webgpu":
             from .engine import ENGINE_FILE, engine_available
 

@@ -75,6 +75,10 @@ class ToolTimeout(ToolFailed):
     pass
 
 
+class DiskFullError(OgaNpuError):
+    """Not enough disk space (checked up front), or the disk filled during a stage."""
+
+
 class StageInterrupted(OgaNpuError):
     """Ctrl+C during a stage: exit 130, the staging folder stays for the next run."""
 

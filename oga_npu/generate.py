@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from . import guard
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
 from .model import LoadedModel, translate
 
@@ -243,6 +244,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
     n_prompt = len(ids)
     check_fits(lm, n_prompt, opts.max_tokens)
 
+    guard.phase("generating with", lm.path, lm.provider)
     gen, cached = None, 0
     if cache is not None:
         try:
@@ -305,6 +307,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
         if cache is not None:
             cache.release(gen, ok)
         del gen
+        guard.phase("after generating with", lm.path, lm.provider)
     rest, hit = stops.push(detok.flush())
     tail = rest + ("" if hit else stops.flush())
     yield event(tail, None, "stop_string" if hit else finish)

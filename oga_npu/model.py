@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import guard
 from .errors import ModelFolderError, ModelLoadError, ModelNotFoundError, ProviderError
-from .workdir import MANIFEST, folder_state, require_ready
+from .workdir import MANIFEST, folder_content_hash, read_json, require_ready
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,33 @@ def check_folder(path: Path, deep: bool = True) -> FolderReport:
     return rep
 
 
+def versions_note(path: Path | None) -> str:
+    """'onnxruntime-genai 0.18.0 here; the folder was built with onnxruntime-genai 0.17.1 (oga-npu 0.1.0)'."""
+    try:
+        from importlib.metadata import version
+
+        here = version("onnxruntime-genai")
+    except Exception:  # noqa: BLE001 - a broken install still gets the message
+        here = "unknown"
+    manifest = read_json(path / MANIFEST) if path is not None else None
+    builder = (manifest or {}).get("builder") or {}
+    if builder:
+        built = ", ".join(f"{k} {v}" for k, v in builder.items())
+    elif manifest:  # manifests from before "builder": the build stage's versions
+        v = manifest.get("versions", {})
+        built = f"onnxruntime-genai {v.get('onnxruntime-genai')} (oga-npu {v.get('oga-npu')})"
+    else:
+        built = "an unknown builder (not prepared by oga-npu)"
+    return f"runtime onnxruntime-genai {here}; the folder was built with {built}"
+
+
 def translate(exc: Exception, path: Path | None = None) -> ModelLoadError:
     text = str(exc)
     for pattern, cause, fix in KNOWN_ERRORS:
         if re.search(pattern, text):
             first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+            if "genai_config.json uses a key" in cause:
+                cause += f" [{versions_note(path)}]"
             return ModelLoadError(f"{cause} ({first})", fix)
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
     where = f" loading {path}" if path else ""
@@ -151,7 +174,7 @@ def translate(exc: Exception, path: Path | None = None) -> ModelLoadError:
 def configured_providers(config: dict) -> list[str]:
     so = config.get("model", {}).get("decoder", {}).get("session_options", {})
     opts = so.get("provider_options", [])
-    if so.get("custom_ops_library") and not opts:
+    if "onnx_custom_ops" in str(so.get("custom_ops_library", "")) and not opts:
         return ["ryzenai"]  # RAI <= 1.6 hybrid models load AMD's custom ops instead of a provider
     names = []
     for entry in opts:
@@ -272,6 +295,13 @@ class LoadedModel:
     def chat_template(self) -> str | None:
         return read_chat_template(self.path)
 
+    @property
+    def content_hash(self) -> str:
+        """The hash of the folder's content (the manifest's, or computed for a foreign folder)."""
+        if not hasattr(self, "_content_hash"):
+            self._content_hash = folder_content_hash(self.path, self.manifest)
+        return self._content_hash
+
 
 def read_chat_template(path: Path) -> str | None:
     jinja = path / "chat_template.jinja"
@@ -320,7 +350,8 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA)."""
     path = Path(path)
     require_exists(path)
-    require_ready(path)
+    guard.phase("checking", path)
+    state = require_ready(path)  # sizes, mtimes and small files' hashes against the manifest
     rep = check_folder(path)
     if not rep.ok:
         raise ModelFolderError(f"{path} cannot be loaded: " + "; ".join(rep.problems),
@@ -342,6 +373,7 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
                                 "install it, or pass --fallback cpu to run on the CPU instead (slower)")
         log.warning("provider %s is not available (%s); falling back to cpu as asked", wanted, why)
         wanted = "cpu"
+    guard.phase("loading", path, wanted)
 
     import onnxruntime_genai as og
 
@@ -379,10 +411,7 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
         tokenizer = og.Tokenizer(model if model is not None else ogc)
     except Exception as e:  # OGA raises RuntimeError with native messages
         raise translate(e, path) from e
-    manifest = None
-    if (path / MANIFEST).is_file():
-        manifest = folder_state(path).manifest
-    lm = LoadedModel(path, model, tokenizer, config, wanted, manifest, _open_oga=open_oga)
+    lm = LoadedModel(path, model, tokenizer, config, wanted, state.manifest, _open_oga=open_oga)
     if direct:
         try:
             lm.direct_engine(0)
@@ -390,4 +419,5 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
             if choice == "direct":
                 raise
             log.warning("direct decoding is off for %s (%s); onnxruntime-genai decodes instead", path, e)
+    guard.phase("after loading", path, wanted)
     return lm

@@ -9,6 +9,7 @@ interrupted at any point is never taken for a ready one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,8 @@ import os
 import platform
 import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +27,13 @@ from pathlib import Path
 from . import __version__
 from . import tools as tools_mod
 from .devices import detect_rai_version
-from .errors import OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, VersionError
+from .errors import (
+    DiskFullError, OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, ToolFailed, VersionError,
+)
 from .prepare import STAGES
 from .prepare import source as source_mod
 from .recipe import DEFAULT_RECIPE, TARGETS, Recipe, fitting_group_size, load_recipe
-from .tools import tool_env
+from .tools import network_env, tool_env
 from .workdir import (
     LOGS_DIR, REQUEST, begin_stage, finish_stage, folder_state, models_dir, partial_dir, prepare_lock, publish,
     stage_dir, stage_done, unpublish, write_json_atomic,
@@ -36,16 +41,21 @@ from .workdir import (
 
 log = logging.getLogger(__name__)
 
-# Checked before any long step: (distribution, minimum, below). Matches pyproject.toml.
+# Checked before any long step (--dry-run too) and shown by doctor: (distribution, minimum,
+# below). Matches pyproject.toml.
 REQUIRED_VERSIONS = {
     "onnxruntime-genai": ("0.18", "0.19"),
     "onnxruntime": ("1.31", "1.32"),
     "amd-quark": ("0.13", "0.14"),
     "transformers": ("5.0", "6"),
+    "onnx": ("1.17", "2"),
+    "numpy": ("1.26", "3"),
+    "protobuf": ("4.25", "8"),
 }
 VERSION_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers", "torch", "onnx",
-                    "huggingface-hub")
+                    "huggingface-hub", "numpy", "protobuf")
 DISK_FACTOR = 3.0  # quantized copy + ONNX weights + headroom, times the source weights
+GGUF_CACHE_FACTOR = 1.1  # the fp32 safetensors a GGUF is dequantized to, plus tokenizer and headroom
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class StageContext:
 
     def tool_env(self, **extra: str) -> dict[str, str]:
         # Child Python tools flush line by line, so the stage log follows them live.
-        env = {"PYTHONUNBUFFERED": "1", **self.env_extra}
+        env = {"PYTHONUNBUFFERED": "1", **network_env(), **self.env_extra}
         if self.trace:
             env["DD_PLUGINS_TRACING"] = "1"
         env.update(extra)
@@ -237,12 +247,12 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     if req.from_stage and req.from_stage not in names:
         raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
 
+    versions = installed_versions()
+    check_versions(versions, needs_quark=any(s.NAME == "quantize" for s in stages))
     if req.dry_run:
         return _dry_run(req, probe, src, stages, notes)
 
     tools, tool_versions = preflight(req.target, stages, req.skip_device_check)
-    versions = installed_versions()
-    check_versions(versions, needs_quark=any(s.NAME == "quantize" for s in stages))
     state = folder_state(out)
     if state.state == "foreign":
         raise OutputExistsError(f"{out} exists and is not an oga-npu model folder ({state.detail})",
@@ -253,8 +263,21 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                                 "pass --force to replace it, or --output another folder")
 
     total = len(stages) + 1
+    _check_disk_up_front(src, out)
     progress("start", "source", 1, total, source_mod.plan(src))
-    resolved = source_mod.resolve(src)
+    try:
+        with interrupt_flag() as hit:
+            resolved = source_mod.resolve(src)
+    except (KeyboardInterrupt, Exception) as e:
+        # Libraries importing lazily (transformers, numpy) can turn Ctrl+C into an ImportError.
+        if isinstance(e, KeyboardInterrupt) or hit.is_set():
+            raise StageInterrupted("interrupted during source; nothing was written to the output folder",
+                                   "re-run the same command to start again") from e
+        if not is_disk_full(e):
+            raise
+        raise DiskFullError(f"no space left on the disk while preparing the source in {source_mod.home()}",
+                            "free some space (or set OGA_NPU_HOME to a cache on another disk) and re-run "
+                            "the same command") from e
     progress("done" if not resolved.cached else "skip", "source", 1, total,
              f"{resolved.hf_dir}" + (" (cached)" if resolved.cached else ""))
     if not arch_checked:  # a hub model not yet in the cache: its config.json is known only now
@@ -312,6 +335,13 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                 except KeyboardInterrupt as e:
                     raise StageInterrupted(f"interrupted during {s.NAME}; {partial_dir(out, s.NAME)} is left for "
                                            "the next run to clean", "re-run the same command to resume") from e
+                except (OSError, ToolFailed) as e:
+                    if not is_disk_full(e):
+                        raise
+                    raise DiskFullError(f"no space left on the disk during {s.NAME} ({out}); the finished stages "
+                                        f"and {partial_dir(out, s.NAME).name} are kept",
+                                        "free some space and re-run the same command: it resumes at "
+                                        f"{s.NAME}") from e
                 seconds = time.monotonic() - t0
                 finish_stage(out, s.NAME, part, {"stage": s.NAME, "key": keys[s.NAME], "seconds": round(seconds, 2),
                                                  "versions": versions, "detail": detail})
@@ -329,6 +359,8 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     "chat_template": read_chat_template(model_dir),
                     "recipe": recipe.name, "recipe_config": recipe.model_dump(mode="json", by_alias=True),
                     "target": req.target, "versions": versions, "notes": notes,
+                    "builder": {"onnxruntime-genai": versions.get("onnxruntime-genai"), **tool_versions},
+                    "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
                     "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports}}
         manifest = publish(out, model_dir, manifest)
     return PrepareResult(out, reports, manifest, notes=notes)
@@ -372,6 +404,29 @@ def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:
     return out_status
 
 
+@contextlib.contextmanager
+def interrupt_flag():
+    """An Event set when SIGINT arrives (Ctrl+C still raises KeyboardInterrupt as usual)."""
+    hit = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield hit
+        return
+    old = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        hit.set()
+        if callable(old):
+            old(signum, frame)
+        elif old != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _norm_source(s: str) -> str:
     p = Path(s).expanduser()
     return str(p.resolve()) if p.exists() else s
@@ -403,14 +458,99 @@ def _summary(name: str, detail: dict, seconds: float) -> str:
     return f"done ({seconds:.0f} s)"
 
 
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC from Python, or a tool/library that died of it (its message or stderr tail says so)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    text = " ".join(getattr(e, "tail", []) or []) + " " + str(e)
+    return any(m in text for m in ("No space left on device", "ENOSPC", "StorageFull", "os error 28",
+                                   "There is not enough space on the disk"))
+
+
+def _free_bytes(path: Path) -> tuple[Path, int]:
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    return probe, shutil.disk_usage(probe).free
+
+
+def gguf_fp32_bytes(gguf: Path) -> int:
+    """Size of the fp32 weights a GGUF dequantizes to, from the tensor shapes in its header
+    (gguf.GGUFReader maps every tensor: 7 s for SmolLM2 here; this reads the header only)."""
+    import struct
+
+    def read(fmt: str):
+        return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
+
+    def skip_value(t: int) -> None:
+        if t == 8:  # string
+            f.seek(read("Q"), os.SEEK_CUR)
+        elif t == 9:  # array: item type, count, items
+            it, n = read("I"), read("Q")
+            if it in SCALAR:
+                f.seek(SCALAR[it] * n, os.SEEK_CUR)
+            else:
+                for _ in range(n):
+                    skip_value(it)
+        else:
+            f.seek(SCALAR[t], os.SEEK_CUR)
+
+    SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    try:
+        with open(gguf, "rb", buffering=1 << 20) as f:
+            if f.read(4) != b"GGUF" or read("I") < 2:
+                raise ValueError("not a GGUF v2+ file")
+            n_tensors, n_kv = read("Q"), read("Q")
+            for _ in range(n_kv):
+                f.seek(read("Q"), os.SEEK_CUR)  # key
+                skip_value(read("I"))
+            total = 0
+            for _ in range(n_tensors):
+                f.seek(read("Q"), os.SEEK_CUR)  # name
+                n = 1
+                for _ in range(read("I")):
+                    n *= read("Q")
+                read("I"), read("Q")  # type, offset
+                total += n
+        return total * 4
+    except (OSError, ValueError, KeyError, struct.error):  # unreadable: assume 4-bit weights -> fp32
+        return gguf.stat().st_size * 8
+
+
+def _check_disk_up_front(src, out: Path) -> None:
+    """Before any long step: the GGUF cache ($OGA_NPU_HOME) and the output against estimates."""
+    if src.kind != "gguf":
+        return
+    gguf = Path(src.spec).expanduser().resolve()
+    cache = source_mod.gguf_cache_dir(gguf)
+    weights = gguf_fp32_bytes(gguf)
+    needs = {}
+    if not source_mod.is_converted(cache):
+        needs["the GGUF cache"] = (cache, int(weights * GGUF_CACHE_FACTOR))
+    needs["the output"] = (out, int(weights * DISK_FACTOR))
+    _require_space(needs)
+
+
+def _require_space(needs: dict[str, tuple[Path, int]]) -> None:
+    """needs: what -> (path, bytes). Needs on one file system add up."""
+    by_dev: dict = {}
+    for what, (path, need) in needs.items():
+        probe, free = _free_bytes(path)
+        key = probe.stat().st_dev
+        entry = by_dev.setdefault(key, [probe, free, 0, []])
+        entry[2] += need
+        entry[3].append(f"{what} {path}")
+    for probe, free, need, whats in by_dev.values():
+        if need and free < need:
+            hint = " (set OGA_NPU_HOME to a cache on another disk)" if any("GGUF cache" in w for w in whats) else ""
+            raise DiskFullError(f"not enough disk space for {' and '.join(whats)}: about {need / 1e9:.1f} GB needed "
+                                f"in {probe}, {free / 1e9:.1f} GB free",
+                                f"free some space, or pass --output on another disk{hint}")
+
+
 def _check_disk(hf_dir: Path, out: Path) -> None:
     weights = sum(p.stat().st_size for p in hf_dir.glob("*.safetensors"))
-    need = int(weights * DISK_FACTOR)
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    free = shutil.disk_usage(probe).free
-    if need and free < need:
-        raise OgaNpuError(f"not enough disk space in {probe}: about {need / 1e9:.1f} GB needed, "
-                          f"{free / 1e9:.1f} GB free", "free some space or pass --output on another disk")
+    _require_space({"the output": (out, int(weights * DISK_FACTOR))})
 
 
 def preflight(target: str, stages, skip_device_check: bool = False) -> tuple[dict, dict]:

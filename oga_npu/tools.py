@@ -25,6 +25,12 @@ from pathlib import Path
 from .errors import StageInterrupted, ToolFailed, ToolNotFound, ToolTimeout
 
 DEFAULT_TAIL_LINES = 20
+# Documented switches that keep the libraries we start from phoning home: ONNX Runtime's and
+# onnxruntime-genai's 1DS telemetry (it resolved mobile.events.data.microsoft.com in the
+# builder), the Hugging Face hub's, and DO_NOT_TRACK for the rest.
+NO_TELEMETRY_ENV = {"ORT_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+# With HF_HUB_OFFLINE set, every library that could download is told so too.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 # Set by the pipeline around a stage: every tool run inside it reports a one-line summary
 # of its own progress (tqdm bars, Quark/builder status lines) through this callback.
@@ -78,6 +84,15 @@ def tool_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = 
     env = dict(os.environ if base is None else base)
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def network_env() -> dict[str, str]:
+    """Additions for every process we start: no telemetry; with HF_HUB_OFFLINE, offline everywhere."""
+    return {**NO_TELEMETRY_ENV, **(OFFLINE_ENV if hf_offline() else {})}
 
 
 def find_tool(name: str, hint: str, path: str | None = None) -> str:
@@ -224,3 +239,45 @@ def capture(argv: list[str], *, env: dict[str, str] | None = None, timeout: floa
     except subprocess.TimeoutExpired:
         return 124, "", f"{argv[0]}: timed out after {timeout} s"
     return p.returncode, p.stdout, p.stderr
+
+
+def run_supervised(argv: list[str], env: dict[str, str]) -> int:
+    """Run argv on this terminal (stdio inherited) and wait; its return code (negative: a signal).
+
+    A terminal's Ctrl+C reaches the child itself (same foreground process group), so the
+    parent ignores it; SIGINT sent to the parent alone, and SIGTERM, are passed on."""
+    proc = subprocess.Popen(argv, env=env)
+
+    def pass_on(signum, _frame):
+        if signum == signal.SIGINT and _terminal_foreground():
+            return  # the terminal sent it to the whole group: the child has it already
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    handled = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
+    old = {s: signal.signal(s, pass_on) for s in handled}
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # pragma: no cover - a handler above replaces the default
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _terminal_foreground() -> bool:
+    """Whether this process group is the foreground group of a controlling terminal."""
+    if os.name == "nt":
+        return True
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -3,7 +3,8 @@
     models/<name>-<target>/            the model folder (--output)
     ├── genai_config.json, model.onnx, model.onnx.data, tokenizer files ...
     ├── oga_npu_manifest.json          written last: the folder is ready iff it exists
-    │                                  and the files match its sizes/hashes
+    │                                  and the files match it (size, mtime, sha256 of each
+    │                                  file, hashed as publish links/copies it; content_hash)
     ├── prepare.json                   the request (source, recipe, target): how to resume
     ├── logs/<stage>.log               every tool's full output
     ├── stages/<stage>/                finished stage outputs, each with done.json
@@ -32,8 +33,11 @@ DONE = "done.json"
 LOCK = ".lock"
 STAGES_DIR = "stages"
 LOGS_DIR = "logs"
-MANIFEST_VERSION = 1
-HASH_LIMIT = 64 * 1024 * 1024  # files up to this size get a sha256 in the manifest
+MANIFEST_VERSION = 2
+# Files up to this size are re-hashed at every load (configs, tokenizer, model.onnx without its
+# weights); bigger ones are checked by size and mtime, and re-hashed only when the mtime moved.
+QUICK_HASH_LIMIT = 32 * 1024 * 1024
+VERIFY_LEVELS = ("size", "quick", "full")
 
 
 def home() -> Path:
@@ -70,6 +74,25 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def copy_hashed(src: Path, dst: Path, chunk: int = 4 << 20) -> str:
+    """Copy src to dst and return the sha256 of what was written (one read of src)."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        for block in iter(lambda: fi.read(chunk), b""):
+            h.update(block)
+            fo.write(block)
+    shutil.copystat(src, dst)
+    return h.hexdigest()
+
+
+def content_hash(files: dict) -> str:
+    """One hash for a folder's content: the sorted names and sha256 of its manifest's files."""
+    h = hashlib.sha256()
+    for name in sorted(files):
+        h.update(f"{name}:{files[name].get('sha256')}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def file_fingerprint(path: Path) -> str:
     """Cheap content fingerprint: size plus the first and last MiB (for big GGUF files)."""
     size = path.stat().st_size
@@ -92,6 +115,16 @@ def folder_fingerprint(path: Path) -> str:
         if st.st_size < (1 << 20):
             h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def folder_content_hash(path: Path, manifest: dict | None = None) -> str:
+    """content_hash of a model folder: the manifest's when it has one, else every file hashed."""
+    manifest = manifest if manifest is not None else read_json(path / MANIFEST)
+    if manifest and manifest.get("content_hash"):
+        return manifest["content_hash"]
+    skip = {MANIFEST, REQUEST, LOCK}
+    return content_hash({p.name: {"sha256": sha256_file(p)} for p in sorted(path.iterdir())
+                         if p.is_file() and p.name not in skip})
 
 
 # ---------------------------------------------------------------- stages
@@ -138,13 +171,15 @@ def drop_stage(out: Path, stage: str) -> None:
 # ---------------------------------------------------------------- publish / manifest
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Hard-link (or copy) src to dst; returns dst's sha256, hashed while copying when it copies."""
     if dst.exists() or dst.is_symlink():
         dst.unlink()
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copy2(src, dst)
+        return copy_hashed(src, dst)
+    return sha256_file(dst)
 
 
 def published_files(out: Path) -> list[Path]:
@@ -169,13 +204,10 @@ def publish(out: Path, model_stage: Path, manifest: dict) -> dict:
         if not src.is_file() or src.name == DONE:
             continue
         dst = out / src.name
-        link_or_copy(src, dst)
-        size = dst.stat().st_size
-        entry = {"size": size}
-        if size <= HASH_LIMIT:
-            entry["sha256"] = sha256_file(dst)
-        files[src.name] = entry
-    manifest = dict(manifest, files=files, manifest_version=MANIFEST_VERSION,
+        digest = link_or_copy(src, dst)
+        st = dst.stat()
+        files[src.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    manifest = dict(manifest, files=files, content_hash=content_hash(files), manifest_version=MANIFEST_VERSION,
                     finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
@@ -190,7 +222,39 @@ class FolderState:
     request: dict | None = None
 
 
-def folder_state(out: Path, check_hashes: bool = False) -> FolderState:
+def check_files(out: Path, files: dict, verify: str = "quick") -> str:
+    """"" when the folder's files match the manifest's `files`, else what differs (one file named).
+
+    size: sizes only. quick (every load): sizes and mtimes, and the sha256 of files up to
+    QUICK_HASH_LIMIT and of any file whose mtime moved. full (doctor): every file's sha256.
+    Only the "files" key is read: other manifest keys (quality, ...) may change freely."""
+    if verify not in VERIFY_LEVELS:
+        raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
+    stats = {}
+    for name, entry in files.items():  # every stat first: a missing or resized file costs no hashing
+        f = out / name
+        try:
+            st = stats[name] = f.stat()
+        except OSError:
+            return f"{name} is missing"
+        if st.st_size != entry.get("size"):
+            return f"{name} has {st.st_size} bytes, the manifest says {entry.get('size')}"
+    if verify == "size":
+        return ""
+    for name, entry in sorted(files.items(), key=lambda kv: kv[1].get("size", 0)):
+        want = entry.get("sha256")
+        if want is None:  # a manifest from before every file was hashed
+            continue
+        st = stats[name]
+        moved = "mtime_ns" in entry and st.st_mtime_ns != entry["mtime_ns"]
+        if verify == "full" or moved or st.st_size <= QUICK_HASH_LIMIT:
+            if sha256_file(out / name) != want:
+                return f"{name} was changed since prepare (its content differs from the manifest's sha256)"
+    return ""
+
+
+def folder_state(out: Path, check_hashes: bool = False, verify: str | None = None) -> FolderState:
+    """What `out` is. verify (see check_files) defaults to "size"; check_hashes=True means "full"."""
     if not out.exists():
         return FolderState(out, "missing")
     if not out.is_dir():
@@ -198,15 +262,9 @@ def folder_state(out: Path, check_hashes: bool = False) -> FolderState:
     request = read_json(out / REQUEST)
     manifest = read_json(out / MANIFEST)
     if manifest is not None:
-        for name, entry in manifest.get("files", {}).items():
-            f = out / name
-            if not f.is_file():
-                return FolderState(out, "damaged", f"{name} is missing", manifest, request)
-            if f.stat().st_size != entry.get("size"):
-                return FolderState(out, "damaged", f"{name} has {f.stat().st_size} bytes, the manifest says "
-                                   f"{entry.get('size')}", manifest, request)
-            if check_hashes and "sha256" in entry and sha256_file(f) != entry["sha256"]:
-                return FolderState(out, "damaged", f"{name} differs from the manifest's hash", manifest, request)
+        problem = check_files(out, manifest.get("files", {}), verify or ("full" if check_hashes else "size"))
+        if problem:
+            return FolderState(out, "damaged", problem, manifest, request)
         return FolderState(out, "ready", "", manifest, request)
     if (out / STAGES_DIR).exists() or request is not None or (out / LOCK).exists():
         return FolderState(out, "incomplete", "prepare did not finish", None, request)
@@ -231,12 +289,16 @@ def _q(s: str) -> str:
     return f'"{s}"' if (" " in s or not s) else s
 
 
-def require_ready(out: Path) -> FolderState:
-    """Refuse folders whose prepare did not finish (manifest missing or files changed)."""
-    st = folder_state(out)
-    if st.state in ("incomplete", "damaged"):
-        why = "prepare did not finish" if st.state == "incomplete" else st.detail
-        raise IncompleteModelError(f"{out} is incomplete ({why})", f"re-run prepare: {resume_command(st)}")
+def require_ready(out: Path, verify: str = "quick") -> FolderState:
+    """Refuse folders whose prepare did not finish or whose files changed since (see check_files)."""
+    st = folder_state(out, verify=verify)
+    if st.state == "incomplete":
+        raise IncompleteModelError(f"{out} is incomplete (prepare did not finish)",
+                                   f"re-run prepare: {resume_command(st)}")
+    if st.state == "damaged":
+        raise IncompleteModelError(f"{out} does not match its manifest: {st.detail}",
+                                   f"re-run prepare to rebuild it: {resume_command(st)} --force "
+                                   "(or restore the file; `oga-npu doctor -m` checks every file)")
     return st
 
 

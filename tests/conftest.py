@@ -83,12 +83,36 @@ def tiny_hf(tmp_path_factory, smol_tokenizer_dir) -> Path:
     return out
 
 
+def build_shared_lib(src: str, out: Path) -> Path | None:
+    """Compile a test shim (C source text) into a shared library; None without a C compiler."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or sys.platform == "win32":
+        return None
+    c = out.with_suffix(".c")
+    c.write_text(src)
+    r = subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(c), "-ldl"], capture_output=True, text=True)
+    return out if r.returncode == 0 else None
+
+
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, tiny_hf, session_home) -> Path:
-    """tiny_hf prepared for CPU with the cpu-fast recipe through the real pipeline."""
+def netguard(tmp_path_factory) -> tuple[Path | None, Path]:
+    """(LD_PRELOAD shim that logs and fails every name lookup and internet connect, its log)."""
+    d = tmp_path_factory.mktemp("netguard")
+    lib = build_shared_lib((Path(__file__).parent / "netguard.c").read_text(), d / "netguard.so")
+    return lib, d / "net.log"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_hf, session_home, netguard) -> Path:
+    """tiny_hf prepared for CPU with the cpu-fast recipe through the real pipeline, offline and
+    under the netguard shim (test_integrity checks its log: no process looked up a name)."""
     out = tmp_path_factory.mktemp("prepared") / "tiny-cpu"
+    lib, log = netguard
+    guard = {"LD_PRELOAD": str(lib), "OGA_NPU_NETLOG": str(log)} if lib else {}
     r = run_cli("prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out),
-                env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"})
+                env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1", **guard})
     assert r.returncode == 0, r.stderr
     return out
 

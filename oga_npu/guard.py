@@ -1,0 +1,108 @@
+"""Native crashes reported in one line, never silently.
+
+A segfault or abort inside onnxruntime(-genai) kills the Python process before any
+handler runs. So `run` and `chat` start themselves once more as a child with the same
+arguments and the same terminal (stdin, stdout and stderr are inherited: streaming and
+Ctrl+C behave as before); the parent only waits. The child notes what it is doing
+(`phase`: loading or generating, the folder, the provider) in a small status file named
+by OGA_NPU_STATUS; when the child dies of a signal the parent prints one line from it.
+`oga-npu doctor -m` uses the same status file for its load-and-generate probe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+STATUS_ENV = "OGA_NPU_STATUS"        # set in the child: where it notes its phase
+SUPERVISE_ENV = "OGA_NPU_SUPERVISE"  # "0" turns the supervising parent off
+SUPERVISED_COMMANDS = ("run", "chat")
+CRASH_SIGNALS = {getattr(signal, n) for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
+                 if hasattr(signal, n)}
+WINDOWS_CRASH_MIN = 0xC0000000       # NTSTATUS codes (0xC0000005 access violation, 0xC0000409 ...)
+
+
+def phase(what: str, model: Path | str | None = None, provider: str | None = None) -> None:
+    """Note what this process is doing for a supervising parent (no-op when there is none)."""
+    path = os.environ.get(STATUS_ENV)
+    if not path:
+        return
+    data = {"phase": what}
+    if model is not None:
+        data["model"] = str(model)
+    if provider is not None:
+        data["provider"] = provider
+    try:
+        old = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        old = {}
+    try:
+        Path(path).write_text(json.dumps({**old, **data}), encoding="utf-8")
+    except OSError:
+        pass
+
+
+def read_status(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def signal_name(code: int) -> str | None:
+    """The crash a return code means ('SIGSEGV', '0xC0000409'), None for a normal exit."""
+    if code < 0 and -code in CRASH_SIGNALS:
+        return signal.Signals(-code).name
+    if code >= WINDOWS_CRASH_MIN:
+        return f"0x{code:08X}"
+    return None
+
+
+def crash_line(sig: str, status: dict, fallback_model: str | None = None) -> str:
+    """The one line a crash ends with: what ran, the provider, the folder, the next step."""
+    what = status.get("phase", "starting")
+    model = status.get("model") or fallback_model or "the model"
+    prov = status.get("provider") or "its configured provider"
+    nxt = (f"run `oga-npu doctor -m {model}` (it loads and generates in a child process), or try "
+           f"`--provider cpu`; OGA_NPU_SUPERVISE=0 shows the raw crash")
+    return f"Error: native crash ({sig}) while {what} {model} on provider {prov}; next: {nxt}"
+
+
+def should_supervise(args: list[str]) -> bool:
+    if os.environ.get(STATUS_ENV) or os.environ.get(SUPERVISE_ENV, "1") == "0":
+        return False
+    cmd = next((a for a in args if not a.startswith("-")), None)
+    return cmd in SUPERVISED_COMMANDS and not any(a in ("-h", "--help") for a in args)
+
+
+def _model_arg(args: list[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a in ("-m", "--model") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--model="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def supervise(args: list[str]) -> int:
+    """Run `oga-npu ARGS` in a child on this terminal; the exit code to leave with."""
+    from .tools import network_env, run_supervised, tool_env
+
+    fd, status_path = tempfile.mkstemp(prefix="oga-npu-status-", suffix=".json")
+    os.close(fd)
+    status = Path(status_path)
+    try:
+        code = run_supervised([sys.executable, "-m", "oga_npu", *args], tool_env({**network_env(), STATUS_ENV: status_path}))
+        sig = signal_name(code)
+        if sig is not None:
+            print(crash_line(sig, read_status(status), _model_arg(args)), file=sys.stderr, flush=True)
+            return 1
+        if code < 0:  # killed from outside (SIGINT, SIGTERM, ...): the usual 128 + signal
+            return 128 - code
+        return code
+    finally:
+        status.unlink(missing_ok=True)
