@@ -536,6 +536,8 @@ def devices_cmd(
     oga = rep["providers"]["onnxruntime_genai"]
     print("onnxruntime-genai providers: " + ", ".join(
         f"{p} {'yes' if v['available'] else 'no'}" for p, v in oga.items()))
+    if not oga["webgpu"]["available"]:
+        print(f"  webgpu cannot run: {oga['webgpu'].get('why')}")
     tools = rep["ryzen_ai_tools"]
     print("Ryzen AI tools: " + ", ".join(f"{t} {v['version'] or ''}".strip() if v["path"] else f"{t} not found"
                                          for t, v in tools.items()))
@@ -692,7 +694,9 @@ def main(argv: list[str] | None = None) -> None:
     from .guard import should_supervise, supervise
 
     if argv is None and should_supervise(sys.argv[1:]):
-        sys.exit(supervise(sys.argv[1:]))  # run/chat in a child: a native crash ends in one line
+        code = supervise(sys.argv[1:])  # run/chat go on in a child: a native crash ends in one line
+        if code is not None:
+            sys.exit(code)
     debug = os.environ.get("OGA_NPU_DEBUG", "") not in ("", "0")
     args = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -1,11 +1,11 @@
 """Native crashes reported in one line, never silently.
 
 A segfault or abort inside onnxruntime(-genai) kills the Python process before any
-handler runs. So `run` and `chat` start themselves once more as a child with the same
-arguments and the same terminal (stdin, stdout and stderr are inherited: streaming and
-Ctrl+C behave as before); the parent only waits. The child notes what it is doing
-(`phase`: loading or generating, the folder, the provider) in a small status file named
-by OGA_NPU_STATUS; when the child dies of a signal the parent prints one line from it.
+handler runs. So `run` and `chat` fork before loading (on Windows: start themselves once
+more); the child runs the command on the same terminal (streaming and Ctrl+C behave as
+before) and the parent only waits. The child notes what it is doing (`phase`: loading or
+generating, the folder, the provider) in a small status file; when the child dies of a
+signal the parent prints one line from it.
 `oga-npu doctor -m` uses the same status file for its load-and-generate probe.
 """
 
@@ -26,9 +26,12 @@ CRASH_SIGNALS = {getattr(signal, n) for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "S
 WINDOWS_CRASH_MIN = 0xC0000000       # NTSTATUS codes (0xC0000005 access violation, 0xC0000409 ...)
 
 
+_status_path: str | None = None       # set in a forked child
+
+
 def phase(what: str, model: Path | str | None = None, provider: str | None = None) -> None:
     """Note what this process is doing for a supervising parent (no-op when there is none)."""
-    path = os.environ.get(STATUS_ENV)
+    path = _status_path or os.environ.get(STATUS_ENV)
     if not path:
         return
     data = {"phase": what}
@@ -73,7 +76,7 @@ def crash_line(sig: str, status: dict, fallback_model: str | None = None) -> str
 
 
 def should_supervise(args: list[str]) -> bool:
-    if os.environ.get(STATUS_ENV) or os.environ.get(SUPERVISE_ENV, "1") == "0":
+    if _status_path or os.environ.get(STATUS_ENV) or os.environ.get(SUPERVISE_ENV, "1") == "0":
         return False
     cmd = next((a for a in args if not a.startswith("-")), None)
     return cmd in SUPERVISED_COMMANDS and not any(a in ("-h", "--help") for a in args)
@@ -88,15 +91,24 @@ def _model_arg(args: list[str]) -> str | None:
     return None
 
 
-def supervise(args: list[str]) -> int:
-    """Run `oga-npu ARGS` in a child on this terminal; the exit code to leave with."""
-    from .tools import network_env, run_supervised, tool_env
+def supervise(args: list[str]) -> int | None:
+    """Run the command under a supervising parent. Returns None in the process that should
+    go on with the command, and the exit code to leave with in the parent."""
+    global _status_path
+    from .tools import fork_supervised, network_env, run_supervised, tool_env
 
-    fd, status_path = tempfile.mkstemp(prefix="oga-npu-status-", suffix=".json")
+    fd, path = tempfile.mkstemp(prefix="oga-npu-status-", suffix=".json")
     os.close(fd)
-    status = Path(status_path)
+    status = Path(path)
     try:
-        code = run_supervised([sys.executable, "-m", "oga_npu", *args], tool_env({**network_env(), STATUS_ENV: status_path}))
+        if hasattr(os, "fork"):
+            code = fork_supervised()
+            if code is None:  # the child: note phases in the file, run the command
+                _status_path = path
+                return None
+        else:
+            code = run_supervised([sys.executable, "-m", "oga_npu", *args],
+                                  tool_env({**network_env(), STATUS_ENV: path}))
         sig = signal_name(code)
         if sig is not None:
             print(crash_line(sig, read_status(status), _model_arg(args)), file=sys.stderr, flush=True)
@@ -105,4 +117,5 @@ def supervise(args: list[str]) -> int:
             return 128 - code
         return code
     finally:
-        status.unlink(missing_ok=True)
+        if _status_path is None:  # the parent cleans up after the child
+            status.unlink(missing_ok=True)

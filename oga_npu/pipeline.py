@@ -253,7 +253,11 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
         return _dry_run(req, probe, src, stages, notes)
 
     tools, tool_versions = preflight(req.target, stages, req.skip_device_check)
-    state = folder_state(out)
+    state = folder_state(out, verify="quick")
+    if state.state == "damaged" and not req.force:
+        # Published files are hard links into stages/: in-place damage reached them too.
+        raise OutputExistsError(f"{out} was changed since prepare ({state.detail})",
+                                "pass --force to rebuild it from the source")
     if state.state == "foreign":
         raise OutputExistsError(f"{out} exists and is not an oga-npu model folder ({state.detail})",
                                 "pass --output with a new folder, or remove it")

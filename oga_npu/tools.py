@@ -241,30 +241,38 @@ def capture(argv: list[str], *, env: dict[str, str] | None = None, timeout: floa
     return p.returncode, p.stdout, p.stderr
 
 
-def run_supervised(argv: list[str], env: dict[str, str]) -> int:
-    """Run argv on this terminal (stdio inherited) and wait; its return code (negative: a signal).
-
-    A terminal's Ctrl+C reaches the child itself (same foreground process group), so the
-    parent ignores it; SIGINT sent to the parent alone, and SIGTERM, are passed on."""
-    proc = subprocess.Popen(argv, env=env)
+def fork_supervised() -> int | None:
+    """POSIX: fork this process. The child gets None and goes on with the command (nothing is
+    imported twice: a few ms); the parent waits and gets the child's exit code (negative: the
+    signal that killed it). A terminal's Ctrl+C reaches the child itself (same foreground
+    process group), so the parent ignores it; SIGINT sent to the parent alone, and SIGTERM,
+    are passed on."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        return None
 
     def pass_on(signum, _frame):
         if signum == signal.SIGINT and _terminal_foreground():
             return  # the terminal sent it to the whole group: the child has it already
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+            os.kill(pid, signum)
 
-    handled = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
-    old = {s: signal.signal(s, pass_on) for s in handled}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, pass_on)
+    _, status = os.waitpid(pid, 0)  # retried on EINTR (PEP 475)
+    return os.waitstatus_to_exitcode(status)
+
+
+def run_supervised(argv: list[str], env: dict[str, str]) -> int:
+    """Where there is no fork (Windows): run argv on this terminal (stdio inherited) and wait."""
+    proc = subprocess.Popen(argv, env=env)
+    old = signal.signal(signal.SIGINT, lambda *_: None)  # the console sends Ctrl+C to both
     try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:  # pragma: no cover - a handler above replaces the default
-                continue
+        return proc.wait()
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+        signal.signal(signal.SIGINT, old)
 
 
 def _terminal_foreground() -> bool:

@@ -152,7 +152,8 @@ def test_case14_doctor_probes_in_a_child_and_reports_the_signal(crashing, tiny_m
 def test_supervised_run_streams_and_ctrl_c_still_exits_130(tiny_model):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.Popen([sys.executable, "-m", "oga_npu", "run", "Count to one thousand", "-m", str(tiny_model),
-                          "-n", "400", "--raw"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                          "-n", "400", "--raw"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         start_new_session=True)  # no controlling terminal: as a script or service runs it
     first = p.stdout.read(1)  # output streams through the supervising parent
     assert first
     time.sleep(0.2)
