@@ -479,45 +479,10 @@ def _free_bytes(path: Path) -> tuple[Path, int]:
 
 
 def gguf_fp32_bytes(gguf: Path) -> int:
-    """Size of the fp32 weights a GGUF dequantizes to, from the tensor shapes in its header
-    (gguf.GGUFReader maps every tensor: 7 s for SmolLM2 here; this reads the header only)."""
-    import struct
-
-    def read(fmt: str):
-        return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
-
-    def skip_value(t: int) -> None:
-        if t == 8:  # string
-            f.seek(read("Q"), os.SEEK_CUR)
-        elif t == 9:  # array: item type, count, items
-            it, n = read("I"), read("Q")
-            if it in SCALAR:
-                f.seek(SCALAR[it] * n, os.SEEK_CUR)
-            else:
-                for _ in range(n):
-                    skip_value(it)
-        else:
-            f.seek(SCALAR[t], os.SEEK_CUR)
-
-    SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    """Size of the fp32 weights a GGUF dequantizes to, from the tensor shapes in its header."""
     try:
-        with open(gguf, "rb", buffering=1 << 20) as f:
-            if f.read(4) != b"GGUF" or read("I") < 2:
-                raise ValueError("not a GGUF v2+ file")
-            n_tensors, n_kv = read("Q"), read("Q")
-            for _ in range(n_kv):
-                f.seek(read("Q"), os.SEEK_CUR)  # key
-                skip_value(read("I"))
-            total = 0
-            for _ in range(n_tensors):
-                f.seek(read("Q"), os.SEEK_CUR)  # name
-                n = 1
-                for _ in range(read("I")):
-                    n *= read("Q")
-                read("I"), read("Q")  # type, offset
-                total += n
-        return total * 4
-    except (OSError, ValueError, KeyError, struct.error):  # unreadable: assume 4-bit weights -> fp32
+        return source_mod.gguf_header(gguf)[1] * 4
+    except (OSError, ValueError):  # unreadable: assume 4-bit weights -> fp32
         return gguf.stat().st_size * 8
 
 
