@@ -66,7 +66,7 @@ class Architecture:
     quark_awq: str | None = None              # AWQ scaling-layer layout (AWQ_LAYOUTS key) registered for Quark
     quark_refusal: str = ""                   # why Quark recipes are refused (when quark_template is None)
     builder_refusal: str = ""                 # why every recipe is refused (remote code, not a text decoder, ...)
-    config_fixes: tuple[str, ...] = ()        # names in CONFIG_FIXES, applied to the builder's copy
+    config_fixes: tuple[str, ...] = ()        # CONFIG_FIXES/BUILDER_FIXES names, applied in the builder process
     runtime: tuple[str, ...] = ()             # runtime features of the family (sliding window, soft-capping, ...)
     reference: str = ""                       # real checkpoint whose settings the tiny test model copies
     settings: dict = field(default_factory=dict)   # those settings (sizes scaled down by tiny_config)
@@ -177,8 +177,38 @@ def _fix_gemma3_rope(cfg) -> bool:
     return True
 
 
+def _fix_smollm3_nope():
+    """The 0.18 builder turns SmolLM3's no-RoPE layers (no_rope_layers[i] == 0) into layers
+    with a separate rotary op whose position_ids input it has removed (KeyError). Those
+    layers need no rotary op at all: switch rope off for them. Returns the undo."""
+    import importlib
+
+    import onnxruntime_genai.models.builder  # noqa: F401 - puts its top-level `builders` package on sys.path
+
+    SmolLM3Model = importlib.import_module("builders.smollm").SmolLM3Model  # the class the builder uses
+
+    original = SmolLM3Model.make_attention
+
+    def make_attention(self, layer_id, attention, root_input, **kwargs):
+        rope = self.attention_attrs["rope"]
+        if not self.no_rope_layers[layer_id]:
+            self.attention_attrs["rope"] = False
+        try:
+            return original(self, layer_id, attention, root_input, **kwargs)
+        finally:
+            self.attention_attrs["rope"] = rope
+
+    SmolLM3Model.make_attention = make_attention
+    return lambda: setattr(SmolLM3Model, "make_attention", original)
+
+
+# Fixes to the config object transformers loads for the builder: fn(config) -> changed.
 CONFIG_FIXES = {
     "gemma3_rope_per_layer_type": _fix_gemma3_rope,
+}
+# Fixes to the builder's own code for one architecture: fn() -> undo.
+BUILDER_FIXES = {
+    "smollm3_nope_layers": _fix_smollm3_nope,
 }
 
 
@@ -191,8 +221,8 @@ def config_fixes(config: dict) -> list[str]:
 
 
 def apply_config_fixes(cfg, names: list[str]) -> list[str]:
-    """Apply the named fixes to a transformers config object; returns those that changed it."""
-    return [n for n in names if CONFIG_FIXES[n](cfg)]
+    """Apply the named config fixes to a transformers config object; returns those that changed it."""
+    return [n for n in names if n in CONFIG_FIXES and CONFIG_FIXES[n](cfg)]
 
 
 # ---------------------------------------------------------------- the table
@@ -324,8 +354,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         settings=dict(rope_theta=5000000.0, tie_word_embeddings=True, max_position_embeddings=65536,
                       no_rope_layers=[1, 0], rms_norm_eps=1e-6),
         tiny=dict(hidden_size=256, intermediate_size=256, **_GQA), runtime=("no rope on every 4th layer",),
-        builder_refusal="the 0.18 builder fails on SmolLM3's no-RoPE layers (KeyError 'position_ids': it "
-                        "removes the position_ids input, then builds a separate rotary op that needs it)",
+        config_fixes=("smollm3_nope_layers",), verified=("default", "cpu-fast", "builder-int4"),
     ),
     Architecture(
         "ernie4_5", ("Ernie4_5ForCausalLM",), "ernie4_5", "ErnieModel", "ernie4_5", quark_template_source="oga_npu",

@@ -64,6 +64,18 @@ def _inprocess_run_tool(argv, *, name=None, env=None, cwd=None, log_path=None, t
     return ToolResult(argv=argv, code=0, seconds=time.monotonic() - t0, tail=tail, log_path=log_path)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for the in-process Quark runs: on a 2-core box that other work shares,
+    two spinning threads made a tiny model's AWQ 10x slower (60 s vs 4-8 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def inprocess_tools(monkeypatch):
     import importlib
@@ -107,14 +119,37 @@ def _make_tiny(arch: A.Architecture, out: Path, tokenizer_dir: Path) -> Path:
     return out
 
 
+SMALL_VOCAB = 1024  # the embedding and lm_head dominate a 2-layer model's prepare time at 49152
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory, smol_tokenizer_dir):
+def small_tokenizer_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    """SmolLM2's tokenizer cut to its first SMALL_VOCAB tokens (and the merges that make them)."""
+    out = tmp_path_factory.mktemp("small_tok")
+    for f in smol_tokenizer_dir.iterdir():
+        if f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    tok = json.loads((smol_tokenizer_dir / "tokenizer.json").read_text())
+    vocab = {t: i for t, i in tok["model"]["vocab"].items() if i < SMALL_VOCAB}
+    merges = []
+    for m in tok["model"]["merges"]:
+        a, b = m if isinstance(m, list) else m.split(" ", 1)
+        if a in vocab and b in vocab and a + b in vocab:
+            merges.append(m)
+    tok["model"]["vocab"], tok["model"]["merges"] = vocab, merges
+    tok["added_tokens"] = [t for t in tok.get("added_tokens", []) if t["id"] < SMALL_VOCAB]
+    (out / "tokenizer.json").write_text(json.dumps(tok))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, small_tokenizer_dir):
     root = tmp_path_factory.mktemp("archs")
     cache: dict[str, Path] = {}
 
     def get(arch: A.Architecture) -> Path:
         if arch.name not in cache:
-            cache[arch.name] = _make_tiny(arch, root / arch.name, smol_tokenizer_dir)
+            cache[arch.name] = _make_tiny(arch, root / arch.name, small_tokenizer_dir)
         return cache[arch.name]
 
     return get
@@ -350,3 +385,58 @@ def test_default_awq(arch, tmp_path, tiny_models, test_recipes, inprocess_tools)
     res = _prepare_and_run(arch, "default", tmp_path, tiny_models, test_recipes)
     q = res.manifest["stages"]["quantize"]["detail"]
     assert q["algorithm"] == "awq" and q["calibration_tokens"] > 0
+
+
+FIXED = [a for a in MATRIX if a.config_fixes]
+
+
+@pytest.mark.parametrize("arch", FIXED, ids=[a.name for a in FIXED])
+def test_fixed_builds_match_transformers(arch, tmp_path, tiny_models):
+    """Where the builder runs with fixes (Gemma 3's rope translation, SmolLM3's no-RoPE layers),
+    its fp32 model gives transformers' logits: the fix builds the same model, not just one that loads."""
+    import numpy as np
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from oga_npu.prepare.build import main as build_main
+
+    src = tiny_models(arch)
+    out = tmp_path / "fp32"
+    fixes = [x for f in arch.config_fixes for x in ("--fix", f)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert build_main([*fixes, "--", "-i", str(src), "-o", str(out), "-p", "fp32", "-e", "cpu",
+                           "-c", str(tmp_path / "cache")]) == 0
+    ids = list(range(100, 140))
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1]
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=1024)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    got = np.asarray(gen.get_logits()).reshape(-1)
+    assert np.abs(got - ref.numpy()).max() < 1e-3 * max(1.0, float(ref.abs().max())), (got[:5], ref[:5])
+
+
+def test_gguf_of_a_builderless_architecture_is_refused_from_its_header(tmp_path):
+    """The GGUF header's general.architecture is checked before the (slow) dequantization."""
+    import gguf
+
+    from oga_npu import pipeline
+
+    path = tmp_path / "olmo2-tiny.gguf"
+    w = gguf.GGUFWriter(str(path), "olmo2")
+    w.add_block_count(2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "models" / "olmo2"
+    with pytest.raises(ArchitectureError) as e:
+        pipeline.prepare(pipeline.PrepareRequest(str(path), recipe="cpu-fast", output=out))
+    assert "Olmo2ForCausalLM" in e.value.message
+    import os
+
+    assert not out.exists()
+    assert not list(Path(os.environ["OGA_NPU_HOME"]).glob("gguf/olmo2-tiny*")), "the GGUF was dequantized"

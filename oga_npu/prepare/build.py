@@ -179,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoConfig
 
-    from ..architectures import CONFIG_FIXES, apply_config_fixes
+    from ..architectures import BUILDER_FIXES, CONFIG_FIXES, apply_config_fixes
 
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     ap = argparse.ArgumentParser(prog=f"python -m {SHIM_MODULE}")
-    ap.add_argument("--fix", action="append", default=[], choices=sorted(CONFIG_FIXES))
+    ap.add_argument("--fix", action="append", default=[], choices=sorted({**CONFIG_FIXES, **BUILDER_FIXES}))
     ns = ap.parse_args(argv[:split])
+    undo = [BUILDER_FIXES[n]() for n in ns.fix if n in BUILDER_FIXES]
+    if undo:
+        print(f"oga-npu: builder fixes: {', '.join(n for n in ns.fix if n in BUILDER_FIXES)}", file=sys.stderr)
     original = AutoConfig.from_pretrained.__func__
 
     def from_pretrained(cls, *a, **k):
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.argv = saved
         AutoConfig.from_pretrained = classmethod(original)
+        for u in undo:
+            u()
     return 0
 
 

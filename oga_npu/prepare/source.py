@@ -156,7 +156,11 @@ def peek_config(source: Source) -> dict | None:
     import json
 
     if source.kind == "folder":
-        return json.loads((Path(source.spec).expanduser() / "config.json").read_text())
+        path = Path(source.spec).expanduser() / "config.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise SourceError(f"{path} is not valid JSON: {e}", "fix or replace the model's config.json") from e
     if source.kind == "gguf":
         p = Path(source.spec).expanduser().resolve()
         cached = gguf_cache_dir(p) / "config.json"
