@@ -435,7 +435,7 @@ def test_gguf_of_a_builderless_architecture_is_refused_from_its_header(tmp_path)
     out = tmp_path / "models" / "olmo2"
     with pytest.raises(ArchitectureError) as e:
         pipeline.prepare(pipeline.PrepareRequest(str(path), recipe="cpu-fast", output=out))
-    assert "Olmo2ForCausalLM" in e.value.message
+    assert "olmo2" in e.value.message.lower()
     import os
 
     assert not out.exists()
