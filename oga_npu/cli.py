@@ -300,7 +300,7 @@ def chat(
 
 @app.command()
 def serve(
-    model: Annotated[list[Path], typer.Option("--model", "-m", help="Prepared model folder (repeatable); the model id is the folder name.")],
+    model: Annotated[list[Path], typer.Option("--model", "-m", metavar="DIR", help="Prepared model folder (repeatable); the model id is the folder name.")],
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the server to the network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")] = None,

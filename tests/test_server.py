@@ -51,12 +51,22 @@ def test_models_health_and_metrics(server, client, model_id):
     info = models[0].model_dump()
     assert info["provider"] == "cpu" and info["context_length"] == 512 and info["kv_reuse"] is True
     assert info["recipe"] == "cpu-fast" and info["target"] == "cpu"
+    assert info["hub_id"] is None and info["revision"] is None     # a local folder, not a hub model
     assert server.get("/health")[0] == 200            # no key needed for health
     _chat(client, model_id, "count tokens", max_tokens=3)
     code, text = server.get("/metrics")
     assert code == 200
     assert f'oga_npu_completion_tokens_total{{model="{model_id}"}}' in text
     assert "oga_npu_ttft_seconds_bucket" in text and "oga_npu_queue_depth" in text
+
+
+def test_manifest_records_the_source_and_chat_template(tiny_model, tiny_hf):
+    from oga_npu.model import read_chat_template
+
+    man = json.loads((tiny_model / "oga_npu_manifest.json").read_text())
+    assert man["source"] == str(tiny_hf.resolve()) and man["source_kind"] == "folder"
+    assert man["chat_template"] and man["chat_template"] == read_chat_template(tiny_hf)
+    assert "hub_id" in man and "revision" in man
 
 
 def test_chat_non_streaming_and_streaming_agree(client, model_id):
