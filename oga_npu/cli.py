@@ -167,8 +167,8 @@ def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_
 def prepare(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Hugging Face id, local HF folder, or .gguf file.")],
     target: Annotated[str, typer.Option("--target", help="cpu | webgpu | dml | hybrid | npu")] = "cpu",
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path.")] = "default",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>, plus -<recipe> for a recipe other than default).")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path (default: gguf-native for a .gguf on cpu/webgpu, else default).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>, plus -<recipe> for a recipe other than the source's default).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage, replacing a ready folder.")] = False,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,

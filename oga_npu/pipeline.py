@@ -32,7 +32,7 @@ from .errors import (
 )
 from .prepare import STAGES
 from .prepare import source as source_mod
-from .recipe import DEFAULT_RECIPE, TARGETS, Recipe, fitting_group_size, load_recipe
+from .recipe import DEFAULT_RECIPE, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, fitting_group_size, load_recipe
 from .tools import network_env, tool_env
 from .workdir import (
     LOGS_DIR, REQUEST, begin_stage, finish_stage, folder_state, models_dir, partial_dir, prepare_lock, publish,
@@ -62,7 +62,7 @@ GGUF_CACHE_FACTOR = 1.1  # the fp32 safetensors a GGUF is dequantized to, plus t
 class PrepareRequest:
     source: str
     target: str = "cpu"
-    recipe: str = "default"
+    recipe: str | None = None  # None: default_recipe_for(source kind, target)
     output: Path | None = None
     force: bool = False
     from_stage: str | None = None
@@ -174,9 +174,10 @@ def check_versions(versions: dict, needs_quark: bool = True) -> None:
 
 
 def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT_RECIPE) -> Path:
-    """models/<name>-<target>, plus -<recipe> when it is not the default recipe, so a
-    second recipe never collides with a folder made by the first."""
-    tail = "" if recipe in ("", DEFAULT_RECIPE) else "-" + re.sub(r"[^\w.-]+", "-", Path(recipe).stem).lower()
+    """models/<name>-<target>, plus -<recipe> when it is not the source's default recipe
+    (gguf-native for a .gguf on cpu/webgpu, else default), so a second recipe never
+    collides with a folder made by the first."""
+    tail = "" if recipe in ("", default_recipe_for(source.kind, target)) else "-" + re.sub(r"[^\w.-]+", "-", Path(recipe).stem).lower()
     return models_dir() / f"{source.name}-{target}{tail}"
 
 
@@ -229,9 +230,12 @@ def _key(*parts) -> str:
 def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     if req.target not in TARGETS:
         raise RecipeError(f"unknown target '{req.target}'", f"use one of: {', '.join(TARGETS)}")
-    recipe = load_recipe(req.recipe)
     src = source_mod.classify(req.source)
-    out = Path(req.output) if req.output else default_output(src, req.target, recipe.name)
+    recipe_name = req.recipe or default_recipe_for(src.kind, req.target)
+    recipe = load_recipe(recipe_name)
+    if recipe.quantize.engine == "gguf":
+        check_gguf_native(recipe, src, req.target)
+    out = Path(req.output) if req.output else default_output(src, req.target, recipe_name)
     calib_text = str(req.calib_file) if req.calib_file else recipe.calibration.text
     if req.calib_file and not Path(req.calib_file).is_file():
         raise RecipeError(f"calibration file not found: {req.calib_file}", "pass an existing text file to --calib-file")
@@ -311,7 +315,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
 
     reports: list[StageReport] = []
     with prepare_lock(out):
-        write_json_atomic(out / REQUEST, {"source": req.source, "recipe": recipe.path or req.recipe,
+        write_json_atomic(out / REQUEST, {"source": req.source, "recipe": recipe.path or recipe_name,
                                           "target": req.target, "oga_npu": __version__})
         unpublish(out)
         in_dir, model_dir = resolved.hf_dir, resolved.hf_dir
@@ -429,6 +433,15 @@ def interrupt_flag():
         yield hit
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def check_gguf_native(recipe: Recipe, src: source_mod.Source, target: str) -> None:
+    if src.kind != "gguf":
+        raise RecipeError(f"recipe {recipe.name} keeps a GGUF file's own quantization; {src.spec} is a "
+                          f"{src.describe()}", "prepare a .gguf file with it, or pick another recipe (--recipe default)")
+    if target not in GGUF_NATIVE_TARGETS:
+        raise RecipeError(f"recipe {recipe.name} is for --target {' or '.join(GGUF_NATIVE_TARGETS)}; {target} needs "
+                          "AMD's flow, which takes Quark's uint4 AWQ", "use --recipe default (or cpu-fast) for this target")
 
 
 def _norm_source(s: str) -> str:

@@ -24,6 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TARGETS = ("cpu", "webgpu", "dml", "hybrid", "npu")
+GGUF_NATIVE_RECIPE = "gguf-native"
+GGUF_NATIVE_TARGETS = ("cpu", "webgpu")
 Target = Literal["cpu", "webgpu", "dml", "hybrid", "npu"]
 DEFAULT_RECIPE = "default"
 QUARK_GROUP_SIZES = (128, 64, 32)
@@ -38,7 +40,9 @@ class QuantizeConfig(_Strict):
 
     # quark: AMD Quark quantizes, the builder packs its result. builder: no Quark stage; the
     # OGA builder rounds the fp weights to int4 itself (build.precision) - no torch model load.
-    engine: Literal["quark", "builder"] = "quark"
+    # gguf: a .gguf source keeps its own quantization: the builder makes the graph, then
+    # oga_npu.gguf_native puts the file's blocks into it (cpu and webgpu targets).
+    engine: Literal["quark", "builder", "gguf"] = "quark"
     dtype: Literal["uint4", "int4"] = "uint4"
     group_size: Literal[32, 64, 128] = 128
     # awq and gptq need calibration text; none = plain rounding to the nearest level.
@@ -175,6 +179,14 @@ def list_recipes() -> dict[str, Path]:
             for f in sorted(d.glob("*.toml")):
                 found.setdefault(f.stem, f)
     return found
+
+
+def default_recipe_for(source_kind: str, target: str) -> str:
+    """A .gguf source keeps its own quantization where the runtime can run it (cpu, webgpu);
+    everything else (and hybrid/npu, whose AMD flow needs Quark's uint4 AWQ) gets `default`."""
+    if source_kind == "gguf" and target in GGUF_NATIVE_TARGETS and GGUF_NATIVE_RECIPE in list_recipes():
+        return GGUF_NATIVE_RECIPE
+    return DEFAULT_RECIPE
 
 
 def find_recipe(name_or_path: str) -> Path:

@@ -84,7 +84,7 @@ def physical_cores() -> int:
 
 
 def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Path,
-        env: dict[str, str] | None = None) -> dict:
+        env: dict[str, str] | None = None, gguf: Path | None = None) -> dict:
     cache = out_dir.parent / (out_dir.name + ".cache")
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text()))
     argv = builder_argv(in_dir, out_dir, target, cfg, cache, fixes)
@@ -102,6 +102,11 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     config_path = out_dir / "genai_config.json"
     config = json.loads(config_path.read_text())
     passes = []
+    native = None
+    if gguf is not None:  # before the other passes: they read the graph this one rewrites
+        native = import_gguf(out_dir / config["model"]["decoder"].get("filename", "model.onnx"), gguf, in_dir,
+                             log_path)
+        passes.append("gguf_native")
     if cfg.float32_logits:
         model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
         if cast_logits_to_float32(model_file):
@@ -122,8 +127,41 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     if session:
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
         config_path.write_text(json.dumps(config, indent=4) + "\n")
-    return {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
-            "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
+    detail = {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
+              "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
+    if native is not None:
+        detail["gguf_native"] = native
+    return detail
+
+
+def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path) -> dict:
+    """Replace the builder's int4 weights by the GGUF's own blocks (oga_npu.gguf_native)."""
+    import time
+
+    from ..gguf_native import import_weights
+
+    t0 = time.monotonic()
+    rep = import_weights(model_file, gguf, json.loads((hf_dir / "config.json").read_text()))
+    summary = dict(rep.summary(), gguf=str(gguf), gguf_bytes=gguf.stat().st_size,
+                   seconds=round(time.monotonic() - t0, 2))
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(f"gguf_native: {json.dumps(summary)}\n")
+        for node, kind in rep.nodes.items():
+            f.write(f"  {node}: {kind}\n")
+    return summary
+
+
+def gguf_of(in_dir: Path) -> Path:
+    """The .gguf file a dequantized source folder was made from (oga_npu_source.json)."""
+    from ..errors import RecipeError
+    from ..workdir import read_json
+
+    meta = read_json(in_dir / "oga_npu_source.json") or {}
+    p = Path(meta["gguf"]) if meta.get("gguf") else None
+    if p is None or not p.is_file():
+        raise RecipeError("the gguf-native recipe needs a .gguf source (this source is an HF model or the file "
+                          "is gone)", "prepare a .gguf file, or pick another recipe (--recipe default)")
+    return p
 
 
 def builder_failed(e: ToolFailed) -> ToolFailed:
@@ -227,8 +265,10 @@ def applies(ctx) -> bool:
 
 def key(ctx) -> dict:
     cfg = ctx.recipe.build_for(ctx.target)
-    return {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"),
-            "session": resolved_session_options(cfg)}
+    k = {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"), "session": resolved_session_options(cfg)}
+    if ctx.recipe.quantize.engine == "gguf":
+        k["gguf_native"] = 1
+    return k
 
 
 def estimate(ctx, in_dir: Path) -> float | None:
@@ -252,10 +292,13 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
         lines.append(f"  then genai_config.json session_options += {session}")
     if cfg.float32_logits:
         lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
+    if ctx.recipe.quantize.engine == "gguf":
+        lines.append("  then the GGUF's own blocks replace the builder's int4 weights (oga_npu.gguf_native)")
     if cfg.direct_decode:
         lines.append("  then model.engine.onnx beside it: one step input, on-device greedy token (direct decoding)")
     return lines
 
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
-    return run(in_dir, out_dir, ctx.target, ctx.recipe.build_for(ctx.target), log_path, ctx.tool_env())
+    gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
+    return run(in_dir, out_dir, ctx.target, ctx.recipe.build_for(ctx.target), log_path, ctx.tool_env(), gguf)

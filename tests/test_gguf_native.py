@@ -1,0 +1,94 @@
+"""gguf-native import: every llama.cpp block type, multiplied through onnxruntime, equals the
+gguf package's dequantized matrix product; a tiny GGUF model's logits match transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+ort = pytest.importorskip("onnxruntime")
+
+from oga_npu import gguf_native as gn  # noqa: E402
+
+ROWS, COLS = 48, 512   # COLS: a multiple of the K-quants' super-block of 256
+
+
+def _random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
+    """Bytes of a valid tensor: the gguf quantizer where it has one, random blocks by hand
+    (random codes and scales, sane fp16 super-scales) for the K-quants."""
+    t = gguf.GGMLQuantizationType[qtype]
+    w = rng.standard_normal((rows, cols)).astype(np.float32) * 0.05
+    if qtype in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
+        return gguf.quantize(w, t)
+    bsize, tsize = gguf.GGML_QUANT_SIZES[t]
+    b = rng.integers(0, 256, (rows * cols // bsize, tsize), dtype=np.uint8)
+    d = (rng.random((b.shape[0], 1)) * 0.01 + 1e-3).astype(np.float16).view(np.uint8)
+    if qtype in ("Q4_K", "Q5_K"):
+        b[:, 0:2] = d
+        b[:, 2:4] = (rng.random((b.shape[0], 1)) * 0.01).astype(np.float16).view(np.uint8)
+        b[0, 4:16] = 0  # a super-block with every sub-scale and minimum zero
+    else:  # Q6_K: d last; int8 sub-scales
+        b[:, 208:210] = d
+        b[1, 192:208] = 0  # sub-scales of zero
+    return b.reshape(rows, -1)
+
+
+def _matmul_session(form: gn.BlockForm, accuracy_level: int):
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = helper.make_model(helper.make_graph(
+        [], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", form.cols])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", form.rows])]),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul_Q4",
+                            domain="com.microsoft", K=form.cols, N=form.rows, bits=4, block_size=32,
+                            accuracy_level=accuracy_level)
+    m.graph.node.append(node)
+    node = m.graph.node[0]  # protobuf copies on append
+    gr = gn._Graph(m)
+    extra: list = []
+    gn._matmul_nbits(gr, node, form, np.float32, extra)
+    m.graph.node.extend(extra)
+    onnx.checker.check_model(m)
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+ALL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
+EXPECT = {"Q4_0": (4, 32), "Q4_1": (4, 32), "Q4_K": (4, 32), "Q5_0": (8, 32), "Q5_1": (8, 32),
+          "Q5_K": (8, 32), "Q8_0": (8, 32), "Q6_K": (8, 16)}
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_block_type_through_onnxruntime_equals_gguf_dequantized_product(qtype):
+    rng = np.random.default_rng(ALL_TYPES.index(qtype))
+    raw = _random_blocks(qtype, ROWS, COLS, rng)
+    ref_w = gguf.dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(ROWS, COLS)
+    form = gn.block_form(raw, qtype, ROWS, COLS)
+    assert (form.bits, form.block) == EXPECT[qtype]
+    assert form.q.max() < (1 << form.bits)
+    # the form's values are the file's values (float rounding of scale*zp + offset only)
+    np.testing.assert_allclose(form.dequantize(), ref_w, rtol=0, atol=1e-6 * max(1.0, np.abs(ref_w).max()))
+    x = rng.standard_normal((5, COLS)).astype(np.float32)
+    ref = x.astype(np.float64) @ ref_w.T.astype(np.float64)
+    y = _matmul_session(form, accuracy_level=0).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    # accuracy_level 4 (int8 activations, as llama.cpp's own dot products): close, not exact
+    y4 = _matmul_session(form, accuracy_level=4).run(None, {"x": x})[0]
+    assert np.abs(y4 - ref).max() < 0.02 * np.abs(ref).max()
+
+
+def test_packed_rows_of_different_types_share_one_form():
+    rng = np.random.default_rng(7)
+    a = gn.block_form(_random_blocks("Q4_K", 16, 256, rng), "Q4_K", 16, 256)
+    b = gn.block_form(_random_blocks("Q6_K", 8, 256, rng), "Q6_K", 8, 256)
+    both = gn.concat_rows([a, b])
+    assert (both.bits, both.block) == (8, 16)
+    np.testing.assert_allclose(both.dequantize(), np.concatenate([a.dequantize(), b.dequantize()]), atol=1e-7)
+
+
+def test_unsupported_type_names_the_quark_recipe():
+    with pytest.raises(gn.GGUFImportError, match="Q2_K") as e:
+        gn.block_form(np.zeros((1, 84), np.uint8), "Q2_K", 1, 256)
+    assert "--recipe default" in e.value.fix
