@@ -456,21 +456,30 @@ def bench_plot(
 def eval_cmd(
     model: ModelDir,
     ref: Annotated[Optional[str], typer.Option("--ref", help="HF folder of the reference model, 'auto' (the prepare source) or 'none'.")] = "auto",
-    text: Annotated[Optional[Path], typer.Option("--text", help="Text file (default: built-in local text).")] = None,
+    ref_gguf: Annotated[Optional[Path], typer.Option("--ref-gguf", help="Also score llama.cpp on this GGUF, same token windows (needs llama-cpp-python: the llamacpp extra).")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="Text file (default: the evaluation part of the built-in text, never used for calibration).")] = None,
     window: Annotated[int, typer.Option("--window", help="Tokens per window.")] = 512,
     windows: Annotated[int, typer.Option("--windows", help="Number of windows.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
-    """Perplexity of a prepared model, and of its fp32 reference in transformers."""
+    """Perplexity of a prepared model, its fp32 reference in transformers, and llama.cpp (--ref-gguf).
+    The result is recorded in the model folder's manifest (`quality`; `oga-npu models` shows it)."""
     import time as _t
 
-    from .evaluate import perplexity_hf, perplexity_oga, reference_dir, windows_of
+    from .evaluate import (describe_windows, perplexity_hf, perplexity_llamacpp, perplexity_oga, record_quality,
+                           reference_dir, windows_of)
     from .generate import encode
     from .model import load
-    from .textdata import load_text
+    from .textdata import describe, load_text
 
+    if ref_gguf is not None and not ref_gguf.is_file():
+        raise OgaNpuError(f"--ref-gguf {ref_gguf} is not a file", "pass the .gguf file the model was prepared from")
+    spec = str(text) if text else "builtin"
     lm = load(model, decoder="oga")  # scores through onnxruntime-genai: no second copy in the direct engine
-    wins = windows_of(encode(lm, load_text(str(text) if text else "builtin")), window, windows)
+    ids = encode(lm, load_text(spec, part="evaluation"))
+    wins = windows_of(ids, window, windows)
+    text_desc = describe(spec, "evaluation")
+    print(describe_windows(text_desc, wins, len(ids)), file=sys.stderr)
     rows = []
     t0 = _t.monotonic()
     ppl, n = perplexity_oga(lm, wins)
@@ -491,15 +500,23 @@ def eval_cmd(
                               if lm.provider == "cpu" else None, "model_hash": None}})
     elif ref == "auto":
         print("note: no reference (the prepare source is not on disk); pass --ref HF_DIR", file=sys.stderr)
+    if ref_gguf is not None:
+        t0 = _t.monotonic()
+        gppl, gn = perplexity_llamacpp(ref_gguf, wins)
+        rows.append({"model": str(ref_gguf), "engine": "llama.cpp", "perplexity": gppl, "tokens": gn,
+                     "seconds": round(_t.monotonic() - t0, 1)})
+    record_quality(model, rows, text_desc, len(wins[0]), len(wins))
     if as_json:
+        for r in rows:
+            r.update(text=text_desc, window=len(wins[0]), windows=len(wins))
         print(json.dumps(rows, indent=2))
         return
     for r in rows:
         print(f"{r['engine']:<20} perplexity {r['perplexity']:>9.3f}  ({r['tokens']} tokens, {r['seconds']} s)  {r['model']}")
     if rows[0]["perplexity"] == float("inf"):
         print("note: the model produced NaN/inf logits (damaged weights or a broken build)", file=sys.stderr)
-    if len(rows) == 2:
-        print(f"quantization cost: {100 * (rows[0]['perplexity'] / rows[1]['perplexity'] - 1):+.1f}% perplexity")
+    for r in rows[1:]:
+        print(f"vs {r['engine']}: {100 * (rows[0]['perplexity'] / r['perplexity'] - 1):+.1f}% perplexity")
 
 
 # ---------------------------------------------------------------- devices / doctor / hello
@@ -611,9 +628,10 @@ def models(
         print(f"no models in {root or 'models/'} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
         return
     w = max(len(str(r.path)) for r in rows)
-    print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<10} {'SIZE':>9}  STATE")
+    print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<11} {'SIZE':>9}  {'STATE':<10} PERPLEXITY (reference)")
     for r in rows:
-        print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<10} {r.size_mb:>7.1f}MB  {r.state}")
+        print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<11} {r.size_mb:>7.1f}MB  {r.state:<10} "
+              f"{r.quality_line()}")
 
 
 @app.command()

@@ -122,3 +122,57 @@ def reference_dir(lm: LoadedModel) -> Path | None:
         p = gguf_cache_dir(Path(m["source"]).expanduser().resolve()) if Path(m["source"]).exists() else None
         return p if p and (p / "config.json").is_file() else None
     return None
+
+
+LLAMACPP_FIX = ("pip install 'oga-npu[llamacpp]' (llama-cpp-python builds llama.cpp from source: a C/C++ compiler "
+                "and cmake are needed; see docs/performance.md for this machine's build flags)")
+
+
+def perplexity_llamacpp(gguf: Path, windows: list[list[int]], threads: int | None = None,
+                        vocab_size: int | None = None) -> tuple[float, int]:
+    """llama.cpp (llama-cpp-python) on the GGUF itself, scored on the same token ids."""
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise OgaNpuError(f"--ref-gguf {gguf} is not a file", "pass the .gguf file the model was prepared from")
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise OgaNpuError("--ref-gguf needs llama-cpp-python, which is not installed", LLAMACPP_FIX) from e
+    from .prepare.build import physical_cores
+
+    n = threads or physical_cores()
+    llm = Llama(model_path=str(gguf), n_ctx=max(len(w) for w in windows), n_batch=512, n_threads=n,
+                n_threads_batch=n, logits_all=True, verbose=False)
+    if vocab_size is not None and llm.n_vocab() != vocab_size:
+        raise OgaNpuError(f"{gguf.name} has a vocabulary of {llm.n_vocab()}, the model {vocab_size}",
+                          "pass the GGUF this model was prepared from")
+    nll, count = 0.0, 0
+    for ids in windows:
+        llm.reset()
+        llm.eval(ids)
+        logits = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
+        if not np.isfinite(logits).all():
+            return math.inf, count + len(ids) - 1
+        nll += _log_softmax_nll(logits[:-1], np.asarray(ids[1:]))
+        count += len(ids) - 1
+    return math.exp(nll / count), count
+
+
+def describe_windows(text_desc: str, windows: list[list[int]], total_tokens: int) -> str:
+    w = len(windows[0])
+    return (f"scored: {text_desc}; {len(windows)} windows x {w} tokens = tokens 0..{len(windows) * w - 1} "
+            f"of its {total_tokens}")
+
+
+def record_quality(model_dir: Path, rows: list[dict], text: str, window: int, windows: int) -> dict | None:
+    """Store the perplexities in the model folder's manifest (`quality`); None if not ready."""
+    import time
+
+    from .workdir import update_manifest
+
+    own = rows[0]
+    quality = {"perplexity": round(own["perplexity"], 4), "engine": own["engine"], "tokens": own["tokens"],
+               "text": text, "window": window, "windows": windows,
+               "references": {r["engine"]: round(r["perplexity"], 4) for r in rows[1:]},
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return quality if update_manifest(model_dir, quality=quality) else None

@@ -16,6 +16,14 @@ class ModelRow:
     recipe: str | None
     size_mb: float
     detail: str = ""
+    quality: dict | None = None  # the manifest's `quality` (written by `oga-npu eval`)
+
+    def quality_line(self) -> str:
+        q = self.quality
+        if not q or "perplexity" not in q:
+            return "-"
+        refs = ", ".join(f"{k} {v:.2f}" for k, v in (q.get("references") or {}).items())
+        return f"{q['perplexity']:.2f}" + (f" ({refs})" if refs else "")
 
 
 def list_models(root: Path | None = None) -> list[ModelRow]:
@@ -34,5 +42,6 @@ def list_models(root: Path | None = None) -> list[ModelRow]:
             recipe = Path(recipe).stem
         size = sum(p.stat().st_size for p in published_files(d)) / 1e6
         state = {"foreign": "external", "damaged": "incomplete"}.get(st.state, st.state)
-        rows.append(ModelRow(d, state, info.get("target"), recipe, size, st.detail))
+        quality = (st.manifest or {}).get("quality")
+        rows.append(ModelRow(d, state, info.get("target"), recipe, size, st.detail, quality))
     return rows

@@ -293,7 +293,8 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     recipe = effective_recipe(recipe, resolved.hf_dir, notes)
     for n in notes:
         progress("note", "source", 1, total, n)
-    calib_key = "builtin" if calib_text == "builtin" else _file_key(Path(calib_text))
+    # builtin:calibration: the calibration half of the built-in text (oga_npu.textdata)
+    calib_key = "builtin:calibration" if calib_text == "builtin" else _file_key(Path(calib_text))
     ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace, rai_version=rai_version,
                        rai_source=rai_source, dd_plugins=dd_plugins, tools=tools, tool_versions=tool_versions)
 

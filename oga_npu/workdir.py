@@ -213,6 +213,18 @@ def publish(out: Path, model_stage: Path, manifest: dict) -> dict:
     return manifest
 
 
+def update_manifest(out: Path, **keys) -> bool:
+    """Set non-file keys (e.g. `quality` after eval) in a ready folder's manifest. The files,
+    their sizes and hashes are untouched, so the folder stays what prepare published."""
+    st = folder_state(out)
+    if st.state != "ready" or st.manifest is None:
+        return False
+    if "files" in keys:
+        raise ValueError("update_manifest does not change the file list")
+    write_json_atomic(out / MANIFEST, dict(st.manifest, **keys))
+    return True
+
+
 @dataclass
 class FolderState:
     path: Path

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec["algorithm"] != "none":
         from ..textdata import load_text
 
-        calib_text = load_text(spec["calib_text"])
+        calib_text = load_text(spec["calib_text"], part="calibration")  # never the eval part
     stats = quantize(Path(spec["in_dir"]), Path(spec["out_dir"]), scheme=spec["scheme"],
                      algorithm=spec["algorithm"], exclude_layers=spec["exclude_layers"], calib_text=calib_text,
                      samples=spec["samples"], seq_len=spec["seq_len"], device=spec.get("device", "auto"),
