@@ -330,6 +330,14 @@ def hf_names_for_node(node_name: str) -> list[str] | None:
     return [f"model.layers.{layer}.{mod}.{p}_proj.weight" for p in parts]
 
 
+def _packed_hf_name(node_name: str) -> str | None:
+    m = _NODE.match(node_name)
+    if not m:
+        return None
+    layer, block, proj = m.groups()
+    return f"model.layers.{layer}.{'self_attn' if block == 'attn' else 'mlp'}.{proj}_proj.weight"
+
+
 @dataclass
 class ImportReport:
     nodes: dict          # ONNX node -> "Q4_1", "Q4_K+Q4_K+Q6_K", "F32" ...
@@ -473,6 +481,10 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
         if node.op_type == "MatMul" and not node.name.startswith("/lm_head"):
             continue  # float MatMuls the builder kept float (none with -p int4)
         gnames = [names.gguf_name(h) for h in hf]
+        if None in gnames and len(hf) > 1:  # fused in the file too (phi3's attn_qkv, ffn_up as gate+up)
+            packed = _packed_hf_name(node.name)
+            if packed and names.gguf_name(packed):
+                hf, gnames = [packed], [names.gguf_name(packed)]
         if hf == ["lm_head.weight"] and gnames == [None]:
             gnames = [names.gguf_name("model.embed_tokens.weight")]  # tied output head
         if None in gnames:

@@ -92,3 +92,65 @@ def test_unsupported_type_names_the_quark_recipe():
     with pytest.raises(gn.GGUFImportError, match="Q2_K") as e:
         gn.block_form(np.zeros((1, 84), np.uint8), "Q2_K", 1, 256)
     assert "--recipe default" in e.value.fix
+
+
+# ---------------------------------------------------------------- whole models
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _exact_recipe(tmp_path):
+    """gguf-native with accuracy_level 0 (float activations): the exactness check."""
+    r = tmp_path / "gguf-exact.toml"
+    r.write_text((REPO / "recipes" / "gguf-native.toml").read_text().replace("accuracy_level = 4", "accuracy_level = 0"))
+    assert "accuracy_level = 0" in r.read_text()
+    return r
+
+
+def _last_logits_oga(model_dir, ids):
+    import onnxruntime_genai as og
+
+    m = og.Model(str(model_dir))
+    p = og.GeneratorParams(m)
+    p.set_search_options(max_length=len(ids) + 1)
+    g = og.Generator(m, p)
+    g.append_tokens(ids)
+    return np.asarray(g.get_output("logits"))[0, -1].astype(np.float64)
+
+
+def _last_logits_hf(hf_dir, ids):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return m(torch.tensor([ids])).logits[0, -1].double().numpy()
+
+
+@pytest.mark.parametrize("arch,quant", [("llama", "Q4_K_M"), ("mistral", "Q5_1")])
+def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path, arch, quant):
+    """K-quant mix (tied, q/k permuted, packed qkv of Q4_K+Q4_K+Q6_K) and an untied model with
+    Q5_1 (8 bits + offsets): logits of the prepared model equal the dequantized model's."""
+    import json
+
+    from gguf_models import write_gguf
+
+    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare.source import gguf_cache_dir
+
+    src = write_gguf(tmp_path / f"{arch}-{quant}.gguf", arch, quant, hidden_size=256, intermediate_size=512,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    out = tmp_path / "model"
+    res = prepare(PrepareRequest(str(src), recipe=str(_exact_recipe(tmp_path)), output=out))
+    native = res.manifest["stages"]["build"]["detail"]["gguf_native"]
+    assert "MatMulNBits" not in json.dumps(native) and native["matmuls"]  # every matmul came from the file
+    if quant == "Q4_K_M":
+        assert native["matmuls"].get("Q4_K+Q4_K+Q6_K") == 2 and native["embedding"].startswith("Q6_K (shared")
+    else:
+        assert native["embedding"] == "Q5_1" and "Q5_1" in native["matmuls"]
+    ids = [1, 17, 99, 200, 42, 7, 311, 5, 64, 128]
+    ours = _last_logits_oga(out, ids)
+    ref = _last_logits_hf(gguf_cache_dir(src.resolve()), ids)
+    diff = np.abs(ours - ref).max()
+    print(f"{arch} {quant}: max |logits - transformers fp32| = {diff:.2e} (logit range {np.ptp(ref):.2f})")
+    assert diff < 1e-3 * max(1.0, np.abs(ref).max())
