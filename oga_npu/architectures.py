@@ -528,7 +528,7 @@ def lookup(config: dict) -> Architecture:
 def recipe_kind(recipe) -> str:
     """awq | rtn | gptq | builder for a loaded recipe (oga_npu.recipe.Recipe)."""
     q = recipe.quantize
-    if q.engine == "builder":
+    if q.engine in ("builder", "gguf"):  # gguf-native: the builder's graph, the file's weights
         return "builder"
     return {"awq": "awq", "gptq": "gptq", "none": "rtn"}[q.algorithm]
 

@@ -628,10 +628,11 @@ def models(
         print(f"no models in {root or 'models/'} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
         return
     w = max(len(str(r.path)) for r in rows)
-    print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<11} {'SIZE':>9}  {'STATE':<10} PERPLEXITY (reference)")
+    q = max([len(r.quality_line()) for r in rows] + [len("PERPLEXITY (REFERENCES)")])
+    print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<11} {'SIZE':>9}  {'PERPLEXITY (REFERENCES)':<{q}}  STATE")
     for r in rows:
-        print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<11} {r.size_mb:>7.1f}MB  {r.state:<10} "
-              f"{r.quality_line()}")
+        print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<11} {r.size_mb:>7.1f}MB  "
+              f"{r.quality_line():<{q}}  {r.state}")
 
 
 @app.command()
