@@ -481,19 +481,32 @@ def eval_cmd(
     text_desc = describe(spec, "evaluation")
     print(describe_windows(text_desc, wins, len(ids)), file=sys.stderr)
     rows = []
-    t0 = _t.monotonic()
-    ppl, n = perplexity_oga(lm, wins)
     from .bench import record_metadata
 
     meta = record_metadata(lm)  # versions, device, provider and the folder's content hash
-    rows.append({"model": str(model), "engine": f"oga ({lm.provider})", "perplexity": ppl, "tokens": n,
-                 "seconds": round(_t.monotonic() - t0, 1), "meta": meta})
+    steps = StageProgress()
     ref_dir = None if ref in (None, "none") else (reference_dir(lm) if ref == "auto" else Path(ref))
     if ref not in (None, "none", "auto") and not (Path(ref) / "config.json").is_file():
         raise OgaNpuError(f"--ref {ref} is not a HF model folder", "pass a folder with config.json, or --ref none")
+    total = 2 if ref_dir is not None else 1
+    t0 = _t.monotonic()
+    steps("start", "score", 1, total, f"onnxruntime-genai on {lm.provider}, {len(wins)} windows of {window} tokens")
+    try:
+        ppl, n = perplexity_oga(lm, wins, lambda i, k: steps("update", "score", 1, total, f"window {i}/{k} done"))
+    finally:
+        steps.close()
+    steps("done", "score", 1, total, "")
+    rows.append({"model": str(model), "engine": f"oga ({lm.provider})", "perplexity": ppl, "tokens": n,
+                 "seconds": round(_t.monotonic() - t0, 1), "meta": meta})
     if ref_dir is not None:
         t0 = _t.monotonic()
-        rppl, rn = perplexity_hf(ref_dir, wins)
+        steps("start", "reference", 2, total, f"transformers fp32 on the CPU, {len(wins)} windows")
+        try:
+            rppl, rn = perplexity_hf(ref_dir, wins, lambda i, k: steps("update", "reference", 2, total,
+                                                                        f"window {i}/{k} done"))
+        finally:
+            steps.close()
+        steps("done", "reference", 2, total, "")
         rows.append({"model": str(ref_dir), "engine": "transformers fp32", "perplexity": rppl, "tokens": rn,
                      "seconds": round(_t.monotonic() - t0, 1),
                      "meta": {**meta, "provider": "transformers (cpu)", "device": meta.get("device")

@@ -47,13 +47,16 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((lse - logits[np.arange(len(targets)), targets]).sum())
 
 
-def perplexity_oga(lm: LoadedModel, windows: list[list[int]]) -> tuple[float, int]:
+def perplexity_oga(lm: LoadedModel, windows: list[list[int]], on_window=None) -> tuple[float, int]:
     """Perplexity over the windows. A model built with prune_lm_head returns the last
-    position's logits only; it is scored one token at a time (each step a decode)."""
+    position's logits only; it is scored one token at a time (each step a decode).
+    `on_window(done, total)` hears after each window (progress)."""
     nll, n = 0.0, 0
     # A two-token prefill tells whether the model returns every position's logits.
     stepwise = _window_logits(lm, windows[0][:2]).shape[0] != 2
-    for ids in windows:
+    for i, ids in enumerate(windows):
+        if on_window and i:
+            on_window(i, len(windows))
         if len(ids) > lm.context_length:
             raise OgaNpuError(f"window {len(ids)} > context {lm.context_length}", "pass a smaller --window")
         logits = _window_logits_stepwise(lm, ids) if stepwise else _window_logits(lm, ids)
@@ -95,14 +98,16 @@ def _window_logits_stepwise(lm: LoadedModel, ids: list[int]) -> np.ndarray:
     return np.stack(rows)
 
 
-def perplexity_hf(hf_dir: Path, windows: list[list[int]]) -> tuple[float, int]:
+def perplexity_hf(hf_dir: Path, windows: list[list[int]], on_window=None) -> tuple[float, int]:
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     nll, n = 0.0, 0
     with torch.no_grad():
-        for ids in windows:
+        for i, ids in enumerate(windows):
+            if on_window and i:
+                on_window(i, len(windows))
             t = torch.tensor([ids])
             logits = model(t).logits[0, :-1].double()
             nll += float(torch.nn.functional.cross_entropy(logits, t[0, 1:], reduction="sum"))

@@ -101,3 +101,46 @@ def test_eval_reference_and_a_damaged_model(smol, tmp_path, session_home):
     assert r.returncode == 0, r.stderr
     (damaged,) = json.loads(r.stdout)
     assert damaged["perplexity"] > 5 * ours["perplexity"]
+
+
+def _repeated_line(text: str) -> int:
+    import collections
+
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return max(collections.Counter(lines).values(), default=0)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "measured with the defaults (temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1): the fp32 "
+    "SmolLM2 in transformers ends on EOS for all seeds, this cpu-fast uint4 model does not for the haiku "
+    "(256 tokens, seeds 1-3) nor for 'Hi' seed 1; builder-int4 fails only 'Hi' seed 1 (issue 13 report)"))
+def test_readme_examples_with_default_settings_end_on_eos(smol, capsys):
+    """The README's `run ... "Write a haiku about rain"` and a piped chat "Hi", default
+    sampling, three seeds each: each answer ends on EOS and no line comes three times."""
+    import io
+
+    from oga_npu import cli
+
+    def main(*argv, stdin=None):
+        import sys
+
+        old = sys.stdin
+        sys.stdin = io.StringIO(stdin) if stdin is not None else old
+        try:
+            cli.main(list(argv))
+        except SystemExit as e:
+            assert not e.code, capsys.readouterr().err
+        finally:
+            sys.stdin = old
+        return capsys.readouterr()
+
+    failures = []
+    for seed in ("1", "2", "3"):
+        r = main("run", "-m", str(smol), "Write a haiku about rain", "--seed", seed, "--timings")
+        if "finish stop" not in r.err or _repeated_line(r.out) >= 3:
+            failures.append(f"haiku seed {seed}: {r.err.strip().splitlines()[-1]}")
+        r = main("chat", "-m", str(smol), "--seed", seed, "--timings", stdin="Hi\n/exit\n")
+        answer_tokens = int(r.err.split(" answer ")[1].split(" tok")[0])
+        if answer_tokens >= 512 or _repeated_line(r.out) >= 3:
+            failures.append(f"chat 'Hi' seed {seed}: {answer_tokens} tokens")
+    assert not failures, failures
