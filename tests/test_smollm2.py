@@ -20,14 +20,14 @@ def smol(tmp_path_factory, session_home):
 
 
 def test_run_answers_paris(smol):
-    r = run_cli("run", "-m", str(smol), "What is the capital of France?", "--timings")
+    r = run_cli("run", "-m", str(smol), "What is the capital of France?", "--timings", "-t", "0")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
     assert "[cpu]" in r.stderr  # the provider that ran it is reported
 
 
 def test_chat_piped_answers_paris(smol):
-    r = run_cli("chat", "-m", str(smol), input="What is the capital of France?\n/exit\n")
+    r = run_cli("chat", "-m", str(smol), "-t", "0", input="What is the capital of France?\n/exit\n")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
 
