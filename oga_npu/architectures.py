@@ -202,9 +202,23 @@ def _fix_smollm3_nope():
     return lambda: setattr(SmolLM3Model, "make_attention", original)
 
 
+def _fix_uniform_sliding_window(cfg) -> bool:
+    """One sliding_window for every layer and no layer_types (Mistral v0.1/v0.2, Phi-3 mini's
+    2047): the 0.18 builder marks no layer local, so its graph attends to everything while
+    genai_config.json still asks for a windowed KV cache, which fails once a sequence passes
+    window + 16 ("total_sequence_length must equal past_sequence_length + ..."). Naming every
+    layer sliding makes the graph apply the window, as transformers does, and bounds the cache."""
+    window = getattr(cfg, "sliding_window", None)
+    if not window or getattr(cfg, "use_sliding_window", True) is False or getattr(cfg, "layer_types", None):
+        return False
+    object.__setattr__(cfg, "layer_types", ["sliding_attention"] * int(cfg.num_hidden_layers))
+    return True
+
+
 # Fixes to the config object transformers loads for the builder: fn(config) -> changed.
 CONFIG_FIXES = {
     "gemma3_rope_per_layer_type": _fix_gemma3_rope,
+    "uniform_sliding_window": _fix_uniform_sliding_window,
 }
 # Fixes to the builder's own code for one architecture: fn() -> undo.
 BUILDER_FIXES = {
@@ -244,11 +258,12 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "mistral", ("MistralForCausalLM",), "mistral", "MistralModel", "mistral",
+        config_fixes=("uniform_sliding_window",),
         gguf="mistral",
         reference="mistralai/Mistral-7B-Instruct-v0.3", amd_hybrid=True,
         settings=dict(head_dim=128, rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=False,
                       max_position_embeddings=32768, rms_norm_eps=1e-5),
-        tiny=dict(hidden_size=128, intermediate_size=256, **_GQA), runtime=("sliding window (v0.1 only)",),
+        tiny=dict(hidden_size=128, intermediate_size=256, **_GQA), runtime=("sliding window (v0.1/v0.2: every layer)",),
         verified=("default", "cpu-fast", "builder-int4"),
     ),
     Architecture(
@@ -272,6 +287,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "phi3", ("Phi3ForCausalLM",), "phi3", "Phi3MiniModel", "phi3",
+        config_fixes=("uniform_sliding_window",),
         gguf="phi3",
         reference="microsoft/Phi-3-mini-4k-instruct", amd_hybrid=True,
         settings=dict(rope_theta=10000.0, tie_word_embeddings=False, max_position_embeddings=4096,
@@ -282,6 +298,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     ),
     Architecture(
         "phi3_longrope", ("Phi3ForCausalLM",), "phi3", "Phi3MiniLongRoPEModel", "phi3",
+        config_fixes=("uniform_sliding_window",),
         reference="microsoft/Phi-4-mini-instruct", amd_hybrid=True,
         settings=dict(rope_theta=10000.0, tie_word_embeddings=True, max_position_embeddings=131072,
                       original_max_position_embeddings=4096, partial_rotary_factor=0.75, rms_norm_eps=1e-5,

@@ -46,6 +46,9 @@ KNOWN_ERRORS: list[tuple[str, str, str]] = [
     (r"invalid unordered_map<K, T> key",
      "a Ryzen AI hybrid model on an unsupported CPU or a mismatched Ryzen AI runtime",
      "run it on a Strix/Krackan NPU with the Ryzen AI release it was made with"),
+    (r"total_sequence_length must equal past_sequence_length",
+     "the model's genai_config.json asks for a sliding-window KV cache its graph does not use (an older build)",
+     "re-run prepare for it with --force"),
     (r"Error opening (.+)", "a file the model needs could not be opened", "check the folder with `oga-npu doctor -m DIR`"),
     (r"Load model from .* failed", "ONNX Runtime could not load the model file", "check the folder with `oga-npu doctor -m DIR`"),
 ]
@@ -254,7 +257,7 @@ class LoadedModel:
         """Window of the layers the builder gave a bounded (windowed) KV cache, or None."""
         sw = self.config.get("model", {}).get("decoder", {}).get("sliding_window") or {}
         w = int(sw.get("window_size") or 0)
-        return w if w > 0 else None
+        return w if w > 0 and sw.get("layers") else None
 
     def kv_length(self, needed: int) -> int:
         """The max_length to ask onnxruntime-genai for when `needed` positions are used.
@@ -357,7 +360,8 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
         raise ModelFolderError(f"{path} cannot be loaded: " + "; ".join(rep.problems),
                                "re-run prepare for this folder, or copy the missing files into it")
     config = rep.config or {}
-    window = (config.get("model", {}).get("decoder", {}).get("sliding_window") or {}).get("window_size") or 0
+    sw = config.get("model", {}).get("decoder", {}).get("sliding_window") or {}
+    window = (sw.get("window_size") or 0) if sw.get("layers") else 0
     context = config.get("model", {}).get("context_length") or 0
     if 0 < context < window:
         raise ModelFolderError(f"{path} was built with a sliding-window KV cache of {window} positions, more than "

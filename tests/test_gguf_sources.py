@@ -256,3 +256,22 @@ def test_gguf_architecture_transformers_cannot_read_is_refused_before_any_work(t
     assert "cannot read GGUF files of architecture 'gemma'" in err and "qwen3" in err
     assert "google/gemma-2b-it" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_uniform_sliding_window_is_given_to_every_layer_for_the_builder():
+    """Mistral v0.1-style configs (one window, no layer_types) get every layer marked sliding in
+    the builder's config object, so the graph applies the window its cache is sized for (checked
+    by hand against transformers across a 16-token window: Mistral and Phi-3, tokens equal)."""
+    from transformers import Gemma2Config, MistralConfig, Qwen2Config
+
+    from oga_npu.architectures import apply_config_fixes, config_fixes
+
+    cfg = MistralConfig(num_hidden_layers=3, sliding_window=16)
+    assert "uniform_sliding_window" in config_fixes({"architectures": ["MistralForCausalLM"]})
+    assert apply_config_fixes(cfg, ["uniform_sliding_window"]) == ["uniform_sliding_window"]
+    assert cfg.layer_types == ["sliding_attention"] * 3
+    for untouched in (MistralConfig(sliding_window=None), Qwen2Config(use_sliding_window=False, sliding_window=16),
+                      Gemma2Config(num_hidden_layers=2, sliding_window=16)):
+        before = getattr(untouched, "layer_types", None)
+        assert apply_config_fixes(untouched, ["uniform_sliding_window"]) == []
+        assert getattr(untouched, "layer_types", None) == before

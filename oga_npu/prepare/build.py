@@ -124,8 +124,15 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(f"direct_decode skipped: {e}\n")
     session = resolved_session_options(cfg)
+    sw = config["model"]["decoder"].get("sliding_window")
+    if sw is not None and not sw.get("layers"):
+        # The builder gave no layer a window (its graph attends to everything), yet this asks
+        # onnxruntime-genai for a window-sized cache on every layer: too small past window + 16.
+        del config["model"]["decoder"]["sliding_window"]
+        passes.append("no_unused_sliding_window")
     if session:
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
+    if session or "no_unused_sliding_window" in passes:
         config_path.write_text(json.dumps(config, indent=4) + "\n")
     detail = {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
               "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
