@@ -140,8 +140,6 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
     return arch, total
 
 
-# GGUF general.architecture -> the HF architecture transformers makes of it (for the up-front
-# check; a GGUF architecture not listed is checked after transformers has converted it).
 def gguf_architecture(path: Path) -> str | None:
     """general.architecture from a GGUF header (the weights are not read)."""
     try:
