@@ -102,8 +102,8 @@ class Architecture:
             return Support(REFUSED, self.quark_refusal or f"AMD Quark 0.13 has no template for '{self.model_type}'")
         if target in ("hybrid", "npu"):
             if kind == "builder":
-                return Support(REFUSED, "Ryzen AI hybrid/NPU models are made from a Quark-quantized folder "
-                                        "(AMD's flow); the builder's own int4 is not accepted by model_generate")
+                return Support(REFUSED, "AMD's Ryzen AI hybrid/NPU flow starts from a Quark-quantized model "
+                                        "(model_generate takes its AWQ uint4 export); builder-int4 skips Quark")
             if self.amd_hybrid:
                 return Support(EXPECTED, NOT_HERE)
             return Support(UNTESTED, "AMD lists no model of this family for Ryzen AI; not verifiable here")
