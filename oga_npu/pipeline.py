@@ -463,9 +463,22 @@ def _estimate_line(stage, ctx, in_dir: Path) -> str:
         secs = est(ctx, in_dir) if est else None
     except (OSError, ValueError, KeyError):
         secs = None
-    if not secs or secs < 20:
+    if not secs:
         return ""
-    return f"estimate about {max(1, round(secs / 60))} min" if secs >= 90 else f"estimate about {secs:.0f} s"
+    busy = ""
+    try:  # a machine busy with other work runs the stage slower, about by load / cores
+        from .prepare.build import physical_cores
+
+        load, cores = os.getloadavg()[0], physical_cores()
+        if load > cores + 0.5:
+            secs *= load / cores
+            busy = f", the CPU is busy: load {load:.0f} on {cores} cores"
+    except (OSError, AttributeError):  # no load average (Windows)
+        pass
+    if secs < 20:
+        return ""
+    when = f"about {max(1, round(secs / 60))} min" if secs >= 90 else f"about {secs:.0f} s"
+    return f"estimate {when}{busy}"
 
 
 def _summary(name: str, detail: dict, seconds: float) -> str:
