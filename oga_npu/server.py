@@ -47,6 +47,9 @@ from .kvcache import PromptCache, reuse_support
 log = logging.getLogger("oga_npu.server")
 
 DEFAULT_MAX_QUEUE = 16
+# max_tokens when a request gives none: the rest of the context, at most this (the KV cache
+# is sized by prompt + max_tokens; a 128k-context model would otherwise allocate all of it)
+DEFAULT_MAX_TOKENS = 4096
 RETRY_AFTER_S = 2
 
 
@@ -372,9 +375,9 @@ def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance
         raise ApiError(400, "at most 4 stop strings", param="stop")
     limit = min(lm.context_length, lm.hybrid_limit or lm.context_length)
     if max_tokens is None:
-        max_tokens = limit - n_prompt
-        if max_tokens < 1:
+        if limit - n_prompt < 1:
             raise from_library(ContextLengthError(n_prompt, 1, limit))
+        max_tokens = min(limit - n_prompt, DEFAULT_MAX_TOKENS)
     kw: dict[str, Any] = {"max_tokens": max_tokens, "stop": tuple(stops), "guidance": guidance,
                           "ignore_eos": req.ignore_eos}
     for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
