@@ -408,7 +408,7 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
     base = node.name.replace("/", ".").strip(".").removesuffix("_Q4").removesuffix("_Q8")
     pre = f"gguf.{base}"
     b = gr.add_init(f"{pre}.q{form.bits}", pack_codes(form.q, form.bits, form.block))
-    s = gr.add_init(f"{pre}.scales", form.scale.astype(fdt).reshape(-1))
+    s = _scales(gr, f"{pre}.scales", form.scale.reshape(-1), fdt, extra_nodes)
     z = gr.add_init(f"{pre}.zero_points", pack_zero_points(form.zp, form.bits).reshape(-1))
     x = node.input[0]
     node.input[:] = [x, b, s, z]
@@ -433,6 +433,22 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
     ]
 
 
+def _scales(gr: _Graph, name: str, scale: np.ndarray, fdt, extra_nodes: list) -> str:
+    """Scales in the io dtype; fp32 scales that are exact in fp16 (the file's own fp16 `d` of
+    Q4_0/Q4_1/Q5_*/Q8_0) are stored as fp16 with a Cast onnxruntime folds at load (half the
+    bytes on disk, the same values)."""
+    from onnx import TensorProto, helper
+
+    if np.dtype(fdt) != np.float32:
+        return gr.add_init(name, scale.astype(fdt))
+    half = scale.astype(np.float16)
+    if not np.array_equal(half.astype(np.float32), scale):
+        return gr.add_init(name, scale.astype(np.float32))
+    gr.add_init(name + ".fp16", half)
+    extra_nodes.insert(0, helper.make_node("Cast", [name + ".fp16"], [name], name=f"/{name}/Cast", to=TensorProto.FLOAT))
+    return name
+
+
 def _float_matmul(gr: _Graph, node, w: np.ndarray, fdt) -> None:
     """Replace a MatMulNBits by MatMul on the file's float weights ([N, K] -> [K, N])."""
     name = "gguf." + node.name.replace("/", ".").strip(".") + ".weight_t"
@@ -442,11 +458,18 @@ def _float_matmul(gr: _Graph, node, w: np.ndarray, fdt) -> None:
     del node.attribute[:]
 
 
-def _rebuild(g, after: dict, replace: dict) -> None:
+def place(g, node_name: str, extra: list) -> None:
+    """Insert the nodes _matmul_nbits made: Casts of initializers first, the rest after `node_name`."""
+    _rebuild(g, {node_name: [n for n in extra if n.op_type != "Cast"]}, {},
+             first=[n for n in extra if n.op_type == "Cast"])
+
+
+def _rebuild(g, after: dict, replace: dict, first: list = ()) -> None:
     """One pass over the node list (protobuf copies on extend, so only once, at the end):
-    nodes in `replace` (by name) give way to their list, `after` lists follow their node."""
+    nodes in `replace` (by name) give way to their list, `after` lists follow their node,
+    `first` (Casts of initializers) lead the graph."""
     nodes = list(g.node)
-    out = []
+    out = list(first)
     for n in nodes:
         out += replace[n.name] if n.name in replace else [n]
         out += after.get(n.name, [])
@@ -471,6 +494,7 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
     tied_head_form: BlockForm | None = None
     tied_head_node = None
     after: dict[str, list] = {}
+    first: list = []
 
     for node in list(gr.g.node):
         if node.op_type not in ("MatMulNBits", "MatMul"):
@@ -512,15 +536,17 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
             form = parts[0] if len(parts) == 1 else concat_rows(parts)
             extra: list = []
             _matmul_nbits(gr, node, form, fdt, extra)
-            if extra:
-                after[node.name] = extra
+            first += [n for n in extra if n.op_type == "Cast"]
+            rest = [n for n in extra if n.op_type != "Cast"]
+            if rest:
+                after[node.name] = rest
             if node.name.startswith("/lm_head"):
                 tied_head_form, tied_head_node = form, node
         report[node.name] = label
 
     replace: dict[str, list] = {}
     embedding = _import_embedding(gr, gf, names, tied_head_form, tied_head_node, replace)
-    _rebuild(gr.g, after, replace)
+    _rebuild(gr.g, after, replace, first)
     gr.drop_unused()
     tmp = model_file.with_name(model_file.name + ".gguf_tmp")
     tmp_data = tmp.name + ".data"

@@ -63,7 +63,7 @@ def matmul_model(form, fdt, accuracy_level=4):
     gr = gn._Graph(m)
     extra: list = []
     gn._matmul_nbits(gr, node, form, fdt, extra)
-    m.graph.node.extend(extra)
+    gn.place(m.graph, node.name, extra)
     return m
 
 
