@@ -474,6 +474,10 @@ def eval_cmd(
 
     if ref_gguf is not None and not ref_gguf.is_file():
         raise OgaNpuError(f"--ref-gguf {ref_gguf} is not a file", "pass the .gguf file the model was prepared from")
+    if ref_gguf is not None:
+        from .evaluate import require_llamacpp
+
+        require_llamacpp()
     spec = str(text) if text else "builtin"
     lm = load(model, decoder="oga")  # scores through onnxruntime-genai: no second copy in the direct engine
     ids = encode(lm, load_text(spec, part="evaluation"))

@@ -133,16 +133,23 @@ LLAMACPP_FIX = ("pip install 'oga-npu[llamacpp]' (llama-cpp-python builds llama.
                 "and cmake are needed; see docs/performance.md for this machine's build flags)")
 
 
+def require_llamacpp() -> None:
+    """Fail before any scoring when --ref-gguf cannot run."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise OgaNpuError("--ref-gguf needs llama-cpp-python, which is not installed", LLAMACPP_FIX)
+
+
 def perplexity_llamacpp(gguf: Path, windows: list[list[int]], threads: int | None = None,
                         vocab_size: int | None = None) -> tuple[float, int]:
     """llama.cpp (llama-cpp-python) on the GGUF itself, scored on the same token ids."""
     gguf = Path(gguf)
     if not gguf.is_file():
         raise OgaNpuError(f"--ref-gguf {gguf} is not a file", "pass the .gguf file the model was prepared from")
-    try:
-        from llama_cpp import Llama
-    except ImportError as e:
-        raise OgaNpuError("--ref-gguf needs llama-cpp-python, which is not installed", LLAMACPP_FIX) from e
+    require_llamacpp()
+    from llama_cpp import Llama
+
     from .prepare.build import physical_cores
 
     n = threads or physical_cores()

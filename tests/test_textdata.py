@@ -45,3 +45,23 @@ def test_eval_describes_the_text_it_scored():
     c = textdata.describe("builtin", "calibration")
     assert repr(names[0]) in c and repr(first_eval) not in c
     assert textdata.describe("notes.txt", "evaluation") == "notes.txt"  # a user's file is used whole
+
+
+def test_eval_ref_gguf_without_llama_cpp_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from conftest import run_cli
+    from oga_npu import evaluate
+    from oga_npu.errors import OgaNpuError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(OgaNpuError, match="llama-cpp-python") as e:
+        evaluate.require_llamacpp()
+    assert "oga-npu[llamacpp]" in e.value.fix
+    model = tmp_path / "m"
+    model.mkdir()
+    r = run_cli("eval", "-m", str(model), "--ref-gguf", str(tmp_path / "missing.gguf"))
+    assert r.returncode == 1 and "not a file" in r.stderr  # checked before any model is loaded
