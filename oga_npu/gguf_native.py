@@ -278,7 +278,7 @@ class GGUFFile:
 class NameMap:
     """GGUF tensor name for an HF parameter name, and the row order transformers applies."""
 
-    def __init__(self, gf: GGUFFile, n_layers: int):
+    def __init__(self, gf: GGUFFile, n_layers: int, config: dict | None = None):
         import gguf
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
@@ -287,7 +287,8 @@ class NameMap:
             raise GGUFImportError(f"the gguf package does not know architecture '{gf.arch}'",
                                   "prepare this file with a Quark recipe (--recipe default)")
         self.map = gguf.get_tensor_name_map(arch, n_layers)
-        self.processor = TENSOR_PROCESSORS.get(gf.arch, TensorProcessor)(config=gf.hf_config())
+        # the processors read head counts by their HF names: the folder's config.json has them
+        self.processor = TENSOR_PROCESSORS.get(gf.arch, TensorProcessor)(config=config or gf.hf_config())
         self.gf = gf
 
     def gguf_name(self, hf_name: str) -> str | None:
@@ -485,7 +486,7 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
     model_file = Path(model_file)
     gf = GGUFFile(gguf_path)
     cfg = hf_config.get("text_config", hf_config)
-    names = NameMap(gf, int(cfg["num_hidden_layers"]))
+    names = NameMap(gf, int(cfg["num_hidden_layers"]), cfg)
     data_name = model_file.name + ".data"
     before = (model_file.parent / data_name).stat().st_size if (model_file.parent / data_name).exists() else 0
     m = onnx.load(str(model_file), load_external_data=True)
