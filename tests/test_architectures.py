@@ -412,7 +412,8 @@ def test_fixed_builds_match_transformers(arch, tmp_path, tiny_models):
         ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1]
     model = og.Model(str(out))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=1024)
+    window = json.loads((src / "config.json").read_text()).get("sliding_window") or 0
+    params.set_search_options(max_length=max(1024, window + 64))  # OGA's windowed cache needs >= the window
     gen = og.Generator(model, params)
     gen.append_tokens(ids)
     got = np.asarray(gen.get_logits()).reshape(-1)
