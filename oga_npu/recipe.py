@@ -116,7 +116,7 @@ class HybridConfig(_Strict):
 
 
 class ValidateConfig(_Strict):
-    prompt: str = "What is the capital of France?"
+    prompt: str = "What is the capital of France? Answer in one sentence."
     max_tokens: int = Field(16, ge=1, le=512)
 
 

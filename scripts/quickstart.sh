@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, prepare the bundled SmolLM2-135M-Instruct for
 # the CPU, and ask it a question. Extra arguments go to `oga-npu prepare`
-# (e.g. --recipe cpu-fast for the fastest prepare). The model folder is prepare's default,
+# (e.g. --recipe default for Quark AWQ instead of the GGUF's own blocks). The model folder is prepare's default,
 # models/<name>-cpu (-<recipe> added for another recipe), so runs with different recipes
 # never collide.
 set -euo pipefail
@@ -11,6 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 GGUF="$(python -m oga_npu.demo)"
 MODEL="$(oga-npu prepare "$GGUF" "$@")"
-echo "Q: What is the capital of France?" >&2
-oga-npu run -m "$MODEL" "What is the capital of France?" --timings
+Q="What is the capital of France? Answer in one sentence."
+echo "Q: $Q" >&2
+oga-npu run -m "$MODEL" "$Q" --timings
 echo "Chat with it: . .venv/bin/activate && oga-npu chat -m $MODEL" >&2
