@@ -26,6 +26,11 @@ TARGETS = ("cpu", "webgpu", "dml", "hybrid", "npu")
 
 VERIFIED, EXPECTED, UNTESTED, REFUSED = "verified", "expected", "untested", "refused"
 VERIFIED_HOW = "tests/test_architectures.py: a tiny random model of the real settings is prepared and runs on CPU"
+# gguf-native (the file's own blocks) is a builder-kind recipe with its own tests.
+GGUF_NATIVE_VERIFIED = {
+    "llama": "tests/test_gguf_native.py: the bundled SmolLM2 Q4_1 GGUF is prepared and scored on CPU",
+    "mistral": "tests/test_gguf_native.py: a tiny Q4_K_M Mistral GGUF matches transformers fp32 on CPU",
+}
 NOT_HERE = "expected (not verifiable here: needs Windows and a Ryzen AI NPU)"
 
 
@@ -558,6 +563,9 @@ def check(config: dict, recipe, target: str) -> tuple[Architecture, Support]:
     cell = arch.support(name if name in RECIPES else kind, target)
     if kind == "gptq" and arch.quark_template is not None and cell.allowed:
         cell = Support(UNTESTED, "Quark GPTQ is not tested here")
+    if getattr(getattr(recipe, "quantize", None), "engine", None) == "gguf" and cell.allowed and target == "cpu":
+        cell = (Support(VERIFIED, GGUF_NATIVE_VERIFIED[arch.name]) if arch.name in GGUF_NATIVE_VERIFIED
+                else Support(UNTESTED, "gguf-native: no test here prepares a GGUF of this architecture with it"))
     if cell.allowed:
         return arch, cell
     order = [target] + [x for x in TARGETS if x != target]
