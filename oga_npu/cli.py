@@ -305,6 +305,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait per model; past it: 503 with Retry-After.")] = 16,
+    stream_interval: Annotated[float, typer.Option("--stream-interval", metavar="MS", help="Streams send tokens that come faster than this together (the first at once); 0: one chunk per token.")] = 30,
     provider: Provider = None,
     fallback: Fallback = None,
 ) -> None:
@@ -313,11 +314,13 @@ def serve(
 
     if max_queue < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--max-queue")
+    if not 0 <= stream_interval <= 1000:
+        raise typer.BadParameter("must be 0 to 1000 (milliseconds)", param_hint="--stream-interval")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: binding {host} makes the server reachable from other machines"
               + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
     rc = run_server(model, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
-                    fallback=fallback)
+                    fallback=fallback, stream_interval_ms=stream_interval)
     if rc:
         raise typer.Exit(rc)
 

@@ -6,10 +6,11 @@ Beside the routes, small objects do the rest:
 
 - `ServedModel`: one loaded model = one device. Its requests run one at a time in arrival
   order (`DeviceQueue`: an asyncio FIFO lock; past `max_queue` waiting requests the answer
-  is 503 with Retry-After). Every call into the model goes through its one worker thread,
-  one token per call, so a stream whose client went away stops within one token and the
-  next request starts at once. Its `PromptCache` (kvcache.py) keeps the last
-  conversation's KV cache.
+  is 503 with Retry-After). Generation runs in its one worker thread, which runs the decode
+  loop and hands each token to the event loop; a stream whose client went away stops within
+  one token and the next request starts at once. Chat templates and tokenizing run in a
+  second thread, so a request is checked and queued while another one generates. Its
+  `PromptCache` (kvcache.py) keeps the last conversation's KV cache.
 - `Metrics`: Prometheus counters and histograms (prometheus-client, own registry).
 - The model provider is injected (`create_app(provider)`): `FolderProvider` loads model
   folders in the background (/health says 503 until they are ready); tests may pass any
@@ -30,7 +31,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -283,12 +284,14 @@ class ServedModel:
     max_queue: int = DEFAULT_MAX_QUEUE
     queue: DeviceQueue = field(init=False)
     cache: PromptCache | None = field(init=False)
-    executor: ThreadPoolExecutor = field(init=False)
+    executor: ThreadPoolExecutor = field(init=False)   # decodes, one request at a time
+    prep: ThreadPoolExecutor = field(init=False)       # chat template and tokenizer, while another decodes
     guidance: bool = field(init=False)
 
     def __post_init__(self):
         self.queue = DeviceQueue(self.max_queue)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.id}")
+        self.prep = ThreadPoolExecutor(1, thread_name_prefix=f"prep-{self.id}")
         self.cache = PromptCache(self.lm)
         self.guidance = guidance_available(self.lm)
 
@@ -476,7 +479,11 @@ class _Stream(StreamingResponse):
                 await self.body_iterator.aclose()
 
 
-def create_app(provider, api_key: str | None = None):
+DEFAULT_STREAM_INTERVAL_MS = 30
+
+
+def create_app(provider, api_key: str | None = None, stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS):
+    stream_interval = max(0.0, stream_interval_ms) / 1000
     app = FastAPI(title="oga-npu", docs_url=None, redoc_url=None)
     metrics = Metrics()
     state = {"last": None, "stopping": False}
@@ -556,11 +563,20 @@ def create_app(provider, api_key: str | None = None):
                            type_="not_found_error", param="model", code="model_not_found")
         return sm
 
-    async def in_worker(sm: ServedModel, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(sm.executor, fn, *args)
+    async def in_prep(sm: ServedModel, fn, *args):
+        """Template and tokenizer work: beside the decode thread, so a request is checked
+        (context length, options) and queued, or refused, while another one generates."""
+        return await asyncio.get_running_loop().run_in_executor(sm.prep, fn, *args)
 
     async def events(sm: ServedModel, ids: list[int], opts: GenerationOptions) -> AsyncIterator[GenerationEvent]:
-        """stream_generate, one token per worker call; holds the device queue while it runs."""
+        """stream_generate in the model's worker thread; holds the device queue while it runs.
+
+        The worker runs the decode loop on its own and hands each event to the event loop
+        (call_soon_threadsafe): the next token is computed while this one is encoded and
+        sent, never waiting for the loop. Tokens that come faster than `stream_interval`
+        are sent together (the first one at once): a write and a client wake-up per token
+        cost 5-9% of decode tok/s on 2 cores. A closed stream sets `stop`, which the worker
+        reads after each token."""
         try:
             await sm.queue.acquire()
         except QueueFull:
@@ -568,23 +584,59 @@ def create_app(provider, api_key: str | None = None):
                                 f"{sm.queue.max_queue})", type_="unavailable_error", code="server_busy",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         metrics.queue.labels(sm.id).set(sm.queue.depth)
-        it = stream_generate(sm.lm, ids, opts, cache=sm.cache)
+        loop = asyncio.get_running_loop()
+        box: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                it = stream_generate(sm.lm, ids, opts, cache=sm.cache)
+                try:
+                    for ev in it:
+                        loop.call_soon_threadsafe(box.put_nowait, ev)
+                        if stop.is_set() or state["stopping"]:
+                            break
+                finally:
+                    it.close()
+                loop.call_soon_threadsafe(box.put_nowait, None)
+            except BaseException as e:  # noqa: BLE001 - handed to the request, raised there
+                loop.call_soon_threadsafe(box.put_nowait, e)
+
+        sm.executor.submit(produce)
         last = None
+        held: GenerationEvent | None = None   # text not yet sent (tokens faster than the interval)
+        sent_at = 0.0
         try:
             while True:
                 if state["stopping"]:
                     raise ApiError(503, "the server is shutting down", type_="server_error", code="shutting_down")
-                ev = await in_worker(sm, next, it, None)
+                if held is None:
+                    ev = await box.get()
+                else:
+                    try:
+                        ev = await asyncio.wait_for(box.get(), max(0.0, sent_at + stream_interval - loop.time()))
+                    except asyncio.TimeoutError:
+                        yield held
+                        held, sent_at = None, loop.time()
+                        continue
                 if ev is None:
                     break
+                if isinstance(ev, BaseException):
+                    raise ev
                 last = ev
-                yield ev
+                held = ev if held is None else replace(ev, text=held.text + ev.text)
+                now = loop.time()
+                if ev.finish_reason is not None or now - sent_at >= stream_interval:
+                    yield held
+                    held, sent_at = None, now
+            if held is not None:
+                yield held
         except OgaNpuError as e:
             raise from_library(e) from e
         finally:
-            # Not awaited: a cancelled task (client gone) cannot await. The worker is one
-            # thread, so the close runs before the next request's first step.
-            sm.executor.submit(it.close)
+            # The worker stops after the token in hand; it is one thread, so the next
+            # request's first step runs after that.
+            stop.set()
             sm.queue.release()
             metrics.queue.labels(sm.id).set(sm.queue.depth)
             if last is None or last.finish_reason is None:
@@ -662,7 +714,7 @@ def create_app(provider, api_key: str | None = None):
 
     async def prepare(sm: ServedModel, build) -> tuple[list[int], Any]:
         try:
-            return await in_worker(sm, build)
+            return await in_prep(sm, build)
         except OgaNpuError as e:
             raise from_library(e) from e
 
@@ -816,7 +868,7 @@ def _tool_calls(text: str) -> list[dict] | None:
 
 def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
-          log_level: str = "info") -> int:
+          log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS) -> int:
     """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
     import sys
 
@@ -831,7 +883,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
             raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
                                    "pass a folder made by `oga-npu prepare`")
     models = FolderProvider(folders, max_queue, provider, fallback)
-    app = create_app(models, api_key)
+    app = create_app(models, api_key, stream_interval_ms)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             access_log=False)
 

@@ -83,6 +83,19 @@ def test_chat_non_streaming_and_streaming_agree(client, model_id):
     assert all(ch.usage is None for ch in chunks)     # no usage chunk unless asked
 
 
+def test_fast_tokens_are_sent_together_and_the_text_is_the_same(client, model_id):
+    """Default --stream-interval (30 ms): the tiny model makes a token in about a millisecond,
+    so 40 tokens come in a few chunks, the first at once; the text equals the whole answer.
+    (test_server_lifecycle runs a server with --stream-interval 0: a chunk per token.)"""
+    whole = _chat(client, model_id, "Group these.", max_tokens=40, extra_body={"ignore_eos": True})
+    chunks, text = _stream_text(_chat(client, model_id, "Group these.", max_tokens=40, stream=True,
+                                      extra_body={"ignore_eos": True}, stream_options={"include_usage": True}))
+    assert text == whole.choices[0].message.content
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert chunks[-1].usage.completion_tokens == 40
+    assert 1 <= len(content) <= 20, len(content)
+
+
 def test_include_usage_chunk(client, model_id):
     chunks, text = _stream_text(_chat(client, model_id, "Usage please.", max_tokens=5, stream=True,
                                       stream_options={"include_usage": True}))

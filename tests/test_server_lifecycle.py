@@ -1,5 +1,6 @@
 """`oga-npu serve` queueing and lifecycle: --max-queue's 503, /health while loading, SIGTERM
-mid-stream (fault cases 32, 33, 35). One real server process with --max-queue 1."""
+mid-stream (fault cases 32, 33, 35), --stream-interval 0. One real server process with
+--max-queue 1 --stream-interval 0."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from serverutil import ServerProcess, free_port
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    s = ServerProcess(tiny_model, args=("--max-queue", "1"))
+    s = ServerProcess(tiny_model, args=("--max-queue", "1", "--stream-interval", "0"))
     try:
         s.wait_ready()
         yield s
@@ -24,11 +25,15 @@ def server(tiny_model):
 
 
 def _long_stream(server, model_id, max_tokens=460):
-    """A raw SSE stream (urllib) that the test reads line by line."""
+    """A raw SSE stream (urllib) that the test reads line by line. Sampling over the whole
+    vocabulary (top_k 0, top_p 1) costs onnxruntime-genai a sort of the 49k logits per token:
+    about 12 ms a token here, so the stream is still running seconds later (greedy, the tiny
+    model's 460 tokens take 0.2 s, less than the other requests of a test take to arrive)."""
     req = urllib.request.Request(server.base + "/v1/chat/completions", method="POST",
                                  headers={"Content-Type": "application/json"},
                                  data=json.dumps({"model": model_id, "stream": True, "max_tokens": max_tokens,
-                                                  "temperature": 0, "messages": [
+                                                  "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 1,
+                                                  "ignore_eos": True, "messages": [
                                                       {"role": "user", "content": "A long answer."}]}).encode())
     return urllib.request.urlopen(req, timeout=60)
 
@@ -65,6 +70,17 @@ def test_past_the_queue_limit_the_answer_is_503_with_retry_after(server, tiny_mo
     assert int(busy[0]["retry-after"]) >= 1 and busy[1]["error"]["code"] == "server_busy"
     ok = next(b for c, _, b in out if c == 200)
     assert ok["usage"]["completion_tokens"] == 4
+
+
+def test_stream_interval_0_sends_a_chunk_per_token(server, tiny_model):
+    client = openai.OpenAI(base_url=server.base + "/v1", api_key="x", max_retries=0, timeout=60)
+    chunks = list(client.chat.completions.create(
+        model=tiny_model.name, messages=[{"role": "user", "content": "One by one."}], max_tokens=40, temperature=0,
+        stream=True, extra_body={"ignore_eos": True}, stream_options={"include_usage": True}))
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert chunks[-1].usage.completion_tokens == 40
+    # a token whose bytes end inside a UTF-8 character is held back until the character is whole
+    assert 30 <= len(content) <= 40, len(content)
 
 
 def test_health_is_503_while_loading_then_200(tiny_model):
