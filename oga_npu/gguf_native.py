@@ -55,6 +55,15 @@ class BlockForm:
     zp: np.ndarray       # uint8 [rows, nb]
     offset: np.ndarray | None  # float32 [rows, nb], None when all zero
     qtype: str = ""
+    # The file's own factors, when known: the graph stores these (the file's size) and
+    # computes scale and offset from them in nodes onnxruntime folds at load.
+    #   scale = d16 * sc          d16: float16 [rows, nd, 1]; sc: int [rows, nd, nb/nd] or None (= 1)
+    #   minimum = m16 * mn        m16: float16 [rows, nd, 1]; mn: uint8 [rows, nd, nb/nd] or None
+    #   offset = minimum + scale * zp   (float32, in this order)
+    d16: np.ndarray | None = None
+    sc: np.ndarray | None = None
+    m16: np.ndarray | None = None
+    mn: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -73,14 +82,24 @@ class BlockForm:
         return w.reshape(self.rows, self.cols)
 
     def take_rows(self, order: np.ndarray) -> "BlockForm":
-        return BlockForm(self.bits, self.block, self.q[order], self.scale[order], self.zp[order],
-                         None if self.offset is None else self.offset[order], self.qtype)
+        def rows(a):
+            return None if a is None else a[order]
+
+        return BlockForm(self.bits, self.block, self.q[order], self.scale[order], self.zp[order], rows(self.offset),
+                         self.qtype, rows(self.d16), rows(self.sc), rows(self.m16), rows(self.mn))
+
+    @property
+    def factored(self) -> bool:
+        return self.d16 is not None
 
     def widen(self, bits: int, block: int) -> "BlockForm":
         """The same values in a form with more bits and/or smaller blocks."""
         if bits < self.bits or self.block % block:
             raise ValueError(f"cannot narrow {self.bits}-bit block {self.block} to {bits}-bit block {block}")
         rep = self.block // block
+        if rep == 1:
+            return BlockForm(bits, block, self.q, self.scale, self.zp, self.offset, self.qtype,
+                             self.d16, self.sc, self.m16, self.mn)
         return BlockForm(bits, block, self.q, np.repeat(self.scale, rep, 1), np.repeat(self.zp, rep, 1),
                          None if self.offset is None else np.repeat(self.offset, rep, 1), self.qtype)
 
@@ -91,8 +110,21 @@ def concat_rows(forms: list[BlockForm]) -> BlockForm:
     offs = None
     if any(f.offset is not None for f in forms):
         offs = np.concatenate([f.offset if f.offset is not None else np.zeros_like(f.scale) for f in forms])
-    return BlockForm(bits, block, np.concatenate([f.q for f in forms]), np.concatenate([f.scale for f in forms]),
-                     np.concatenate([f.zp for f in forms]), offs, "+".join(f.qtype for f in forms))
+    out = BlockForm(bits, block, np.concatenate([f.q for f in forms]), np.concatenate([f.scale for f in forms]),
+                    np.concatenate([f.zp for f in forms]), offs, "+".join(f.qtype for f in forms))
+
+    def same(attr):  # factors concatenate when every form has them in the same layout
+        arrs = [getattr(f, attr) for f in forms]
+        if all(a is None for a in arrs):
+            return True, None
+        if any(a is None for a in arrs) or len({(a.shape[1:], a.dtype) for a in arrs}) != 1:
+            return False, None
+        return True, np.concatenate(arrs)
+
+    parts = [same(a) for a in ("d16", "sc", "m16", "mn")]
+    if all(ok for ok, _ in parts) and parts[0][1] is not None and (offs is None) == (parts[2][1] is None):
+        out.d16, out.sc, out.m16, out.mn = (a for _, a in parts)
+    return out
 
 
 # ---------------------------------------------------------------- llama.cpp block formats
@@ -117,9 +149,10 @@ def _with_minimum(scale, minimum, q, bits, block, qtype):
     top = (1 << bits) - 1
     with np.errstate(divide="ignore", invalid="ignore"):
         zp = np.where(scale != 0, np.rint(-minimum / scale), 0.0)
-    zp = np.clip(np.nan_to_num(zp), 0, top)
-    offset = (minimum + scale * zp).astype(np.float32)
-    return scale.astype(np.float32), zp.astype(np.uint8), offset, q
+    zp = np.clip(np.nan_to_num(zp), 0, top).astype(np.float32)
+    scale, minimum = scale.astype(np.float32), minimum.astype(np.float32)
+    offset = minimum + scale * zp  # float32, the order the graph computes it in
+    return scale, zp.astype(np.uint8), offset, q
 
 
 def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
@@ -132,6 +165,10 @@ def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
         raise GGUFImportError(f"{qtype} row of {cols} is not a multiple of its block {bsize}")
     b = np.ascontiguousarray(raw).view(np.uint8).reshape(-1, tsize)
     n = b.shape[0]
+    h16 = _h16
+    factors: tuple = (None, None, None, None)  # d16, sc, m16, mn per GGUF block (reshaped below)
+    if qtype in ("Q4_0", "Q8_0", "Q5_0"):
+        factors = (h16(b[:, :2]), None, None, None)
     if qtype == "Q4_0":
         d, q = _f16(b[:, :2]), _nibbles(b[:, 2:])
         form = (4, 32, d, np.full((n, 1), 8, np.uint8), None, q)
@@ -149,6 +186,7 @@ def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
             q, bits = _nibbles(b[:, 8:]) | (_bits32(b[:, 4:8]) << 4), 8
         s, zp, off, q = _with_minimum(d, m, q, bits, 32, qtype)
         form = (bits, 32, s, zp, off, q)
+        factors = (h16(b[:, :2]), None, h16(b[:, 2:4]), None)
     elif qtype in ("Q4_K", "Q5_K"):
         from gguf.quants import Q4_K
 
@@ -166,6 +204,7 @@ def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
         minimum = -(dmin * mn.astype(np.float32)).reshape(-1, 1)
         s, zp, off, q = _with_minimum(scale, minimum, q, bits, 32, qtype)
         form = (bits, 32, s, zp, off, q)
+        factors = (h16(b[:, :2]), sc.reshape(n, 8).astype(np.uint8), -h16(b[:, 2:4]), mn.reshape(n, 8).astype(np.uint8))
     elif qtype == "Q6_K":
         ql, qh, sc, d = b[:, :128], b[:, 128:192], b[:, 192:208].view(np.int8), _f16(b[:, 208:210])
         lo = (ql.reshape(n, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 0x0F
@@ -173,6 +212,7 @@ def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
         q = (lo.reshape(n, 8, 32) | (hi.reshape(n, 8, 32) << 4)).reshape(n * 16, 16)
         scale = (d * sc.astype(np.float32)).reshape(-1, 1)
         form = (8, 16, scale, np.full((n * 16, 1), 32, np.uint8), None, q)
+        factors = (h16(b[:, 208:210]), sc.reshape(n, 16).astype(np.int8), None, None)
     else:
         raise GGUFImportError(f"GGUF type {qtype} has no exact native form here (covered: {', '.join(NATIVE_TYPES)})",
                               "prepare this file with a Quark recipe instead (--recipe default or cpu-fast)")
@@ -185,7 +225,27 @@ def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
         off = off.reshape(rows, nb).astype(np.float32)
         if not off.any():
             off = None
-    return BlockForm(bits, block, q, scale, zp, off, qtype)
+    d16, sc, m16, mn = factors
+    per_row = n // rows  # GGUF blocks (or super-blocks) per row
+    nd = per_row
+
+    def shaped(a, k):
+        return None if a is None else np.ascontiguousarray(a.reshape(rows, nd, k))
+
+    form = BlockForm(bits, block, q, scale, zp, off, qtype)
+    if d16 is not None and nb % nd == 0:
+        k = nb // nd
+        form.d16, form.sc = shaped(d16, 1), shaped(sc, k)
+        if off is not None and m16 is not None:
+            form.m16, form.mn = shaped(m16, 1), shaped(mn, k)
+        elif off is not None:  # an offset the factors cannot make: keep the float32 arrays
+            form.d16 = form.sc = None
+    return form
+
+
+def _h16(b: np.ndarray) -> np.ndarray:
+    """Two bytes per row as float16 [n] (the file's own d, m, dmin)."""
+    return np.ascontiguousarray(b).view(np.float16).reshape(-1).copy()
 
 
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
@@ -403,16 +463,23 @@ def _set_attr(node, name, value) -> None:
 
 
 def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> None:
-    """Point `node` (MatMulNBits) at the form's codes; add the offset product if needed."""
+    """Point `node` (MatMulNBits) at the form's codes; add the offset product if needed.
+
+    What is stored is the file's own data where the form knows it: 5- and 6-bit codes as
+    their low nibbles and high bits, K-quant scales and minimums as the file's 6-bit factors
+    and fp16 super-block scales, Q4_1/Q5_1 minimums as fp16. Nodes named `/gguf.*` (the
+    graph's first nodes, inputs all initializers) rebuild the 8-bit codes, the float
+    scales and the offsets; onnxruntime folds them into initializers when it loads the model,
+    so they cost load time (well under a second) and no time per token."""
     from onnx import helper
 
     base = node.name.replace("/", ".").strip(".").removesuffix("_Q4").removesuffix("_Q8")
     pre = f"gguf.{base}"
-    b = gr.add_init(f"{pre}.q{form.bits}", pack_codes(form.q, form.bits, form.block))
-    s = _scales(gr, f"{pre}.scales", form.scale.reshape(-1), fdt, extra_nodes)
-    z = gr.add_init(f"{pre}.zero_points", pack_zero_points(form.zp, form.bits).reshape(-1))
+    b = _codes(gr, f"{pre}.q{form.bits}", form, extra_nodes)
+    s, s3 = _scale_tensor(gr, f"{pre}.scales", form, fdt, extra_nodes)
+    z = _zero_points(gr, f"{pre}.zero_points", form, extra_nodes)
     x = node.input[0]
-    node.input[:] = [x, b, s, z]
+    node.input[:] = [x, b, s] + ([z] if z else [])
     _set_attr(node, "bits", form.bits)
     _set_attr(node, "block_size", form.block)
     _set_attr(node, "K", form.cols)
@@ -422,7 +489,7 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
     e = f"gguf.blocksum.{form.cols}x{form.block}.{np.dtype(fdt).name}"
     if e not in gr.inits:
         gr.add_init(e, block_sum_matrix(form.cols, form.block).astype(fdt))
-    r = gr.add_init(f"{pre}.offsets", np.ascontiguousarray(form.offset.T).astype(fdt))  # [nb, N]
+    r = _offsets_t(gr, f"{pre}.offsets", form, fdt, s3, z, extra_nodes)  # [nb, N]
     y = node.output[0]
     main = f"{y}/gguf_main"
     node.output[0] = main
@@ -432,6 +499,152 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
         helper.make_node("MatMul", [p + "/block_sums", r], [p + "/output_0"], name=p + "/MatMul"),
         helper.make_node("Add", [main, p + "/output_0"], [y], name=p + "/Add"),
     ]
+
+
+def _u8(gr: _Graph, v: int) -> str:
+    name = f"gguf.const.u8.{v}"
+    if name not in gr.inits:
+        gr.add_init(name, np.array([v], np.uint8))
+    return name
+
+
+def _shape(gr: _Graph, dims) -> str:
+    dims = [int(d) for d in dims]
+    name = "gguf.const.shape." + "x".join(str(d).replace("-", "m") for d in dims)
+    if name not in gr.inits:
+        gr.add_init(name, np.array(dims, np.int64))
+    return name
+
+
+def _codes(gr: _Graph, name: str, form: BlockForm, nodes: list) -> str:
+    """MatMulNBits B. 8-bit codes that use 5 or 6 bits (Q5_*, Q6_K; Q8_0 uses all 8) are
+    stored as packed low nibbles plus 1 or 2 high bits each, and widened by folded nodes."""
+    from onnx import helper
+
+    packed = pack_codes(form.q, form.bits, form.block)
+    top = int(form.q.max()) if form.q.size else 255
+    hb = 1 if top < 32 else 2 if top < 64 else 0
+    if form.bits != 8 or not hb or form.q.size % 8:
+        return gr.add_init(name, packed)
+    q = form.q.reshape(-1)
+    lo = ((q[0::2] & 15) | ((q[1::2] & 15) << 4)).astype(np.uint8).reshape(-1, 1)
+    per = 8 // hb
+    hi = (q >> 4).astype(np.uint8).reshape(-1, per)
+    hib = np.zeros(hi.shape[0], np.uint8)
+    for j in range(per):
+        hib |= (hi[:, j] << (j * hb)).astype(np.uint8)
+    lo_n = gr.add_init(f"{name}.lo4", lo)
+    hi_n = gr.add_init(f"{name}.hi{hb}", hib.reshape(-1, 1))
+    shifts = f"gguf.const.shifts{hb}"
+    if shifts not in gr.inits:
+        gr.add_init(shifts, (np.arange(per) * hb).astype(np.uint8).reshape(1, per))
+    P = f"/{name}"
+    mk = helper.make_node
+    nodes += [
+        mk("BitwiseAnd", [lo_n, _u8(gr, 15)], [P + "/lo_even"], name=P + "/lo_even"),
+        mk("BitShift", [lo_n, _u8(gr, 4)], [P + "/lo_odd"], name=P + "/lo_odd", direction="RIGHT"),
+        mk("Concat", [P + "/lo_even", P + "/lo_odd"], [P + "/lo"], name=P + "/lo", axis=1),
+        mk("BitShift", [hi_n, shifts], [P + "/hi_s"], name=P + "/hi_s", direction="RIGHT"),
+        mk("BitwiseAnd", [P + "/hi_s", _u8(gr, (1 << hb) - 1)], [P + "/hi"], name=P + "/hi"),
+        mk("BitShift", [P + "/hi", _u8(gr, 4)], [P + "/hi4"], name=P + "/hi4", direction="LEFT"),
+        mk("Reshape", [P + "/hi4", _shape(gr, [-1, 2])], [P + "/hi4_2"], name=P + "/hi4_2"),
+        mk("BitwiseOr", [P + "/lo", P + "/hi4_2"], [P + "/q"], name=P + "/q"),
+        mk("Reshape", [P + "/q", _shape(gr, packed.shape)], [name], name=P + "/codes"),
+    ]
+    return name
+
+
+def _scale_tensor(gr: _Graph, name: str, form: BlockForm, fdt, nodes: list) -> tuple[str, str | None]:
+    """MatMulNBits scales [N*nb], and the float32 [rows, nd, k] tensor they come from (None
+    when stored as plain values)."""
+    from onnx import TensorProto, helper
+
+    if not form.factored:
+        return _scales(gr, name, form.scale.reshape(-1), fdt, nodes), None
+    P = f"/{name}"
+    mk = helper.make_node
+    d = gr.add_init(name + ".d16", form.d16)
+    nodes.append(mk("Cast", [d], [P + "/d"], name=P + "/d", to=TensorProto.FLOAT))
+    cur = P + "/d"
+    if form.sc is not None:
+        sc = gr.add_init(name + ".sc", form.sc)
+        nodes += [mk("Cast", [sc], [P + "/sc"], name=P + "/sc", to=TensorProto.FLOAT),
+                  mk("Mul", [cur, P + "/sc"], [P + "/ds"], name=P + "/ds")]
+        cur = P + "/ds"
+    out = name if np.dtype(fdt) == np.float32 else P + "/flat"
+    nodes.append(mk("Reshape", [cur, _shape(gr, [-1])], [out], name=P + "/flat"))
+    if out != name:
+        nodes.append(mk("Cast", [out], [name], name=P + "/io", to=helper.np_dtype_to_tensor_dtype(np.dtype(fdt))))
+    return name, cur
+
+
+def _zero_points(gr: _Graph, name: str, form: BlockForm, nodes: list) -> str | None:
+    """MatMulNBits zero points: None where all are the kernel's default (2^(bits-1)), one
+    folded ConstantOfShape where all are equal, else the packed values."""
+    from onnx import TensorProto, helper
+
+    zp = form.zp
+    if zp.size and (zp == (1 << (form.bits - 1))).all():
+        return None
+    packed = pack_zero_points(zp, form.bits).reshape(-1)
+    if zp.size and (zp == zp.flat[0]).all():
+        value = helper.make_tensor("value", TensorProto.UINT8, [1], [int(packed[0])])
+        nodes.append(helper.make_node("ConstantOfShape", [_shape(gr, [packed.size])], [name], name=f"/{name}/fill",
+                                      value=value))
+        return name
+    return gr.add_init(name, packed)
+
+
+def _offsets_t(gr: _Graph, name: str, form: BlockForm, fdt, s3: str | None, z: str | None, nodes: list) -> str:
+    """The offsets transposed, [nb, N]: from the file's minimums (folded nodes) when the form
+    has them, else stored."""
+    from onnx import TensorProto, helper
+
+    if s3 is None or form.m16 is None:
+        return gr.add_init(name, np.ascontiguousarray(form.offset.T).astype(fdt))
+    rows, nd, k = form.m16.shape[0], form.m16.shape[1], form.d16.shape[2] if form.sc is None else form.sc.shape[2]
+    nb = nd * k
+    P = f"/{name}"
+    mk = helper.make_node
+    m = gr.add_init(name + ".m16", form.m16)
+    nodes.append(mk("Cast", [m], [P + "/m"], name=P + "/m", to=TensorProto.FLOAT))
+    cur = P + "/m"
+    if form.mn is not None:
+        mn = gr.add_init(name + ".mn", form.mn)
+        nodes += [mk("Cast", [mn], [P + "/mn"], name=P + "/mn", to=TensorProto.FLOAT),
+                  mk("Mul", [cur, P + "/mn"], [P + "/min"], name=P + "/min")]
+        cur = P + "/min"
+    if z is None:  # the kernel's default zero point
+        zf = gr.add_init(f"gguf.const.f32.{1 << (form.bits - 1)}", np.array([1 << (form.bits - 1)], np.float32))
+    else:
+        zu = z
+        if form.bits == 4:  # two per byte, even block low: unpack
+            nbh = (nb + 1) // 2
+            nodes += [
+                mk("Reshape", [z, _shape(gr, [rows, nbh, 1])], [P + "/zp2"], name=P + "/zp2"),
+                mk("BitwiseAnd", [P + "/zp2", _u8(gr, 15)], [P + "/zp_even"], name=P + "/zp_even"),
+                mk("BitShift", [P + "/zp2", _u8(gr, 4)], [P + "/zp_odd"], name=P + "/zp_odd", direction="RIGHT"),
+                mk("Concat", [P + "/zp_even", P + "/zp_odd"], [P + "/zp_pairs"], name=P + "/zp_pairs", axis=2),
+                mk("Reshape", [P + "/zp_pairs", _shape(gr, [rows, 2 * nbh])], [P + "/zp_all"], name=P + "/zp_all"),
+            ]
+            zu = P + "/zp_all"
+            if 2 * nbh != nb:
+                nodes.append(mk("Slice", [zu, _shape(gr, [0]), _shape(gr, [nb]), _shape(gr, [1])], [P + "/zp_cut"],
+                                name=P + "/zp_cut"))
+                zu = P + "/zp_cut"
+        nodes += [mk("Reshape", [zu, _shape(gr, [rows, nd, k])], [P + "/zp3"], name=P + "/zp3"),
+                  mk("Cast", [P + "/zp3"], [P + "/zpf"], name=P + "/zpf", to=TensorProto.FLOAT)]
+        zf = P + "/zpf"
+    nodes += [
+        mk("Mul", [s3, zf], [P + "/sz"], name=P + "/sz"),
+        mk("Add", [cur, P + "/sz"], [P + "/off"], name=P + "/off"),
+        mk("Reshape", [P + "/off", _shape(gr, [rows, nb])], [P + "/off2"], name=P + "/off2"),
+    ]
+    out = name if np.dtype(fdt) == np.float32 else P + "/t"
+    nodes.append(mk("Transpose", [P + "/off2"], [out], name=P + "/t", perm=[1, 0]))
+    if out != name:
+        nodes.append(mk("Cast", [out], [name], name=P + "/io", to=helper.np_dtype_to_tensor_dtype(np.dtype(fdt))))
+    return name
 
 
 def _scales(gr: _Graph, name: str, scale: np.ndarray, fdt, extra_nodes: list) -> str:
@@ -460,9 +673,10 @@ def _float_matmul(gr: _Graph, node, w: np.ndarray, fdt) -> None:
 
 
 def place(g, node_name: str, extra: list) -> None:
-    """Insert the nodes _matmul_nbits made: Casts of initializers first, the rest after `node_name`."""
-    _rebuild(g, {node_name: [n for n in extra if n.op_type != "Cast"]}, {},
-             first=[n for n in extra if n.op_type == "Cast"])
+    """Insert the nodes _matmul_nbits made: those of initializers (`/gguf.*`) first, the rest
+    after `node_name`."""
+    _rebuild(g, {node_name: [n for n in extra if not n.name.startswith("/gguf.")]}, {},
+             first=[n for n in extra if n.name.startswith("/gguf.")])
 
 
 def _rebuild(g, after: dict, replace: dict, first: list = ()) -> None:
@@ -537,8 +751,8 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
             form = parts[0] if len(parts) == 1 else concat_rows(parts)
             extra: list = []
             _matmul_nbits(gr, node, form, fdt, extra)
-            first += [n for n in extra if n.op_type == "Cast"]
-            rest = [n for n in extra if n.op_type != "Cast"]
+            first += [n for n in extra if n.name.startswith("/gguf.")]
+            rest = [n for n in extra if not n.name.startswith("/gguf.")]
             if rest:
                 after[node.name] = rest
             if node.name.startswith("/lm_head"):
@@ -597,8 +811,10 @@ def _import_embedding(gr: _Graph, gf: GGUFFile, names: NameMap, head_form, head_
     shared = head_node is not None and gbq is not None and \
         gf.tensors[gname] is gf.tensors.get(names.gguf_name("lm_head.weight") or gname)
     if shared and head_form is not None:
-        b, s, z = head_node.input[1], head_node.input[2], head_node.input[3]
+        b, s = head_node.input[1], head_node.input[2]
         form = head_form
+        z = head_node.input[3] if len(head_node.input) > 3 and head_node.input[3] else \
+            gr.add_init("gguf.model.embed_tokens.zero_points", pack_zero_points(form.zp, form.bits))
     else:
         b = gr.add_init("gguf.model.embed_tokens.q", pack_codes(form.q, form.bits, form.block))
         s = gr.add_init("gguf.model.embed_tokens.scales", form.scale.astype(fdt).reshape(form.rows, -1))
