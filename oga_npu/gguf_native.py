@@ -501,6 +501,43 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
     ]
 
 
+def _merge_gate_up(gr: _Graph) -> int:
+    """One MatMulNBits for each layer's gate and up projections (same input): the builder's
+    two nodes become `gate_up_proj` (the rows of both) and a Split into the old outputs.
+    A layer then runs one 4-bit kernel, one offset product and one Add where it ran two of
+    each. Returns the number of layers merged."""
+    from onnx import helper
+
+    g = gr.g
+    by_name = {n.name: n for n in g.node}
+    merged = 0
+    new_nodes = []
+    drop = set()
+    for n in g.node:
+        m = _NODE.match(n.name)
+        if not (m and m.group(2) == "mlp" and m.group(3) == "gate" and n.op_type == "MatMulNBits"):
+            new_nodes.append(n)
+            continue
+        up = by_name.get(n.name.replace("/gate_proj/", "/up_proj/"))
+        if up is None or up.op_type != "MatMulNBits" or up.input[0] != n.input[0]:
+            new_nodes.append(n)
+            continue
+        gate_out, up_out = n.output[0], up.output[0]
+        inter = _attr(n, "N")
+        name = n.name.replace("/gate_proj/", "/gate_up_proj/")
+        out = name + "/output_0"
+        fused = helper.make_node("MatMulNBits", list(n.input), [out], name=name, domain=n.domain)
+        fused.attribute.extend(n.attribute)
+        split = gr.add_init(f"gguf.const.split.{inter}x2", np.array([inter, inter], np.int64))
+        new_nodes += [fused, helper.make_node("Split", [out, split], [gate_out, up_out], name=name + "/Split", axis=-1)]
+        drop.add(up.name)
+        merged += 1
+    if merged:
+        del g.node[:]
+        g.node.extend(n for n in new_nodes if n.name not in drop)
+    return merged
+
+
 def _u8(gr: _Graph, v: int) -> str:
     name = f"gguf.const.u8.{v}"
     if name not in gr.inits:
@@ -711,6 +748,7 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
     after: dict[str, list] = {}
     first: list = []
 
+    _merge_gate_up(gr)
     for node in list(gr.g.node):
         if node.op_type not in ("MatMulNBits", "MatMul"):
             continue
