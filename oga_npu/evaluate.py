@@ -102,7 +102,10 @@ def perplexity_hf(hf_dir: Path, windows: list[list[int]], on_window=None) -> tup
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    from .prepare.source import transformers_quiet
+
+    with transformers_quiet():
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     nll, n = 0.0, 0
     with torch.no_grad():
         for i, ids in enumerate(windows):

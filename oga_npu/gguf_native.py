@@ -332,7 +332,10 @@ class GGUFFile:
     def hf_config(self) -> dict:
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-        return load_gguf_checkpoint(str(self.path), return_tensors=False).get("config", {})
+        from .prepare.source import transformers_quiet
+
+        with transformers_quiet():
+            return load_gguf_checkpoint(str(self.path), return_tensors=False).get("config", {})
 
 
 class NameMap:

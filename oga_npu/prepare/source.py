@@ -9,6 +9,8 @@ Nothing is written into the model's output folder by this stage.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import re
@@ -227,6 +229,33 @@ def gguf_cache_dir(path: Path) -> Path:
     return home() / "gguf" / f"{_short_name(path.stem)}-{file_fingerprint(path)}"
 
 
+@contextlib.contextmanager
+def transformers_quiet():
+    """transformers' own progress bars off while it loads (oga-npu reports its stages on
+    stderr): its logging bars ("Loading weights") and the raw tqdm of its GGUF reader
+    ("Converting and de-quantizing GGUF tensors"), which printed even under `prepare -q`."""
+    import functools
+
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # no gguf package: nothing of it runs
+        gguf_utils = None
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    old = getattr(gguf_utils, "tqdm", None)
+    if old is not None:
+        gguf_utils.tqdm = functools.partial(old, disable=True)
+    try:
+        yield
+    finally:
+        if old is not None:
+            gguf_utils.tqdm = old
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def dequantize_gguf(gguf: Path, out: Path) -> Path:
     """Load the GGUF with transformers (dequantizing to fp32) and save an HF folder."""
     import torch
@@ -237,12 +266,10 @@ def dequantize_gguf(gguf: Path, out: Path) -> Path:
         shutil.rmtree(part)
     part.mkdir(parents=True)
     log.info("dequantizing %s", gguf)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with transformers_quiet():
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:  # transformers raises many types for unsupported archs
         shutil.rmtree(part, ignore_errors=True)
         raise SourceError(f"transformers cannot load {gguf.name}: {str(e).splitlines()[0]}",
@@ -252,8 +279,9 @@ def dequantize_gguf(gguf: Path, out: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(part)
-    tok.save_pretrained(part)
+    with transformers_quiet():
+        model.save_pretrained(part)
+        tok.save_pretrained(part)
     write_json_atomic(part / "oga_npu_source.json", {"gguf": str(gguf), "fingerprint": file_fingerprint(gguf)})
     if out.exists():
         shutil.rmtree(out)
