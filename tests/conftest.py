@@ -15,6 +15,14 @@ from oga_npu.demo import smollm2_gguf  # noqa: F401 (tests import it from here)
 REPO = Path(__file__).resolve().parent.parent
 FAKE_TOOLS = Path(__file__).resolve().parent / "fake_tools"
 
+# A test run started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored,
+# and so would every process it starts: the Ctrl+C tests need it delivered. (A handled signal
+# is reset to the default in a child at exec; an ignored one stays ignored.)
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:

@@ -246,7 +246,10 @@ def _metric(server, name: str) -> float:
 
 def test_disconnect_mid_stream_stops_it_and_the_next_request_is_served(server, client, model_id):
     before = _metric(server, "oga_npu_completion_tokens_total")
-    stream = _chat(client, model_id, "A very long answer please.", max_tokens=460, stream=True)
+    # whole-vocabulary sampling (top_k 0) costs ~12 ms a token: the stream is still running when
+    # the client leaves (greedy, the tiny model's 460 tokens take 0.2 s)
+    stream = _chat(client, model_id, "A very long answer please.", max_tokens=460, stream=True, temperature=1.0,
+                   top_p=1.0, seed=1, extra_body={"top_k": 0, "ignore_eos": True})
     for i, _chunk in enumerate(stream):
         if i == 2:
             break
