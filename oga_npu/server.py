@@ -416,8 +416,18 @@ def _tool_schema(tools: list[Tool], choice) -> dict:
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
-def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str, str] | None, bool]:
-    """Messages for the template, guidance, and whether the answer is a tool call."""
+def _auto_grammar(schema: dict) -> tuple[str, str]:
+    """tool_choice auto, enforced: the answer is either one tool call (JSON that validates
+    against the tools) or text that does not start with '{' - so its first character says
+    which it is, and a streamed text answer streams."""
+    schema = dict(schema)
+    schema.setdefault("x-guidance", {"whitespace_flexible": False})
+    return ("lark_grammar", "start: call | text\ncall: %json " + json.dumps(schema) + "\ntext: /[^{](.|\\n)*/\n")
+
+
+def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str, str] | None, bool | str]:
+    """Messages for the template, guidance, and whether the answer is a tool call (True),
+    may be one ("auto": it is when it starts with '{'), or is not (False)."""
     if req.logprobs or req.top_logprobs:
         raise not_supported("logprobs", "logprobs")
     msgs = []
@@ -441,17 +451,18 @@ def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str
     if req.tools and req.tool_choice != "none":
         if not sm.guidance:
             raise not_supported("tools (this model/runtime has no guided output)", "tools")
-        if req.tool_choice in (None, "auto"):
-            raise not_supported("tool_choice 'auto' (a tool call cannot be enforced as optional); pass "
-                                "tool_choice 'required' or a named function", "tool_choice")
         if guidance:
             raise not_supported("response_format together with tools", "response_format")
         schema = _tool_schema(req.tools, req.tool_choice)
-        guidance = _schema_guidance(schema)
-        tool_call = True
         listing = json.dumps([t.function.model_dump(exclude_none=True) for t in req.tools])
-        note = ("You can call these functions. Answer with one call as JSON "
-                f'{{"name": ..., "arguments": {{...}}}}.\nFunctions: {listing}')
+        if req.tool_choice in (None, "auto"):
+            guidance, tool_call = _auto_grammar(schema), "auto"
+            note = ("You can call these functions. To call one, answer with only the call as JSON "
+                    f'{{"name": ..., "arguments": {{...}}}}; otherwise answer in words.\nFunctions: {listing}')
+        else:
+            guidance, tool_call = _schema_guidance(schema), True
+            note = ("You can call these functions. Answer with one call as JSON "
+                    f'{{"name": ..., "arguments": {{...}}}}.\nFunctions: {listing}')
         if msgs and msgs[0]["role"] == "system":
             msgs[0] = {"role": "system", "content": msgs[0]["content"] + "\n\n" + note}
         else:
@@ -664,10 +675,13 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
     async def stream_body(gen: AsyncIterator[GenerationEvent], first: GenerationEvent | None, make_chunk,
-                          include_usage: bool, tool_call: bool):
-        """SSE: role first (chat), text deltas, the finish chunk, usage, [DONE]; errors as an event."""
+                          include_usage: bool, tool_call: bool | str):
+        """SSE: role first (chat), text deltas, the finish chunk, usage, [DONE]; errors as an event.
+        A tool call is held back and sent whole at the end; with tool_choice auto the first
+        character decides ('{': a call), and a text answer streams from there."""
         last = None
         text = []
+        calls = None
         try:
             head = make_chunk(None, None, first=True)
             if head is not None:
@@ -682,18 +696,23 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
                     except StopAsyncIteration:
                         break
                 last = ev
+                if tool_call == "auto" and ev.text:
+                    tool_call = ev.text.startswith("{")  # the grammar allows no other way to a call
                 if tool_call:
                     text.append(ev.text)
                 elif ev.text:
                     yield sse(make_chunk(ev.text, None))
             if last is not None:
+                if tool_call == "auto":  # nothing was generated
+                    tool_call = False
                 if tool_call:
                     calls = _tool_calls("".join(text)) if last.finish_reason != "length" else None
                     if calls:
                         yield sse(make_chunk(None, None, tool_calls=[dict(c, index=i) for i, c in enumerate(calls)]))
                     else:
                         yield sse(make_chunk("".join(text), None))
-                yield sse(make_chunk(None, finish(last, tool_call and last.finish_reason != "length")))
+                yield sse(make_chunk(None, finish(last, bool(tool_call) and last.finish_reason != "length"
+                                                  and bool(calls))))
                 if include_usage:
                     yield sse(make_chunk(None, None, usage=usage(last)))
         except ApiError as e:
@@ -759,6 +778,8 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             parts.append(ev.text)
             last = ev
         text = "".join(parts)
+        if tool_call == "auto":
+            tool_call = text.startswith("{")
         message: dict[str, Any] = {"role": "assistant", "content": text}
         reason = finish(last, tool_call) if last else "stop"
         if tool_call and reason == "tool_calls":

@@ -170,9 +170,27 @@ def test_required_tool_call_in_the_openai_shape(client, model_id):
     call = r.choices[0].message.tool_calls[0]
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
     assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
-    with pytest.raises(openai.BadRequestError) as e:     # 'auto' cannot be enforced: refused, not ignored
-        _chat(client, model_id, "Weather?", max_tokens=5, tools=tools)
-    assert e.value.body["code"] == "not_supported" and e.value.body["param"] == "tool_choice"
+
+
+def test_auto_tool_choice_is_a_call_or_text_and_streams_the_same(client, model_id):
+    """tool_choice auto (the default with tools): the grammar allows one valid call, or text
+    that does not start with '{'; greedy, the streamed answer equals the whole one."""
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                                              "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}]
+    for prompt in ("Weather in Paris?", "Tell me a joke.", "Call get_weather for Rome."):
+        r = _chat(client, model_id, prompt, max_tokens=24, tools=tools)
+        c = r.choices[0]
+        chunks, text = _stream_text(_chat(client, model_id, prompt, max_tokens=24, tools=tools, stream=True))
+        if c.finish_reason == "tool_calls":
+            call = c.message.tool_calls[0]
+            assert call.function.name == "get_weather"
+            assert json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
+            assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        else:
+            assert c.message.tool_calls is None and c.message.content
+            assert not c.message.content.startswith("{") or c.finish_reason == "length"
+            assert text == c.message.content
 
 
 @pytest.mark.parametrize("extra, param", [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
@@ -287,3 +305,33 @@ def test_eight_concurrent_requests_are_whole_and_unmixed(client, model_id):
         t.join(120)
     assert not errors
     assert results == alone
+
+
+def test_auto_grammar_call_branch_gives_only_valid_calls(tiny_model):
+    """The random model never starts with '{' on its own, so the call half of tool_choice auto's
+    grammar is checked alone (the same %json clause, sampled): every answer is a valid call."""
+    import onnxruntime_genai as og
+
+    from oga_npu.server import _auto_grammar
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "arguments"], "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {"type": "object", "additionalProperties": False, "required": ["city"],
+                      "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}
+    kind, grammar = _auto_grammar(schema)
+    assert "start: call | text" in grammar
+    grammar = grammar.replace("start: call | text", "start: call")
+    model = og.Model(str(tiny_model))
+    tok = og.Tokenizer(model)
+    for seed in range(3):
+        p = og.GeneratorParams(model)
+        p.set_search_options(max_length=120, do_sample=True, random_seed=seed, temperature=1.0)
+        p.set_guidance(kind, grammar)
+        g = og.Generator(model, p)
+        g.append_tokens(tok.encode("hello"))
+        out = []
+        while not g.is_done():
+            g.generate_next_token()
+            out.append(int(g.get_next_tokens()[0]))
+        call = json.loads(tok.decode(out))
+        assert call["name"] == "get_weather" and call["arguments"]["city"] in ("Paris", "Rome")
