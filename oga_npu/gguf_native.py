@@ -597,25 +597,35 @@ def _codes(gr: _Graph, name: str, form: BlockForm, nodes: list) -> str:
 def _scale_tensor(gr: _Graph, name: str, form: BlockForm, fdt, nodes: list) -> tuple[str, str | None]:
     """MatMulNBits scales [N*nb], and the float32 [rows, nd, k] tensor they come from (None
     when stored as plain values)."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     if not form.factored:
         return _scales(gr, name, form.scale.reshape(-1), fdt, nodes), None
     P = f"/{name}"
     mk = helper.make_node
-    d = gr.add_init(name + ".d16", form.d16)
-    nodes.append(mk("Cast", [d], [P + "/d"], name=P + "/d", to=TensorProto.FLOAT))
-    cur = P + "/d"
-    if form.sc is not None:
-        sc = gr.add_init(name + ".sc", form.sc)
-        nodes += [mk("Cast", [sc], [P + "/sc"], name=P + "/sc", to=TensorProto.FLOAT),
-                  mk("Mul", [cur, P + "/sc"], [P + "/ds"], name=P + "/ds")]
-        cur = P + "/ds"
+    cur = _factor_product(gr, name, form.d16, form.sc, ("d16", "sc"), nodes)
     out = name if np.dtype(fdt) == np.float32 else P + "/flat"
     nodes.append(mk("Reshape", [cur, _shape(gr, [-1])], [out], name=P + "/flat"))
     if out != name:
         nodes.append(mk("Cast", [out], [name], name=P + "/io", to=helper.np_dtype_to_tensor_dtype(np.dtype(fdt))))
     return name, cur
+
+
+def _factor_product(gr: _Graph, name: str, half: np.ndarray, ints: np.ndarray | None, tags: tuple[str, str],
+                    nodes: list) -> str:
+    """float32 half * ints (the file's fp16 scale or minimum times its small integer factors,
+    exact in float32) from stored factors, by folded nodes; the result's tensor name."""
+    from onnx import TensorProto, helper
+
+    P = f"/{name}"
+    h = gr.add_init(f"{name}.{tags[0]}", half)
+    nodes.append(helper.make_node("Cast", [h], [f"{P}/{tags[0]}"], name=f"{P}/{tags[0]}", to=TensorProto.FLOAT))
+    if ints is None:
+        return f"{P}/{tags[0]}"
+    i = gr.add_init(f"{name}.{tags[1]}", ints)
+    nodes += [helper.make_node("Cast", [i], [f"{P}/{tags[1]}"], name=f"{P}/{tags[1]}", to=TensorProto.FLOAT),
+              helper.make_node("Mul", [f"{P}/{tags[0]}", f"{P}/{tags[1]}"], [f"{P}/product"], name=f"{P}/product")]
+    return f"{P}/product"
 
 
 def _zero_points(gr: _Graph, name: str, form: BlockForm, nodes: list) -> str | None:
@@ -646,14 +656,7 @@ def _offsets_t(gr: _Graph, name: str, form: BlockForm, fdt, s3: str | None, z: s
     nb = nd * k
     P = f"/{name}"
     mk = helper.make_node
-    m = gr.add_init(name + ".m16", form.m16)
-    nodes.append(mk("Cast", [m], [P + "/m"], name=P + "/m", to=TensorProto.FLOAT))
-    cur = P + "/m"
-    if form.mn is not None:
-        mn = gr.add_init(name + ".mn", form.mn)
-        nodes += [mk("Cast", [mn], [P + "/mn"], name=P + "/mn", to=TensorProto.FLOAT),
-                  mk("Mul", [cur, P + "/mn"], [P + "/min"], name=P + "/min")]
-        cur = P + "/min"
+    cur = _factor_product(gr, name, form.m16, form.mn, ("m16", "mn"), nodes)
     if z is None:  # the kernel's default zero point
         zf = gr.add_init(f"gguf.const.f32.{1 << (form.bits - 1)}", np.array([1 << (form.bits - 1)], np.float32))
     else:
