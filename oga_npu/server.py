@@ -731,11 +731,15 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         except StopAsyncIteration:
             return None
 
-    async def prepare(sm: ServedModel, build) -> tuple[list[int], Any]:
+    async def begin(sm: ServedModel, build, id_prefix: str):
+        """Template and tokens (build, in the prep thread), then the generation up to its
+        first event: (completion id, created, events, first event)."""
         try:
-            return await in_prep(sm, build)
+            ids, opts = await in_prep(sm, build)
         except OgaNpuError as e:
             raise from_library(e) from e
+        gen = events(sm, ids, opts)
+        return f"{id_prefix}-{uuid.uuid4().hex}", int(time.time()), gen, await start(gen)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -747,10 +751,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             ids = encode(sm.lm, render_prompt(sm.lm, msgs))
             return ids, _options(req, req.max_completion_tokens or req.max_tokens, sm.lm, len(ids), guidance)
 
-        ids, opts = await prepare(sm, build)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        gen = events(sm, ids, opts)
-        first = await start(gen)
+        cid, created, gen, first = await begin(sm, build, "chatcmpl")
 
         if req.stream:
             def chunk(text, reason, first=False, usage=None, tool_calls=None):
@@ -814,10 +815,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             ids = encode(sm.lm, prompt)
             return ids, _options(req, req.max_tokens, sm.lm, len(ids))
 
-        ids, opts = await prepare(sm, build)
-        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        gen = events(sm, ids, opts)
-        first = await start(gen)
+        cid, created, gen, first = await begin(sm, build, "cmpl")
 
         if req.stream:
             def chunk(text, reason, first=False, usage=None, tool_calls=None):
