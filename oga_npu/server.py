@@ -674,6 +674,27 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+    def envelope(cid: str, created: int, sm: ServedModel, obj: str, choice: dict | None, usage_: dict | None = None):
+        """An OpenAI object around one choice, or (a usage chunk) around none."""
+        out = {"id": cid, "object": obj, "created": created, "model": sm.id,
+               "choices": [] if usage_ else [choice]}
+        if usage_:
+            out["usage"] = usage_
+        return out
+
+    def sse_response(gen, first, chunk, req, tool_call) -> StreamingResponse:
+        include = bool(req.stream_options and req.stream_options.include_usage)
+        return _Stream(stream_body(gen, first, chunk, include, tool_call),
+                       media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def collect(gen, first) -> tuple[str, GenerationEvent | None]:
+        """A whole (not streamed) answer: its text and its last event."""
+        parts, last = ([first.text], first) if first else ([], None)
+        async for ev in gen:
+            parts.append(ev.text)
+            last = ev
+        return "".join(parts), last
+
     async def stream_body(gen: AsyncIterator[GenerationEvent], first: GenerationEvent | None, make_chunk,
                           include_usage: bool, tool_call: bool | str):
         """SSE: role first (chat), text deltas, the finish chunk, usage, [DONE]; errors as an event.
@@ -761,24 +782,12 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
                     delta = {"tool_calls": tool_calls}
                 else:
                     delta = {"content": text} if text is not None else {}
-                out = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": sm.id,
-                       "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None,
-                                                     "finish_reason": reason}]}
-                if usage:
-                    out["usage"] = usage
-                return out
+                return envelope(cid, created, sm, "chat.completion.chunk",
+                                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}, usage)
 
-            include = bool(req.stream_options and req.stream_options.include_usage)
-            return _Stream(stream_body(gen, first, chunk, include, tool_call),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return sse_response(gen, first, chunk, req, tool_call)
 
-        parts, last = [], first
-        if first is not None:
-            parts.append(first.text)
-        async for ev in gen:
-            parts.append(ev.text)
-            last = ev
-        text = "".join(parts)
+        text, last = await collect(gen, first)
         if tool_call == "auto":
             tool_call = text.startswith("{")
         message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -821,22 +830,13 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             def chunk(text, reason, first=False, usage=None, tool_calls=None):
                 if first:
                     return None
-                out = {"id": cid, "object": "text_completion", "created": created, "model": sm.id,
-                       "choices": [] if usage else [{"index": 0, "text": text or "", "logprobs": None,
-                                                     "finish_reason": reason}]}
-                if usage:
-                    out["usage"] = usage
-                return out
+                return envelope(cid, created, sm, "text_completion",
+                                {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}, usage)
 
-            include = bool(req.stream_options and req.stream_options.include_usage)
-            return _Stream(stream_body(gen, first, chunk, include, False),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        parts, last = ([first.text], first) if first else ([], None)
-        async for ev in gen:
-            parts.append(ev.text)
-            last = ev
+            return sse_response(gen, first, chunk, req, False)
+        text, last = await collect(gen, first)
         return {"id": cid, "object": "text_completion", "created": created, "model": sm.id,
-                "choices": [{"index": 0, "text": "".join(parts), "logprobs": None,
+                "choices": [{"index": 0, "text": text, "logprobs": None,
                              "finish_reason": finish(last, False) if last else "stop"}],
                 "usage": usage(last)}
 
