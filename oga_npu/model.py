@@ -49,6 +49,10 @@ KNOWN_ERRORS: list[tuple[str, str, str]] = [
     (r"total_sequence_length must equal past_sequence_length",
      "the model's genai_config.json asks for a sliding-window KV cache its graph does not use (an older build)",
      "re-run prepare for it with --force"),
+    (r"q_norm_weight / k_norm_weight inputs are not supported",
+     "this model was built for WebGPU/CUDA, whose attention node also applies Qwen3-style q/k norms; "
+     "onnxruntime's CPU kernel cannot",
+     "prepare the source again for the CPU: oga-npu prepare {source} --target cpu"),
     (r"Error opening (.+)", "a file the model needs could not be opened", "check the folder with `oga-npu doctor -m DIR`"),
     (r"Load model from .* failed", "ONNX Runtime could not load the model file", "check the folder with `oga-npu doctor -m DIR`"),
 ]
@@ -168,6 +172,9 @@ def translate(exc: Exception, path: Path | None = None) -> ModelLoadError:
             first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
             if "genai_config.json uses a key" in cause:
                 cause += f" [{versions_note(path)}]"
+            if "{source}" in fix:
+                manifest = read_json(path / MANIFEST) if path is not None else None
+                fix = fix.format(source=(manifest or {}).get("source") or "SOURCE")
             return ModelLoadError(f"{cause} ({first})", fix)
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
     where = f" loading {path}" if path else ""

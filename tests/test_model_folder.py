@@ -80,6 +80,20 @@ def test_known_runtime_errors_are_translated():
     assert "newer builder" in e.message
 
 
+def test_webgpu_qk_norm_attention_on_cpu_names_a_cpu_prepare(tmp_path):
+    """A webgpu build of Qwen3 fuses the q/k norms into GroupQueryAttention; run with
+    --fallback cpu, onnxruntime's CPU kernel refuses it: the fix names the folder's source."""
+    native = ("Non-zero status code returned while running GroupQueryAttention node. Name:'/model/layers.0/attn/"
+              "GroupQueryAttention' Status Message: GroupQueryAttention (CPU): q_norm_weight / k_norm_weight inputs "
+              "are not supported. The per-head Q/K RMS normalization prologue is implemented only on the CUDA and "
+              "WebGPU EPs.")
+    (tmp_path / "oga_npu_manifest.json").write_text(json.dumps({"source": "Qwen/Qwen3-0.6B", "target": "webgpu"}))
+    e = translate(RuntimeError(native), tmp_path)
+    assert "built for WebGPU/CUDA" in e.message
+    assert e.fix == "prepare the source again for the CPU: oga-npu prepare Qwen/Qwen3-0.6B --target cpu"
+    assert "SOURCE --target cpu" in translate(RuntimeError(native)).fix  # no folder: a placeholder
+
+
 def test_eos_list_is_read(copy):
     cfg = json.loads((copy / "genai_config.json").read_text())
     cfg["model"]["eos_token_id"] = [2, 0]
