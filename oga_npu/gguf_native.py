@@ -489,19 +489,30 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
     _set_attr(node, "N", form.rows)
     if form.offset is None:
         return
-    e = f"gguf.blocksum.{form.cols}x{form.block}.{np.dtype(fdt).name}"
-    if e not in gr.inits:
-        gr.add_init(e, block_sum_matrix(form.cols, form.block).astype(fdt))
     r = _offsets_t(gr, f"{pre}.offsets", form, fdt, s3, z, extra_nodes)  # [nb, N]
     y = node.output[0]
     main = f"{y}/gguf_main"
     node.output[0] = main
     p = node.name + "/gguf_offset"
+    # x summed per block: a Reshape to [..., nb, block] and a ReduceSum (WebGPU ran this 1.37x
+    # faster per token than a MatMul by a 0/1 matrix; the same on the CPU)
+    nb = form.cols // form.block
+    lead = [0] * (_rank(gr, x) - 1)  # keep the leading dims ([batch, sequence] in the builder's graphs)
     extra_nodes += [
-        helper.make_node("MatMul", [x, e], [p + "/block_sums"], name=p + "/BlockSum"),
+        helper.make_node("Reshape", [x, _shape(gr, lead + [nb, form.block])], [p + "/blocks"], name=p + "/Blocks"),
+        helper.make_node("ReduceSum", [p + "/blocks", _shape(gr, [-1])], [p + "/block_sums"], name=p + "/BlockSum",
+                         keepdims=0),
         helper.make_node("MatMul", [p + "/block_sums", r], [p + "/output_0"], name=p + "/MatMul"),
         helper.make_node("Add", [main, p + "/output_0"], [y], name=p + "/Add"),
     ]
+
+
+def _rank(gr: _Graph, name: str, default: int = 3) -> int:
+    """The rank a graph input or a typed value declares; the builder's activations are 3-D."""
+    for v in list(gr.g.input) + list(gr.g.value_info):
+        if v.name == name and v.type.tensor_type.HasField("shape"):
+            return len(v.type.tensor_type.shape.dim)
+    return default
 
 
 def _merge_gate_up(gr: _Graph) -> int:
