@@ -275,3 +275,30 @@ def test_uniform_sliding_window_is_given_to_every_layer_for_the_builder():
         before = getattr(untouched, "layer_types", None)
         assert apply_config_fixes(untouched, ["uniform_sliding_window"]) == []
         assert getattr(untouched, "layer_types", None) == before
+
+
+def test_damaged_gguf_is_refused_before_any_work_with_the_fix(tmp_path, capsys):
+    """A cut-off download, a git-lfs pointer and a file that is not GGUF: each gets its own
+    one-line cause (the byte counts for a cut-off file) and the fix; nothing is written."""
+    src = gguf_models.write_gguf(tmp_path / "llama.Q8_0.gguf", "llama", "Q8_0")
+    data = src.read_bytes()
+    cases = {
+        "cut.gguf": (data[: len(data) - 100], f"cut.gguf is truncated: {len(data) - 100:,} bytes, its tensors need "
+                                               f"{len(data):,}"),
+        "header.gguf": (data[:200], "header.gguf: truncated GGUF header"),
+        "pointer.gguf": (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n",
+                         "pointer.gguf is a git-lfs pointer, not the file"),
+        "text.gguf": (b"hello, world\n" * 10, "text.gguf is not a GGUF file"),
+    }
+    out = tmp_path / "out"
+    for name, (content, cause) in cases.items():
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        code, stdout, err = _cli(capsys, "prepare", str(bad), "--output", str(out))
+        assert code == 1, (name, err)
+        assert f"Error: {cause}" in err and "download the .gguf again" in err and "Traceback" not in err, (name, err)
+        assert not out.exists() and stdout == ""
+    # the whole file passes the same check
+    from oga_npu.prepare.source import gguf_header
+
+    assert gguf_header(src)[0] == "llama"

@@ -55,6 +55,11 @@ def classify(spec: str) -> Source:
     if p.suffix.lower() == ".gguf":
         if not p.is_file():
             raise SourceError(f"GGUF file not found: {spec}", "check the path (oga-npu prepare path/to/model.gguf)")
+        try:
+            gguf_header(p)  # the header and the file's length: 0.1 s, before anything long
+        except (OSError, ValueError) as e:
+            raise SourceError(str(e), "download the .gguf again (an interrupted download or a git-lfs pointer "
+                                      "is not the file; `git lfs pull` fetches the real one)") from e
         return Source(spec, "gguf", _short_name(p.stem))
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -116,10 +121,19 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
         else:
             raise ValueError(f"unknown GGUF value type {t}")
 
-    arch = None
+    arch, alignment, end = None, 32, 0
+    try:
+        sizes = __import__("gguf").GGML_QUANT_SIZES  # type -> (block, bytes per block)
+    except ImportError:
+        sizes = {}
     try:
         with open(path, "rb", buffering=1 << 20) as f:
-            if f.read(4) != b"GGUF" or read("I") < 2:
+            magic = f.read(4)
+            if magic != b"GGUF":
+                lfs = magic == b"vers" and f.read(20).startswith(b"ion https://git-lfs")
+                raise ValueError(f"{path.name} is a git-lfs pointer, not the file" if lfs else
+                                 f"{path.name} is not a GGUF file (it does not start with the bytes GGUF)")
+            if read("I") < 2:
                 raise ValueError(f"{path.name} is not a GGUF v2+ file")
             n_tensors, n_kv = read("Q"), read("Q")
             for _ in range(n_kv):
@@ -127,6 +141,8 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
                 t = read("I")
                 if key == b"general.architecture" and t == 8:
                     arch = f.read(read("Q")).decode("utf-8", errors="replace")
+                elif key == b"general.alignment" and t == 4:
+                    alignment = read("I") or 32
                 else:
                     skip_value(t)
             total = 0
@@ -135,11 +151,25 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
                 n = 1
                 for _ in range(read("I")):
                     n *= read("Q")
-                read("I"), read("Q")  # type, offset
+                qtype, offset = read("I"), read("Q")
                 total += n
+                block, nbytes = sizes.get(_gguf_type(qtype), (0, 0))
+                if block:
+                    end = max(end, offset + n // block * nbytes)
+            data_start = -(-f.tell() // alignment) * alignment
     except struct.error as e:
         raise ValueError(f"{path.name}: truncated GGUF header") from e
+    have = path.stat().st_size
+    if data_start + end > have:
+        raise ValueError(f"{path.name} is truncated: {have:,} bytes, its tensors need {data_start + end:,}")
     return arch, total
+
+
+def _gguf_type(code: int):
+    try:
+        return __import__("gguf").GGMLQuantizationType(code)
+    except (ImportError, ValueError):
+        return None
 
 
 def gguf_architecture(path: Path) -> str | None:
