@@ -614,13 +614,17 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
                 loop.call_soon_threadsafe(box.put_nowait, e)
 
         sm.executor.submit(produce)
+
+        def shutting_down() -> ApiError:
+            return ApiError(503, "the server is shutting down", type_="server_error", code="shutting_down")
+
         last = None
         held: GenerationEvent | None = None   # text not yet sent (tokens faster than the interval)
         sent_at = 0.0
         try:
             while True:
                 if state["stopping"]:
-                    raise ApiError(503, "the server is shutting down", type_="server_error", code="shutting_down")
+                    raise shutting_down()
                 if held is None:
                     ev = await box.get()
                 else:
@@ -631,6 +635,11 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
                         held, sent_at = None, loop.time()
                         continue
                 if ev is None:
+                    if state["stopping"] and (last is None or last.finish_reason is None):
+                        # the worker saw the stop before this loop did: the same error event
+                        if held is not None:
+                            yield held
+                        raise shutting_down()
                     break
                 if isinstance(ev, BaseException):
                     raise ev
