@@ -606,7 +606,7 @@ def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
     status = _plan_status(req, ctx, src, stages, out)
     lines = [f"prepare {req.source} -> {out}  (target {req.target}, recipe {recipe.name})"]
     lines += [f"note: {n}" for n in notes]
-    if hf_guess is None and src.kind != "folder":
+    if hf_guess is None and src.kind != "folder" and recipe.quantize.engine != "gguf":  # gguf: the file's blocks
         lines.append(f"note: the group size is checked against the model's widths after the source step "
                      f"(recipe: {recipe.quantize.group_size})")
     if status.get("_stop"):

@@ -302,3 +302,17 @@ def test_damaged_gguf_is_refused_before_any_work_with_the_fix(tmp_path, capsys):
     from oga_npu.prepare.source import gguf_header
 
     assert gguf_header(src)[0] == "llama"
+
+
+def test_dry_run_of_a_gguf_speaks_of_group_size_only_for_recipes_that_regroup(tmp_path, capsys, monkeypatch):
+    """gguf-native keeps the file's blocks: its plan has no group-size note; a Quark recipe's does."""
+    monkeypatch.setenv("OGA_NPU_HOME", str(tmp_path / "home"))  # not dequantized yet: widths unknown
+    src = gguf_models.write_gguf(tmp_path / "llama.Q4_1.gguf", "llama", "Q4_1")
+    notes = {}
+    for recipe in ("gguf-native", "cpu-fast"):
+        code, stdout, err = _cli(capsys, "prepare", str(src), "--recipe", recipe, "--output", str(tmp_path / "o"),
+                                 "--dry-run")
+        assert code == 0, err
+        notes[recipe] = "group size is checked" in stdout + err
+    assert notes == {"gguf-native": False, "cpu-fast": True}
+    assert not (tmp_path / "o").exists()
