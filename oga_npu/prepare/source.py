@@ -121,11 +121,9 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
         else:
             raise ValueError(f"unknown GGUF value type {t}")
 
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # type -> (block, bytes per block)
+
     arch, alignment, end = None, 32, 0
-    try:
-        sizes = __import__("gguf").GGML_QUANT_SIZES  # type -> (block, bytes per block)
-    except ImportError:
-        sizes = {}
     try:
         with open(path, "rb", buffering=1 << 20) as f:
             magic = f.read(4)
@@ -153,7 +151,10 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
                     n *= read("Q")
                 qtype, offset = read("I"), read("Q")
                 total += n
-                block, nbytes = sizes.get(_gguf_type(qtype), (0, 0))
+                try:
+                    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+                except (ValueError, KeyError):  # a type newer than this gguf package: size unknown
+                    block = 0
                 if block:
                     end = max(end, offset + n // block * nbytes)
             data_start = -(-f.tell() // alignment) * alignment
@@ -164,12 +165,6 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
         raise ValueError(f"{path.name} is truncated: {have:,} bytes, its tensors need {data_start + end:,}")
     return arch, total
 
-
-def _gguf_type(code: int):
-    try:
-        return __import__("gguf").GGMLQuantizationType(code)
-    except (ImportError, ValueError):
-        return None
 
 
 def gguf_architecture(path: Path) -> str | None:
