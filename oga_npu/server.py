@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
-from .generate import (GenerationEvent, GenerationOptions, check_fits, encode, render_prompt, resolve_options,
+from .generate import (GenerationEvent, GenerationOptions, check_fits, encode_chat, encode_raw, resolve_options,
                        stream_generate)
 from .kvcache import PromptCache, reuse_support
 
@@ -778,7 +778,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         msgs, guidance, tool_call = _chat_plan(req, sm)
 
         def build():
-            ids = encode(sm.lm, render_prompt(sm.lm, msgs))
+            ids = encode_chat(sm.lm, msgs)
             return ids, _options(req, req.max_completion_tokens or req.max_tokens, sm.lm, len(ids), guidance)
 
         cid, created, gen, first = await begin(sm, build, "chatcmpl")
@@ -830,7 +830,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             raise ApiError(400, "the prompt is empty", param="prompt")
 
         def build():
-            ids = encode(sm.lm, prompt)
+            ids = encode_raw(sm.lm, prompt)
             return ids, _options(req, req.max_tokens, sm.lm, len(ids))
 
         cid, created, gen, first = await begin(sm, build, "cmpl")
