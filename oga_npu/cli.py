@@ -303,11 +303,16 @@ def serve(
     model: Annotated[list[Path], typer.Option("--model", "-m", metavar="DIR", help="Prepared model folder (repeatable); the model id is the folder name.")],
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the server to the network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on every route but /health and the chat page; set OGA_NPU_API_KEY instead to keep it out of ps.")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait per model; past it: 503 with Retry-After.")] = 16,
     stream_interval: Annotated[float, typer.Option("--stream-interval", metavar="MS", help="Streams send tokens that come faster than this together (the first at once); 0: one chunk per token.")] = 30,
     provider: Provider = None,
     fallback: Fallback = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body; past it: 413 before reading the rest.")] = 4,
+    metrics_key: Annotated[Optional[str], typer.Option("--metrics-key", envvar="OGA_NPU_METRICS_KEY", help="A second key that opens /metrics only (a scraper need not hold the API key).")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", metavar="NAME", help="Another Host header to answer (repeatable; '*' = any). Default: the bound address, and loopback names for a loopback bind.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", metavar="ORIGIN", help="Let web pages from ORIGIN call the API (repeatable). Default: no CORS.")] = None,
+    no_kv_reuse: Annotated[bool, typer.Option("--no-kv-reuse", help="Prefill every prompt in full (no KV cache kept between requests).")] = False,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)."""
     from .server import serve as run_server
@@ -316,11 +321,22 @@ def serve(
         raise typer.BadParameter("must be 0 or more", param_hint="--max-queue")
     if not 0 <= stream_interval <= 1000:
         raise typer.BadParameter("must be 0 to 1000 (milliseconds)", param_hint="--stream-interval")
+    if api_key is None and os.environ.get("OGA_NPU_API_KEY") is not None:
+        api_key = os.environ["OGA_NPU_API_KEY"]   # set but empty: click reads that as unset
+    if api_key is not None and not api_key.strip():
+        raise typer.BadParameter("is empty (an empty key would let every request in): give a key or leave it out",
+                                 param_hint="--api-key / OGA_NPU_API_KEY")
+    if metrics_key is not None and not metrics_key.strip():
+        raise typer.BadParameter("is empty: give a key or leave it out", param_hint="--metrics-key")
+    if not 0 < max_body_mb <= 1024:
+        raise typer.BadParameter("must be more than 0 and at most 1024", param_hint="--max-body-mb")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: binding {host} makes the server reachable from other machines"
               + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
     rc = run_server(model, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
-                    fallback=fallback, stream_interval_ms=stream_interval)
+                    fallback=fallback, stream_interval_ms=stream_interval, max_body_mb=max_body_mb,
+                    metrics_key=metrics_key, allowed_host=tuple(allowed_host or ()),
+                    cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse)
     if rc:
         raise typer.Exit(rc)
 

@@ -177,3 +177,7 @@ class FileSystemError(OgaNpuError):
 def _short(path, limit: int = 120) -> str:
     s = str(path)
     return s if len(s) <= limit else f"{s[:60]}…{s[-40:]} ({len(s)} characters)"
+
+
+class GuidanceError(GenerationError):
+    """onnxruntime-genai (llguidance) refused a JSON schema or grammar."""

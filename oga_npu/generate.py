@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import guard
-from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
+from .errors import ChatTemplateError, ContextLengthError, GenerationError, GuidanceError, OgaNpuError
 from .model import LoadedModel, translate
 
 Messages = Sequence[dict]
@@ -349,6 +349,10 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions,
         gen = og.Generator(lm.model, params)
         gen.append_tokens(ids)
     except Exception as e:  # noqa: BLE001
+        if opts.guidance and "grammar" in str(e).lower():   # llguidance: "Error creating grammar: ..."
+            raise GuidanceError(f"the {opts.guidance[0].replace('_', ' ')} is not accepted: "
+                                f"{str(e).strip().splitlines()[0][:300]}",
+                                "fix the schema (JSON Schema draft 2020-12 subset that llguidance supports)") from e
         raise translate(e, lm.path) from e
     return gen
 
