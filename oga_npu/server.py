@@ -26,6 +26,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -44,6 +45,7 @@ from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaN
 from .generate import (GenerationEvent, GenerationOptions, check_fits, encode, render_prompt, resolve_options,
                        stream_generate)
 from .kvcache import PromptCache, reuse_support
+from . import serverlog, web
 
 log = logging.getLogger("oga_npu.server")
 
@@ -348,10 +350,12 @@ class FolderProvider:
 
         try:
             for f in self.folders:
+                t0 = time.perf_counter()
                 lm = (self._loader or load)(f, provider=self.provider, fallback=self.fallback)
                 sm = ServedModel(f.resolve().name, lm, self.max_queue)
                 self.models[sm.id] = sm
-                log.info("loaded %s from %s on %s (%s decoder)", sm.id, f, lm.provider, lm.decoder)
+                log.info("model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s", sm.id, lm.provider,
+                         lm.decoder, lm.context_length, f, time.perf_counter() - t0)
             self.ready = True
         except OgaNpuError as e:
             self.error = e
@@ -503,6 +507,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
     app.state.serve_state = state
 
     def error_response(e: ApiError):
+        serverlog.error(e.code, e.message)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.middleware("http")
@@ -659,6 +664,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             stop.set()
             sm.queue.release()
             metrics.queue.labels(sm.id).set(sm.queue.depth)
+            serverlog.generation_done(sm.id, last, sys.exc_info()[1])
             if last is None or last.finish_reason is None:
                 metrics.cancelled.labels(sm.id).inc()
                 if last is not None:
@@ -878,6 +884,8 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
 
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
+    web.add_routes(app)                     # GET / (the chat page) and /web/*, no key: they hold no data
+    app.add_middleware(serverlog.RequestLog)  # added last: the outermost layer, sees every response
     return app
 
 
@@ -898,8 +906,6 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
           max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
           log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS) -> int:
     """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
-    import sys
-
     import uvicorn
 
     from .model import check_folder
@@ -910,6 +916,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
         if not rep.ok:
             raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
                                    "pass a folder made by `oga-npu prepare`")
+    serverlog.setup(log_level)
     models = FolderProvider(folders, max_queue, provider, fallback)
     app = create_app(models, api_key, stream_interval_ms)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
@@ -933,7 +940,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
 
     models.start(on_error)
     print(f"oga-npu serve: http://{host}:{port}/v1 (models: {', '.join(f.resolve().name for f in models.folders)}; "
-          f"loading, /health says when ready)", file=sys.stderr, flush=True)
+          f"loading, /health says when ready); chat page: http://{host}:{port}/", file=sys.stderr, flush=True)
     server.run()
     if stopped:
         print("oga-npu serve: stopped", file=sys.stderr, flush=True)
