@@ -1,7 +1,7 @@
 /* Markdown to DOM nodes for the oga-npu chat page.
 
    Everything is built with document.createElement and text nodes: HTML in a model's answer
-   is shown as text, never parsed or run (no innerHTML anywhere). It covers what chat models
+   is shown as text, never parsed or run (no HTML parsing anywhere). It covers what chat models
    write: paragraphs, headings, lists (nested by indent), block quotes, fenced code (with a
    Copy button), tables, rules, and inline code, bold, italic, strikethrough and links (http,
    https and mailto only). An unclosed fence (an answer still streaming) is a code block up to
