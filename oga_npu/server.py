@@ -12,6 +12,8 @@ Beside the routes, small objects do the rest:
   second thread, so a request is checked and queued while another one generates. Its
   `PromptCache` (kvcache.py) keeps the last conversation's KV cache.
 - `Metrics`: Prometheus counters and histograms (prometheus-client, own registry).
+- The chat page at `/` (oga_npu/web, static files, no key) and the log lines: a model is
+  ready, one line per request (serverlog.py).
 - The model provider is injected (`create_app(provider)`): `FolderProvider` loads model
   folders in the background (/health says 503 until they are ready); tests may pass any
   object with `.ready`, `.error`, `.models` (id -> ServedModel).

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", default="", help="max tokens per answer")
     ap.add_argument("--temperature", default="", help="sampling temperature")
     ap.add_argument("--size", default="1280x800", help="window size (default %(default)s)")
+    ap.add_argument("--scroll", choices=("bottom", "top"), default="bottom",
+                    help="show the conversation's end (default) or its start")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for each answer")
     args = ap.parse_args(argv)
 
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 and not d.find_elements("css selector", ".msg.assistant .pending"))
             print(f"answer {n}: {driver.find_elements('css selector', '.msg.assistant')[-1].text[:200]!r}",
                   file=sys.stderr)
-        time.sleep(0.3)   # the caret's blink and the last paint
+        if args.scroll == "top":
+            driver.execute_script("document.getElementById('messages').scrollTop = 0;")
+        time.sleep(0.3)   # the last paint
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         driver.save_screenshot(args.out)
         print(f"wrote {args.out}", file=sys.stderr)

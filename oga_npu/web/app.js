@@ -94,10 +94,14 @@
   function explain(e) {
     const d = e.detail || {};
     switch (e.code) {
-      case "context_length_exceeded":
-        return `This conversation is too long for the model: the prompt is ${d.n_prompt_tokens} tokens and the `
-          + `model's context holds ${d.n_ctx} tokens for prompt and answer together. Start a new chat, shorten `
-          + "the message or the system prompt, or lower Max tokens in Settings.";
+      case "context_length_exceeded": {
+        const room = /(\d+) max_tokens/.exec(e.message || "");
+        const need = room ? `${d.n_prompt_tokens} tokens of conversation plus ${room[1]} for the answer`
+          : `${d.n_prompt_tokens} tokens`;
+        return `This conversation is too long for the model: it needs ${need}, and the model's context holds `
+          + `${d.n_ctx} tokens. Start a new chat, shorten the message or the system prompt, or lower Max tokens `
+          + "in Settings.";
+      }
       case "server_busy":
         return "The server is busy: other requests are waiting for this model. Try again in a few seconds "
           + "(Regenerate).";

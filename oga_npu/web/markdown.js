@@ -65,7 +65,7 @@
         i++;   // the closing fence (or past the end)
         parent.appendChild(codeBlock(body.join("\n"), m[2]));
       } else if ((m = HEADING.exec(line))) {
-        const h = el("h" + Math.min(6, m[1].length + 2));   // h3..h6: an answer's headings stay small
+        const h = el("h" + Math.min(5, m[1].length + 2));   // h3..h5: an answer's headings stay small
         inline(m[2], h);
         parent.appendChild(h);
         i++;
