@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM = os.environ.get("OGA_NPU_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("OGA_NPU_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -407,7 +407,11 @@
 
   function paintBody(msg, body) {
     body.replaceChildren(window.ogaMarkdown.render(msg.content));
-    if (msg.pending) body.appendChild(el("span", "cursor"));
+    if (msg.pending) {   // the cursor at the end of the text: inside the last paragraph, item or code
+      let at = body;
+      while (at.lastElementChild && !at.lastElementChild.matches("br, hr")) at = at.lastElementChild;
+      at.appendChild(el("span", "cursor"));
+    }
   }
 
   function fmtMs(ms) {
@@ -651,7 +655,11 @@
     store.remove("apiKey");
     updateKeyButton();
   });
-  ui.toggle.addEventListener("click", () => ui.app.classList.toggle("sidebar-open"));
+  ui.toggle.addEventListener("click", (e) => {
+    e.stopPropagation();
+    ui.app.classList.toggle("sidebar-open");
+  });
+  document.querySelector(".main").addEventListener("click", () => ui.app.classList.remove("sidebar-open"));
   window.addEventListener("storage", (e) => {
     if (e.key === "oga-npu.chats" && !state.busy) {
       state.chats = store.get("chats", []);
