@@ -74,3 +74,18 @@ def test_default_output_names_let_recipes_run_in_any_order(tmp_path, tiny_model,
     assert sum("already done" in ln for ln in again.plan) == 3
     other = prepare(PrepareRequest(source=str(tiny_hf), recipe="default", dry_run=True))
     assert other.output != fast and not any("would stop" in ln for ln in other.plan)
+
+
+def test_wheel_carries_the_chat_page(installed):
+    """Every file the page loads (/web/NAME in index.html) is in the wheel and served (web.FILES)."""
+    import re
+
+    from oga_npu import web
+
+    page = installed / "oga_npu" / "web"
+    html = (page / "index.html").read_text()
+    names = set(re.findall(r'"/web/([^"]+)"', html))
+    assert {"app.js", "markdown.js", "style.css"} <= names
+    for name in names | set(web.FILES):
+        assert (page / name).is_file(), name
+    assert names <= set(web.FILES)
