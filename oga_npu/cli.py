@@ -716,15 +716,17 @@ def _stdin_tty() -> bool:
 
 @app.command()
 def trace(
-    model: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder made by prepare (ideally with --trace).")],
+    spec: Annotated[str, typer.Argument(metavar="NAME|DIR", help="A model made by prepare (ideally with --trace): its name in the store or its folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Summarise a prepare run: commands, exit codes, durations, plugin zip, node counts."""
     from dataclasses import asdict
 
     from .errors import ModelFolderError
+    from .store import ModelStore
     from .trace import render, summarize
 
+    model = ModelStore().resolve(spec)
     if not model.is_dir():
         raise ModelFolderError(f"{model} is not a folder", "pass a model folder made by `oga-npu prepare`")
     s = summarize(model)

@@ -196,11 +196,14 @@ def another_source(state, source: str) -> str | None:
     return held if held is not None and norm_source(held) != norm_source(source) else None
 
 
-def another_source_fix(src: source_mod.Source, target: str, recipe: str) -> str:
+def another_source_fix(out: Path, src: source_mod.Source, target: str, recipe: str) -> str:
     """Never --force: that would destroy the other model."""
+    from .store import ModelStore
+
     free = default_output(src, target, recipe)
+    rm = f"oga-npu rm {out.name}" if ModelStore().inside(out) else f"oga-npu rm --outside-store {out}"
     return (f"pass --output with another folder (without --output prepare uses {free}); to replace that model, "
-            "remove it first: oga-npu rm NAME")
+            f"remove it first: {rm}")
 
 
 def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> Recipe:
@@ -283,7 +286,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     held = another_source(state, req.source)
     if held is not None and not req.force:
         raise OutputExistsError(f"{out} holds another model (prepared from {held})",
-                                another_source_fix(src, req.target, recipe_name))
+                                another_source_fix(out, src, req.target, recipe_name))
     if state.state == "damaged" and not req.force:
         # Published files are hard links into stages/: in-place damage reached them too.
         raise OutputExistsError(f"{out} was changed since prepare ({state.detail})",
@@ -410,8 +413,8 @@ def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:
         return {"_stop": f"{out} exists and is not an oga-npu model folder: the real run would stop"}
     held = another_source(state, req.source)
     if held is not None and not req.force:
-        return {"_stop": f"{out} holds another model (prepared from {held}): the real run would stop "
-                         f"({another_source_fix(src, req.target, req.recipe or default_recipe_for(src.kind, req.target))})"}
+        fix = another_source_fix(out, src, req.target, req.recipe or default_recipe_for(src.kind, req.target))
+        return {"_stop": f"{out} holds another model (prepared from {held}): the real run would stop ({fix})"}
     manifest = state.manifest or {}
     same_source = _norm_source(str((state.request or manifest).get("source", ""))) == _norm_source(req.source)
     if src.kind == "folder":

@@ -358,7 +358,7 @@ def test_force_is_never_suggested_for_another_sources_folder(tmp_path, tiny_mode
     r = run_cli("prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out))
     assert r.returncode == 1
     assert f"{out} holds another model (prepared from {HUB})" in r.stderr
-    assert "--force" not in r.stderr and "--output" in r.stderr and "oga-npu rm" in r.stderr
+    assert "--force" not in r.stderr and "--output" in r.stderr and f"oga-npu rm --outside-store {out}" in r.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     # the same for an unfinished and for a damaged folder of another source, and in the dry run
     plan = prepare(PrepareRequest(source=str(tiny_hf), recipe="cpu-fast", output=out, dry_run=True))
