@@ -210,7 +210,7 @@ def test_the_page_is_served_without_the_key_with_a_strict_policy(server):
 def test_page_scripts_build_nodes_never_html():
     """The model's text reaches the page only through DOM nodes and text (markdown.js)."""
     for name in ("app.js", "markdown.js"):
-        src = (REPO / "oga_npu" / "web" / name).read_text()
+        src = (REPO / "oga_npu" / "server" / "web" / name).read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
             assert sink not in src, (name, sink)
 
