@@ -150,6 +150,12 @@ class ModelNotFoundError(ModelFolderError):
     """A model path (run/chat/doctor -m) that does not exist: usually a typo."""
 
 
+class ModelChoiceError(OgaNpuError):
+    """No -m and the store holds no single model to take: the message lists the choices."""
+
+    exit_code = 2
+
+
 class FileSystemError(OgaNpuError):
     """The file system refused: no space left, a name too long, no permission, not found.
     Built from the OSError by `from_os_error` so the message names the path and the fix."""

@@ -12,6 +12,8 @@ Beside the routes, small objects do the rest:
   second thread, so a request is checked and queued while another one generates. Its
   `PromptCache` (kvcache.py) keeps the last conversation's KV cache.
 - `Metrics`: Prometheus counters and histograms (prometheus-client, own registry).
+- The chat page at `/` (oga_npu/web, static files, no key) and the log lines: a model is
+  ready, one line per request (serverlog.py).
 - The model provider is injected (`create_app(provider)`): `FolderProvider` loads model
   folders in the background (/health says 503 until they are ready); tests may pass any
   object with `.ready`, `.error`, `.models` (id -> ServedModel).
@@ -26,6 +28,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -46,6 +49,7 @@ from .httpguard import (DEFAULT_MAX_BODY_MB, Refused, allowed_hosts, host_ok, is
 from .generate import (GenerationEvent, GenerationOptions, check_fits, encode_chat, encode_raw, resolve_options,
                        stream_generate)
 from .kvcache import PromptCache, reuse_support
+from . import serverlog, web
 
 log = logging.getLogger("oga_npu.server")
 
@@ -58,7 +62,7 @@ INT32 = 2**31 - 1          # the largest count or id any numeric field takes
 # Paths answered without the API key: health, and the chat page and its static files
 # (they hold no data; the page sends the key with its requests).
 PUBLIC_PATHS = ("/health", "/", "/favicon.ico")
-PUBLIC_PREFIXES = ("/static/", "/chat/")
+PUBLIC_PREFIXES = ("/web/",)   # the chat page's files (oga_npu/web): no data in them
 
 
 # ---------------------------------------------------------------- request models
@@ -371,10 +375,12 @@ class FolderProvider:
 
         try:
             for f in self.folders:
+                t0 = time.perf_counter()
                 lm = (self._loader or load)(f, provider=self.provider, fallback=self.fallback)
                 sm = ServedModel(f.resolve().name, lm, self.max_queue, self.kv_reuse)
                 self.models[sm.id] = sm
-                log.info("loaded %s from %s on %s (%s decoder)", sm.id, f, lm.provider, lm.decoder)
+                log.info("model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s", sm.id, lm.provider,
+                         lm.decoder, lm.context_length, f, time.perf_counter() - t0)
             self.ready = True
         except OgaNpuError as e:
             self.error = e
@@ -537,6 +543,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
     app.state.serve_state = state
 
     def error_response(e: ApiError):
+        serverlog.error(e.code, e.message)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     def key_ok(headers, *keys: str | None) -> bool:
@@ -748,6 +755,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             stop.set()
             sm.queue.release()
             metrics.queue.labels(sm.id).set(sm.queue.depth)
+            serverlog.generation_done(sm.id, last, sys.exc_info()[1])
             if last is None or last.finish_reason is None:
                 metrics.cancelled.labels(sm.id).inc()
                 if last is not None:
@@ -984,6 +992,8 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
 
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
+    web.add_routes(app)                     # GET / (the chat page) and /web/*, no key: they hold no data
+    app.add_middleware(serverlog.RequestLog)  # added last: the outermost layer, sees every response
     return app
 
 
@@ -1007,8 +1017,6 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
           allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = (),
           kv_reuse: bool = True) -> int:
     """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
-    import sys
-
     import uvicorn
 
     from .model import check_folder
@@ -1019,6 +1027,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
         if not rep.ok:
             raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
                                    "pass a folder made by `oga-npu prepare`")
+    serverlog.setup(log_level)
     models = FolderProvider(folders, max_queue, provider, fallback, kv_reuse=kv_reuse)
     try:
         app = create_app(models, api_key, stream_interval_ms, max_body_mb=max_body_mb, metrics_key=metrics_key,
@@ -1046,7 +1055,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
 
     models.start(on_error)
     print(f"oga-npu serve: http://{host}:{port}/v1 (models: {', '.join(f.resolve().name for f in models.folders)}; "
-          f"loading, /health says when ready)", file=sys.stderr, flush=True)
+          f"loading, /health says when ready); chat page: http://{host}:{port}/", file=sys.stderr, flush=True)
     server.run()
     if stopped:
         print("oga-npu serve: stopped", file=sys.stderr, flush=True)

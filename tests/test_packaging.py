@@ -74,3 +74,35 @@ def test_default_output_names_let_recipes_run_in_any_order(tmp_path, tiny_model,
     assert sum("already done" in ln for ln in again.plan) == 3
     other = prepare(PrepareRequest(source=str(tiny_hf), recipe="default", dry_run=True))
     assert other.output != fast and not any("would stop" in ln for ln in other.plan)
+
+
+def test_wheel_carries_the_chat_page(installed):
+    """Every file the page loads (/web/NAME in index.html) is in the wheel and served (web.FILES)."""
+    import re
+
+    from oga_npu import web
+
+    page = installed / "oga_npu" / "web"
+    html = (page / "index.html").read_text()
+    names = set(re.findall(r'"/web/([^"]+)"', html))
+    assert {"app.js", "markdown.js", "style.css"} <= names
+    for name in names | set(web.FILES):
+        assert (page / name).is_file(), name
+    assert names <= set(web.FILES)
+
+
+def test_wheel_store_is_the_per_user_data_folder(installed, tmp_path):
+    """A wheel install has no checkout: its model store is $XDG_DATA_HOME/oga-npu/models
+    (OGA_NPU_MODELS unset), the same from any directory."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OGA_NPU_RECIPES", "OGA_NPU_MODELS")}
+    env.update(PYTHONPATH=str(installed), XDG_DATA_HOME=str(tmp_path / "data"))
+    r = subprocess.run([sys.executable, "-m", "oga_npu", "models", "--where"], capture_output=True, text=True,
+                       cwd=empty, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "data" / "oga-npu" / "models")
+    r = subprocess.run([sys.executable, "-m", "oga_npu", "models"], capture_output=True, text=True, cwd=empty,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and "(the per-user data folder; OGA_NPU_MODELS overrides)" in r.stderr, r.stderr
+    assert list(empty.iterdir()) == []

@@ -76,9 +76,11 @@ def test_every_route_but_health_needs_the_key(app, path):
 
 def test_health_and_the_chat_page_paths_need_no_key(app):
     assert app.request("GET", "/health")[0] == 200
-    # no page is served by this app, but the paths are not behind the key (404, not 401)
-    assert app.request("GET", "/")[0] == 404
-    assert app.request("GET", "/static/app.js")[0] == 404
+    # the chat page and its files hold no data: no key needed; other unknown paths still need it
+    assert app.request("GET", "/")[0] == 200
+    assert app.request("GET", "/web/app.js")[0] == 200
+    assert app.request("GET", "/web/nonexistent.js")[0] == 404
+    assert app.request("GET", "/static/app.js")[0] == 401
 
 
 def test_metrics_key_opens_metrics_only(app):
