@@ -283,6 +283,7 @@ def test_an_answer_streams_in_with_its_stats_and_enter_sends(browser, server, mo
     assert "hit the token limit" in answer.text
     last = get_json(server, "/v1/stats")["last_request"]
     assert last["model"] == models[0].name and last["completion_tokens"] == 40 and last["finish_reason"] == "length"
+    assert f"{last['decode_tokens_per_s']:.1f} tok/s" in stats, (stats, last)   # the server's own timing
     # the next turn starts with the first one: the server reuses its KV cache, the page says so
     send(browser, "and a third line")
     stats = wait_answered(browser, 2).find_element("css selector", ".stats").text
