@@ -1,7 +1,7 @@
 """oga-npu: prepare Hugging Face models for ONNX Runtime GenAI and chat with them.
 
-    from oga_npu import load, stream_generate, GenerationOptions
-    lm = load("models/smollm2-135m-instruct-cpu")
+    from oga_npu import ModelStore, load, stream_generate, GenerationOptions
+    lm = load(ModelStore().resolve("smollm2-135m-instruct-q4_1-cpu"))  # a name in the store, or a folder
     for ev in stream_generate(lm, "What is the capital of France?"):
         print(ev.text, end="", flush=True)
 """
@@ -13,8 +13,9 @@ from .generate import GenerationEvent, GenerationOptions, generate, stream_gener
 from .model import LoadedModel, check_folder, load  # noqa: E402
 from .pipeline import PrepareRequest, PrepareResult, prepare  # noqa: E402
 from .recipe import Recipe, load_recipe  # noqa: E402
+from .store import ModelEntry, ModelStore  # noqa: E402
 
 __all__ = [
-    "GenerationEvent", "GenerationOptions", "LoadedModel", "OgaNpuError", "PrepareRequest", "PrepareResult",
-    "Recipe", "check_folder", "generate", "load", "load_recipe", "prepare", "stream_generate", "__version__",
+    "GenerationEvent", "GenerationOptions", "LoadedModel", "ModelEntry", "ModelStore", "OgaNpuError", "PrepareRequest",
+    "PrepareResult", "Recipe", "check_folder", "generate", "load", "load_recipe", "prepare", "stream_generate", "__version__",
 ]

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import OgaNpuError
-from .generate import GenerationOptions, encode, stream_generate
+from .generate import GenerationOptions, encode_raw, stream_generate
 from .model import LoadedModel
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048)
@@ -119,12 +119,17 @@ class PeakRSS:
 
 
 def prompt_ids(lm: LoadedModel, n: int, text: str) -> list[int]:
-    ids = encode(lm, text)
-    if not ids:
+    """n ids of the text (repeated as needed), BOS first when the tokenizer asks for it."""
+    from .prompt_ids import bos_id
+
+    ids = encode_raw(lm, text)
+    head = ids[:1] if ids and ids[0] == bos_id(lm) else []
+    body = ids[len(head):]
+    if not body:
         raise OgaNpuError("the prompt text produced no tokens", "pass a longer -f PROMPT_FILE")
-    while len(ids) < n:
-        ids = ids + ids
-    return ids[:n]
+    while len(head) + len(body) < n:
+        body = body + body
+    return (head + body)[:n]
 
 
 def cpu_model() -> str:
@@ -225,7 +230,7 @@ def bench_point(lm: LoadedModel, ids: list[int], cfg: BenchConfig, meta: dict) -
     # tokenization is timed apart from generation (prompts here are token ids already)
     text = lm.tokenizer.decode(ids)
     t0 = time.perf_counter()
-    encode(lm, text)
+    encode_raw(lm, text)
     rec.tokenize_ms = (time.perf_counter() - t0) * 1e3
     return rec
 

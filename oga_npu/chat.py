@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
-from .generate import GenerationEvent, GenerationOptions, encode, render_prompt, stream_generate
+from .generate import GenerationEvent, GenerationOptions, encode_chat, render_prompt, stream_generate
 from .kvcache import PromptCache
 from .model import LoadedModel
 
@@ -63,7 +63,7 @@ class ChatSession:
             limit = min(limit, self.lm.hybrid_limit)
         dropped = 0
         while True:
-            ids = encode(self.lm, render_prompt(self.lm, self.messages(user), self.chat_template))
+            ids = encode_chat(self.lm, self.messages(user), self.chat_template)
             if len(ids) + self.options.max_tokens <= limit or not self.history:
                 break
             self.history = self.history[2:]

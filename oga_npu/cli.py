@@ -34,7 +34,7 @@ app = typer.Typer(
 log = logging.getLogger("oga_npu")
 
 # Shared options, declared once.
-ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Prepared model folder (see `oga-npu models`).")]
+ModelDir = Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|DIR", help="A model's name in the store (`oga-npu models`) or a model folder. Default: the store's only model.", show_default=False)]
 MaxTokens = Annotated[int, typer.Option("--max-tokens", "-n", help="Most tokens to generate.")]
 Temperature = Annotated[Optional[float], typer.Option("--temperature", "-t", help="0 = greedy. Default: the model's (README: Sampling defaults).", show_default=False)]
 TopP = Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling, in (0, 1]. Default: the model's.", show_default=False)]
@@ -153,6 +153,18 @@ class StageProgress:
             self._stop()
 
 
+def _model(spec: Optional[str], command: str) -> Path:
+    """-m NAME|DIR as a folder; without -m the store's only model (or the choices, exit 2)."""
+    from .store import ModelStore
+
+    store = ModelStore()
+    if spec is None:
+        e = store.only_model(command)
+        print(f"model: {e.name} (the only one in {store.root})", file=sys.stderr)
+        return e.path
+    return store.resolve(spec)
+
+
 def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_penalty=None):
     from .generate import GenerationOptions
 
@@ -168,7 +180,7 @@ def prepare(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Hugging Face id, local HF folder, or .gguf file.")],
     target: Annotated[str, typer.Option("--target", help="cpu | webgpu | dml | hybrid | npu")] = "cpu",
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path (default: gguf-native for a .gguf on cpu/webgpu, else default).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default models/<name>-<target>, plus -<recipe> for a recipe other than the source's default).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default: <store>/<name>-<target> (a GGUF's name keeps its quantization), plus -<recipe> for a recipe other than the source's default; see `oga-npu models`).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage, replacing a ready folder.")] = False,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
@@ -208,7 +220,11 @@ def prepare(
             print(f"validate: {validate['prompt']!r} -> {validate['answer'].strip()!r} ({validate['provider']})",
                   file=sys.stderr)
         if sys.stdout.isatty():  # a script that captures the path gives its own hint
-            print(f"next: oga-npu chat -m {result.output}", file=sys.stderr)
+            from .store import ModelStore
+
+            store = ModelStore()
+            name = result.output.name if store.inside(result.output) else result.output
+            print(f"next: oga-npu chat -m {name}", file=sys.stderr)
     print(result.output)
 
 
@@ -218,7 +234,7 @@ def prepare(
 @app.command()
 def run(
     prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The prompt ('-' reads stdin).")],
-    model: ModelDir,
+    model: ModelDir = None,
     max_tokens: MaxTokens = 256,
     temperature: Temperature = None,
     top_p: TopP = None,
@@ -242,7 +258,7 @@ def run(
     opts = _options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(model, provider=provider, fallback=fallback)
+    lm = load(_model(model, "run"), provider=provider, fallback=fallback)
     if system and not raw:
         prompt_in = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     else:
@@ -270,7 +286,7 @@ def _print_timings(ev) -> None:
 
 @app.command()
 def chat(
-    model: ModelDir,
+    model: ModelDir = None,
     max_tokens: MaxTokens = 512,
     temperature: Temperature = None,
     top_p: TopP = None,
@@ -291,7 +307,7 @@ def chat(
     opts = _options(max_tokens, temperature, top_p, top_k, seed, repetition_penalty=repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(model, provider=provider, fallback=fallback)
+    lm = load(_model(model, "chat"), provider=provider, fallback=fallback)
     session = ChatSession(lm, opts, system=system, chat_template=template, reuse=kv_reuse)
     repl(session, timings=timings)
 
@@ -300,14 +316,19 @@ def chat(
 
 @app.command()
 def serve(
-    model: Annotated[list[Path], typer.Option("--model", "-m", metavar="DIR", help="Prepared model folder (repeatable); the model id is the folder name.")],
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", metavar="NAME|DIR", help="A model's name in the store or a model folder (repeatable); the model id is the folder name. Default: the store's only model.", show_default=False)] = None,
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the server to the network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on every route but /health and the chat page; set OGA_NPU_API_KEY instead to keep it out of ps.")] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait per model; past it: 503 with Retry-After.")] = 16,
     stream_interval: Annotated[float, typer.Option("--stream-interval", metavar="MS", help="Streams send tokens that come faster than this together (the first at once); 0: one chunk per token.")] = 30,
     provider: Provider = None,
     fallback: Fallback = None,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", help="Largest request body; past it: 413 before reading the rest.")] = 4,
+    metrics_key: Annotated[Optional[str], typer.Option("--metrics-key", envvar="OGA_NPU_METRICS_KEY", help="A second key that opens /metrics only (a scraper need not hold the API key).")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", metavar="NAME", help="Another Host header to answer (repeatable; '*' = any). Default: the bound address, and loopback names for a loopback bind.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", metavar="ORIGIN", help="Let web pages from ORIGIN call the API (repeatable). Default: no CORS.")] = None,
+    no_kv_reuse: Annotated[bool, typer.Option("--no-kv-reuse", help="Prefill every prompt in full (no KV cache kept between requests).")] = False,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)."""
     from .server import serve as run_server
@@ -316,11 +337,23 @@ def serve(
         raise typer.BadParameter("must be 0 or more", param_hint="--max-queue")
     if not 0 <= stream_interval <= 1000:
         raise typer.BadParameter("must be 0 to 1000 (milliseconds)", param_hint="--stream-interval")
+    if api_key is None and os.environ.get("OGA_NPU_API_KEY") is not None:
+        api_key = os.environ["OGA_NPU_API_KEY"]   # set but empty: click reads that as unset
+    if api_key is not None and not api_key.strip():
+        raise typer.BadParameter("is empty (an empty key would let every request in): give a key or leave it out",
+                                 param_hint="--api-key / OGA_NPU_API_KEY")
+    if metrics_key is not None and not metrics_key.strip():
+        raise typer.BadParameter("is empty: give a key or leave it out", param_hint="--metrics-key")
+    if not 0 < max_body_mb <= 1024:
+        raise typer.BadParameter("must be more than 0 and at most 1024", param_hint="--max-body-mb")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: binding {host} makes the server reachable from other machines"
               + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
-    rc = run_server(model, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
-                    fallback=fallback, stream_interval_ms=stream_interval)
+    folders = [_model(m, "serve") for m in model] if model else [_model(None, "serve")]
+    rc = run_server(folders, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
+                    fallback=fallback, stream_interval_ms=stream_interval, max_body_mb=max_body_mb,
+                    metrics_key=metrics_key, allowed_host=tuple(allowed_host or ()),
+                    cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse)
     if rc:
         raise typer.Exit(rc)
 
@@ -335,7 +368,7 @@ app.add_typer(bench_app, name="bench")
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Prepared model folder.")] = None,
+    model_spec: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|DIR", help="A model's name in the store or a model folder. Default: the store's only model.", show_default=False)] = None,
     lengths: Annotated[str, typer.Option("--lengths", "-l", help="Prompt lengths, e.g. 128,256,512.")] = "128,256,512,1024,2048",
     gen: Annotated[int, typer.Option("--gen", "-g", help="Tokens generated per run (EOS ignored).")] = 128,
     reps: Annotated[int, typer.Option("--reps", "-r", help="Timed repetitions per length.")] = 5,
@@ -353,14 +386,13 @@ def bench(
     """Benchmark a prepared model over prompt lengths (AMD model_benchmark style)."""
     if ctx.invoked_subcommand is not None:
         return
-    if model is None:
-        raise typer.BadParameter("--model/-m is required", param_hint="--model")
     from .bench import BenchConfig, RecordSink, parse_lengths, plot, run_model_benchmark, sweep, table
     from .model import load
     from .textdata import load_text
 
     cfg = BenchConfig(parse_lengths(lengths), gen, reps, warmups, prompt_file)
     cfg.validate()
+    model = _model(model_spec, "bench")
     text = load_text(str(prompt_file) if prompt_file else "builtin")
     sink = RecordSink(json_out, csv_out)
     if model_benchmark:
@@ -457,7 +489,7 @@ def bench_plot(
 
 @app.command("eval")
 def eval_cmd(
-    model: ModelDir,
+    model: ModelDir = None,
     ref: Annotated[Optional[str], typer.Option("--ref", help="HF folder of the reference model, 'auto' (the prepare source) or 'none'.")] = "auto",
     ref_gguf: Annotated[Optional[Path], typer.Option("--ref-gguf", help="Also score llama.cpp on this GGUF, same token windows (needs llama-cpp-python: the llamacpp extra).")] = None,
     text: Annotated[Optional[Path], typer.Option("--text", help="Text file (default: the evaluation part of the built-in text, never used for calibration).")] = None,
@@ -482,6 +514,7 @@ def eval_cmd(
 
         require_llamacpp()
     spec = str(text) if text else "builtin"
+    model = _model(model, "eval")
     lm = load(model, decoder="oga")  # scores through onnxruntime-genai: no second copy in the direct engine
     ids = encode(lm, load_text(spec, part="evaluation"))
     wins = windows_of(ids, window, windows)
@@ -584,12 +617,20 @@ def devices_cmd(
 
 @app.command()
 def doctor(
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Also check this model folder.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME|DIR", help="Also check this model (a name in the store or a folder).")] = None,
 ) -> None:
     """Check versions, disk space and (with -m) a model folder; print a fix for each problem."""
     from .doctor import doctor as run_doctor
+    from .errors import ModelNotFoundError
+    from .store import ModelStore
 
-    rep = run_doctor(model)
+    folder = None
+    if model is not None:
+        try:
+            folder = ModelStore().resolve(model)
+        except ModelNotFoundError:
+            folder = Path(model)  # doctor reports the missing folder with the others
+    rep = run_doctor(folder)
     for c in rep.checks:
         print(f"ok       {c}")
     for p in rep.problems:
@@ -634,38 +675,74 @@ def hello(
 
 @app.command()
 def models(
-    root: Annotated[Optional[Path], typer.Argument(metavar="[DIR]", help="Folder to list (default: models/).")] = None,
+    root: Annotated[Optional[Path], typer.Argument(metavar="[DIR]", help="Folder to list (default: the model store).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    where: Annotated[bool, typer.Option("--where", help="Print only the model store's folder.")] = False,
 ) -> None:
-    """List prepared models with target, recipe, size and state."""
+    """List the model store: parameters, bits, context, size, target, recipe, state."""
     from .inventory import list_models
+    from .store import ModelStore, format_params
 
+    store = ModelStore(root)
+    if where:
+        print(store.root)
+        return
     rows = list_models(root)
     if as_json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
         return
+    print(f"store: {store.root} ({store.origin})" if root is None else f"models in {store.root}", file=sys.stderr)
     if not rows:
-        print(f"no models in {root or 'models/'} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
+        print(f"no models in {store.root} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
         return
-    w = max(len(str(r.path)) for r in rows)
+    w = max([len(r.name) for r in rows] + [len("NAME")])
     q = max([len(r.quality_line()) for r in rows] + [len("PERPLEXITY (REFERENCES)")])
-    print(f"{'MODEL':<{w}}  {'TARGET':<7} {'RECIPE':<11} {'SIZE':>9}  {'PERPLEXITY (REFERENCES)':<{q}}  STATE")
+    print(f"{'NAME':<{w}}  {'PARAMS':>6}  {'BITS':<5} {'CONTEXT':>7}  {'SIZE':>9}  {'TARGET':<7} {'RECIPE':<12} "
+          f"{'PERPLEXITY (REFERENCES)':<{q}}  STATE")
     for r in rows:
-        print(f"{str(r.path):<{w}}  {r.target or '-':<7} {r.recipe or '-':<11} {r.size_mb:>7.1f}MB  "
-              f"{r.quality_line():<{q}}  {r.state}")
+        print(f"{r.name:<{w}}  {format_params(r.params):>6}  {r.bits or '-':<5} {r.context or '-':>7}  "
+              f"{r.size_mb:>7.1f}MB  {r.target or '-':<7} {r.recipe or '-':<12} {r.quality_line():<{q}}  "
+              f"{r.state_line()}")
+
+
+@app.command("rm")
+def rm_cmd(
+    model: Annotated[str, typer.Argument(metavar="NAME", help="A model's name in the store (or the path of a model folder).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    outside_store: Annotated[bool, typer.Option("--outside-store", help="Allow a model folder outside the store.")] = False,
+) -> None:
+    """Remove a prepared model from the store (only folders made by `oga-npu prepare`)."""
+    from .store import ModelStore, disk_usage
+
+    store = ModelStore()
+    entry = store.removal(model, outside=outside_store)
+    what = (f"{entry.name} ({entry.path}, {entry.reason})" if entry.state == "link" else
+            f"{entry.name} ({entry.path}, {disk_usage(entry.path) / 1e6:.1f} MB, {entry.state})")
+    if not yes and _stdin_tty():
+        if not typer.confirm(f"Remove {what}?", default=False, err=True):
+            print("nothing was removed", file=sys.stderr)
+            raise typer.Exit(1)
+    freed = store.remove(entry)
+    print(f"removed {entry.path}" + (f" ({freed / 1e6:.1f} MB freed)" if entry.state != "link" else " (the link only)"))
+
+
+def _stdin_tty() -> bool:
+    return sys.stdin.isatty()
 
 
 @app.command()
 def trace(
-    model: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A model folder made by prepare (ideally with --trace).")],
+    spec: Annotated[str, typer.Argument(metavar="NAME|DIR", help="A model made by prepare (ideally with --trace): its name in the store or its folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """Summarise a prepare run: commands, exit codes, durations, plugin zip, node counts."""
     from dataclasses import asdict
 
     from .errors import ModelFolderError
+    from .store import ModelStore
     from .trace import render, summarize
 
+    model = ModelStore().resolve(spec)
     if not model.is_dir():
         raise ModelFolderError(f"{model} is not a folder", "pass a model folder made by `oga-npu prepare`")
     s = summarize(model)

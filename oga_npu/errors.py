@@ -137,6 +137,12 @@ class ModelNotFoundError(ModelFolderError):
     """A model path (run/chat/doctor -m) that does not exist: usually a typo."""
 
 
+class ModelChoiceError(OgaNpuError):
+    """No -m and the store holds no single model to take: the message lists the choices."""
+
+    exit_code = 2
+
+
 class FileSystemError(OgaNpuError):
     """The file system refused: no space left, a name too long, no permission, not found.
     Built from the OSError by `from_os_error` so the message names the path and the fix."""
@@ -177,3 +183,7 @@ class FileSystemError(OgaNpuError):
 def _short(path, limit: int = 120) -> str:
     s = str(path)
     return s if len(s) <= limit else f"{s[:60]}…{s[-40:]} ({len(s)} characters)"
+
+
+class GuidanceError(GenerationError):
+    """onnxruntime-genai (llguidance) refused a JSON schema or grammar."""

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import guard
-from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
+from .errors import ChatTemplateError, ContextLengthError, GenerationError, GuidanceError, OgaNpuError
 from .model import LoadedModel, translate
 
 Messages = Sequence[dict]
@@ -144,6 +144,21 @@ def encode(lm: LoadedModel, text: str) -> list[int]:
     return [int(t) for t in lm.tokenizer.encode(text)]
 
 
+def encode_chat(lm: LoadedModel, messages: Messages, chat_template: str | None = None) -> list[int]:
+    """The conversation's ids through its chat template: special tokens only where the
+    template puts them; message contents are tokenized as text (prompt_ids.py)."""
+    from .prompt_ids import chat_ids
+
+    return chat_ids(lm, list(messages), lambda ms: render_prompt(lm, ms, chat_template))
+
+
+def encode_raw(lm: LoadedModel, text: str) -> list[int]:
+    """A raw prompt's ids, BOS first when the tokenizer asks for it (prompt_ids.py)."""
+    from .prompt_ids import raw_ids
+
+    return raw_ids(lm, text)
+
+
 def check_fits(lm: LoadedModel, prompt_tokens: int, max_tokens: int) -> None:
     if prompt_tokens + max_tokens > lm.context_length:
         raise ContextLengthError(prompt_tokens, max_tokens, lm.context_length)
@@ -230,12 +245,11 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
     if isinstance(prompt, str):
         if not prompt.strip():
             raise GenerationError("the prompt is empty", "give a prompt with some text")
-        text = prompt if raw else render_prompt(lm, [{"role": "user", "content": prompt}], chat_template)
-        ids = encode(lm, text)
+        ids = encode_raw(lm, prompt) if raw else encode_chat(lm, [{"role": "user", "content": prompt}], chat_template)
     elif prompt and isinstance(prompt[0], dict):
         if not any(str(m.get("content", "")).strip() for m in prompt if m.get("role") == "user"):
             raise GenerationError("the conversation has no user text", "give a prompt with some text")
-        ids = encode(lm, render_prompt(lm, prompt, chat_template))  # type: ignore[arg-type]
+        ids = encode_chat(lm, prompt, chat_template)  # type: ignore[arg-type]
     else:
         ids = [int(t) for t in prompt]  # type: ignore[union-attr]
     if not ids:
@@ -335,6 +349,10 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions,
         gen = og.Generator(lm.model, params)
         gen.append_tokens(ids)
     except Exception as e:  # noqa: BLE001
+        if opts.guidance and "grammar" in str(e).lower():   # llguidance: "Error creating grammar: ..."
+            raise GuidanceError(f"the {opts.guidance[0].replace('_', ' ')} is not accepted: "
+                                f"{str(e).strip().splitlines()[0][:300]}",
+                                "fix the schema (JSON Schema draft 2020-12 subset that llguidance supports)") from e
         raise translate(e, lm.path) from e
     return gen
 

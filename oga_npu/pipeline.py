@@ -174,11 +174,36 @@ def check_versions(versions: dict, needs_quark: bool = True) -> None:
 
 
 def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT_RECIPE) -> Path:
-    """models/<name>-<target>, plus -<recipe> when it is not the source's default recipe
+    """<store>/<name>-<target>, plus -<recipe> when it is not the source's default recipe
     (gguf-native for a .gguf on cpu/webgpu, else default), so a second recipe never
-    collides with a folder made by the first."""
+    collides with a folder made by the first. A GGUF's name keeps its quantization
+    (<name>-q4_1-cpu), and a folder holding another source's model is passed over
+    (<name>-<target>-2, ...): two sources never share a default folder."""
+    from .store import ModelStore, source_base_name
+
     tail = "" if recipe in ("", default_recipe_for(source.kind, target)) else "-" + re.sub(r"[^\w.-]+", "-", Path(recipe).stem).lower()
-    return models_dir() / f"{source.name}-{target}{tail}"
+    base = source_base_name(source.kind, source.spec, source.name)
+    return ModelStore(models_dir()).default_folder(f"{base}-{target}{tail}", source.spec)
+
+
+def another_source(state, source: str) -> str | None:
+    """The source an oga-npu folder holds when it is not `source` (None: free, or the same)."""
+    from .store import held_source, norm_source
+
+    if state.state not in ("ready", "incomplete", "damaged"):
+        return None
+    held = held_source(state.path)
+    return held if held is not None and norm_source(held) != norm_source(source) else None
+
+
+def another_source_fix(out: Path, src: source_mod.Source, target: str, recipe: str) -> str:
+    """Never --force: that would destroy the other model."""
+    from .store import ModelStore
+
+    free = default_output(src, target, recipe)
+    rm = f"oga-npu rm {out.name}" if ModelStore().inside(out) else f"oga-npu rm --outside-store {out}"
+    return (f"pass --output with another folder (without --output prepare uses {free}); to replace that model, "
+            f"remove it first: {rm}")
 
 
 def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> Recipe:
@@ -258,6 +283,10 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
 
     tools, tool_versions = preflight(req.target, stages, req.skip_device_check)
     state = folder_state(out, verify="quick")
+    held = another_source(state, req.source)
+    if held is not None and not req.force:
+        raise OutputExistsError(f"{out} holds another model (prepared from {held})",
+                                another_source_fix(out, src, req.target, recipe_name))
     if state.state == "damaged" and not req.force:
         # Published files are hard links into stages/: in-place damage reached them too.
         raise OutputExistsError(f"{out} was changed since prepare ({state.detail})",
@@ -265,10 +294,6 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     if state.state == "foreign":
         raise OutputExistsError(f"{out} exists and is not an oga-npu model folder ({state.detail})",
                                 "pass --output with a new folder, or remove it")
-    if state.state == "ready" and state.request and state.request.get("source") \
-            and _norm_source(state.request["source"]) != _norm_source(req.source) and not req.force:
-        raise OutputExistsError(f"{out} holds a model prepared from {state.request['source']}",
-                                "pass --force to replace it, or --output another folder")
 
     total = len(stages) + 1
     _check_disk_up_front(src, out)
@@ -360,6 +385,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                 model_dir = stage_dir(out, s.NAME)
                 in_dir = model_dir
         from .model import read_chat_template
+        from .store import model_info
 
         hub = src.kind == "hub"
         manifest = {"key": final_key, "source": req.source, "source_kind": src.kind, "source_key": resolved.key,
@@ -370,7 +396,9 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     "target": req.target, "versions": versions, "notes": notes,
                     "builder": {"onnxruntime-genai": versions.get("onnxruntime-genai"), **tool_versions},
                     "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
-                    "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports}}
+                    "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports},
+                    # what `oga-npu models` and the server show: parameters, weight bits, context
+                    "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None)}
         manifest = publish(out, model_dir, manifest)
     return PrepareResult(out, reports, manifest, notes=notes)
 
@@ -383,6 +411,10 @@ def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:
         return {}
     if state.state == "foreign":
         return {"_stop": f"{out} exists and is not an oga-npu model folder: the real run would stop"}
+    held = another_source(state, req.source)
+    if held is not None and not req.force:
+        fix = another_source_fix(out, src, req.target, req.recipe or default_recipe_for(src.kind, req.target))
+        return {"_stop": f"{out} holds another model (prepared from {held}): the real run would stop ({fix})"}
     manifest = state.manifest or {}
     same_source = _norm_source(str((state.request or manifest).get("source", ""))) == _norm_source(req.source)
     if src.kind == "folder":
@@ -446,8 +478,9 @@ def check_gguf_native(recipe: Recipe, src: source_mod.Source, target: str) -> No
 
 
 def _norm_source(s: str) -> str:
-    p = Path(s).expanduser()
-    return str(p.resolve()) if p.exists() else s
+    from .store import norm_source
+
+    return norm_source(s)
 
 
 def _file_key(p: Path) -> str:

@@ -41,10 +41,12 @@ from typing import Any, Literal, Union
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ChatTemplateError, ContextLengthError, GenerationError, OgaNpuError
-from .generate import (GenerationEvent, GenerationOptions, check_fits, encode, render_prompt, resolve_options,
+from .errors import ChatTemplateError, ContextLengthError, GenerationError, GuidanceError, OgaNpuError
+from .httpguard import (DEFAULT_MAX_BODY_MB, Refused, allowed_hosts, host_ok, is_json_type, known_path, parse_json,
+                        read_body, scrub_paths)
+from .generate import (GenerationEvent, GenerationOptions, check_fits, encode_chat, encode_raw, resolve_options,
                        stream_generate)
 from .kvcache import PromptCache, reuse_support
 from . import serverlog, web
@@ -56,12 +58,17 @@ DEFAULT_MAX_QUEUE = 16
 # is sized by prompt + max_tokens; a 128k-context model would otherwise allocate all of it)
 DEFAULT_MAX_TOKENS = 4096
 RETRY_AFTER_S = 2
+INT32 = 2**31 - 1          # the largest count or id any numeric field takes
+# Paths answered without the API key: health, and the chat page and its static files
+# (they hold no data; the page sends the key with its requests).
+PUBLIC_PATHS = ("/health", "/", "/favicon.ico")
+PUBLIC_PREFIXES = ("/web/",)   # the chat page's files (oga_npu/web): no data in them
 
 
 # ---------------------------------------------------------------- request models
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Strict):
@@ -72,6 +79,16 @@ class TextPart(_Strict):
 class ToolCallFunction(BaseModel):
     name: str
     arguments: str
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, v: str) -> str:
+        if v.strip():
+            try:
+                json.loads(v)
+            except (ValueError, RecursionError):
+                raise ValueError("the tool call's arguments must be a JSON string (e.g. '{\"x\": 1}')") from None
+        return v
 
 
 class ToolCall(BaseModel):
@@ -136,25 +153,26 @@ class _Sampling(_Strict):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)                  # extension (llama.cpp, vLLM)
-    repetition_penalty: float | None = Field(None, gt=0)   # extension
+    top_k: int | None = Field(None, ge=0, le=INT32)        # extension (llama.cpp, vLLM)
+    repetition_penalty: float | None = Field(None, gt=0, le=100)   # extension
     ignore_eos: bool = False                               # extension (llama.cpp, vLLM): benchmarks
+    cache_prompt: bool = True                              # extension (llama.cpp): false = full prefill
     seed: int | None = Field(None, ge=0, lt=2**31)
     stop: Union[str, list[str], None] = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    n: int = Field(1, ge=-INT32, le=INT32)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
     user: str | None = None
 
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=INT32)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32)
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = None
@@ -163,8 +181,8 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str]]
-    max_tokens: int | None = Field(16, ge=1)
-    logprobs: int | None = None
+    max_tokens: int | None = Field(16, ge=1, le=INT32)
+    logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
 
@@ -179,8 +197,8 @@ class ApiError(Exception):
         self.headers, self.extra = headers or {}, extra
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
-                          **self.extra}}
+        return {"error": {"message": scrub_paths(self.message), "type": self.type, "param": self.param,
+                          "code": self.code, **self.extra}}
 
 
 def not_supported(what: str, param: str) -> ApiError:
@@ -198,12 +216,14 @@ def from_validation(e: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
 
 
-def from_library(e: OgaNpuError) -> ApiError:
+def from_library(e: OgaNpuError, prompt_param: str = "messages", guidance_param: str = "response_format") -> ApiError:
     if isinstance(e, ContextLengthError):
         return ApiError(400, f"the request needs {e.prompt_tokens} prompt tokens + {e.max_tokens} max_tokens, "
                              f"more than the model's {e.context}-token context (n_prompt_tokens={e.prompt_tokens}, "
-                             f"n_ctx={e.context})", param="messages", code="context_length_exceeded",
+                             f"n_ctx={e.context})", param=prompt_param, code="context_length_exceeded",
                         n_prompt_tokens=e.prompt_tokens, n_ctx=e.context)
+    if isinstance(e, GuidanceError):
+        return ApiError(400, e.message, param=guidance_param, code="invalid_schema")
     if isinstance(e, (GenerationError, ChatTemplateError)):
         return ApiError(400, e.message, code="invalid_value")
     return ApiError(500, e.message, type_="server_error", code="generation_failed")
@@ -286,6 +306,7 @@ class ServedModel:
     id: str
     lm: Any
     max_queue: int = DEFAULT_MAX_QUEUE
+    kv_reuse: bool = True                              # False: serve --no-kv-reuse
     queue: DeviceQueue = field(init=False)
     cache: PromptCache | None = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)   # decodes, one request at a time
@@ -296,11 +317,11 @@ class ServedModel:
         self.queue = DeviceQueue(self.max_queue)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.id}")
         self.prep = ThreadPoolExecutor(1, thread_name_prefix=f"prep-{self.id}")
-        self.cache = PromptCache(self.lm)
+        self.cache = PromptCache(self.lm) if self.kv_reuse else None
         self.guidance = guidance_available(self.lm)
 
     def info(self) -> dict:
-        reuse, why = reuse_support(self.lm)
+        reuse, why = reuse_support(self.lm) if self.kv_reuse else (False, "off (serve --no-kv-reuse)")
         man = self.lm.manifest or {}
         return {"id": self.id, "object": "model", "created": int(Path(self.lm.path).stat().st_mtime),
                 "owned_by": "oga-npu", "context_length": self.lm.context_length, "provider": self.lm.provider,
@@ -331,14 +352,16 @@ class FolderProvider:
     """Loads model folders (model.load) in a background thread; the id is the folder name."""
 
     def __init__(self, folders: list[Path], max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None,
-                 fallback: str | None = None, loader=None):
+                 fallback: str | None = None, loader=None, kv_reuse: bool = True):
         self.folders = [Path(f) for f in folders]
-        self.max_queue, self.provider, self.fallback = max_queue, provider, fallback
+        self.max_queue, self.provider, self.fallback, self.kv_reuse = max_queue, provider, fallback, kv_reuse
         self.models: dict[str, ServedModel] = {}
         self.error: OgaNpuError | None = None
         self.ready = False
         self._loader = loader
         ids = [f.resolve().name for f in self.folders]
+        for f, i in zip(self.folders, ids):
+            known_path(f, i)
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise GenerationError(f"two model folders have the same name {sorted(dup)} (the model id)",
@@ -354,7 +377,7 @@ class FolderProvider:
             for f in self.folders:
                 t0 = time.perf_counter()
                 lm = (self._loader or load)(f, provider=self.provider, fallback=self.fallback)
-                sm = ServedModel(f.resolve().name, lm, self.max_queue)
+                sm = ServedModel(f.resolve().name, lm, self.max_queue, self.kv_reuse)
                 self.models[sm.id] = sm
                 log.info("model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s", sm.id, lm.provider,
                          lm.decoder, lm.context_length, f, time.perf_counter() - t0)
@@ -371,7 +394,8 @@ class FolderProvider:
 
 # ---------------------------------------------------------------- requests -> options
 
-def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance=None) -> GenerationOptions:
+def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance=None,
+             prompt_param: str = "messages") -> GenerationOptions:
     if req.n != 1:
         raise not_supported("n other than 1", "n")
     if req.presence_penalty or req.frequency_penalty:
@@ -385,7 +409,7 @@ def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance
     limit = min(lm.context_length, lm.hybrid_limit or lm.context_length)
     if max_tokens is None:
         if limit - n_prompt < 1:
-            raise from_library(ContextLengthError(n_prompt, 1, limit))
+            raise from_library(ContextLengthError(n_prompt, 1, limit), prompt_param)
         max_tokens = min(limit - n_prompt, DEFAULT_MAX_TOKENS)
     kw: dict[str, Any] = {"max_tokens": max_tokens, "stop": tuple(stops), "guidance": guidance,
                           "ignore_eos": req.ignore_eos}
@@ -398,7 +422,7 @@ def _options(req: _Sampling, max_tokens: int | None, lm, n_prompt: int, guidance
         opts.validate()
         check_fits(lm, n_prompt, max_tokens)
     except OgaNpuError as e:
-        raise from_library(e) from e
+        raise from_library(e, prompt_param) from e
     return opts
 
 
@@ -499,8 +523,18 @@ class _Stream(StreamingResponse):
 DEFAULT_STREAM_INTERVAL_MS = 30
 
 
-def create_app(provider, api_key: str | None = None, stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS):
+def create_app(provider, api_key: str | None = None, stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS, *,
+               max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None, host: str = "127.0.0.1",
+               allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = ()):
+    """The FastAPI app. With `api_key` every route but /health and the chat page needs it
+    (/metrics takes `metrics_key` too); the Host header must name `host` or an
+    `allowed_host` (DNS rebinding); CORS only for `cors_origin`."""
+    for name, key in (("--api-key", api_key), ("--metrics-key", metrics_key)):
+        if key is not None and not key.strip():
+            raise ValueError(f"{name} is empty: give a key, or leave the option out")
     stream_interval = max(0.0, stream_interval_ms) / 1000
+    max_body = int(max_body_mb * 2**20)
+    hosts = allowed_hosts(host, list(allowed_host))
     app = FastAPI(title="oga-npu", docs_url=None, redoc_url=None)
     metrics = Metrics()
     state = {"last": None, "stopping": False}
@@ -512,23 +546,43 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         serverlog.error(e.code, e.message)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
+    def key_ok(headers, *keys: str | None) -> bool:
+        auth = headers.get("authorization", "")
+        given = (auth[7:].strip() if auth.lower().startswith("bearer ") else "").encode()
+        return any(k is not None and hmac.compare_digest(given, k.encode()) for k in keys)
+
+    def door(request: Request) -> ApiError | None:
+        """Host, then key: the refusal for this request, or None."""
+        path = request.url.path
+        if not host_ok(request.headers.get("host"), hosts):
+            return ApiError(400, "the Host header names a host this server does not answer for (serve "
+                                 "--allowed-host NAME adds one)", code="invalid_host")
+        if request.method == "OPTIONS" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            return None
+        if path == "/metrics" and metrics_key is not None:
+            if not key_ok(request.headers, metrics_key, api_key):
+                return ApiError(401, "missing or wrong metrics key (Authorization: Bearer KEY)",
+                                type_="authentication_error", code="invalid_api_key")
+        elif api_key is not None and not key_ok(request.headers, api_key):
+            return ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                            type_="authentication_error", code="invalid_api_key")
+        return None
+
     @app.middleware("http")
     async def count_and_guard(request: Request, call_next):
         path = request.url.path
-        try:
-            if path.startswith("/v1") and api_key is not None:
-                auth = request.headers.get("authorization", "")
-                given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(given.encode(), api_key.encode()):
-                    raise ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                                   type_="authentication_error", code="invalid_api_key")
-            response = await call_next(request)
-        except ApiError as e:
-            response = error_response(e)
+        refused = door(request)
+        response = error_response(refused) if refused is not None else await call_next(request)
         route = path if path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
                                  "/metrics", "/v1/stats") else "other"
         metrics.requests.labels(route, str(response.status_code)).inc()
         return response
+
+    if cors_origin:   # added after the guard, so it runs first: preflights need no key
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origin), allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(ApiError)
     async def api_error(_request, e: ApiError):
@@ -553,20 +607,48 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
 
     async def body_of(request: Request, model_cls):
         ctype = request.headers.get("content-type", "")
-        if "json" not in ctype.lower():
-            raise ApiError(400, f"Content-Type must be application/json (got '{ctype or 'none'}')",
-                           code="invalid_content_type")
-        raw = await request.body()
         try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from e
+            if not is_json_type(ctype):
+                raise Refused(400, f"Content-Type must be application/json (got '{ctype[:100] or 'none'}')",
+                              "invalid_content_type")
+            obj = parse_json(await read_body(request, max_body))
+        except Refused as e:
+            raise ApiError(e.status, e.message, param=e.param, code=e.code) from None
         if not isinstance(obj, dict):
             raise ApiError(400, f"the body must be a JSON object, not {type(obj).__name__}", code="invalid_json")
         try:
             return model_cls.model_validate(obj)
         except ValidationError as e:
             raise from_validation(e) from e
+
+    async def unless_gone(request: Request, work):
+        """Run `work` (a coroutine: queueing, generation) until done, or until the client
+        closes the connection: then cancel it (a queued request leaves the queue, a running
+        one stops after the token in hand) and answer 499 to nobody."""
+        task = asyncio.ensure_future(work)
+
+        async def gone():
+            while True:
+                if (await request.receive())["type"] == "http.disconnect":
+                    return
+
+        watch = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            watch.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - nobody is there to tell
+            pass
+        log.info("client closed the connection: request cancelled")
+        raise ApiError(499, "the client closed the connection", code="client_closed")
 
     def served(model_id: str) -> ServedModel:
         if provider.error is not None:
@@ -586,7 +668,8 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         (context length, options) and queued, or refused, while another one generates."""
         return await asyncio.get_running_loop().run_in_executor(sm.prep, fn, *args)
 
-    async def events(sm: ServedModel, ids: list[int], opts: GenerationOptions) -> AsyncIterator[GenerationEvent]:
+    async def events(sm: ServedModel, ids: list[int], opts: GenerationOptions, reuse: bool = True,
+                     errors=from_library) -> AsyncIterator[GenerationEvent]:
         """stream_generate in the model's worker thread; holds the device queue while it runs.
 
         The worker runs the decode loop on its own and hands each event to the event loop
@@ -594,7 +677,8 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         sent, never waiting for the loop. Tokens that come faster than `stream_interval`
         are sent together (the first one at once): a write and a client wake-up per token
         cost 5-9% of decode tok/s on 2 cores. A closed stream sets `stop`, which the worker
-        reads after each token."""
+        reads after each token. reuse=False (cache_prompt: false): a full prefill, whose
+        Generator is then the one kept for the next request."""
         try:
             await sm.queue.acquire()
         except QueueFull:
@@ -608,6 +692,11 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
 
         def produce() -> None:
             try:
+                if stop.is_set():   # cancelled before its turn came
+                    loop.call_soon_threadsafe(box.put_nowait, None)
+                    return
+                if not reuse and sm.cache is not None:
+                    sm.cache.clear()
                 it = stream_generate(sm.lm, ids, opts, cache=sm.cache)
                 try:
                     for ev in it:
@@ -659,7 +748,7 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             if held is not None:
                 yield held
         except OgaNpuError as e:
-            raise from_library(e) from e
+            raise errors(e) from e
         finally:
             # The worker stops after the token in hand; it is one thread, so the next
             # request's first step runs after that.
@@ -769,27 +858,38 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
         except StopAsyncIteration:
             return None
 
-    async def begin(sm: ServedModel, build, id_prefix: str):
+    async def begin(sm: ServedModel, build, id_prefix: str, req: _Sampling, errors=from_library):
         """Template and tokens (build, in the prep thread), then the generation up to its
         first event: (completion id, created, events, first event)."""
         try:
             ids, opts = await in_prep(sm, build)
         except OgaNpuError as e:
-            raise from_library(e) from e
-        gen = events(sm, ids, opts)
-        return f"{id_prefix}-{uuid.uuid4().hex}", int(time.time()), gen, await start(gen)
+            raise errors(e) from e
+        gen = events(sm, ids, opts, req.cache_prompt, errors)
+        try:
+            first = await start(gen)
+        except BaseException:
+            await gen.aclose()
+            raise
+        return f"{id_prefix}-{uuid.uuid4().hex}", int(time.time()), gen, first
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await body_of(request, ChatRequest)
         sm = served(req.model)
+        return await unless_gone(request, chat_answer(req, sm))
+
+    async def chat_answer(req: ChatRequest, sm: ServedModel):
         msgs, guidance, tool_call = _chat_plan(req, sm)
 
         def build():
-            ids = encode(sm.lm, render_prompt(sm.lm, msgs))
+            ids = encode_chat(sm.lm, msgs)
             return ids, _options(req, req.max_completion_tokens or req.max_tokens, sm.lm, len(ids), guidance)
 
-        cid, created, gen, first = await begin(sm, build, "chatcmpl")
+        def errors(e: OgaNpuError) -> ApiError:
+            return from_library(e, "messages", "tools" if tool_call else "response_format")
+
+        cid, created, gen, first = await begin(sm, build, "chatcmpl", req, errors)
 
         if req.stream:
             def chunk(text, reason, first=False, usage=None, tool_calls=None):
@@ -823,6 +923,9 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
     async def completions(request: Request):
         req = await body_of(request, CompletionRequest)
         sm = served(req.model)
+        return await unless_gone(request, completion_answer(req, sm))
+
+    async def completion_answer(req: CompletionRequest, sm: ServedModel):
         if req.logprobs:
             raise not_supported("logprobs", "logprobs")
         if req.echo:
@@ -838,10 +941,13 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
             raise ApiError(400, "the prompt is empty", param="prompt")
 
         def build():
-            ids = encode(sm.lm, prompt)
-            return ids, _options(req, req.max_tokens, sm.lm, len(ids))
+            ids = encode_raw(sm.lm, prompt)
+            return ids, _options(req, req.max_tokens, sm.lm, len(ids), prompt_param="prompt")
 
-        cid, created, gen, first = await begin(sm, build, "cmpl")
+        def errors(e: OgaNpuError) -> ApiError:
+            return from_library(e, "prompt")
+
+        cid, created, gen, first = await begin(sm, build, "cmpl", req, errors)
 
         if req.stream:
             def chunk(text, reason, first=False, usage=None, tool_calls=None):
@@ -906,7 +1012,10 @@ def _tool_calls(text: str) -> list[dict] | None:
 
 def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
-          log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS) -> int:
+          log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
+          max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None,
+          allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = (),
+          kv_reuse: bool = True) -> int:
     """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
     import uvicorn
 
@@ -919,8 +1028,12 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
             raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
                                    "pass a folder made by `oga-npu prepare`")
     serverlog.setup(log_level)
-    models = FolderProvider(folders, max_queue, provider, fallback)
-    app = create_app(models, api_key, stream_interval_ms)
+    models = FolderProvider(folders, max_queue, provider, fallback, kv_reuse=kv_reuse)
+    try:
+        app = create_app(models, api_key, stream_interval_ms, max_body_mb=max_body_mb, metrics_key=metrics_key,
+                         host=host, allowed_host=allowed_host, cors_origin=cors_origin)
+    except ValueError as e:
+        raise GenerationError(str(e), "pass a non-empty key (or set OGA_NPU_API_KEY), or leave --api-key out") from e
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             access_log=False)
 

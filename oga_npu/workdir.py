@@ -1,6 +1,6 @@
 """Folders, markers and locks: the on-disk contract of a prepared model.
 
-    models/<name>-<target>/            the model folder (--output)
+    <store>/<name>-<target>/           the model folder (--output; the store: models_dir())
     ├── genai_config.json, model.onnx, model.onnx.data, tokenizer files ...
     ├── oga_npu_manifest.json          written last: the folder is ready iff it exists
     │                                  and the files match it (size, mtime, sha256 of each
@@ -49,8 +49,45 @@ def home() -> Path:
     return Path(base) / "oga-npu"
 
 
+STORE_ENV = "OGA_NPU_MODELS"
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from (a clone, or an editable install of one);
+    None for a wheel install (the package sits in site-packages, no pyproject.toml beside it)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "oga-npu"' in text else None
+
+
+def user_data_dir(system: str | None = None) -> Path:
+    """The per-user data folder (platformdirs' user_data_dir, without the dependency):
+    %LOCALAPPDATA%\\oga-npu on Windows, $XDG_DATA_HOME/oga-npu or ~/.local/share/oga-npu elsewhere."""
+    if (system or os.name) == "nt":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    else:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "oga-npu"
+
+
+def models_dir_origin() -> tuple[Path, str]:
+    """(the model store, why it is there): $OGA_NPU_MODELS, else the checkout's models/ for a
+    checkout or editable install, else the per-user data folder (a wheel install)."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env).expanduser().absolute(), f"set by {STORE_ENV}"
+    root = checkout_root()
+    if root is not None:
+        return root / "models", f"the checkout's models/; {STORE_ENV} overrides"
+    return user_data_dir() / "models", f"the per-user data folder; {STORE_ENV} overrides"
+
+
 def models_dir() -> Path:
-    return Path(os.environ.get("OGA_NPU_MODELS", "models"))
+    """The model store: where `prepare` writes by default and where `-m NAME` looks."""
+    return models_dir_origin()[0]
 
 
 def write_json_atomic(path: Path, data) -> None:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, prepare the bundled SmolLM2-135M-Instruct for
 # the CPU, and ask it a question. Extra arguments go to `oga-npu prepare`
-# (e.g. --recipe default for Quark AWQ instead of the GGUF's own blocks). The model folder is prepare's default,
-# models/<name>-cpu (-<recipe> added for another recipe), so runs with different recipes
-# never collide.
+# (e.g. --recipe default for Quark AWQ instead of the GGUF's own blocks). The model folder is prepare's default
+# in the model store (this checkout's models/, or $OGA_NPU_MODELS): <name>-q4_1-cpu, -<recipe> added
+# for another recipe, so runs with different recipes never collide.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=setup_env.sh
@@ -14,4 +14,7 @@ MODEL="$(oga-npu prepare "$GGUF" "$@")"
 Q="What is the capital of France? Answer in one sentence."
 echo "Q: $Q" >&2
 oga-npu run -m "$MODEL" "$Q" --timings
-echo "Chat with it: . .venv/bin/activate && oga-npu chat -m $MODEL" >&2
+echo "Model: $MODEL" >&2
+NAME="$MODEL"
+if [ "$(dirname "$MODEL")" = "$(oga-npu models --where)" ]; then NAME="$(basename "$MODEL")"; fi
+echo "Chat with it (from any directory): . $VIRTUAL_ENV/bin/activate && oga-npu chat -m $NAME" >&2

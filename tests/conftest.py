@@ -33,7 +33,9 @@ def session_home(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch, session_home):
     monkeypatch.setenv("OGA_NPU_HOME", str(session_home))
-    monkeypatch.setenv("OGA_NPU_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("OGA_NPU_MODELS", str(tmp_path / "models"))  # the model store: never the user's
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))       # (nor with OGA_NPU_MODELS unset)
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "data"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("NO_COLOR", "1")

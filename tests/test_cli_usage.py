@@ -21,7 +21,6 @@ def call(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv", [
-    ["run", "Hi"],                                   # no -m
     ["chta"],                                        # a mistyped command
     ["run", "-m", "m", "--temp", "0.5", "Hi"],       # an unknown option
     ["prepare", "src", "--dry-run", "true"],         # a value after a flag

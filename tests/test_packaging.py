@@ -89,3 +89,20 @@ def test_wheel_carries_the_chat_page(installed):
     for name in names | set(web.FILES):
         assert (page / name).is_file(), name
     assert names <= set(web.FILES)
+
+
+def test_wheel_store_is_the_per_user_data_folder(installed, tmp_path):
+    """A wheel install has no checkout: its model store is $XDG_DATA_HOME/oga-npu/models
+    (OGA_NPU_MODELS unset), the same from any directory."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OGA_NPU_RECIPES", "OGA_NPU_MODELS")}
+    env.update(PYTHONPATH=str(installed), XDG_DATA_HOME=str(tmp_path / "data"))
+    r = subprocess.run([sys.executable, "-m", "oga_npu", "models", "--where"], capture_output=True, text=True,
+                       cwd=empty, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "data" / "oga-npu" / "models")
+    r = subprocess.run([sys.executable, "-m", "oga_npu", "models"], capture_output=True, text=True, cwd=empty,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and "(the per-user data folder; OGA_NPU_MODELS overrides)" in r.stderr, r.stderr
+    assert list(empty.iterdir()) == []

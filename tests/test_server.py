@@ -54,7 +54,8 @@ def test_models_health_and_metrics(server, client, model_id):
     assert info["hub_id"] is None and info["revision"] is None     # a local folder, not a hub model
     assert server.get("/health")[0] == 200            # no key needed for health
     _chat(client, model_id, "count tokens", max_tokens=3)
-    code, text = server.get("/metrics")
+    assert server.get("/metrics")[0] == 401           # the key opens /metrics too (fault case 44)
+    code, text = server.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert code == 200
     assert f'oga_npu_completion_tokens_total{{model="{model_id}"}}' in text
     assert "oga_npu_ttft_seconds_bucket" in text and "oga_npu_queue_depth" in text
@@ -258,7 +259,7 @@ def test_api_key_is_required_on_v1(server, model_id):
 
 
 def _metric(server, name: str) -> float:
-    _, text = server.get("/metrics")
+    _, text = server.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 

@@ -1,5 +1,7 @@
 """The real bundled model: SmolLM2-135M-Instruct (GGUF) prepared for CPU, end to end."""
 
+from pathlib import Path
+
 import pytest
 
 from conftest import run_cli, smollm2_gguf
@@ -113,19 +115,23 @@ def _repeated_line(text: str) -> int:
 
 @pytest.fixture(scope="module")
 def smol_default(tmp_path_factory, session_home):
-    """SmolLM2 as the README's quickstart prepares it: no --recipe (gguf-native for a .gguf)."""
-    out = tmp_path_factory.mktemp("smol_default") / "smollm2-135m-instruct-cpu"
-    r = run_cli("prepare", str(smollm2_gguf()), "--output", str(out), env={"OGA_NPU_HOME": str(session_home)})
+    """SmolLM2 as the README's quickstart prepares it: no --recipe (gguf-native for a .gguf) and
+    no --output (the store's default folder, named with the file's quantization)."""
+    store = tmp_path_factory.mktemp("smol_store")
+    r = run_cli("prepare", str(smollm2_gguf()), env={"OGA_NPU_HOME": str(session_home), "OGA_NPU_MODELS": str(store)})
     assert r.returncode == 0, r.stderr
+    out = Path(r.stdout.strip())
+    assert out == store / "smollm2-135m-instruct-q4_1-cpu"
     return out
 
 
-def test_readme_examples_with_default_settings_end_on_eos(smol_default, capsys):
-    """The README's `run ... "Write a haiku about rain"` and a piped chat "Hi", default
-    sampling, three seeds each: each answer ends on EOS and no line comes three times.
-    (Measured: the cpu-fast model does not, for the haiku: a double quantization of the
-    Q4_1 GGUF; the fp32 model and this gguf-native one do.)"""
-    smol = smol_default
+def test_readme_examples_with_default_settings_end_on_eos(smol_default, capsys, monkeypatch):
+    """The README's `run -m NAME "Write a haiku about rain"` and a piped chat "Hi" (by name, from
+    another directory), default sampling, three seeds each: each answer ends on EOS and no line
+    comes three times. (Measured: the cpu-fast model does not, for the haiku: a double
+    quantization of the Q4_1 GGUF; the fp32 model and this gguf-native one do.)"""
+    monkeypatch.setenv("OGA_NPU_MODELS", str(smol_default.parent))
+    smol = smol_default.name
     import io
 
     from oga_npu import cli
