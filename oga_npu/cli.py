@@ -558,18 +558,24 @@ def eval_cmd(
         gppl, gn = perplexity_llamacpp(ref_gguf, wins)
         rows.append({"model": str(ref_gguf), "engine": "llama.cpp", "perplexity": gppl, "tokens": gn,
                      "seconds": round(_t.monotonic() - t0, 1)})
-    record_quality(model, rows, text_desc, len(wins[0]), len(wins))
     if as_json:
         for r in rows:
             r.update(text=text_desc, window=len(wins[0]), windows=len(wins))
         print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print(f"{r['engine']:<20} perplexity {r['perplexity']:>9.3f}  ({r['tokens']} tokens, {r['seconds']} s)  {r['model']}")
-    if rows[0]["perplexity"] == float("inf"):
-        print("note: the model produced NaN/inf logits (damaged weights or a broken build)", file=sys.stderr)
-    for r in rows[1:]:
-        print(f"vs {r['engine']}: {100 * (rows[0]['perplexity'] / r['perplexity'] - 1):+.1f}% perplexity")
+    else:
+        for r in rows:
+            print(f"{r['engine']:<20} perplexity {r['perplexity']:>9.3f}  ({r['tokens']} tokens, {r['seconds']} s)  "
+                  f"{r['model']}")
+        if rows[0]["perplexity"] == float("inf"):
+            print("note: the model produced NaN/inf logits (damaged weights or a broken build)", file=sys.stderr)
+        for r in rows[1:]:
+            print(f"vs {r['engine']}: {100 * (rows[0]['perplexity'] / r['perplexity'] - 1):+.1f}% perplexity")
+    sys.stdout.flush()
+    try:   # after the results: a read-only folder still gets its perplexity printed
+        record_quality(model, rows, text_desc, len(wins[0]), len(wins))
+    except OSError as e:
+        print(f"Warning: the result was not recorded in {model}'s manifest ({e.strerror or e}); "
+              "`oga-npu models` will not show it", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- devices / doctor / hello
@@ -807,8 +813,10 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors: the usage line and the problem, exit 2. Library errors and the
     environment's (no space, name too long, no permission, not found): `Error:` and
     `Fix:`, exit 1. "unexpected" is left for bugs."""
-    from .guard import should_supervise, supervise
+    from .guard import CRASH_LOG_ENV, enable_crash_log, should_supervise, supervise
 
+    if os.environ.get(CRASH_LOG_ENV):  # the supervised child where there is no fork (Windows)
+        enable_crash_log(os.environ[CRASH_LOG_ENV])
     if argv is None and should_supervise(sys.argv[1:]):
         code = supervise(sys.argv[1:])  # run/chat go on in a child: a native crash ends in one line
         if code is not None:

@@ -159,7 +159,8 @@ def _probe(model: Path, prov: str, rep: DoctorReport) -> None:
     elif r.crash:
         what = r.phase or "starting"
         rep.problems.append(Problem(f"{model}: native crash ({r.crash}) while {what} on provider {prov}"
-                                    + (f": {r.message}" if r.message else ""),
+                                    + (f": {r.message}" if r.message else "")
+                                    + (f" (log: {r.log})" if r.log else ""),
                                     "check genai_config.json's session_options (custom_ops_library, provider "
                                     "libraries) and the runtime install; try --provider cpu"))
     else:

@@ -52,6 +52,19 @@ class ToolNotFound(OgaNpuError):
     """An external tool is not installed / not on PATH."""
 
 
+def exit_words(code: int) -> str:
+    """'failed with exit code 2', or for a process a signal ended: 'was killed by SIGKILL'."""
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"failed with exit code {code}"
+
+
 class ToolFailed(OgaNpuError):
     """An external tool exited non-zero."""
 
@@ -65,7 +78,7 @@ class ToolFailed(OgaNpuError):
         self.version = version
         last = " | ".join(line.strip() for line in tail[-3:] if line.strip()) or "(no stderr)"
         ver = f" {version}" if version else ""
-        msg = f"{tool}{ver} failed with exit code {code}: {last}"
+        msg = f"{tool}{ver} {exit_words(code)}: {last}"
         fix = f"see the full log: {log_path}" if log_path else "re-run with OGA_NPU_DEBUG=1"
         fix += "; once its cause is fixed, the same command resumes at this stage (finished stages are kept)"
         super().__init__(msg, fix)

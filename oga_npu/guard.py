@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 STATUS_ENV = "OGA_NPU_STATUS"        # set in the child: where it notes its phase
+CRASH_LOG_ENV = "OGA_NPU_CRASH_LOG"  # set in the child: where faulthandler writes the stacks of a crash
 SUPERVISE_ENV = "OGA_NPU_SUPERVISE"  # "0" turns the supervising parent off
 SUPERVISED_COMMANDS = ("run", "chat")
 CRASH_SIGNALS = {getattr(signal, n) for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
@@ -27,6 +28,19 @@ WINDOWS_CRASH_MIN = 0xC0000000       # NTSTATUS codes (0xC0000005 access violati
 
 
 _status_path: str | None = None       # set in a forked child
+_crash_file = None                    # the open crash log (faulthandler writes into it at the crash)
+
+
+def enable_crash_log(path: str) -> None:
+    """In the child: a native crash writes every thread's Python stack to `path`."""
+    global _crash_file
+    import faulthandler
+
+    try:
+        _crash_file = open(path, "w", encoding="utf-8")
+        faulthandler.enable(_crash_file, all_threads=True)
+    except OSError:
+        _crash_file = None
 
 
 def phase(what: str, model: Path | str | None = None, provider: str | None = None) -> None:
@@ -65,14 +79,28 @@ def signal_name(code: int) -> str | None:
     return None
 
 
-def crash_line(sig: str, status: dict, fallback_model: str | None = None) -> str:
-    """The one line a crash ends with: what ran, the provider, the folder, the next step."""
+def crash_line(sig: str, status: dict, fallback_model: str | None = None, log: Path | None = None) -> str:
+    """The one line a crash ends with: what ran, the provider, the folder, the log, the next step."""
     what = status.get("phase", "starting")
     model = status.get("model") or fallback_model or "the model"
     prov = status.get("provider") or "its configured provider"
     nxt = (f"run `oga-npu doctor -m {model}` (it loads and generates in a child process), or try "
            f"`--provider cpu`; OGA_NPU_SUPERVISE=0 shows the raw crash")
-    return f"Error: native crash ({sig}) while {what} {model} on provider {prov}; next: {nxt}"
+    where = f"; the Python stacks at the crash: {log}" if log is not None else ""
+    return f"Error: native crash ({sig}) while {what} {model} on provider {prov}{where}; next: {nxt}"
+
+
+def _crash_log_path() -> Path:
+    import time
+
+    try:
+        from .workdir import home
+
+        d = home() / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        d = Path(tempfile.gettempdir())
+    return d / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
 def should_supervise(args: list[str]) -> bool:
@@ -100,19 +128,26 @@ def supervise(args: list[str]) -> int | None:
     fd, path = tempfile.mkstemp(prefix="oga-npu-status-", suffix=".json")
     os.close(fd)
     status = Path(path)
+    crash_log = _crash_log_path()
     try:
         if hasattr(os, "fork"):
             code = fork_supervised()
             if code is None:  # the child: note phases in the file, run the command
                 _status_path = path
+                enable_crash_log(str(crash_log))
                 return None
         else:
             code = run_supervised([sys.executable, "-m", "oga_npu", *args],
-                                  tool_env({**network_env(), STATUS_ENV: path}))
+                                  tool_env({**network_env(), STATUS_ENV: path, CRASH_LOG_ENV: str(crash_log)}))
         sig = signal_name(code)
         if sig is not None:
-            print(crash_line(sig, read_status(status), _model_arg(args)), file=sys.stderr, flush=True)
+            has_log = crash_log.is_file() and crash_log.stat().st_size > 0
+            print(crash_line(sig, read_status(status), _model_arg(args), crash_log if has_log else None),
+                  file=sys.stderr, flush=True)
+            if not has_log:
+                crash_log.unlink(missing_ok=True)
             return 1
+        crash_log.unlink(missing_ok=True)
         if code < 0:  # killed from outside (SIGINT, SIGTERM, ...): the usual 128 + signal
             return 128 - code
         return code

@@ -32,6 +32,7 @@ class ProbeResult:
     phase: str | None = None      # what was running when it failed (loading, generating with)
     message: str = ""             # the cause (the loader's own words where there are some)
     info: dict | None = None      # what a successful probe reports
+    log: Path | None = None       # a crashed probe's stderr (with faulthandler's Python stacks)
 
 
 def _cause(err: str) -> str:
@@ -52,7 +53,7 @@ def _run(args: list[str], timeout: float) -> ProbeResult:
 
     with tempfile.TemporaryDirectory(prefix="oga-npu-probe-") as d:
         status = Path(d) / "status.json"
-        code, out, err = capture([sys.executable, "-m", "oga_npu.probe", *args],
+        code, out, err = capture([sys.executable, "-X", "faulthandler", "-m", "oga_npu.probe", *args],
                                  env=tool_env({**network_env(), STATUS_ENV: str(status)}), timeout=timeout)
         st = read_status(status)
     sig = signal_name(code)
@@ -62,7 +63,19 @@ def _run(args: list[str], timeout: float) -> ProbeResult:
         except (ValueError, IndexError):
             info = {}
         return ProbeResult(True, info=info)
-    return ProbeResult(False, sig, st.get("phase"), _cause(err) if not sig else (_cause(err) if err.strip() else ""))
+    log = None
+    if sig:
+        from .guard import _crash_log_path
+
+        log = _crash_log_path()
+        try:
+            log.write_text(err, encoding="utf-8")
+        except OSError:
+            log = None
+        err = "\n".join(ln for ln in err.splitlines() if not ln.startswith(("Fatal Python error", "Thread 0x",
+                                                                             "Current thread", "  File ")))
+    return ProbeResult(False, sig, st.get("phase"), _cause(err) if not sig else (_cause(err) if err.strip() else ""),
+                       log=log)
 
 
 def probe_model(path: Path, provider: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:

@@ -271,8 +271,23 @@ class FolderState:
     request: dict | None = None
 
 
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _lfs_pointer(f: Path, size: int) -> bool:
+    if size > 1024:
+        return False
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(23) == b"version https://git-lfs"
+    except OSError:
+        return False
+
+
 def check_files(out: Path, files: dict, verify: str = "quick") -> str:
-    """"" when the folder's files match the manifest's `files`, else what differs (one file named).
+    """"" when the folder's files match the manifest's `files`, else what differs (every missing
+    or resized file named; a git-lfs pointer named as one).
 
     size: sizes only. quick (every load): sizes and mtimes, and the sha256 of files up to
     QUICK_HASH_LIMIT and of any file whose mtime moved. full (doctor): every file's sha256.
@@ -280,14 +295,22 @@ def check_files(out: Path, files: dict, verify: str = "quick") -> str:
     if verify not in VERIFY_LEVELS:
         raise ValueError(f"verify must be one of {VERIFY_LEVELS}")
     stats = {}
+    missing, wrong = [], []
     for name, entry in files.items():  # every stat first: a missing or resized file costs no hashing
         f = out / name
         try:
             st = stats[name] = f.stat()
         except OSError:
-            return f"{name} is missing"
+            missing.append(name)
+            continue
         if st.st_size != entry.get("size"):
-            return f"{name} has {st.st_size} bytes, the manifest says {entry.get('size')}"
+            if _lfs_pointer(f, st.st_size):
+                wrong.append(f"{name} is a git-lfs pointer file, not the real file (run `git lfs pull` in its repository)")
+            else:
+                wrong.append(f"{name} has {st.st_size} bytes, the manifest says {entry.get('size')}")
+    if missing or wrong:
+        problems = ([f"{_names(missing)} {'is' if len(missing) == 1 else 'are'} missing"] if missing else []) + wrong
+        return "; ".join(problems)
     if verify == "size":
         return ""
     for name, entry in sorted(files.items(), key=lambda kv: kv[1].get("size", 0)):
@@ -366,6 +389,53 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+LOCK_GRACE_S = 30   # an empty .lock younger than this belongs to a prepare between create and write
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait=None):
+    """An exclusive OS lock on `path` (created if missing) for this block; when another
+    process holds it, call `on_wait()` once and wait. The OS drops it when the holder dies,
+    so no stale lock is ever left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+b")
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            waited = False
+            while True:
+                try:
+                    f.seek(0)
+                    msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    if not waited and on_wait:
+                        on_wait()
+                    waited = True
+                    time.sleep(0.5)
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait:
+                    on_wait()
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
 @contextlib.contextmanager
 def prepare_lock(out: Path):
     """Fail fast when another prepare holds `out`; a lock left by a dead process is taken over."""
@@ -377,10 +447,15 @@ def prepare_lock(out: Path):
         except FileExistsError:
             try:
                 pid = int(lock.read_text().strip() or 0)
+                age = time.time() - lock.stat().st_mtime
             except (OSError, ValueError):
-                pid = 0
+                pid, age = 0, 0.0
             if pid and pid != os.getpid() and _pid_alive(pid):
                 raise LockedError(f"another prepare (pid {pid}) is working on {out}",
+                                  "wait for it to finish, or stop it; a lock from a dead process is taken over")
+            if not pid and age < LOCK_GRACE_S:
+                # created but its pid not yet written: another prepare is starting right now
+                raise LockedError(f"another prepare is starting on {out}",
                                   "wait for it to finish, or stop it; a lock from a dead process is taken over")
             lock.unlink(missing_ok=True)
             continue

@@ -136,6 +136,8 @@ def test_case14_native_crash_ends_in_one_line(crashing):
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("Error: native crash (SIGSEGV) while loading"), r.stderr
         assert str(crashing) in last and "provider cpu" in last and f"oga-npu doctor -m {crashing}" in last
+        log = Path(last.split("the Python stacks at the crash: ", 1)[1].split(";", 1)[0])   # issue 20 item 8
+        assert log.is_file() and "Segmentation fault" in log.read_text(), last
 
 
 def test_case14_doctor_probes_in_a_child_and_reports_the_signal(crashing, tiny_model):
@@ -144,6 +146,8 @@ def test_case14_doctor_probes_in_a_child_and_reports_the_signal(crashing, tiny_m
     rep = doctor(crashing)
     crash = [p.what for p in rep.problems if "native crash" in p.what]
     assert crash and "SIGSEGV" in crash[0] and "while loading" in crash[0], rep
+    log = Path(crash[0].split("(log: ", 1)[1].rstrip(")"))
+    assert log.is_file() and "Segmentation fault" in log.read_text()
     assert not any("loads and generates" in c for c in rep.checks)
     good = doctor(tiny_model)  # the same probe passes on the intact folder
     assert any("loads and generates" in c for c in good.checks), good.problems

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HubError, SourceError
-from ..workdir import file_fingerprint, folder_fingerprint, home, read_json, write_json_atomic
+from ..workdir import file_fingerprint, file_lock, folder_fingerprint, home, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,16 @@ def resolve(source: Source) -> ResolvedSource:
         out = gguf_cache_dir(p)
         cached = is_converted(out)
         if not cached:
-            dequantize_gguf(p, out)
+            # Two prepares of one GGUF share this cache: the second waits for the first's
+            # dequantize, then uses its result.
+            def waiting():
+                log.warning("another prepare is dequantizing %s into the shared cache: waiting for it, "
+                            "then using its result", p.name)
+
+            with file_lock(out.with_name(out.name + ".lock"), on_wait=waiting):
+                cached = is_converted(out)
+                if not cached:
+                    dequantize_gguf(p, out)
         return ResolvedSource(source, out, "gguf:" + out.name, time.monotonic() - start, cached)
     path = download(source.spec)
     return ResolvedSource(source, path, f"hub:{source.spec}@{path.name}", time.monotonic() - start)

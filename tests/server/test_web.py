@@ -234,6 +234,42 @@ def test_log_lines_say_when_a_model_is_ready_and_one_line_per_request(server, mo
     assert not re.search(r"GET /health|GET / ", server_log(server))   # pollers and page files: DEBUG only
 
 
+def test_the_log_line_says_how_a_generation_ended():
+    """serverlog in process: a finish reason, a client gone, a shutdown, an error before any token."""
+    import asyncio
+
+    from oga_npu.server import log as serverlog
+    from oga_npu.generate import GenerationEvent
+    from oga_npu.server.errors import ApiError
+
+    ev = GenerationEvent("x", 5, 12, 7, "length", 0.0421, None, 88.04, cached_tokens=9)
+    cases = [(ev, None, "(length)"), (GenerationEvent("x", 5, 12, 7, None, 0.0421, None, 88.04), GeneratorExit(),
+                                       "(stopped: client gone)"),
+             (GenerationEvent("x", 5, 12, 7, None, 0.0421), asyncio.CancelledError(), "(stopped: client gone)"),
+             (GenerationEvent("x", 5, 12, 7, None, 0.0421), ApiError(503, "down", code="shutting_down"),
+              "(stopped: shutting_down)")]
+    for last, exc, end in cases:
+        rec = {"status": 200, "gen": None, "error": None}
+        token = serverlog._current.set(rec)
+        try:
+            serverlog.generation_done("m", last, exc)
+        finally:
+            serverlog._current.reset(token)
+        line = serverlog.format_line("POST", "/v1/chat/completions", 200, 1.234, rec["gen"], rec["error"])
+        assert line.startswith("POST /v1/chat/completions 200 1.23 s | m | prompt 12 tokens (")
+        assert f"completion 7 tokens {end} | TTFT 42 ms" in line, line
+    rec = {"status": 200, "gen": None, "error": None}
+    token = serverlog._current.set(rec)
+    try:
+        serverlog.generation_done("m", None, GeneratorExit())   # gone before the first token
+        serverlog.error("server_busy", "m is busy")
+    finally:
+        serverlog._current.reset(token)
+    assert serverlog.format_line("POST", "/v1/completions", 503, 0.004, rec["gen"], rec["error"]) == \
+        "POST /v1/completions 503 0.00 s | m | completion 0 tokens (stopped: client gone) | server_busy: m is busy"
+    serverlog.generation_done("m", ev, None)              # outside a request: nothing to do, no error
+
+
 # ---------------------------------------------------------------- in the browser
 
 def test_the_page_asks_for_the_api_key_and_keeps_it(browser, server, models):
@@ -283,6 +319,7 @@ def test_an_answer_streams_in_with_its_stats_and_enter_sends(browser, server, mo
     assert "hit the token limit" in answer.text
     last = get_json(server, "/v1/stats")["last_request"]
     assert last["model"] == models[0].name and last["completion_tokens"] == 40 and last["finish_reason"] == "length"
+    assert f"{last['decode_tokens_per_s']:.1f} tok/s" in stats, (stats, last)   # the server's own timing
     # the next turn starts with the first one: the server reuses its KV cache, the page says so
     send(browser, "and a third line")
     stats = wait_answered(browser, 2).find_element("css selector", ".stats").text

@@ -428,7 +428,10 @@
     if (s.model) add("model", s.model);
     if (s.completion_tokens != null) add("tokens", `${s.completion_tokens} tokens`);
     if (s.ttft_ms != null) add("ttft", `TTFT ${fmtMs(s.ttft_ms)}`, "time to first token, as this page saw it");
-    if (s.tps != null) add("tps", `${s.tps.toFixed(1)} tok/s`, "tokens per second after the first");
+    if (s.tps != null) {
+      add("tps", `${s.tps.toFixed(1)} tok/s`, s.tps_from === "server" ? "decode speed: tokens per second after the "
+        + "first, as the server timed them" : "tokens per second after the first, as this page saw them arrive");
+    }
     if (s.prompt_tokens != null) {
       add("cached", `${s.cached_tokens || 0} of ${s.prompt_tokens} prompt tokens cached`,
         "prompt tokens whose KV cache the server reused instead of computing them again");
@@ -475,6 +478,18 @@
       if (Number.isFinite(n)) out[name] = name === "top_k" || name === "max_tokens" ? Math.round(n) : n;
     }
     return out;
+  }
+
+  /* The server's own timing of this answer (/v1/stats), when its last request is this one:
+     its decode rate is exact, where the page sees tokens in chunks (--stream-interval). */
+  async function serverStats(model, usage) {
+    try {
+      const resp = await api("/v1/stats");
+      const last = resp.ok ? (await resp.json()).last_request : null;
+      if (last && last.model === model && last.prompt_tokens === usage.prompt_tokens
+        && last.completion_tokens === usage.completion_tokens) return last;
+    } catch (e) { /* no stats: the page's own numbers */ }
+    return null;
   }
 
   function requestMessages(chat, answer) {
@@ -558,6 +573,7 @@
       else answer.error = explain(e);
     }
     const tEnd = performance.now();
+    const server = usage && !answer.stopped && !answer.error ? await serverStats(model, usage) : null;
     delete answer.pending;
     state.busy = null;
     setBusy(false);
@@ -567,7 +583,9 @@
         model,
         completion_tokens: n,
         ttft_ms: tFirst !== null ? tFirst - t0 : null,
-        tps: n > 1 && tFirst !== null && tEnd > tFirst ? (n - 1) / ((tEnd - tFirst) / 1000) : null,
+        tps: server && server.decode_tokens_per_s != null ? server.decode_tokens_per_s
+          : n > 1 && tFirst !== null && tEnd > tFirst ? (n - 1) / ((tEnd - tFirst) / 1000) : null,
+        tps_from: server && server.decode_tokens_per_s != null ? "server" : "page",
         prompt_tokens: usage ? usage.prompt_tokens : null,
         cached_tokens: usage && usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens : 0,
         finish,
