@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from . import plan, stream, worker
 from .errors import ApiError, from_validation
 from .http import Refused, is_json_type, parse_json, read_body
-from .models import served
-from .schemas import ChatRequest, CompletionRequest
+from .models import describe, listing, using
+from .schemas import ChatRequest, CompletionRequest, LoadRequest, UnloadRequest
 from .state import ServerState
 
 log = logging.getLogger("oga_npu.server")
@@ -86,9 +86,9 @@ async def chat_completions(request: Request):
 
 
 async def chat_answer(st: ServerState, req: ChatRequest):
-    sm = await served(st.provider, req.model)
-    p = plan.chat_plan(req, sm.guidance)
-    run = await worker.begin(st, sm, partial(plan.chat_inputs, sm.lm, p, req), req.cache_prompt, p.errors)
+    async with using(st.provider, req.model) as sm:   # loaded (waits for a load) until the queue holds it
+        p = plan.chat_plan(req, sm.guidance)
+        run = await worker.begin(st, sm, partial(plan.chat_inputs, sm.lm, p, req), req.cache_prompt, p.errors)
     if req.stream:
         return stream.chat_sse(run, sm.id, include_usage(req), p.tool_call)
     return await stream.chat_whole(run, sm.id, p.tool_call)
@@ -102,10 +102,10 @@ async def completions(request: Request):
 
 
 async def completion_answer(st: ServerState, req: CompletionRequest):
-    sm = await served(st.provider, req.model)
     prompt = plan.completion_prompt(req)
-    run = await worker.begin(st, sm, partial(plan.completion_inputs, sm.lm, prompt, req), req.cache_prompt,
-                             plan.completion_errors)
+    async with using(st.provider, req.model) as sm:
+        run = await worker.begin(st, sm, partial(plan.completion_inputs, sm.lm, prompt, req), req.cache_prompt,
+                                 plan.completion_errors)
     if req.stream:
         return stream.completion_sse(run, sm.id, include_usage(req))
     return await stream.completion_whole(run, sm.id)
@@ -121,12 +121,36 @@ def loaded(st: ServerState) -> dict:
 
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [sm.info() for sm in loaded(state_of(request)).values()]}
+    """Every model offered, `loaded: true|false`; one that cannot load says why."""
+    return {"object": "list", "data": listing(state_of(request).provider)}
 
 
 @router.get("/v1/models/{model_id}")
 async def get_model(request: Request, model_id: str):
-    return (await served(state_of(request).provider, model_id)).info()
+    return describe(state_of(request).provider, model_id)
+
+
+@router.post("/api/v1/load")
+async def load_model(request: Request):
+    """Lemonade's load: the model loaded (the request waits), others unloaded past --max-loaded."""
+    st = state_of(request)
+    req = await body_of(request, LoadRequest, st.max_body)
+    async with using(st.provider, req.model_name):
+        pass
+    return {"status": "success", "message": f"loaded model: {req.model_name}"}
+
+
+@router.post("/api/v1/unload")
+async def unload_model(request: Request):
+    """Lemonade's unload: one model (model_name) or every idle one; 409 while one answers requests."""
+    st = state_of(request)
+    req = await body_of(request, UnloadRequest, st.max_body)
+    unload = getattr(st.provider, "unload", None)
+    if unload is None:
+        raise ApiError(400, "this server's models cannot be unloaded", code="not_supported")
+    done = await unload(req.model_name)
+    return {"status": "success", "message": f"unloaded: {', '.join(done) or 'nothing (none loaded)'}",
+            "unloaded": done}
 
 
 @router.get("/v1/stats")

@@ -9,28 +9,22 @@ from ..errors import GenerationError, OgaNpuError
 from . import log as serverlog
 from .app import DEFAULT_STREAM_INTERVAL_MS, create_app
 from .http import DEFAULT_MAX_BODY_MB
-from .models import DEFAULT_MAX_QUEUE, FolderProvider
+from .models import DEFAULT_MAX_QUEUE, ModelManager
 
 
-def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+def serve(folders: list[Path] | None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
           log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
           max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None,
           allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = (),
-          kv_reuse: bool = True) -> int:
-    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
+          kv_reuse: bool = True, models_dir: Path | None = None, max_loaded: int = 1) -> int:
+    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]. `folders`:
+    these models, loaded at start; none: every model of the store (`models_dir`), on demand."""
     import uvicorn
 
-    from ..errors import ModelFolderError
-    from ..model import check_folder
-
-    for f in folders:
-        rep = check_folder(Path(f), deep=False)
-        if not rep.ok:
-            raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
-                                   "pass a folder made by `oga-npu prepare`")
     serverlog.setup(log_level)
-    models = FolderProvider(folders, max_queue, provider, fallback, kv_reuse=kv_reuse)
+    models = manager(folders, models_dir, max_loaded=max_loaded, max_queue=max_queue, provider=provider,
+                     fallback=fallback, kv_reuse=kv_reuse)
     try:
         app = create_app(models, api_key, stream_interval_ms, max_body_mb=max_body_mb, metrics_key=metrics_key,
                          host=host, allowed_host=allowed_host, cors_origin=cors_origin)
@@ -55,10 +49,42 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
         print(f"Error: {e.message}" + (f"\nFix: {e.fix}" if e.fix else ""), file=sys.stderr, flush=True)
         server.should_exit = True
 
-    models.start(on_error)
-    print(f"oga-npu serve: http://{host}:{port}/v1 (models: {', '.join(f.resolve().name for f in models.folders)}; "
-          f"loading, /health says when ready); chat page: http://{host}:{port}/", file=sys.stderr, flush=True)
+    if folders:
+        models.start(on_error)
+    print(f"oga-npu serve: http://{host}:{port}/v1 ({banner(models, bool(folders), max_loaded)}); "
+          f"chat page: http://{host}:{port}/", file=sys.stderr, flush=True)
     server.run()
     if stopped:
         print("oga-npu serve: stopped", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelManager:
+    """-m folders (checked now, loaded at start), or the store's models (loaded on demand)."""
+    from ..errors import ModelFolderError, ModelNotFoundError
+    from ..model import check_folder
+    from ..store import ModelStore
+
+    if folders:
+        for f in folders:
+            rep = check_folder(Path(f), deep=False)
+            if not rep.ok:
+                raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
+                                       "pass a folder made by `oga-npu prepare`")
+        return ModelManager.preloaded(folders, **{k: v for k, v in kw.items() if k != "max_loaded"})
+    store = ModelStore(models_dir)
+    models = ModelManager.from_store(store, **kw)
+    if not any(e.problem is None for e in models.entries()):
+        listing = "".join(f"\n  {e.id}: {e.problem}" for e in models.entries())
+        raise ModelNotFoundError(f"no model in {store.root} can be served{listing}",
+                                 "make one: oga-npu prepare SOURCE, or pass -m DIR")
+    return models
+
+
+def banner(models: ModelManager, preload: bool, max_loaded: int) -> str:
+    names = ", ".join(e.id for e in models.entries() if e.problem is None)
+    if preload:
+        return f"models: {names}; loading, /health says when ready"
+    skipped = [e.id for e in models.entries() if e.problem is not None]
+    return (f"models: {names}, loaded on demand, at most {max_loaded} at a time"
+            + (f"; not loadable: {', '.join(skipped)} (see /v1/models)" if skipped else ""))

@@ -132,3 +132,15 @@ class CompletionRequest(Sampling):
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
     suffix: str | None = None
+
+
+class LoadRequest(_Strict):
+    """POST /api/v1/load (Lemonade's name and body)."""
+
+    model_name: str
+
+
+class UnloadRequest(_Strict):
+    """POST /api/v1/unload: one model, or (no model_name) every idle one."""
+
+    model_name: str | None = None
