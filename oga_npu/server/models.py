@@ -100,14 +100,24 @@ class ServedModel:
     cache: PromptCache | None = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)   # decodes, one request at a time
     prep: ThreadPoolExecutor = field(init=False)       # chat template and tokenizer, while another decodes
-    guidance: bool = field(init=False)
+    _guidance: bool | None = field(init=False, default=None)
+    _probe_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self):
         self.queue = DeviceQueue(self.max_queue)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.id}")
         self.prep = ThreadPoolExecutor(1, thread_name_prefix=f"prep-{self.id}")
         self.cache = PromptCache(self.lm) if self.kv_reuse else None
-        self.guidance = guidance_available(self.lm)
+
+    @property
+    def guidance(self) -> bool:
+        """Guided output (JSON schemas, tool grammars) works here. Probed on first need, in the
+        prep thread (worker.in_prep): the probe builds a Generator with llguidance, ~0.3 s that
+        a load (on demand: a waiting request) does not pay."""
+        with self._probe_lock:
+            if self._guidance is None:
+                self._guidance = guidance_available(self.lm)
+            return self._guidance
 
     def close(self) -> None:
         """Its threads stopped, its KV cache and model dropped (the manager unloads it)."""
@@ -125,7 +135,7 @@ class ServedModel:
                 "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
                 "source": man.get("source"), "hub_id": man.get("hub_id"),
                 "revision": man.get("revision"), "kv_reuse": reuse, "kv_reuse_note": why,
-                "guided_output": self.guidance}
+                "guided_output": self._guidance}   # None: not probed yet (no request asked for it)
 
 
 def guidance_available(lm) -> bool:

@@ -128,6 +128,12 @@ def add_tools(req: ChatRequest, msgs: list[dict], guided: bool) -> tuple[tuple[s
     return guidance, tool_call
 
 
+def wants_guidance(req: ChatRequest) -> bool:
+    """Whether the answer needs guided output (a response_format other than text, or tools)."""
+    rf = req.response_format
+    return (rf is not None and rf.type != "text") or bool(req.tools and req.tool_choice != "none")
+
+
 def chat_plan(req: ChatRequest, guided: bool) -> ChatPlan:
     """Messages for the template, guidance, and whether the answer is a tool call. `guided`:
     the model's runtime enforces grammars (models.guidance_available)."""

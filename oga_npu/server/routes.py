@@ -87,7 +87,8 @@ async def chat_completions(request: Request):
 
 async def chat_answer(st: ServerState, req: ChatRequest):
     async with using(st.provider, req.model) as sm:   # loaded (waits for a load) until the queue holds it
-        p = plan.chat_plan(req, sm.guidance)
+        guided = await worker.in_prep(sm, lambda: sm.guidance) if plan.wants_guidance(req) else False
+        p = plan.chat_plan(req, guided)
         run = await worker.begin(st, sm, partial(plan.chat_inputs, sm.lm, p, req), req.cache_prompt, p.errors)
     if req.stream:
         return stream.chat_sse(run, sm.id, include_usage(req), p.tool_call)
