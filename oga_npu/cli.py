@@ -175,7 +175,7 @@ def prepare(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
     calib_file: Annotated[Optional[Path], typer.Option("--calib-file", help="Text file for AWQ/GPTQ calibration.")] = None,
     trace: Annotated[bool, typer.Option("--trace", help="DD_PLUGINS_TRACING=1 for the Ryzen AI tools; logs kept.")] = False,
-    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: from the conda env or RYZEN_AI_INSTALLATION_PATH.")] = None,
+    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: the Ryzen AI env's (its name, model-generate package or onnxruntime-genai pin).")] = None,
     dd_plugins: Annotated[Optional[Path], typer.Option("--dd-plugins", help="Where compiled operator plugins go (default ./dd_plugins).")] = None,
     skip_device_check: Annotated[bool, typer.Option("--skip-device-check", help="Build hybrid/npu models on a machine without the NPU.")] = False,
     rai_env: RaiEnvOption = None,

@@ -570,6 +570,11 @@ def _rai_env(req: PrepareRequest, stages, notes: list[str]):
         return None, "1.6", "not a Ryzen AI target"
     if req.target == "dml":
         env = ryzenai.find_env(req.rai_env, req.rai_version)
+        missing = env.problems([], builder=True) if env is not None else []
+        if missing and not req.dry_run:
+            raise PreflightError(f"the Ryzen AI {env.release.version} env {env.prefix} cannot build --target dml: "
+                                 + "; ".join(missing), "repair it with AMD's installer, pass --rai-env with a complete "
+                                 "one, or leave the env (deactivate it) to build with oga-npu's own builder")
     else:
         if not req.dry_run:
             ryzenai.check_host(req.target)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,19 @@ def test_hybrid_runs_each_stage_in_the_release_env(tmp_path, hybrid_base, tiny_h
     left_out = ["windowed_kv_cache"] + (["prune_lm_head"] if ryzenai.vtuple(PINS[release]) < (0, 14) else [])
     assert sorted(detail["options_left_out"]) == sorted(left_out)
     assert m["stages"]["hybrid"]["detail"]["rai_version"] == release
+
+
+def test_dml_builds_with_the_env_builder_when_there_is_one(tmp_path, hybrid_base):
+    env = make_rai_env(tmp_path, "1.8")
+    out, r = from_base(hybrid_base, tmp_path, "dml", hybrid_base[1], env, "build")
+    assert r.returncode == 0, r.stderr
+    (py,) = calls(tmp_path / "fake.jsonl", "python")
+    assert py["exe"] == str(env / "bin" / "python") and py["argv"][py["argv"].index("-e") + 1] == "dml"
+    # no env: oga-npu's own builder (the plan names this interpreter)
+    r = run_cli("prepare", json.loads((out / "prepare.json").read_text())["source"], "--target", "dml", "--dry-run",
+                "--output", str(tmp_path / "d2"), env={"CONDA_PREFIX": "", "RYZEN_AI_INSTALLATION_PATH": ""})
+    assert r.returncode == 0, r.stderr
+    assert f"$ {sys.executable} -m onnxruntime_genai.models.builder" in r.stdout and "Ryzen AI" not in r.stdout
 
 
 def test_the_fake_builder_refuses_0_18_names_in_an_older_env(tmp_path):
