@@ -715,6 +715,11 @@ def env() -> None:
 
     for tool in ("onnx_utils", "model_generate", "model_benchmark", "xrt-smi"):
         print(f"{tool}: {shutil.which(tool) or 'not found'}")
+    from .doctor import rai_env_info
+
+    rai = rai_env_info()
+    print("ryzen-ai env: " + ("not found" if rai is None else rai.get("error") or
+                              f"{rai['prefix']} (Ryzen AI {rai['release']}, {rai['onnxruntime_genai']})"))
 
 
 def version_callback(value: bool) -> None:

@@ -84,7 +84,7 @@ def devices_report() -> dict:
     return {"os": platform.platform(), "cpu": cpu_model(), "summary": summary, "npus": npus, "xrt_smi": xrt,
             "gpus": _pci_gpus(), "webgpu": webgpu_report(), "providers": prov, "ryzen_ai_tools": tools,
             "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
-            "ryzen_ai_env": _rai_env_info(),
+            "ryzen_ai_env": rai_env_info(),
             "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS}}
 
 
@@ -102,7 +102,7 @@ def _can_prepare_rai(target: str) -> bool:
     return True
 
 
-def _rai_env_info() -> dict | None:
+def rai_env_info() -> dict | None:
     """The Ryzen AI env that prepare would use (oga_npu.ryzenai), or why it cannot be read."""
     from .errors import OgaNpuError
     from .ryzenai import find_env
