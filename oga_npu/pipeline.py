@@ -379,7 +379,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     "chat_template": read_chat_template(model_dir),
                     "recipe": recipe.name, "recipe_config": recipe.model_dump(mode="json", by_alias=True),
                     "target": req.target, "versions": versions, "notes": notes,
-                    "builder": _builder_versions(ctx, stages, versions, tool_versions),
+                    "builder": _builder_versions(ctx, versions, tool_versions),
                     "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
                     "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports}}
         manifest = publish(out, model_dir, manifest)
@@ -575,22 +575,17 @@ def _rai_env(req: PrepareRequest, stages, notes: list[str]):
             raise PreflightError(f"the Ryzen AI {env.release.version} env {env.prefix} cannot build --target dml: "
                                  + "; ".join(missing), "repair it with AMD's installer, pass --rai-env with a complete "
                                  "one, or leave the env (deactivate it) to build with oga-npu's own builder")
-    else:
-        if not req.dry_run:
-            ryzenai.check_host(req.target)
-        names = [s.NAME for s in stages]
+    else:  # the host first (model_generate runs on Windows only), then the env; a dry run notes both
+        env = None
         tools = [s.TOOL for s in stages if hasattr(s, "TOOL")]
-        try:
-            env = ryzenai.require_env(req.target, req.rai_env, req.rai_version, tools, "build" in names)
-        except PreflightError as e:
-            if not req.dry_run:
-                raise
-            notes.append(f"the real run would stop: {e.message}")
-            env = None
-        if req.dry_run:
+        for check in (lambda: ryzenai.check_host(req.target),
+                      lambda: ryzenai.require_env(req.target, req.rai_env, req.rai_version, tools,
+                                                  any(s.NAME == "build" for s in stages))):
             try:
-                ryzenai.check_host(req.target)
+                env = check() or env
             except PreflightError as e:
+                if not req.dry_run:
+                    raise
                 notes.append(f"the real run would stop here: {e.message}")
     if env is None:
         version, source = detect_rai_version(req.rai_version)
@@ -599,7 +594,7 @@ def _rai_env(req: PrepareRequest, stages, notes: list[str]):
     return env, env.release.version, f"{env.release_source}; {env.source}"
 
 
-def _builder_versions(ctx: StageContext, stages, versions: dict, tool_versions: dict) -> dict:
+def _builder_versions(ctx: StageContext, versions: dict, tool_versions: dict) -> dict:
     """The builder that made the folder: the Ryzen AI env's (its onnxruntime-genai) or ours."""
     if ctx.rai_env is not None:  # the env's builder ran, or model_generate ran it on the quantized folder
         oga = ctx.rai_env.oga
