@@ -185,6 +185,26 @@ class RaiEnv:
             argv += [f"{k}={_opt(v)}" for k, v in sorted(opts.items())]
         return argv, dropped
 
+    def build_detail(self, options: dict, fixes: list[str]) -> dict:
+        """What the -e dml build in this env does differently from oga-npu's: its builder, the
+        options it does not know (left out), our config fixes for the 0.18 builder (not applied)."""
+        _, dropped = self.builder_options(options)
+        d = {"builder": self.builder_id, "rai_env": str(self.prefix), "python": str(self.python)}
+        if dropped:
+            d["options_left_out"] = dropped
+        if fixes:
+            d["config_fixes_not_applied"] = list(fixes)
+        return d
+
+    def build_lines(self, options: dict, fixes: list[str]) -> list[str]:
+        d = self.build_detail(options, fixes)
+        lines = [f"in {self.describe()}"]
+        if d.get("options_left_out"):
+            lines.append(f"builder options {d['options_left_out']} left out: {d['builder']} does not know them")
+        if d.get("config_fixes_not_applied"):
+            lines.append(f"config fixes {d['config_fixes_not_applied']} (for the 0.18 builder) are not applied there")
+        return lines
+
     def describe(self) -> str:
         return (f"Ryzen AI {self.release.version} env {self.prefix} ({self.source}; release from "
                 f"{self.release_source}; builder {self.builder_id})")

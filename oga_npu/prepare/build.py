@@ -91,7 +91,7 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     cache = out_dir.parent / (out_dir.name + ".cache")
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text()))
     env = env or tool_env()
-    if rai_env is not None:  # its Python and builder; our fixes are for the 0.18 builder (see rai_detail)
+    if rai_env is not None:  # its Python and builder; our fixes are for the 0.18 builder (RaiEnv.build_detail)
         env = rai_env.child_env(env)
     argv = builder_argv(in_dir, out_dir, target, cfg, cache, [] if rai_env else fixes, rai_env)
     try:
@@ -145,19 +145,8 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     if native is not None:
         detail["gguf_native"] = native
     if rai_env is not None:
-        detail.update(rai_detail(rai_env, in_dir, cfg, fixes))
+        detail.update(rai_env.build_detail({**window_options(in_dir), **cfg.extra_options}, fixes))
     return detail
-
-
-def rai_detail(rai_env, in_dir: Path, cfg: BuildConfig, fixes: list[str]) -> dict:
-    """What the build in the Ryzen AI env did differently: its builder, options left out."""
-    _, dropped = rai_env.builder_options({**window_options(in_dir), **cfg.extra_options})
-    d = {"builder": rai_env.builder_id, "rai_env": str(rai_env.prefix), "python": str(rai_env.python)}
-    if dropped:
-        d["options_left_out"] = dropped
-    if fixes:
-        d["config_fixes_not_applied"] = fixes
-    return d
 
 
 def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path) -> dict:
@@ -317,7 +306,7 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"),
                                           fixes, rai_env))]
     if rai_env is not None:
-        lines += ["  " + ln for ln in rai_env_lines(rai_env, in_dir, cfg, fixes)]
+        lines += ["  " + ln for ln in rai_env.build_lines({**window_options(in_dir), **cfg.extra_options}, fixes)]
     elif fixes:
         lines.append(f"  the builder reads the config with fixes (in memory, the folder is not changed): {fixes}")
     session = resolved_session_options(cfg)
@@ -329,16 +318,6 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
         lines.append("  then the GGUF's own blocks replace the builder's int4 weights (oga_npu.gguf_native)")
     if cfg.direct_decode:
         lines.append("  then model.engine.onnx beside it: one step input, on-device greedy token (direct decoding)")
-    return lines
-
-
-def rai_env_lines(rai_env, in_dir: Path, cfg: BuildConfig, fixes: list[str]) -> list[str]:
-    d = rai_detail(rai_env, in_dir, cfg, fixes)
-    lines = [f"in {rai_env.describe()}"]
-    if d.get("options_left_out"):
-        lines.append(f"builder options {d['options_left_out']} left out: {d['builder']} does not know them")
-    if d.get("config_fixes_not_applied"):
-        lines.append(f"config fixes {d['config_fixes_not_applied']} (for the 0.18 builder) are not applied there")
     return lines
 
 
