@@ -43,6 +43,7 @@ RepetitionPenalty = Annotated[Optional[float], typer.Option("--repetition-penalt
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 Provider = Annotated[Optional[str], typer.Option("--provider", help="cpu|webgpu|dml|cuda|ryzenai (default: the model's).")]
 Fallback = Annotated[Optional[str], typer.Option("--fallback", help="'cpu': run on the CPU if the provider is missing.")]
+RaiEnvOption = Annotated[Optional[Path], typer.Option("--rai-env", help="The Ryzen AI release's env folder (its conda env, e.g. ...\\envs\\ryzen-ai-1.8.0); default: the active ryzen-ai-X.Y.Z conda env or RYZEN_AI_INSTALLATION_PATH.")]
 ChatTemplate = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file to use.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
 
@@ -186,9 +187,10 @@ def prepare(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
     calib_file: Annotated[Optional[Path], typer.Option("--calib-file", help="Text file for AWQ/GPTQ calibration.")] = None,
     trace: Annotated[bool, typer.Option("--trace", help="DD_PLUGINS_TRACING=1 for the Ryzen AI tools; logs kept.")] = False,
-    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: from the conda env or RYZEN_AI_INSTALLATION_PATH.")] = None,
+    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: the Ryzen AI env's (its name, model-generate package or onnxruntime-genai pin).")] = None,
     dd_plugins: Annotated[Optional[Path], typer.Option("--dd-plugins", help="Where compiled operator plugins go (default ./dd_plugins).")] = None,
     skip_device_check: Annotated[bool, typer.Option("--skip-device-check", help="Build hybrid/npu models on a machine without the NPU.")] = False,
+    rai_env: RaiEnvOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the model folder.")] = False,
 ) -> None:
     """Quantize (Quark), build (OGA model builder) and validate a model for a target."""
@@ -200,7 +202,8 @@ def prepare(
 
         req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
                              from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
-                             rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check)
+                             rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check,
+                             rai_env=rai_env)
         stage_progress = StageProgress(quiet or dry_run)
         try:
             result = do_prepare(req, stage_progress)
@@ -382,6 +385,7 @@ def bench(
     fallback: Fallback = None,
     model_benchmark: Annotated[bool, typer.Option("--model-benchmark", help="Run AMD's model_benchmark with the same settings.")] = False,
     rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release for model_benchmark's flags.")] = None,
+    rai_env: RaiEnvOption = None,
 ) -> None:
     """Benchmark a prepared model over prompt lengths (AMD model_benchmark style)."""
     if ctx.invoked_subcommand is not None:
@@ -401,7 +405,7 @@ def bench(
 
         recs = run_model_benchmark(model, cfg, text, model / "logs" / "bench", rai_version,
                                    record_metadata(provider=provider or "ryzenai",
-                                                   content_hash=folder_content_hash(model)))
+                                                   content_hash=folder_content_hash(model)), rai_env=rai_env)
         for r in recs:
             sink.add(r)
     else:
@@ -617,6 +621,10 @@ def devices_cmd(
     tools = rep["ryzen_ai_tools"]
     print("Ryzen AI tools: " + ", ".join(f"{t} {v['version'] or ''}".strip() if v["path"] else f"{t} not found"
                                          for t, v in tools.items()))
+    env = rep.get("ryzen_ai_env")
+    print("Ryzen AI env: " + ("none found (--rai-env, a ryzen-ai-X.Y.Z conda env, RYZEN_AI_INSTALLATION_PATH)" if not env
+                              else f"{env['error']} ({env['fix']})" if "error" in env
+                              else f"{env['prefix']}: Ryzen AI {env['release']}, {env['onnxruntime_genai']}"))
     print("targets:  " + "  ".join(f"{t}: prepare {'yes' if v['prepare'] else 'no'}, run {'yes' if v['run'] else 'no'};"
                                    for t, v in rep["targets"].items()))
 
@@ -790,6 +798,11 @@ def env() -> None:
 
     for tool in ("onnx_utils", "model_generate", "model_benchmark", "xrt-smi"):
         print(f"{tool}: {shutil.which(tool) or 'not found'}")
+    from .doctor import rai_env_info
+
+    rai = rai_env_info()
+    print("ryzen-ai env: " + ("not found" if rai is None else rai.get("error") or
+                              f"{rai['prefix']} (Ryzen AI {rai['release']}, {rai['onnxruntime_genai']})"))
 
 
 def version_callback(value: bool) -> None:

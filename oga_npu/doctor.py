@@ -74,18 +74,51 @@ def devices_report() -> dict:
     oga = prov["onnxruntime_genai"]
     is_windows = mr.os == "Windows"
     hybrid_npu = any(n.supports_hybrid for n in mr.npus)
-    rai_tools = tools["model_generate"]["path"] is not None
-    can_prepare = {"cpu": True, "webgpu": True, "dml": True,
-                   "hybrid": rai_tools and tools["onnx_utils"]["path"] is not None, "npu": rai_tools}
+    can_prepare = {"cpu": True, "webgpu": True, "dml": True, "hybrid": _can_prepare_rai("hybrid"),
+                   "npu": _can_prepare_rai("npu")}
     can_run = {"cpu": True, "webgpu": oga["webgpu"]["available"], "dml": oga["dml"]["available"],
                "hybrid": is_windows and hybrid_npu and oga["ryzenai"]["available"],
-               "npu": is_windows and bool(mr.npus) and oga["ryzenai"]["available"]}
+               "npu": (is_windows or linux_npu_ready()) and bool(mr.npus) and oga["ryzenai"]["available"]}
     npus = mr.to_dict()["npus"]
     summary = "no NPU, CPU only" if not npus else ", ".join(n["name"] + " NPU" for n in npus)
     return {"os": platform.platform(), "cpu": cpu_model(), "summary": summary, "npus": npus, "xrt_smi": xrt,
             "gpus": _pci_gpus(), "webgpu": webgpu_report(), "providers": prov, "ryzen_ai_tools": tools,
             "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
+            "ryzen_ai_env": rai_env_info(),
             "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS}}
+
+
+def _can_prepare_rai(target: str) -> bool:
+    """A Ryzen AI env with what the target needs, on Windows (model_generate runs there only)."""
+    from .errors import OgaNpuError
+    from .ryzenai import check_host, require_env
+
+    tools = ["onnx_utils", "model_generate"] if target == "hybrid" else ["model_generate"]
+    try:
+        check_host(target)
+        require_env(target, None, None, tools, builder=target == "hybrid")
+    except OgaNpuError:
+        return False
+    return True
+
+
+def rai_env_info() -> dict | None:
+    """The Ryzen AI env that prepare would use (oga_npu.ryzenai), or why it cannot be read."""
+    from .errors import OgaNpuError
+    from .ryzenai import find_env
+
+    try:
+        env = find_env()
+    except OgaNpuError as e:
+        return {"error": e.message, "fix": e.fix}
+    return env.to_dict() if env is not None else None
+
+
+def linux_npu_ready() -> bool:
+    """Ryzen AI 1.8 runs NPU-only models on Linux once XRT, the device and memlock are set up."""
+    from .ryzenai import host_os, linux_npu_checks
+
+    return host_os() == "Linux" and all(c.ok for c in linux_npu_checks())
 
 
 def webgpu_report() -> dict:
@@ -142,9 +175,29 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
                                     f"{min_free_gb:.0f} GB)", "free disk space or prepare with --output elsewhere"))
     else:
         rep.checks.append(f"{free:.0f} GB free in {probe}")
+    _linux_npu(rep, model)
     if model is not None:
         _check_model(model, rep, v)
     return rep
+
+
+def _linux_npu(rep: DoctorReport, model: Path | None) -> None:
+    """What AMD's Linux page needs for NPU models (oga_npu.ryzenai.doctor_checks)."""
+    import json
+
+    from .ryzenai import doctor_checks
+
+    cfg = None
+    if model is not None and (model / "genai_config.json").is_file():
+        try:
+            cfg = json.loads((model / "genai_config.json").read_text(encoding="utf-8"))
+        except ValueError:
+            cfg = None
+    for c in doctor_checks(cfg):
+        if c.ok:
+            rep.checks.append(c.what)
+        else:
+            rep.problems.append(Problem(c.what, c.fix))
 
 
 def _probe(model: Path, prov: str, rep: DoctorReport) -> None:

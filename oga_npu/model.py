@@ -378,6 +378,11 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     if wanted not in PROVIDERS:
         raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")
     ok, why = provider_available(wanted)
+    if ok and wanted == "ryzenai":  # on Linux: NPU-only models, once AMD's setup is done (oga_npu.ryzenai)
+        from .ryzenai import runtime_problem
+
+        why = runtime_problem(config, state.manifest) or ""
+        ok = not why
     if not ok:
         if fallback != "cpu":
             raise ProviderError(f"provider {wanted} is not available: {why}",
