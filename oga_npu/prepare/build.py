@@ -134,10 +134,17 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
     if session or "no_unused_sliding_window" in passes:
         config_path.write_text(json.dumps(config, indent=4) + "\n")
+    from ..capabilities import fix_tokenizer_config
+
+    tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
+    if tok_class:
+        passes.append("tokenizer_class")
     detail = {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
               "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
     if native is not None:
         detail["gguf_native"] = native
+    if tok_class:
+        detail["tokenizer_class"] = tok_class
     return detail
 
 
@@ -270,8 +277,22 @@ def applies(ctx) -> bool:
     return ctx.target != "npu"  # model_generate --npu builds from the quantized folder itself
 
 
-def key(ctx) -> dict:
+def config_for(ctx) -> BuildConfig:
+    """The recipe's build config with only the builder options the target runtime
+    (ctx.oga_version, see capabilities.target_oga_version) can run."""
     cfg = ctx.recipe.build_for(ctx.target)
+    kept = options_for(ctx)
+    return cfg if kept == cfg.extra_options else cfg.model_copy(update={"extra_options": kept})
+
+
+def options_for(ctx) -> dict:
+    from ..capabilities import builder_options_for
+
+    return builder_options_for(ctx.recipe.build_for(ctx.target).extra_options, getattr(ctx, "oga_version", ""))[0]
+
+
+def key(ctx) -> dict:
+    cfg = config_for(ctx)
     k = {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"), "session": resolved_session_options(cfg)}
     if ctx.recipe.quantize.engine == "gguf":
         k["gguf_native"] = 1
@@ -287,7 +308,7 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    cfg = ctx.recipe.build_for(ctx.target)
+    cfg = config_for(ctx)
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \
         else []
     lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"),
@@ -308,4 +329,4 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
-    return run(in_dir, out_dir, ctx.target, ctx.recipe.build_for(ctx.target), log_path, ctx.tool_env(), gguf)
+    return run(in_dir, out_dir, ctx.target, config_for(ctx), log_path, ctx.tool_env(), gguf)
