@@ -76,6 +76,7 @@ for v in $VERSIONS; do
     echo "$want" > "$venv/.stamp"
   fi
   echo "test_oga_versions: onnxruntime-genai $v" >&2
-  OGA_NPU_EXPECT_OGA="$v" run_pytest "$venv/bin/python" tests/test_oga_runtime.py tests/oga_versions_check.py
+  dist=onnxruntime-genai; [ "$v" != "0.14.0" ] || dist=onnxruntime-genai-directml-ryzenai
+  OGA_NPU_EXPECT_OGA="$v" OGA_NPU_EXPECT_DIST="$dist" run_pytest "$venv/bin/python" tests/test_oga_runtime.py tests/oga_versions_check.py
 done
 echo "test_oga_versions: runtime tests passed on onnxruntime-genai $VERSIONS and the recipe folders on $("$MAIN_PY" -c 'import onnxruntime_genai as o; print(o.__version__)')" >&2

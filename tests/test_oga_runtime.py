@@ -45,6 +45,10 @@ def test_the_runtime_is_detected_from_its_distribution_and_api():
     want = os.environ.get("OGA_NPU_EXPECT_OGA")  # set by test_oga_versions.sh: the venv holds what it says
     if want:
         assert base_version(rt.version) == want, rt
+    dist = os.environ.get("OGA_NPU_EXPECT_DIST")  # AMD's name where its stub stands beside the public wheel
+    if dist:
+        assert rt.distribution == dist, rt
+        assert ("Ryzen AI 1.8's runtime" in rt.describe()) == (dist == caps_mod.RYZENAI_DISTRIBUTION), rt.describe()
     c = capabilities()
     assert c.rewind == hasattr(og.Generator, "rewind_to")
     assert c.guidance == hasattr(og.GeneratorParams, "set_guidance")
