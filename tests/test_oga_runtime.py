@@ -209,3 +209,19 @@ def test_a_folder_for_a_newer_runtime_is_refused_naming_both(folder, tmp_path, m
     rep = doctor(copy)
     assert any("needs onnxruntime-genai 0.14.0" in p.what for p in rep.problems), rep.problems
     assert json.loads((copy / MANIFEST).read_text())["requires"]["onnxruntime-genai"] == "0.14.0"
+
+
+def test_doctor_and_devices_judge_the_runtime_by_what_it_needs():
+    """The issue's case: on 0.14.0 doctor said "onnxruntime 1.32: expected >=1.31,<1.32" and
+    "amd-quark: found none" for a setup that runs. The runtime is judged by its own
+    requirements; prepare's packages are a note."""
+    from oga_npu.doctor import doctor, runtime_report
+
+    rt = installed_runtime()
+    rep = doctor()
+    assert any(c.startswith(f"runtime {rt.describe()}") for c in rep.checks), rep.checks
+    pinned = ("onnxruntime:", "onnxruntime-genai:", "amd-quark:", "transformers:")
+    assert not [p.what for p in rep.problems if p.what.startswith(pinned)], rep.problems
+    assert runtime_report()["ryzen_ai_releases"] == rt.releases
+    r = run_cli("devices")
+    assert r.returncode == 0 and f"onnxruntime-genai: {rt.describe()}" in r.stdout, r.stdout + r.stderr
