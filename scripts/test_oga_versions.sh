@@ -4,7 +4,7 @@
 # Called by scripts/test.sh after the main suite; run it alone the same way (it sources
 # setup_env.sh). The folders are prepared ONCE with the main venv (prepare needs 0.18's
 # builder); the other venvs hold only the runtime: onnxruntime-genai==X installed first, then
-# `pip install -e ".[ryzenai,dev]"`, which must install no onnxruntime* over it (checked). For
+# `pip install -e ".[ryzenai]" pytest`, which must install no onnxruntime* over it (checked). For
 # 0.14.0 a stub distribution named onnxruntime-genai-directml-ryzenai stands in for AMD's.
 #   OGA_NPU_TEST_OGA_VERSIONS   versions to test (default: "0.9.2 0.11.2 0.14.0")
 #   OGA_NPU_VERSION_VENVS       where the venvs and folders live (default: .venv-oga; reused
@@ -66,7 +66,7 @@ for v in $VERSIONS; do
     fi
     before="$("$venv/bin/python" -m pip list --format=freeze | grep -i '^onnxruntime' | sort)"
     log="$BASE/install-$v.log"
-    "$venv/bin/python" -m pip install -e "$ROOT[ryzenai,dev]" > "$log" 2>&1 || { tail -20 "$log" >&2; fail "pip install -e .[ryzenai,dev] failed for $v"; }
+    "$venv/bin/python" -m pip install -e "$ROOT[ryzenai]" pytest > "$log" 2>&1 || { tail -20 "$log" >&2; fail "pip install -e .[ryzenai] failed for $v"; }
     after="$("$venv/bin/python" -m pip list --format=freeze | grep -i '^onnxruntime' | sort)"
     [ "$before" = "$after" ] || fail "pip install .[ryzenai] changed the runtime for $v: before [$before] after [$after]"
     if grep -i '^Successfully installed' "$log" | tr ' ' '\n' | grep -qi '^onnxruntime'; then
