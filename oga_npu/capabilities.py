@@ -138,7 +138,6 @@ class Capabilities:
     guidance: bool          # GeneratorParams.set_guidance (the build may still lack llguidance: probed per model)
     eos_token_ids: bool     # Tokenizer.eos_token_ids (older: genai_config's eos_token_id only)
     ep_library: bool        # register_execution_provider_library (plugin EPs such as WebGPU)
-    token_count: bool       # Generator.token_count
 
     def reuse_note(self) -> str:
         return "" if self.rewind else (f"onnxruntime-genai {self.version} has no Generator.rewind_to: "
@@ -161,7 +160,6 @@ def capabilities() -> Capabilities:
         guidance=hasattr(params, "set_guidance"),
         eos_token_ids=hasattr(tok, "eos_token_ids"),
         ep_library=hasattr(og, "register_execution_provider_library"),
-        token_count=hasattr(gen, "token_count"),
     )
 
 

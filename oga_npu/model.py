@@ -206,6 +206,11 @@ def provider_available(provider: str) -> tuple[bool, str]:
         return bool(og.is_dml_available()), "DirectML needs Windows and onnxruntime-genai-directml"
     if provider == "webgpu":
         from . import webgpu
+        from .capabilities import capabilities
+
+        if not capabilities().ep_library:
+            return False, (f"onnxruntime-genai {capabilities().version} cannot load plugin execution providers "
+                           "(no register_execution_provider_library)")
 
         return webgpu.available()
     if provider == "ryzenai":

@@ -21,6 +21,7 @@ BASE="${OGA_NPU_VERSION_VENVS:-$ROOT/.venv-oga}"
 mkdir -p "$BASE"
 MAIN_PY="$(command -v python)"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+unset PYTHONPATH  # each venv imports its own editable install (a checkout on the path shadows the venv's metadata)
 
 fail() { echo "test_oga_versions: $*" >&2; exit 1; }
 
