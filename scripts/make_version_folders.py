@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's oga_npu, and the tests' model makers
 
 RECIPES = ("gguf-native", "builder-int4", "cpu-fast", "default")
 OLDEST = "0.9.2"
