@@ -191,6 +191,7 @@ def prepare(
     dd_plugins: Annotated[Optional[Path], typer.Option("--dd-plugins", help="Where compiled operator plugins go (default ./dd_plugins).")] = None,
     skip_device_check: Annotated[bool, typer.Option("--skip-device-check", help="Build hybrid/npu models on a machine without the NPU.")] = False,
     rai_env: RaiEnvOption = None,
+    oga_version: Annotated[Optional[str], typer.Option("--oga-version", help="The onnxruntime-genai the folder will run on (e.g. 0.11.2 for Ryzen AI 1.7): builder options it cannot run are left out. Default: the installed one; hybrid/npu: the Ryzen AI release's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the model folder.")] = False,
 ) -> None:
     """Quantize (Quark), build (OGA model builder) and validate a model for a target."""
@@ -203,7 +204,7 @@ def prepare(
         req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
                              from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
                              rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check,
-                             rai_env=rai_env)
+                             rai_env=rai_env, oga_version=oga_version)
         stage_progress = StageProgress(quiet or dry_run)
         try:
             result = do_prepare(req, stage_progress)
@@ -612,6 +613,7 @@ def devices_cmd(
                          f"firmware {x.get('firmware')}, XRT {x.get('xrt_version')}, power mode {x.get('power_mode')}"))
     print("GPUs: " + (", ".join(f"{g['vendor']} {g['pci_id']}" for g in rep["gpus"]) or "none found on PCI"))
     print(webgpu_line(rep["webgpu"]))
+    print(f"onnxruntime-genai: {rep['runtime']['description']}")
     print("onnxruntime providers: " + ", ".join(rep["providers"]["onnxruntime"]))
     oga = rep["providers"]["onnxruntime_genai"]
     print("onnxruntime-genai providers: " + ", ".join(
@@ -647,6 +649,8 @@ def doctor(
     rep = run_doctor(folder)
     for c in rep.checks:
         print(f"ok       {c}")
+    for n in rep.notes:
+        print(f"note     {n}")
     for p in rep.problems:
         print(f"PROBLEM  {p.what}\n         fix: {p.fix}")
     if rep.problems:

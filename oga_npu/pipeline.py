@@ -40,8 +40,10 @@ from .workdir import (
 
 log = logging.getLogger(__name__)
 
-# Checked before any long step (--dry-run too) and shown by doctor: (distribution, minimum,
-# below). Matches pyproject.toml.
+# What prepare needs, checked before any long step (--dry-run too) and shown by doctor:
+# (distribution, minimum, below). Matches pyproject.toml's cpu and prepare extras: prepare
+# builds with onnxruntime-genai 0.18's model builder whatever runtime the folder is for
+# (--oga-version). run/chat/serve judge the runtime by capabilities.judge_runtime instead.
 REQUIRED_VERSIONS = {
     "onnxruntime-genai": ("0.18", "0.19"),
     "onnxruntime": ("1.31", "1.32"),
@@ -51,6 +53,8 @@ REQUIRED_VERSIONS = {
     "numpy": ("1.26", "3"),
     "protobuf": ("4.25", "8"),
 }
+# Only prepare needs these: doctor notes them missing, run/chat/serve do not need them.
+PREPARE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers")
 VERSION_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers", "torch", "onnx",
                     "huggingface-hub", "numpy", "protobuf")
 DISK_FACTOR = 3.0  # quantized copy + ONNX weights + headroom, times the source weights
@@ -72,6 +76,7 @@ class PrepareRequest:
     dd_plugins: Path | None = None
     skip_device_check: bool = False
     rai_env: Path | None = None  # the Ryzen AI release's env (oga_npu.ryzenai finds one otherwise)
+    oga_version: str | None = None  # the onnxruntime-genai the folder is for (None: capabilities.target_oga_version)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class StageContext:
     tools: dict = field(default_factory=dict)          # name -> resolved path
     tool_versions: dict = field(default_factory=dict)  # name -> version string
     rai_env: object | None = None  # oga_npu.ryzenai.RaiEnv: where AMD's stages run
+    oga_version: str = ""   # the onnxruntime-genai the folder is built to run on ("": the newest)
 
     def tool_path(self, name: str) -> str:
         return self.tools.get(name) or name
@@ -175,8 +181,9 @@ def check_versions(versions: dict, needs_quark: bool = True) -> None:
         elif not (Version(lo) <= Version(found) < Version(hi)):
             bad.append(f"{name}: expected >={lo},<{hi}, found {found}")
     if bad:
-        raise VersionError("wrong package versions: " + "; ".join(bad),
-                           "pip install -e . in a fresh virtual environment (see README)")
+        raise VersionError("wrong package versions for prepare: " + "; ".join(bad),
+                           'pip install -e ".[cpu,prepare]" in a fresh virtual environment (see README; prepare '
+                           "builds with onnxruntime-genai 0.18, --oga-version picks the runtime the folder is for)")
 
 
 def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT_RECIPE) -> Path:
@@ -277,12 +284,21 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, dd_plugins=dd_plugins)
     stages = [s for s in STAGES if s.applies(probe)]
     rai_env, rai_version, rai_source = _rai_env(req, stages, notes)
+    from .capabilities import target_oga_version
+
+    # the runtime the folder is for: --oga-version, else the Ryzen AI env's own, else the release's pin / installed
+    env_oga = rai_env.oga[1] if rai_env is not None and rai_env.oga else None
+    oga_version = target_oga_version(req.target, rai_version, req.oga_version or env_oga)
     probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, rai_version=rai_version,
-                         rai_source=rai_source, dd_plugins=dd_plugins, rai_env=rai_env)
+                         rai_source=rai_source, dd_plugins=dd_plugins, rai_env=rai_env, oga_version=oga_version)
     for s in stages:
         if hasattr(s, "check_release"):
             s.check_release(probe)
     names = [s.NAME for s in stages]
+    if "build" in names:  # options the target runtime cannot run are left out, and prepare says so
+        from .capabilities import builder_options_for
+
+        notes += builder_options_for(recipe.build_for(req.target).extra_options, oga_version)[1]
     if req.from_stage and req.from_stage not in names:
         raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
 
@@ -332,7 +348,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     calib_key = "builtin:calibration" if calib_text == "builtin" else _file_key(Path(calib_text))
     ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace, rai_version=rai_version,
                        rai_source=rai_source, dd_plugins=dd_plugins, tools=tools, tool_versions=tool_versions,
-                       rai_env=rai_env)
+                       rai_env=rai_env, oga_version=oga_version)
 
     # Keys chain: a change upstream invalidates everything after it.
     keys, upstream = {}, _key(resolved.key)
@@ -407,11 +423,25 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     "target": req.target, "versions": versions, "notes": notes,
                     "builder": _builder_versions(ctx, versions, tool_versions),
                     "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
+                    # the runtime it was built for, and the oldest that loads it (checked at load)
+                    "built_for": {"onnxruntime-genai": oga_version},
+                    "requires": {"onnxruntime-genai": folder_requirement(ctx)},
                     "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports},
                     # what `oga-npu models` and the server show: parameters, weight bits, context
                     "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None)}
         manifest = publish(out, model_dir, manifest)
     return PrepareResult(out, reports, manifest, notes=notes)
+
+
+def folder_requirement(ctx: StageContext) -> str:
+    """The oldest onnxruntime-genai the folder needs: what its builder options need, and for
+    a Ryzen AI model its release's own pin (models do not cross releases)."""
+    from .capabilities import RAI_OGA_PINS, min_oga_for, older
+    from .prepare import build
+
+    need = min_oga_for(build.options_for(ctx)) if build.applies(ctx) else min_oga_for({})
+    pin = RAI_OGA_PINS.get(ctx.rai_version) if ctx.target in ("hybrid", "npu") else None
+    return pin if pin and older(need, pin) else need
 
 
 def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:

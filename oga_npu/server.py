@@ -312,29 +312,45 @@ class ServedModel:
     executor: ThreadPoolExecutor = field(init=False)   # decodes, one request at a time
     prep: ThreadPoolExecutor = field(init=False)       # chat template and tokenizer, while another decodes
     guidance: bool = field(init=False)
+    guidance_note: str = field(init=False, default="")   # why not, when guidance is False
 
     def __post_init__(self):
         self.queue = DeviceQueue(self.max_queue)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"model-{self.id}")
         self.prep = ThreadPoolExecutor(1, thread_name_prefix=f"prep-{self.id}")
         self.cache = PromptCache(self.lm) if self.kv_reuse else None
-        self.guidance = guidance_available(self.lm)
+        self.guidance, self.guidance_note = guidance_support(self.lm)
+
+    def reuse(self) -> tuple[bool, str]:
+        """Whether turns reuse the KV cache here, and why not (runtime, provider, --no-kv-reuse)."""
+        return reuse_support(self.lm) if self.kv_reuse else (False, "off (serve --no-kv-reuse)")
 
     def info(self) -> dict:
-        reuse, why = reuse_support(self.lm) if self.kv_reuse else (False, "off (serve --no-kv-reuse)")
+        reuse, why = self.reuse()
         man = self.lm.manifest or {}
         return {"id": self.id, "object": "model", "created": int(Path(self.lm.path).stat().st_mtime),
                 "owned_by": "oga-npu", "context_length": self.lm.context_length, "provider": self.lm.provider,
                 "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
                 "source": man.get("source"), "hub_id": man.get("hub_id"),
                 "revision": man.get("revision"), "kv_reuse": reuse, "kv_reuse_note": why,
-                "guided_output": self.guidance}
+                "guided_output": self.guidance, **({"guided_output_note": self.guidance_note} if not self.guidance else {})}
 
 
 def guidance_available(lm) -> bool:
     """Whether this onnxruntime-genai build enforces JSON schemas (llguidance) for this model."""
+    return guidance_support(lm)[0]
+
+
+def guidance_support(lm) -> tuple[bool, str]:
+    """guidance_available, and why not: no set_guidance in this onnxruntime-genai
+    (capabilities.py), a build without llguidance (a guarded call), or the direct decoder."""
+    from .capabilities import capabilities
+
     if lm.decoder != "oga":
-        return False
+        return False, "the direct WebGPU decoder has no guided output"
+    if not capabilities().guidance:
+        log.info("guided output is off for %s: %s", lm.path, capabilities().guidance_note())
+        return False, capabilities().guidance_note()
     try:
         import onnxruntime_genai as og
 
@@ -342,10 +358,11 @@ def guidance_available(lm) -> bool:
         params.set_search_options(max_length=8)
         params.set_guidance("json_schema", '{"type": "object"}')
         og.Generator(lm.model, params)
-        return True
+        return True, ""
     except Exception as e:  # noqa: BLE001 - a build without llguidance raises here
         log.info("guided output is off for %s: %s", lm.path, e)
-        return False
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return False, f"this onnxruntime-genai build has no guided output ({first})"
 
 
 class FolderProvider:
@@ -455,6 +472,10 @@ def _auto_grammar(schema: dict) -> tuple[str, str]:
     return ("lark_grammar", "start: call | text\ncall: %json " + json.dumps(schema) + "\ntext: /[^{](.|\\n)*/\n")
 
 
+def _no_guidance(sm: ServedModel) -> str:
+    return getattr(sm, "guidance_note", "") or "this model/runtime has no guided output"
+
+
 def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str, str] | None, bool | str]:
     """Messages for the template, guidance, and whether the answer is a tool call (True),
     may be one ("auto": it is when it starts with '{'), or is not (False)."""
@@ -469,8 +490,7 @@ def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str
     rf = req.response_format
     if rf is not None and rf.type != "text":
         if not sm.guidance:
-            raise not_supported(f"response_format {rf.type} (this model/runtime has no guided output)",
-                                "response_format")
+            raise not_supported(f"response_format {rf.type} ({_no_guidance(sm)})", "response_format")
         if rf.type == "json_object":
             guidance = _schema_guidance({"type": "object"})
         else:
@@ -480,7 +500,7 @@ def _chat_plan(req: ChatRequest, sm: ServedModel) -> tuple[list[dict], tuple[str
             guidance = _schema_guidance(rf.json_schema.schema_ or {"type": "object"})
     if req.tools and req.tool_choice != "none":
         if not sm.guidance:
-            raise not_supported("tools (this model/runtime has no guided output)", "tools")
+            raise not_supported(f"tools ({_no_guidance(sm)})", "tools")
         if guidance:
             raise not_supported("response_format together with tools", "response_format")
         schema = _tool_schema(req.tools, req.tool_choice)
@@ -975,7 +995,8 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
     @app.get("/v1/stats")
     async def stats():
         return {"last_request": state["last"],
-                "models": {i: {"queue_depth": sm.queue.depth, "kv_cache": vars(sm.cache.stats) if sm.cache else None}
+                "models": {i: {"queue_depth": sm.queue.depth, "kv_cache": vars(sm.cache.stats) if sm.cache else None,
+                               **dict(zip(("kv_reuse", "kv_reuse_note"), sm.reuse()))}
                            for i, sm in (provider.models if provider.ready else {}).items()}}
 
     @app.get("/health")

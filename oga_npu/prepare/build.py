@@ -140,12 +140,19 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
     if session or "no_unused_sliding_window" in passes:
         config_path.write_text(json.dumps(config, indent=4) + "\n")
+    from ..capabilities import fix_tokenizer_config
+
+    tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
+    if tok_class:
+        passes.append("tokenizer_class")
     detail = {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
               "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
     if native is not None:
         detail["gguf_native"] = native
     if rai_env is not None:
         detail.update(rai_env.build_detail({**window_options(in_dir), **cfg.extra_options}, fixes))
+    if tok_class:
+        detail["tokenizer_class"] = tok_class
     return detail
 
 
@@ -280,8 +287,22 @@ def applies(ctx) -> bool:
     return not (ctx.target == "npu" or (ctx.target == "hybrid" and ctx.recipe.hybrid.compile_ops == "never"))
 
 
-def key(ctx) -> dict:
+def config_for(ctx) -> BuildConfig:
+    """The recipe's build config with only the builder options the target runtime
+    (ctx.oga_version, see capabilities.target_oga_version) can run."""
     cfg = ctx.recipe.build_for(ctx.target)
+    kept = options_for(ctx)
+    return cfg if kept == cfg.extra_options else cfg.model_copy(update={"extra_options": kept})
+
+
+def options_for(ctx) -> dict:
+    from ..capabilities import builder_options_for
+
+    return builder_options_for(ctx.recipe.build_for(ctx.target).extra_options, getattr(ctx, "oga_version", ""))[0]
+
+
+def key(ctx) -> dict:
+    cfg = config_for(ctx)
     k = {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"), "session": resolved_session_options(cfg)}
     if ctx.recipe.quantize.engine == "gguf":
         k["gguf_native"] = 1
@@ -299,7 +320,7 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    cfg = ctx.recipe.build_for(ctx.target)
+    cfg = config_for(ctx)
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \
         else []
     rai_env = getattr(ctx, "rai_env", None)
@@ -324,5 +345,4 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
     rai_env = getattr(ctx, "rai_env", None) if BUILDER_EP[ctx.target] == "dml" else None
-    return run(in_dir, out_dir, ctx.target, ctx.recipe.build_for(ctx.target), log_path, ctx.tool_env(), gguf,
-               rai_env)
+    return run(in_dir, out_dir, ctx.target, config_for(ctx), log_path, ctx.tool_env(), gguf, rai_env)
