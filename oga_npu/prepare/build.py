@@ -320,10 +320,10 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    cfg = config_for(ctx)
+    rai_env = getattr(ctx, "rai_env", None)
+    cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \
         else []
-    rai_env = getattr(ctx, "rai_env", None)
     lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"),
                                           fixes, rai_env))]
     if rai_env is not None:
@@ -345,4 +345,6 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
     rai_env = getattr(ctx, "rai_env", None) if BUILDER_EP[ctx.target] == "dml" else None
-    return run(in_dir, out_dir, ctx.target, config_for(ctx), log_path, ctx.tool_env(), gguf, rai_env)
+    # in a Ryzen AI env the env's builder options are chosen (and the dropped ones recorded) by rai_env
+    cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
+    return run(in_dir, out_dir, ctx.target, cfg, log_path, ctx.tool_env(), gguf, rai_env)
