@@ -45,6 +45,9 @@ Provider = Annotated[Optional[str], typer.Option("--provider", help="cpu|webgpu|
 Fallback = Annotated[Optional[str], typer.Option("--fallback", help="'cpu': run on the CPU if the provider is missing.")]
 ChatTemplate = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file to use.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
+Speculative = Annotated[Optional[str], typer.Option("--speculative", metavar="ngram", help="Speculative decoding by n-gram prompt lookup (onnxruntime-genai >= 0.18; needs a model with full logits). Same output at temperature 0.")]
+DraftModel = Annotated[Optional[Path], typer.Option("--draft-model", metavar="DIR", help="Speculative decoding with this smaller prepared model (same tokenizer, same target) as the drafter.")]
+DraftTokens = Annotated[int, typer.Option("--draft-tokens", help="Tokens proposed per speculative step (1-16).")]
 
 
 def _stderr_tty() -> bool:
@@ -153,6 +156,17 @@ class StageProgress:
             self._stop()
 
 
+def _load_speculative(model, provider, fallback, speculative, draft_model, draft_tokens):
+    """load() plus speculative.attach when --speculative/--draft-model was given."""
+    from . import speculative as spec_mod
+    from .model import load
+
+    spec = spec_mod.parse(speculative, draft_model, draft_tokens)   # refused before the slow load
+    lm = load(model, provider=provider, fallback=fallback)
+    spec_mod.attach(lm, spec)
+    return lm
+
+
 def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_penalty=None):
     from .generate import GenerationOptions
 
@@ -232,17 +246,19 @@ def run(
     provider: Provider = None,
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s to stderr.")] = False,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """One-shot generation, streamed to stdout."""
     from .generate import stream_generate
-    from .model import load
 
     if prompt == "-":
         prompt = sys.stdin.read()
     opts = _options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(model, provider=provider, fallback=fallback)
+    lm = _load_speculative(model, provider, fallback, speculative, draft_model, draft_tokens)
     if system and not raw:
         prompt_in = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     else:
@@ -283,15 +299,17 @@ def chat(
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s after each answer.")] = False,
     kv_reuse: Annotated[bool, typer.Option("--kv-reuse/--no-kv-reuse", help="Keep the KV cache between turns (prefill only the new message).")] = True,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """Interactive chat (/help for commands). With stdin not a terminal: one message per line."""
     from .chat import ChatSession, repl
-    from .model import load
 
     opts = _options(max_tokens, temperature, top_p, top_k, seed, repetition_penalty=repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(model, provider=provider, fallback=fallback)
+    lm = _load_speculative(model, provider, fallback, speculative, draft_model, draft_tokens)
     session = ChatSession(lm, opts, system=system, chat_template=template, reuse=kv_reuse)
     repl(session, timings=timings)
 
@@ -308,6 +326,9 @@ def serve(
     stream_interval: Annotated[float, typer.Option("--stream-interval", metavar="MS", help="Streams send tokens that come faster than this together (the first at once); 0: one chunk per token.")] = 30,
     provider: Provider = None,
     fallback: Fallback = None,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)."""
     from .server import serve as run_server
@@ -319,8 +340,15 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: binding {host} makes the server reachable from other machines"
               + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
+    loader = None
+    if speculative is not None or draft_model is not None:
+        from . import speculative as spec_mod
+
+        spec_mod.parse(speculative, draft_model, draft_tokens)   # a bad flag fails before the server starts
+        loader = lambda f, provider=None, fallback=None: _load_speculative(  # noqa: E731
+            f, provider, fallback, speculative, draft_model, draft_tokens)
     rc = run_server(model, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
-                    fallback=fallback, stream_interval_ms=stream_interval)
+                    fallback=fallback, stream_interval_ms=stream_interval, loader=loader)
     if rc:
         raise typer.Exit(rc)
 

@@ -896,8 +896,9 @@ def _tool_calls(text: str) -> list[dict] | None:
 
 def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
-          log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS) -> int:
-    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
+          log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS, loader=None) -> int:
+    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]. `loader`
+    replaces model.load (the CLI's speculative decoding attaches its drafter there)."""
     import sys
 
     import uvicorn
@@ -910,7 +911,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
         if not rep.ok:
             raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
                                    "pass a folder made by `oga-npu prepare`")
-    models = FolderProvider(folders, max_queue, provider, fallback)
+    models = FolderProvider(folders, max_queue, provider, fallback, loader=loader)
     app = create_app(models, api_key, stream_interval_ms)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
                             access_log=False)

@@ -156,7 +156,9 @@ def oga_bench(model: Path, lengths: list[int], gen: int, reps: int, out: Path, l
 
 
 def dir_mb(d: Path) -> float:
-    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) / 1e6
+    """The folder's bytes, each inode once (prepare's stages/ hard-link the model files)."""
+    seen = {(p.stat().st_dev, p.stat().st_ino): p.stat().st_size for p in d.rglob("*") if p.is_file()}
+    return sum(seen.values()) / 1e6
 
 
 def onnxruntime_amx_note(flags: set[str]) -> str:
