@@ -46,6 +46,9 @@ Fallback = Annotated[Optional[str], typer.Option("--fallback", help="'cpu': run 
 RaiEnvOption = Annotated[Optional[Path], typer.Option("--rai-env", help="The Ryzen AI release's env folder (its conda env, e.g. ...\\envs\\ryzen-ai-1.8.0); default: the active ryzen-ai-X.Y.Z conda env or RYZEN_AI_INSTALLATION_PATH.")]
 ChatTemplate = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file to use.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
+Speculative = Annotated[Optional[str], typer.Option("--speculative", metavar="ngram", help="Speculative decoding by n-gram prompt lookup (onnxruntime-genai >= 0.18; needs a model with full logits). Same output at temperature 0.")]
+DraftModel = Annotated[Optional[Path], typer.Option("--draft-model", metavar="DIR", help="Speculative decoding with this smaller prepared model (same tokenizer, same target) as the drafter.")]
+DraftTokens = Annotated[int, typer.Option("--draft-tokens", help="Tokens proposed per speculative step (1-16).")]
 
 
 def _stderr_tty() -> bool:
@@ -166,6 +169,17 @@ def _model(spec: Optional[str], command: str) -> Path:
     return store.resolve(spec)
 
 
+def _load_speculative(model, provider, fallback, speculative, draft_model, draft_tokens):
+    """load() plus speculative.attach when --speculative/--draft-model was given."""
+    from . import speculative as spec_mod
+    from .model import load
+
+    spec = spec_mod.parse(speculative, draft_model, draft_tokens)   # refused before the slow load
+    lm = load(model, provider=provider, fallback=fallback)
+    spec_mod.attach(lm, spec)
+    return lm
+
+
 def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_penalty=None):
     from .generate import GenerationOptions
 
@@ -252,17 +266,19 @@ def run(
     provider: Provider = None,
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s to stderr.")] = False,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """One-shot generation, streamed to stdout."""
     from .generate import stream_generate
-    from .model import load
 
     if prompt == "-":
         prompt = sys.stdin.read()
     opts = _options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(_model(model, "run"), provider=provider, fallback=fallback)
+    lm = _load_speculative(_model(model, "run"), provider, fallback, speculative, draft_model, draft_tokens)
     if system and not raw:
         prompt_in = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     else:
@@ -303,15 +319,17 @@ def chat(
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s after each answer.")] = False,
     kv_reuse: Annotated[bool, typer.Option("--kv-reuse/--no-kv-reuse", help="Keep the KV cache between turns (prefill only the new message).")] = True,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """Interactive chat (/help for commands). With stdin not a terminal: one message per line."""
     from .chat import ChatSession, repl
-    from .model import load
 
     opts = _options(max_tokens, temperature, top_p, top_k, seed, repetition_penalty=repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(_model(model, "chat"), provider=provider, fallback=fallback)
+    lm = _load_speculative(_model(model, "chat"), provider, fallback, speculative, draft_model, draft_tokens)
     session = ChatSession(lm, opts, system=system, chat_template=template, reuse=kv_reuse)
     repl(session, timings=timings)
 
@@ -333,6 +351,9 @@ def serve(
     allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", metavar="NAME", help="Another Host header to answer (repeatable; '*' = any). Default: the bound address, and loopback names for a loopback bind.")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", metavar="ORIGIN", help="Let web pages from ORIGIN call the API (repeatable). Default: no CORS.")] = None,
     no_kv_reuse: Annotated[bool, typer.Option("--no-kv-reuse", help="Prefill every prompt in full (no KV cache kept between requests).")] = False,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)."""
     from .server import serve as run_server
@@ -353,11 +374,18 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: binding {host} makes the server reachable from other machines"
               + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
+    loader = None
+    if speculative is not None or draft_model is not None:
+        from . import speculative as spec_mod
+
+        spec_mod.parse(speculative, draft_model, draft_tokens)   # a bad flag fails before the server starts
+        loader = lambda f, provider=None, fallback=None: _load_speculative(  # noqa: E731
+            f, provider, fallback, speculative, draft_model, draft_tokens)
     folders = [_model(m, "serve") for m in model] if model else [_model(None, "serve")]
     rc = run_server(folders, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
                     fallback=fallback, stream_interval_ms=stream_interval, max_body_mb=max_body_mb,
                     metrics_key=metrics_key, allowed_host=tuple(allowed_host or ()),
-                    cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse)
+                    cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse, loader=loader)
     if rc:
         raise typer.Exit(rc)
 

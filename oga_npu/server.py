@@ -1036,8 +1036,9 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
           log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
           max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None,
           allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = (),
-          kv_reuse: bool = True) -> int:
-    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]."""
+          kv_reuse: bool = True, loader=None) -> int:
+    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]. `loader`
+    replaces model.load (the CLI's speculative decoding attaches its drafter there)."""
     import uvicorn
 
     from .model import check_folder
@@ -1049,7 +1050,7 @@ def serve(folders: list[Path], host: str = "127.0.0.1", port: int = 8000, api_ke
             raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
                                    "pass a folder made by `oga-npu prepare`")
     serverlog.setup(log_level)
-    models = FolderProvider(folders, max_queue, provider, fallback, kv_reuse=kv_reuse)
+    models = FolderProvider(folders, max_queue, provider, fallback, kv_reuse=kv_reuse, loader=loader)
     try:
         app = create_app(models, api_key, stream_interval_ms, max_body_mb=max_body_mb, metrics_key=metrics_key,
                          host=host, allowed_host=allowed_host, cors_origin=cors_origin)
