@@ -338,7 +338,9 @@ def chat(
 
 @app.command()
 def serve(
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", metavar="NAME|DIR", help="A model's name in the store or a model folder (repeatable); the model id is the folder name. Default: the store's only model.", show_default=False)] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", metavar="NAME|DIR", help="A model's name in the store or a model folder (repeatable), loaded at start; the model id is the folder name. Default: every ready model of the store, loaded on demand.", show_default=False)] = None,
+    models_dir: Annotated[Optional[Path], typer.Option("--models-dir", metavar="DIR", help="Without -m: serve the models in DIR instead of the store.")] = None,
+    max_loaded: Annotated[int, typer.Option("--max-loaded", metavar="N", help="Without -m: at most N models loaded at once; the least recently used idle one is unloaded first.")] = 1,
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the server to the network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OGA_NPU_API_KEY", help="Require 'Authorization: Bearer KEY' on every route but /health and the chat page; set OGA_NPU_API_KEY instead to keep it out of ps.")] = None,
@@ -355,11 +357,16 @@ def serve(
     draft_model: DraftModel = None,
     draft_tokens: DraftTokens = 4,
 ) -> None:
-    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics)."""
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics); without -m every ready model of the store, loaded on demand."""
     from .server import serve as run_server
 
     if max_queue < 0:
         raise typer.BadParameter("must be 0 or more", param_hint="--max-queue")
+    if max_loaded < 1:
+        raise typer.BadParameter("must be 1 or more", param_hint="--max-loaded")
+    if model and models_dir is not None:
+        raise typer.BadParameter("serves a folder of models; -m names the models itself: give one or the other",
+                                 param_hint="--models-dir")
     if not 0 <= stream_interval <= 1000:
         raise typer.BadParameter("must be 0 to 1000 (milliseconds)", param_hint="--stream-interval")
     if api_key is None and os.environ.get("OGA_NPU_API_KEY") is not None:
@@ -381,10 +388,10 @@ def serve(
         spec_mod.parse(speculative, draft_model, draft_tokens)   # a bad flag fails before the server starts
         loader = lambda f, provider=None, fallback=None: _load_speculative(  # noqa: E731
             f, provider, fallback, speculative, draft_model, draft_tokens)
-    folders = [_model(m, "serve") for m in model] if model else [_model(None, "serve")]
-    rc = run_server(folders, host=host, port=port, api_key=api_key, max_queue=max_queue, provider=provider,
-                    fallback=fallback, stream_interval_ms=stream_interval, max_body_mb=max_body_mb,
-                    metrics_key=metrics_key, allowed_host=tuple(allowed_host or ()),
+    folders = [_model(m, "serve") for m in model] if model else None
+    rc = run_server(folders, models_dir=models_dir, max_loaded=max_loaded, host=host, port=port, api_key=api_key,
+                    max_queue=max_queue, provider=provider, fallback=fallback, stream_interval_ms=stream_interval,
+                    max_body_mb=max_body_mb, metrics_key=metrics_key, allowed_host=tuple(allowed_host or ()),
                     cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse, loader=loader)
     if rc:
         raise typer.Exit(rc)

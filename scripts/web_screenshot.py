@@ -6,7 +6,7 @@ downloaded), asks the questions given one after the other in one conversation, a
     python scripts/web_screenshot.py --out docs/web-chat.png \\
         "What is the capital of France?" "Write a Python function that reverses a string."
 
-tests/test_web.py runs it against its test server.
+tests/server/test_web.py runs it against its test server.
 """
 
 from __future__ import annotations

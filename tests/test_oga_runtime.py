@@ -162,8 +162,10 @@ def test_serve_reports_reuse_and_guidance_and_answers(folder):
 def test_no_guidance_in_the_runtime_is_a_400_that_says_so(lm, monkeypatch):
     from dataclasses import replace
 
-    from oga_npu import server
-    from oga_npu.server import ApiError, ChatRequest, ServedModel, _chat_plan
+    from oga_npu.server.errors import ApiError
+    from oga_npu.server.models import ServedModel, guidance_available
+    from oga_npu.server.plan import chat_plan
+    from oga_npu.server.schemas import ChatRequest
 
     monkeypatch.setattr(caps_mod, "capabilities", lambda: replace(capabilities(), guidance=False))
     sm = ServedModel("m", lm)
@@ -172,13 +174,13 @@ def test_no_guidance_in_the_runtime_is_a_400_that_says_so(lm, monkeypatch):
         req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
                                           "response_format": {"type": "json_object"}})
         with pytest.raises(ApiError) as e:
-            _chat_plan(req, sm)
+            chat_plan(req, sm.guidance, sm.guidance_note)
         assert e.value.status == 400 and "set_guidance" in e.value.message
         assert sm.info()["guided_output"] is False and "set_guidance" in sm.info()["guided_output_note"]
     finally:
         sm.executor.shutdown()
         sm.prep.shutdown()
-    assert server.guidance_available(lm) is False
+    assert guidance_available(lm) is False
 
 
 def test_no_runtime_installed_is_one_line_naming_the_extra(folder, monkeypatch):

@@ -80,9 +80,9 @@ def test_wheel_carries_the_chat_page(installed):
     """Every file the page loads (/web/NAME in index.html) is in the wheel and served (web.FILES)."""
     import re
 
-    from oga_npu import web
+    from oga_npu.server import web
 
-    page = installed / "oga_npu" / "web"
+    page = installed / "oga_npu" / "server" / "web"
     html = (page / "index.html").read_text()
     names = set(re.findall(r'"/web/([^"]+)"', html))
     assert {"app.js", "markdown.js", "style.css"} <= names

@@ -187,7 +187,7 @@ def test_without_m_an_empty_store_says_how_to_make_a_model(capsys, tmp_path):
     assert code == 1 and f"Error: no models in {tmp_path / 'models'}" in err and "oga-npu prepare SOURCE" in err
 
 
-@pytest.mark.parametrize("argv", [["run", "Hi"], ["chat"], ["serve"], ["bench"], ["eval"]])
+@pytest.mark.parametrize("argv", [["run", "Hi"], ["chat"], ["bench"], ["eval"]])
 def test_without_m_several_models_are_listed_exit_2(capsys, store, argv, monkeypatch):
     import oga_npu.server as server
 
@@ -224,10 +224,27 @@ def test_without_m_the_only_ready_model_is_taken(capsys, store, monkeypatch):
     monkeypatch.setattr(server, "serve", lambda folders, **kw: served.append(folders) or 0)
     code, _, err = call(capsys, "chat")
     assert code == 1 and loaded == [only] and "model: only-cpu (the only one in" in err
-    code, _, err = call(capsys, "serve")
-    assert code == 0 and served == [[only]]
     code, _, err = call(capsys, "serve", "-m", "only-cpu", "-m", str(only))
     assert code == 0 and served[-1] == [only, only]
+
+
+def test_serve_without_m_serves_the_whole_store_on_demand(capsys, store, monkeypatch, tmp_path):
+    """No -m: no folder chosen here (the server lists the store, every ready model on demand)."""
+    import oga_npu.server as server
+
+    external(store, "a-cpu")
+    external(store, "b-cpu")
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda folders, **kw: calls.append((folders, kw)) or 0)
+    code, out, err = call(capsys, "serve", "--max-loaded", "2")
+    assert code == 0 and calls[-1][0] is None and calls[-1][1]["max_loaded"] == 2
+    assert calls[-1][1]["models_dir"] is None
+    code, out, err = call(capsys, "serve", "--models-dir", str(tmp_path / "elsewhere"))
+    assert code == 0 and calls[-1][1]["models_dir"] == tmp_path / "elsewhere" and calls[-1][1]["max_loaded"] == 1
+    code, out, err = call(capsys, "serve", "--max-loaded", "0")
+    assert code == 2 and "--max-loaded" in err
+    code, out, err = call(capsys, "serve", "-m", "a-cpu", "--models-dir", str(store))
+    assert code == 2 and "--models-dir" in err and len(calls) == 2
 
 
 def test_with_only_unfinished_models_the_error_says_how_to_finish(capsys, store):

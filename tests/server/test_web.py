@@ -210,7 +210,7 @@ def test_the_page_is_served_without_the_key_with_a_strict_policy(server):
 def test_page_scripts_build_nodes_never_html():
     """The model's text reaches the page only through DOM nodes and text (markdown.js)."""
     for name in ("app.js", "markdown.js"):
-        src = (REPO / "oga_npu" / "web" / name).read_text()
+        src = (REPO / "oga_npu" / "server" / "web" / name).read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
             assert sink not in src, (name, sink)
 
@@ -238,9 +238,9 @@ def test_the_log_line_says_how_a_generation_ended():
     """serverlog in process: a finish reason, a client gone, a shutdown, an error before any token."""
     import asyncio
 
-    from oga_npu import serverlog
+    from oga_npu.server import log as serverlog
     from oga_npu.generate import GenerationEvent
-    from oga_npu.server import ApiError
+    from oga_npu.server.errors import ApiError
 
     ev = GenerationEvent("x", 5, 12, 7, "length", 0.0421, None, 88.04, cached_tokens=9)
     cases = [(ev, None, "(length)"), (GenerationEvent("x", 5, 12, 7, None, 0.0421, None, 88.04), GeneratorExit(),

@@ -313,7 +313,7 @@ def test_auto_grammar_call_branch_gives_only_valid_calls(tiny_model):
     grammar is checked alone (the same %json clause, sampled): every answer is a valid call."""
     import onnxruntime_genai as og
 
-    from oga_npu.server import _auto_grammar
+    from oga_npu.server.plan import auto_grammar as _auto_grammar
 
     schema = {"type": "object", "additionalProperties": False, "required": ["name", "arguments"], "properties": {
         "name": {"const": "get_weather"},

@@ -1,5 +1,5 @@
 """`oga-npu serve`'s log lines on stderr, like llama-server's: one when a model is ready (in
-server.py's loader), and one per request when it is over:
+models.py's loader), and one per request when it is over:
 
     INFO:     POST /v1/chat/completions 200 0.42 s | tiny-cpu | prompt 25 tokens (20 cached) | completion 12 tokens (length) | TTFT 31 ms | 352.1 tok/s
     INFO:     POST /v1/chat/completions 200 1.03 s | tiny-cpu | prompt 25 tokens (0 cached) | completion 57 tokens (stopped: client gone) | TTFT 30 ms | 60.2 tok/s

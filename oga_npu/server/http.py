@@ -9,7 +9,7 @@
   DNS rebinding).
 - Error messages: filesystem paths are cut to their last part (`scrub_paths`).
 
-Raises `Refused`; server.py turns it into an OpenAI-shaped error.
+Raises `Refused`; app.py and routes.py turn it into an OpenAI-shaped error (errors.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,24 @@
+"""`oga-npu serve`: an OpenAI-compatible HTTP server over `stream_generate`.
+
+A thin layer in rooms; a chat request goes route -> plan -> models -> worker -> stream:
+
+- `routes.py`: one function per endpoint over the app's `ServerState` (state.py);
+- `schemas.py`: the request bodies (pydantic); `errors.py`: ApiError, the OpenAI error shape;
+- `plan.py`: request -> messages, guidance, `GenerationOptions`;
+- `models.py`: the served models, each with its device queue (one request at a time);
+- `worker.py`: the decode loop in the model's thread, tokens handed to the event loop;
+- `stream.py`: OpenAI envelopes, usage, SSE framing, whole answers;
+- `app.py`: create_app() (the door: Host header and API key; error handlers; routers);
+- `http.py`: body size, hostile JSON, Host names, paths scrubbed from messages;
+- `metrics.py` (Prometheus), `log.py` (a line per request), `web/` (the chat page at `/`);
+- `run.py`: serve() under uvicorn.
+
+The model provider is injected (`create_app(provider)`): tests may pass any object with
+`.ready`, `.error`, `.models` (id -> ServedModel). Unsupported request features are refused
+with 400 ("... is not supported"), never ignored silently; README.md has the table.
+"""
+
+from .app import create_app
+from .run import serve
+
+__all__ = ["create_app", "serve"]

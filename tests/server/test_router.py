@@ -1,0 +1,107 @@
+"""serve without -m: every model of the store, loaded on demand (a real server process).
+
+Two copies of the tiny prepared model and a damaged one in a store; `--max-loaded 1`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import psutil
+import pytest
+from serverutil import ServerProcess
+
+from oga_npu.workdir import MANIFEST
+
+
+@pytest.fixture(scope="module")
+def store(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("router") / "models"
+    root.mkdir()
+    for name in ("one-cpu", "two-cpu", "bad-cpu"):
+        shutil.copytree(tiny_model, root / name)
+    manifest = json.loads((root / "bad-cpu" / MANIFEST).read_text())
+    victim = next(f for f in manifest["files"] if f.endswith(".json") and f != MANIFEST)
+    with open(root / "bad-cpu" / victim, "a") as f:      # its size no longer matches the manifest
+        f.write(" ")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    s = ServerProcess(args=("--models-dir", str(store), "--max-loaded", "1"))
+    s.wait_ready()
+    yield s
+    s.stop()
+
+
+def chat(server, model: str) -> tuple[int, dict]:
+    status, _, body = server.post("/v1/chat/completions", {"model": model, "max_tokens": 4, "temperature": 0,
+                                                            "messages": [{"role": "user", "content": "Hi"}]})
+    return status, body
+
+
+def models(server) -> dict:
+    status, text = server.get("/v1/models")
+    assert status == 200
+    return {m["id"]: m for m in json.loads(text)["data"]}
+
+
+def rss(server) -> int:
+    return psutil.Process(server.proc.pid).memory_info().rss
+
+
+def test_every_model_is_listed_unloaded_and_the_damaged_one_is_not_loadable(server):
+    ms = models(server)
+    assert set(ms) == {"one-cpu", "two-cpu", "bad-cpu"}
+    assert ms["one-cpu"]["loaded"] is False and ms["one-cpu"]["loadable"] is True
+    assert ms["one-cpu"]["target"] == "cpu" and ms["one-cpu"]["recipe"] == "cpu-fast"
+    assert ms["one-cpu"]["size"] > 0 and ms["one-cpu"]["context_length"] > 0
+    assert ms["bad-cpu"]["loadable"] is False and ms["bad-cpu"]["not_loadable_reason"]
+    assert server.get("/health")[0] == 200     # up before any model is loaded
+    status, body = chat(server, "bad-cpu")
+    assert status == 404 and body["error"]["code"] == "model_not_loadable"
+    assert "model bad-cpu ready" not in server.output()
+
+
+def test_requests_alternate_between_two_models_and_both_answer(server):
+    for name in ["one-cpu", "two-cpu"] * 3:
+        status, body = chat(server, name)
+        assert status == 200, body
+        assert body["model"] == name and body["usage"]["completion_tokens"] >= 1
+        ms = models(server)
+        assert ms[name]["loaded"] is True and sum(m["loaded"] for m in ms.values()) == 1
+    out = server.output()
+    assert out.count("model one-cpu ready") == 3 and out.count("model two-cpu unloaded") == 2
+
+
+def test_load_and_unload_routes_and_memory_comes_back(server):
+    def load(name):
+        status, _, body = server.post("/api/v1/load", {"model_name": name})
+        assert status == 200 and body["status"] == "success", body
+
+    def unload(name=None):
+        status, _, body = server.post("/api/v1/unload", {"model_name": name} if name else {})
+        assert status == 200, body
+        return body["unloaded"]
+
+    unload()
+    empty = rss(server)                          # the runtime warm, no model loaded
+    load("one-cpu")
+    one = rss(server)
+    for name in ["two-cpu", "one-cpu"] * 3:       # each load unloads the other
+        load(name)
+        assert [m for m, v in models(server).items() if v["loaded"]] == [name]
+    after_switches = rss(server)
+    assert unload("one-cpu") == ["one-cpu"]
+    freed = rss(server)
+    print(f"RSS: none loaded {empty / 2**20:.1f} MiB, one model {one / 2**20:.1f} MiB, after 6 switches "
+          f"{after_switches / 2**20:.1f} MiB, unloaded again {freed / 2**20:.1f} MiB")
+    model = one - empty                          # one model's memory (the tiny one: ~65 MiB here)
+    assert model > 0
+    assert after_switches - one <= 0.1 * model   # one model's memory, not two or seven
+    assert freed - empty <= 0.1 * model          # all of it handed back
+    status, _, body = server.post("/api/v1/load", {"model_name": "nope"})
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    status, _, body = server.post("/api/v1/unload", {"model_name": "one-cpu", "extra": 1})
+    assert status == 400 and body["error"]["code"] == "unknown_field"
