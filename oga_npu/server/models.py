@@ -403,19 +403,22 @@ def trim_heap() -> None:
 
 
 def listing(provider) -> list[dict]:
-    """/v1/models: every model the provider offers, loaded or not."""
+    """/v1/models: every model the provider offers, loaded or not (none while preloading)."""
+    if not provider.ready:
+        return []
     if hasattr(provider, "entries"):
         return [e.info() for e in provider.entries()]
-    return [{**sm.info(), "loaded": True} for sm in (provider.models if provider.ready else {}).values()]
+    return [{**sm.info(), "loaded": True} for sm in provider.models.values()]
 
 
 def describe(provider, model_id: str) -> dict:
     """/v1/models/{id}: one model's entry, without loading it."""
+    check_ready(provider)
     get = getattr(provider, "get", None)
     e = get(model_id) if get else None
     if e is not None:
         return e.info()
-    if get is None and provider.ready and model_id in provider.models:
+    if get is None and model_id in provider.models:
         return {**provider.models[model_id].info(), "loaded": True}
     raise ApiError(404, f"the model '{model_id}' does not exist", type_="not_found_error", param="model",
                    code="model_not_found")
@@ -443,15 +446,20 @@ def using(provider, model_id: str) -> _Lease:
     return _Lease(provider, model_id)
 
 
-async def served(provider, model_id: str) -> ServedModel:
-    """The model a request names, ready to queue on; ApiError (503 loading or failed, 404
-    unknown) otherwise."""
+def check_ready(provider) -> None:
+    """ApiError 503 while the provider is loading its models, or when that failed."""
     if provider.error is not None:
         raise ApiError(503, f"the model failed to load: {provider.error.message}", type_="server_error",
                        code="model_load_failed")
     if not provider.ready:
         raise ApiError(503, "the models are still loading", type_="unavailable_error", code="loading",
                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def served(provider, model_id: str) -> ServedModel:
+    """The model a request names, loaded and ready to queue on; ApiError (503 loading or
+    failed, 404 unknown or not loadable) otherwise."""
+    check_ready(provider)
     ensure = getattr(provider, "ensure", None)
     if ensure is not None:
         return await ensure(model_id)

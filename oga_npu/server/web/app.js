@@ -217,7 +217,8 @@
       showBanner(explain(await errorOf(resp)));
       return;
     }
-    const data = (await resp.json()).data || [];
+    // a model folder the server cannot load is listed with the reason; the page offers the others
+    const data = ((await resp.json()).data || []).filter((m) => m.loadable !== false);
     if (!data.length) {
       waitUntilReady();
       return;
@@ -266,8 +267,11 @@
       ui.modelInfo.textContent = "";
       return;
     }
-    const bits = [`${m.context_length} tokens context`, m.provider];
+    const bits = [`${m.context_length} tokens context`];
+    if (m.provider) bits.push(m.provider);
+    else if (m.target) bits.push(m.target);
     if (m.decoder && m.decoder !== "oga") bits.push(`${m.decoder} decoder`);
+    if (m.loaded === false) bits.push("loads on first use");
     ui.modelInfo.textContent = bits.join(" · ");
   }
 
