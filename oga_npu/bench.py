@@ -390,15 +390,16 @@ MB_N_RE = re.compile(r"^\s*n:\s*(\d+)")
 MB_PEAK_RE = re.compile(r"Peak working set size \(bytes\):\s*(\d+)")
 
 
-def model_benchmark_argv(tool: str, model: Path, cfg: BenchConfig, prompt_file: Path, rai_version: str) -> list[str]:
-    from .devices import version_tuple
+def model_benchmark_argvs(tool: str, model: Path, cfg: BenchConfig, prompt_file: Path, rai_version: str) -> list[list[str]]:
+    """model_benchmark's command lines for the release: one call with the list of lengths
+    and the prompt file (1.6-1.7.1), or one call per length without it (1.8 makes
+    --prompt_file and -l mutually exclusive and takes one length)."""
+    from .ryzenai import release
 
-    argv = [tool, "-i", str(model)]
-    if version_tuple(rai_version) < (1, 8):
-        argv += ["-f", str(prompt_file)]  # RAI 1.8 makes --prompt_file and -l mutually exclusive
-    argv += ["-l", ", ".join(str(n) for n in cfg.lengths), "-g", str(cfg.gen_tokens), "-r", str(cfg.reps),
-             "-w", str(cfg.warmups), "--verbose"]
-    return argv
+    tail = ["-g", str(cfg.gen_tokens), "-r", str(cfg.reps), "-w", str(cfg.warmups), "--verbose"]
+    if release(rai_version).benchmark_one_length:
+        return [[tool, "-i", str(model), "-l", str(n), *tail] for n in cfg.lengths]
+    return [[tool, "-i", str(model), "-f", str(prompt_file), "-l", ", ".join(str(n) for n in cfg.lengths), *tail]]
 
 
 def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> list[BenchRecord]:
@@ -470,24 +471,31 @@ def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> li
 
 
 def run_model_benchmark(model: Path, cfg: BenchConfig, text: str, log_dir: Path, rai_version: str | None = None,
-                        meta: dict | None = None) -> list[BenchRecord]:
+                        meta: dict | None = None, rai_env: Path | None = None) -> list[BenchRecord]:
+    """AMD's model_benchmark, from the Ryzen AI env (oga_npu.ryzenai) when there is one, else
+    from PATH / RYZEN_AI_INSTALLATION_PATH / the conda env, in the form of the release."""
     from .devices import INSTALL_HINT, detect_rai_version, find_rai_tool
     from .errors import ToolNotFound
+    from .ryzenai import find_env, release
     from .tools import run_tool, tool_env
 
     from .workdir import require_ready
 
     require_ready(model)  # a folder changed since prepare is refused here as in load()
-    tool = find_rai_tool("model_benchmark")
+    env = find_env(rai_env, rai_version)
+    tool = env.tool("model_benchmark") if env is not None else find_rai_tool("model_benchmark")
     if tool is None:
-        raise ToolNotFound("model_benchmark not found (PATH, RYZEN_AI_INSTALLATION_PATH, conda env)", INSTALL_HINT)
-    rai, _ = detect_rai_version(rai_version)
+        where = f"the Ryzen AI env {env.prefix}" if env is not None else "PATH, RYZEN_AI_INSTALLATION_PATH, conda env"
+        raise ToolNotFound(f"model_benchmark not found ({where})", INSTALL_HINT)
+    rai = env.release.version if env is not None else release(detect_rai_version(rai_version)[0]).version
     log_dir.mkdir(parents=True, exist_ok=True)
     prompt_file = log_dir / "amd_genai_prompt.txt"
     prompt_file.write_text(text, encoding="utf-8")
     log = log_dir / "model_benchmark.log"
     if log.exists():
         log.unlink()
-    argv = model_benchmark_argv(tool, model, cfg, prompt_file, rai)
-    run_tool(argv, name="model_benchmark", env=tool_env(), log_path=log)
-    return parse_model_benchmark(log.read_text(encoding="utf-8", errors="replace"), str(model), meta)
+    child_env = env.child_env(tool_env()) if env is not None else tool_env()
+    for argv in model_benchmark_argvs(tool, model, cfg, prompt_file, rai):
+        run_tool(argv, name="model_benchmark", env=child_env, log_path=log)
+    return parse_model_benchmark(log.read_text(encoding="utf-8", errors="replace"), str(model),
+                                 {**(meta or {}), "rai_version": rai})

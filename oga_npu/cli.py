@@ -43,8 +43,12 @@ RepetitionPenalty = Annotated[Optional[float], typer.Option("--repetition-penalt
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling.")]
 Provider = Annotated[Optional[str], typer.Option("--provider", help="cpu|webgpu|dml|cuda|ryzenai (default: the model's).")]
 Fallback = Annotated[Optional[str], typer.Option("--fallback", help="'cpu': run on the CPU if the provider is missing.")]
+RaiEnvOption = Annotated[Optional[Path], typer.Option("--rai-env", help="The Ryzen AI release's env folder (its conda env, e.g. ...\\envs\\ryzen-ai-1.8.0); default: the active ryzen-ai-X.Y.Z conda env or RYZEN_AI_INSTALLATION_PATH.")]
 ChatTemplate = Annotated[Optional[Path], typer.Option("--chat-template", help="Jinja chat template file to use.")]
 Stop = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
+Speculative = Annotated[Optional[str], typer.Option("--speculative", metavar="ngram", help="Speculative decoding by n-gram prompt lookup (onnxruntime-genai >= 0.18; needs a model with full logits). Same output at temperature 0.")]
+DraftModel = Annotated[Optional[Path], typer.Option("--draft-model", metavar="DIR", help="Speculative decoding with this smaller prepared model (same tokenizer, same target) as the drafter.")]
+DraftTokens = Annotated[int, typer.Option("--draft-tokens", help="Tokens proposed per speculative step (1-16).")]
 
 
 def _stderr_tty() -> bool:
@@ -165,6 +169,17 @@ def _model(spec: Optional[str], command: str) -> Path:
     return store.resolve(spec)
 
 
+def _load_speculative(model, provider, fallback, speculative, draft_model, draft_tokens):
+    """load() plus speculative.attach when --speculative/--draft-model was given."""
+    from . import speculative as spec_mod
+    from .model import load
+
+    spec = spec_mod.parse(speculative, draft_model, draft_tokens)   # refused before the slow load
+    lm = load(model, provider=provider, fallback=fallback)
+    spec_mod.attach(lm, spec)
+    return lm
+
+
 def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_penalty=None):
     from .generate import GenerationOptions
 
@@ -186,9 +201,11 @@ def prepare(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every step (commands, paths, environment); touch nothing.")] = False,
     calib_file: Annotated[Optional[Path], typer.Option("--calib-file", help="Text file for AWQ/GPTQ calibration.")] = None,
     trace: Annotated[bool, typer.Option("--trace", help="DD_PLUGINS_TRACING=1 for the Ryzen AI tools; logs kept.")] = False,
-    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: from the conda env or RYZEN_AI_INSTALLATION_PATH.")] = None,
+    rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release (1.6, 1.7, 1.7.1, 1.8); default: the Ryzen AI env's (its name, model-generate package or onnxruntime-genai pin).")] = None,
     dd_plugins: Annotated[Optional[Path], typer.Option("--dd-plugins", help="Where compiled operator plugins go (default ./dd_plugins).")] = None,
     skip_device_check: Annotated[bool, typer.Option("--skip-device-check", help="Build hybrid/npu models on a machine without the NPU.")] = False,
+    rai_env: RaiEnvOption = None,
+    oga_version: Annotated[Optional[str], typer.Option("--oga-version", help="The onnxruntime-genai the folder will run on (e.g. 0.11.2 for Ryzen AI 1.7): builder options it cannot run are left out. Default: the installed one; hybrid/npu: the Ryzen AI release's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the model folder.")] = False,
 ) -> None:
     """Quantize (Quark), build (OGA model builder) and validate a model for a target."""
@@ -200,7 +217,8 @@ def prepare(
 
         req = PrepareRequest(source=source, target=target, recipe=recipe, output=output, force=force,
                              from_stage=from_stage, dry_run=dry_run, calib_file=calib_file, trace=trace,
-                             rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check)
+                             rai_version=rai_version, dd_plugins=dd_plugins, skip_device_check=skip_device_check,
+                             rai_env=rai_env, oga_version=oga_version)
         stage_progress = StageProgress(quiet or dry_run)
         try:
             result = do_prepare(req, stage_progress)
@@ -248,17 +266,19 @@ def run(
     provider: Provider = None,
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s to stderr.")] = False,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """One-shot generation, streamed to stdout."""
     from .generate import stream_generate
-    from .model import load
 
     if prompt == "-":
         prompt = sys.stdin.read()
     opts = _options(max_tokens, temperature, top_p, top_k, seed, stop, repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(_model(model, "run"), provider=provider, fallback=fallback)
+    lm = _load_speculative(_model(model, "run"), provider, fallback, speculative, draft_model, draft_tokens)
     if system and not raw:
         prompt_in = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     else:
@@ -299,15 +319,17 @@ def chat(
     fallback: Fallback = None,
     timings: Annotated[bool, typer.Option("--timings", help="Print TTFT and tokens/s after each answer.")] = False,
     kv_reuse: Annotated[bool, typer.Option("--kv-reuse/--no-kv-reuse", help="Keep the KV cache between turns (prefill only the new message).")] = True,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """Interactive chat (/help for commands). With stdin not a terminal: one message per line."""
     from .chat import ChatSession, repl
-    from .model import load
 
     opts = _options(max_tokens, temperature, top_p, top_k, seed, repetition_penalty=repetition_penalty)
     opts.validate()
     template = chat_template.read_text(encoding="utf-8") if chat_template else None  # before the slow load
-    lm = load(_model(model, "chat"), provider=provider, fallback=fallback)
+    lm = _load_speculative(_model(model, "chat"), provider, fallback, speculative, draft_model, draft_tokens)
     session = ChatSession(lm, opts, system=system, chat_template=template, reuse=kv_reuse)
     repl(session, timings=timings)
 
@@ -331,6 +353,9 @@ def serve(
     allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", metavar="NAME", help="Another Host header to answer (repeatable; '*' = any). Default: the bound address, and loopback names for a loopback bind.")] = None,
     cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", metavar="ORIGIN", help="Let web pages from ORIGIN call the API (repeatable). Default: no CORS.")] = None,
     no_kv_reuse: Annotated[bool, typer.Option("--no-kv-reuse", help="Prefill every prompt in full (no KV cache kept between requests).")] = False,
+    speculative: Speculative = None,
+    draft_model: DraftModel = None,
+    draft_tokens: DraftTokens = 4,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics); without -m every ready model of the store, loaded on demand."""
     from .server import serve as run_server
@@ -356,11 +381,18 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"Warning: binding {host} makes the server reachable from other machines"
               + ("" if api_key else "; nothing protects it (pass --api-key)"), file=sys.stderr)
+    loader = None
+    if speculative is not None or draft_model is not None:
+        from . import speculative as spec_mod
+
+        spec_mod.parse(speculative, draft_model, draft_tokens)   # a bad flag fails before the server starts
+        loader = lambda f, provider=None, fallback=None: _load_speculative(  # noqa: E731
+            f, provider, fallback, speculative, draft_model, draft_tokens)
     folders = [_model(m, "serve") for m in model] if model else None
     rc = run_server(folders, models_dir=models_dir, max_loaded=max_loaded, host=host, port=port, api_key=api_key,
                     max_queue=max_queue, provider=provider, fallback=fallback, stream_interval_ms=stream_interval,
                     max_body_mb=max_body_mb, metrics_key=metrics_key, allowed_host=tuple(allowed_host or ()),
-                    cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse)
+                    cors_origin=tuple(cors_origin or ()), kv_reuse=not no_kv_reuse, loader=loader)
     if rc:
         raise typer.Exit(rc)
 
@@ -389,6 +421,7 @@ def bench(
     fallback: Fallback = None,
     model_benchmark: Annotated[bool, typer.Option("--model-benchmark", help="Run AMD's model_benchmark with the same settings.")] = False,
     rai_version: Annotated[Optional[str], typer.Option("--rai-version", help="Ryzen AI release for model_benchmark's flags.")] = None,
+    rai_env: RaiEnvOption = None,
 ) -> None:
     """Benchmark a prepared model over prompt lengths (AMD model_benchmark style)."""
     if ctx.invoked_subcommand is not None:
@@ -408,7 +441,7 @@ def bench(
 
         recs = run_model_benchmark(model, cfg, text, model / "logs" / "bench", rai_version,
                                    record_metadata(provider=provider or "ryzenai",
-                                                   content_hash=folder_content_hash(model)))
+                                                   content_hash=folder_content_hash(model)), rai_env=rai_env)
         for r in recs:
             sink.add(r)
     else:
@@ -615,6 +648,7 @@ def devices_cmd(
                          f"firmware {x.get('firmware')}, XRT {x.get('xrt_version')}, power mode {x.get('power_mode')}"))
     print("GPUs: " + (", ".join(f"{g['vendor']} {g['pci_id']}" for g in rep["gpus"]) or "none found on PCI"))
     print(webgpu_line(rep["webgpu"]))
+    print(f"onnxruntime-genai: {rep['runtime']['description']}")
     print("onnxruntime providers: " + ", ".join(rep["providers"]["onnxruntime"]))
     oga = rep["providers"]["onnxruntime_genai"]
     print("onnxruntime-genai providers: " + ", ".join(
@@ -624,6 +658,10 @@ def devices_cmd(
     tools = rep["ryzen_ai_tools"]
     print("Ryzen AI tools: " + ", ".join(f"{t} {v['version'] or ''}".strip() if v["path"] else f"{t} not found"
                                          for t, v in tools.items()))
+    env = rep.get("ryzen_ai_env")
+    print("Ryzen AI env: " + ("none found (--rai-env, a ryzen-ai-X.Y.Z conda env, RYZEN_AI_INSTALLATION_PATH)" if not env
+                              else f"{env['error']} ({env['fix']})" if "error" in env
+                              else f"{env['prefix']}: Ryzen AI {env['release']}, {env['onnxruntime_genai']}"))
     print("targets:  " + "  ".join(f"{t}: prepare {'yes' if v['prepare'] else 'no'}, run {'yes' if v['run'] else 'no'};"
                                    for t, v in rep["targets"].items()))
 
@@ -646,6 +684,8 @@ def doctor(
     rep = run_doctor(folder)
     for c in rep.checks:
         print(f"ok       {c}")
+    for n in rep.notes:
+        print(f"note     {n}")
     for p in rep.problems:
         print(f"PROBLEM  {p.what}\n         fix: {p.fix}")
     if rep.problems:
@@ -797,6 +837,11 @@ def env() -> None:
 
     for tool in ("onnx_utils", "model_generate", "model_benchmark", "xrt-smi"):
         print(f"{tool}: {shutil.which(tool) or 'not found'}")
+    from .doctor import rai_env_info
+
+    rai = rai_env_info()
+    print("ryzen-ai env: " + ("not found" if rai is None else rai.get("error") or
+                              f"{rai['prefix']} (Ryzen AI {rai['release']}, {rai['onnxruntime_genai']})"))
 
 
 def version_callback(value: bool) -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 from . import devices
 from .recipe import TARGETS
 
-# Ryzen AI release -> the onnxruntime-genai version AMD pins (models do not cross releases).
-RAI_OGA_PINS = {"1.5": "0.7.0", "1.6": "0.9.2", "1.7": "0.11.2", "1.7.1": "0.11.2", "1.8": "0.14.0"}
+from .capabilities import RAI_OGA_PINS  # noqa: F401 - kept importable from here
 
 
 def _pci_gpus(root: Path | None = None) -> list[dict]:
@@ -74,18 +73,62 @@ def devices_report() -> dict:
     oga = prov["onnxruntime_genai"]
     is_windows = mr.os == "Windows"
     hybrid_npu = any(n.supports_hybrid for n in mr.npus)
-    rai_tools = tools["model_generate"]["path"] is not None
-    can_prepare = {"cpu": True, "webgpu": True, "dml": True,
-                   "hybrid": rai_tools and tools["onnx_utils"]["path"] is not None, "npu": rai_tools}
+    can_prepare = {"cpu": True, "webgpu": True, "dml": True, "hybrid": _can_prepare_rai("hybrid"),
+                   "npu": _can_prepare_rai("npu")}
     can_run = {"cpu": True, "webgpu": oga["webgpu"]["available"], "dml": oga["dml"]["available"],
                "hybrid": is_windows and hybrid_npu and oga["ryzenai"]["available"],
-               "npu": is_windows and bool(mr.npus) and oga["ryzenai"]["available"]}
+               "npu": (is_windows or linux_npu_ready()) and bool(mr.npus) and oga["ryzenai"]["available"]}
     npus = mr.to_dict()["npus"]
     summary = "no NPU, CPU only" if not npus else ", ".join(n["name"] + " NPU" for n in npus)
     return {"os": platform.platform(), "cpu": cpu_model(), "summary": summary, "npus": npus, "xrt_smi": xrt,
             "gpus": _pci_gpus(), "webgpu": webgpu_report(), "providers": prov, "ryzen_ai_tools": tools,
             "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
+            "ryzen_ai_env": rai_env_info(),
+            "runtime": runtime_report(),
             "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS}}
+
+
+def _can_prepare_rai(target: str) -> bool:
+    """A Ryzen AI env with what the target needs, on Windows (model_generate runs there only)."""
+    from .errors import OgaNpuError
+    from .ryzenai import check_host, require_env
+
+    tools = ["onnx_utils", "model_generate"] if target == "hybrid" else ["model_generate"]
+    try:
+        check_host(target)
+        require_env(target, None, None, tools, builder=target == "hybrid")
+    except OgaNpuError:
+        return False
+    return True
+
+
+def rai_env_info() -> dict | None:
+    """The Ryzen AI env that prepare would use (oga_npu.ryzenai), or why it cannot be read."""
+    from .errors import OgaNpuError
+    from .ryzenai import find_env
+
+    try:
+        env = find_env()
+    except OgaNpuError as e:
+        return {"error": e.message, "fix": e.fix}
+    return env.to_dict() if env is not None else None
+
+
+def linux_npu_ready() -> bool:
+    """Ryzen AI 1.8 runs NPU-only models on Linux once XRT, the device and memlock are set up."""
+    from .ryzenai import host_os, linux_npu_checks
+
+    return host_os() == "Linux" and all(c.ok for c in linux_npu_checks())
+
+
+def runtime_report() -> dict:
+    """The installed onnxruntime-genai: distribution, version, the Ryzen AI releases that pin it."""
+    from .capabilities import VERIFIED_OGA, base_version, installed_runtime
+
+    rt = installed_runtime()
+    return {"distribution": rt.distribution, "version": rt.version, "ryzen_ai_releases": rt.releases,
+            "amd_build": rt.is_ryzenai, "verified": base_version(rt.version or "") in VERIFIED_OGA,
+            "description": rt.describe()}
 
 
 def webgpu_report() -> dict:
@@ -119,22 +162,40 @@ class Problem:
 class DoctorReport:
     checks: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)    # neither ok nor a problem (prepare not set up here)
 
 
 def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport:
     from packaging.version import Version
 
-    from .pipeline import REQUIRED_VERSIONS, installed_versions
+    from .capabilities import judge_runtime
+    from .pipeline import PREPARE_PACKAGES, REQUIRED_VERSIONS, installed_versions
 
     rep = DoctorReport()
     v = installed_versions()
+    # The runtime is judged by what the installed onnxruntime-genai needs, not by one pin.
+    rt_checks, rt_problems = judge_runtime()
+    rep.checks += rt_checks
+    rep.problems += [Problem(w, f) for w, f in rt_problems]
+    prepare_missing = []
     for name, (lo, hi) in REQUIRED_VERSIONS.items():
         found = v.get(name)
-        if found is None or not (Version(lo) <= Version(found) < Version(hi)):
+        fits = found is not None and Version(lo) <= Version(found) < Version(hi)
+        if name in PREPARE_PACKAGES:  # only prepare needs these: a run-only install is fine
+            if fits:
+                rep.checks.append(f"prepare: {name} {found} (expected >={lo},<{hi})")
+            else:
+                prepare_missing.append(f"{name} >={lo},<{hi} (found {found or 'none'})")
+            continue
+        if not fits:
             rep.problems.append(Problem(f"{name}: expected >={lo},<{hi}, found {found or 'none'}",
                                         "pip install -e . in a fresh virtual environment"))
         else:
             rep.checks.append(f"{name} {found} (expected >={lo},<{hi})")
+    if prepare_missing:
+        rep.notes.append("prepare is not set up in this environment (run, chat, serve and bench do not need it): "
+                         "it needs " + ", ".join(prepare_missing) + "; install it in its own venv: "
+                         "pip install \"oga-npu[cpu,prepare]\" (README: two environments)")
     probe = model if model and model.exists() else Path.cwd()
     free = shutil.disk_usage(probe).free / 1e9
     if free < min_free_gb:
@@ -142,9 +203,29 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
                                     f"{min_free_gb:.0f} GB)", "free disk space or prepare with --output elsewhere"))
     else:
         rep.checks.append(f"{free:.0f} GB free in {probe}")
+    _linux_npu(rep, model)
     if model is not None:
         _check_model(model, rep, v)
     return rep
+
+
+def _linux_npu(rep: DoctorReport, model: Path | None) -> None:
+    """What AMD's Linux page needs for NPU models (oga_npu.ryzenai.doctor_checks)."""
+    import json
+
+    from .ryzenai import doctor_checks
+
+    cfg = None
+    if model is not None and (model / "genai_config.json").is_file():
+        try:
+            cfg = json.loads((model / "genai_config.json").read_text(encoding="utf-8"))
+        except ValueError:
+            cfg = None
+    for c in doctor_checks(cfg):
+        if c.ok:
+            rep.checks.append(c.what)
+        else:
+            rep.problems.append(Problem(c.what, c.fix))
 
 
 def _probe(model: Path, prov: str, rep: DoctorReport) -> None:
@@ -194,14 +275,16 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         fix = "run `git lfs pull` in the model's repository" if "git-lfs" in p else \
             ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
         rep.problems.append(Problem(f"{model}: {p}", fix))
+    from .capabilities import runtime_mismatch
+
     if folder.config:
         prov = configured_providers(folder.config)[0]
         ok, why = runnable(prov)
         if not ok:
             rep.problems.append(Problem(f"{model}: provider {prov} cannot run on this machine: {why}",
                                         f"run it where {prov} is available, or re-run prepare with --target cpu"))
-        elif st.state not in ("incomplete", "damaged") and not folder.problems:
-            _probe(model, prov, rep)
+        elif st.state not in ("incomplete", "damaged") and not folder.problems and not runtime_mismatch(st):
+            _probe(model, prov, rep)  # (a folder for a newer runtime is reported below, not probed)
         if prov == "webgpu":
             from .engine import ENGINE_FILE, engine_available
 
@@ -209,15 +292,20 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
                               if engine_available(model) else
                               f"{model}: decoding through onnxruntime-genai's Generator (no {ENGINE_FILE}: "
                               "re-run prepare --target webgpu for direct decoding)")
-        built = (st.manifest or {}).get("versions", {}).get("onnxruntime-genai")
-        now = versions.get("onnxruntime-genai")
-        if built and now and built.split(".")[:2] != now.split(".")[:2]:
-            rep.problems.append(Problem(f"{model} was built with onnxruntime-genai {built}, {now} is installed",
-                                        f"pip install onnxruntime-genai=={built}, or re-run prepare with --force"))
+        from .capabilities import base_version, folder_min_oga, installed_runtime
+
+        rt = installed_runtime()
+        now = rt.version
+        need = folder_min_oga(st.manifest)
+        bad = runtime_mismatch(st)
+        if bad:
+            rep.problems.append(Problem(*bad))
+        elif need and now:
+            rep.checks.append(f"{model}: needs onnxruntime-genai {need} or newer; {rt.describe()} is installed")
         rai = ((st.manifest or {}).get("stages", {}).get("hybrid", {}).get("detail", {}) or {}).get("rai_version")
         if prov == "ryzenai":
             pin = RAI_OGA_PINS.get(rai or "", None)
-            if pin and now and now != pin:
+            if pin and now and base_version(now) != pin:
                 rep.problems.append(Problem(f"{model} is a Ryzen AI {rai} model; that release pins onnxruntime-genai "
                                             f"{pin}, {now} is installed",
                                             f"run it in Ryzen AI {rai}'s conda env (onnxruntime-genai {pin})"))

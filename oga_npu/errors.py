@@ -138,6 +138,10 @@ class VersionError(OgaNpuError):
     """Installed package versions do not match what the step needs."""
 
 
+class RuntimeMissingError(VersionError):
+    """No onnxruntime-genai distribution is installed (the core package pins none)."""
+
+
 class PreflightError(OgaNpuError):
     """A target's tools or device are missing; raised before anything is written."""
 

@@ -45,6 +45,7 @@ class GenerationOptions:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False          # benchmarks: always generate max_tokens
     guidance: tuple[str, str] | None = None   # (type, data) for onnxruntime-genai's set_guidance: json_schema, regex, lark
+    speculative: tuple[tuple[str, object], ...] = ()   # set_speculative_options' arguments (speculative.py)
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -346,6 +347,9 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions,
         params.set_search_options(**search)
         if opts.guidance:
             params.set_guidance(*opts.guidance)
+        spec = opts.speculative or getattr(lm, "speculative_options", ())   # speculative.attach sets the latter
+        if spec:
+            params.set_speculative_options(**dict(spec))
         gen = og.Generator(lm.model, params)
         gen.append_tokens(ids)
     except Exception as e:  # noqa: BLE001

@@ -2,7 +2,7 @@
 conversation, and a request whose tokens start with that conversation's tokens prefills
 only what is new.
 
-onnxruntime-genai 0.18 continues a sequence with `Generator.rewind_to(n)` followed by
+onnxruntime-genai (0.9.2 and later) continues a sequence with `Generator.rewind_to(n)` followed by
 `append_tokens(rest)`: positions < n keep their KV, the rest is prefilled. The usual chat
 turn (the earlier messages, the answer, a new user message) matches the cached tokens up
 to the end of the answer; a different conversation matches little or nothing and gets a
@@ -18,7 +18,9 @@ Rules (one cached conversation per model, the last one):
   examples rely on it); dml and ryzenai (NPU hybrid) models and the direct WebGPU engine
   (engine.py: static prefill from position 0) get a full prefill every time, and so do
   sliding-window models (their windowed layers keep only the last W positions).
-  `reuse_support` says which, and /v1/models reports it.
+  `reuse_support` says which, and /v1/models and /v1/stats report it; so does an
+  onnxruntime-genai without `Generator.rewind_to` (capabilities.py: decided by the API,
+  not the version; every verified version, 0.9.2 to 0.18, has it).
 
 At temperature 0 an answer after reuse equals a fresh prefill's (tests/test_kvcache.py),
 up to the runtime's own chunked-vs-whole prefill rounding.
@@ -38,8 +40,13 @@ MIN_CAPACITY = 2048   # positions a cached Generator is made with at least (grow
 
 def reuse_support(lm: LoadedModel) -> tuple[bool, str]:
     """Whether this loaded model can continue a cached sequence, and why not."""
+    from .capabilities import capabilities
+
     if lm.decoder != "oga":
         return False, "direct WebGPU decoding prefills from position 0: full prefill every turn"
+    caps = capabilities()
+    if not caps.rewind:
+        return False, caps.reuse_note()
     if getattr(lm, "sliding_window", None):
         return False, "a sliding-window KV cache drops old positions, so it cannot rewind: full prefill every turn"
     if lm.provider not in CONTINUING_PROVIDERS:

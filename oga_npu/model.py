@@ -146,13 +146,10 @@ def check_folder(path: Path, deep: bool = True) -> FolderReport:
 
 
 def versions_note(path: Path | None) -> str:
-    """'onnxruntime-genai 0.18.0 here; the folder was built with onnxruntime-genai 0.17.1 (oga-npu 0.1.0)'."""
-    try:
-        from importlib.metadata import version
+    """'runtime onnxruntime-genai 0.18.0; the folder was built with onnxruntime-genai 0.17.1 (oga-npu 0.1.0)'."""
+    from .capabilities import installed_runtime
 
-        here = version("onnxruntime-genai")
-    except Exception:  # noqa: BLE001 - a broken install still gets the message
-        here = "unknown"
+    here = installed_runtime().describe()
     manifest = read_json(path / MANIFEST) if path is not None else None
     builder = (manifest or {}).get("builder") or {}
     if builder:
@@ -162,7 +159,7 @@ def versions_note(path: Path | None) -> str:
         built = f"onnxruntime-genai {v.get('onnxruntime-genai')} (oga-npu {v.get('oga-npu')})"
     else:
         built = "an unknown builder (not prepared by oga-npu)"
-    return f"runtime onnxruntime-genai {here}; the folder was built with {built}"
+    return f"runtime {here}; the folder was built with {built}"
 
 
 def translate(exc: Exception, path: Path | None = None) -> ModelLoadError:
@@ -195,6 +192,10 @@ def configured_providers(config: dict) -> list[str]:
 
 def provider_available(provider: str) -> tuple[bool, str]:
     """Whether this onnxruntime-genai can run `provider` here, and why not."""
+    from .capabilities import CPU_EXTRA_FIX, installed_runtime
+
+    if installed_runtime().distribution is None:
+        return False, f"no onnxruntime-genai is installed ({CPU_EXTRA_FIX})"
     import onnxruntime_genai as og
 
     if provider == "cpu":
@@ -205,6 +206,11 @@ def provider_available(provider: str) -> tuple[bool, str]:
         return bool(og.is_dml_available()), "DirectML needs Windows and onnxruntime-genai-directml"
     if provider == "webgpu":
         from . import webgpu
+        from .capabilities import capabilities
+
+        if not capabilities().ep_library:
+            return False, (f"onnxruntime-genai {capabilities().version} cannot load plugin execution providers "
+                           "(no register_execution_provider_library)")
 
         return webgpu.available()
     if provider == "ryzenai":
@@ -296,10 +302,10 @@ class LoadedModel:
     def eos_token_ids(self) -> list[int]:
         eos = self.config.get("model", {}).get("eos_token_id", [])
         ids = eos if isinstance(eos, list) else [eos]
-        try:
-            ids = list(dict.fromkeys([*ids, *[int(x) for x in self.tokenizer.eos_token_ids]]))
-        except AttributeError:  # pragma: no cover - older OGA
-            pass
+        from .capabilities import capabilities
+
+        if capabilities().eos_token_ids:  # 0.9.2's tokenizer has none: genai_config's ids only
+            ids = list(dict.fromkeys([*ids, *[int(x) for x in getattr(self.tokenizer, "eos_token_ids", ())]]))
         return [int(i) for i in ids]
 
     def chat_template(self) -> str | None:
@@ -362,6 +368,10 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     require_exists(path)
     guard.phase("checking", path)
     state = require_ready(path)  # sizes, mtimes and small files' hashes against the manifest
+    from .capabilities import check_folder_runtime, require_runtime
+
+    require_runtime()
+    check_folder_runtime(state)  # built for a newer OGA than this one: say so, not "invalid dimensions"
     rep = check_folder(path)
     if not rep.ok:
         raise ModelFolderError(f"{path} cannot be loaded: " + "; ".join(rep.problems),
@@ -378,6 +388,11 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     if wanted not in PROVIDERS:
         raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")
     ok, why = provider_available(wanted)
+    if ok and wanted == "ryzenai":  # on Linux: NPU-only models, once AMD's setup is done (oga_npu.ryzenai)
+        from .ryzenai import runtime_problem
+
+        why = runtime_problem(config, state.manifest) or ""
+        ok = not why
     if not ok:
         if fallback != "cpu":
             raise ProviderError(f"provider {wanted} is not available: {why}",

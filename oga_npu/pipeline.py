@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import signal
@@ -41,8 +40,10 @@ from .workdir import (
 
 log = logging.getLogger(__name__)
 
-# Checked before any long step (--dry-run too) and shown by doctor: (distribution, minimum,
-# below). Matches pyproject.toml.
+# What prepare needs, checked before any long step (--dry-run too) and shown by doctor:
+# (distribution, minimum, below). Matches pyproject.toml's cpu and prepare extras: prepare
+# builds with onnxruntime-genai 0.18's model builder whatever runtime the folder is for
+# (--oga-version). run/chat/serve judge the runtime by capabilities.judge_runtime instead.
 REQUIRED_VERSIONS = {
     "onnxruntime-genai": ("0.18", "0.19"),
     "onnxruntime": ("1.31", "1.32"),
@@ -52,6 +53,8 @@ REQUIRED_VERSIONS = {
     "numpy": ("1.26", "3"),
     "protobuf": ("4.25", "8"),
 }
+# Only prepare needs these: doctor notes them missing, run/chat/serve do not need them.
+PREPARE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers")
 VERSION_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers", "torch", "onnx",
                     "huggingface-hub", "numpy", "protobuf")
 DISK_FACTOR = 3.0  # quantized copy + ONNX weights + headroom, times the source weights
@@ -72,6 +75,8 @@ class PrepareRequest:
     rai_version: str | None = None
     dd_plugins: Path | None = None
     skip_device_check: bool = False
+    rai_env: Path | None = None  # the Ryzen AI release's env (oga_npu.ryzenai finds one otherwise)
+    oga_version: str | None = None  # the onnxruntime-genai the folder is for (None: capabilities.target_oga_version)
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class StageContext:
     dd_plugins: Path = Path("dd_plugins")
     tools: dict = field(default_factory=dict)          # name -> resolved path
     tool_versions: dict = field(default_factory=dict)  # name -> version string
+    rai_env: object | None = None  # oga_npu.ryzenai.RaiEnv: where AMD's stages run
+    oga_version: str = ""   # the onnxruntime-genai the folder is built to run on ("": the newest)
 
     def tool_path(self, name: str) -> str:
         return self.tools.get(name) or name
@@ -118,6 +125,11 @@ class StageContext:
             env["DD_PLUGINS_TRACING"] = "1"
         env.update(extra)
         return tool_env(env)
+
+    def rai_tool_env(self, **extra: str) -> dict[str, str]:
+        """tool_env for a program of the Ryzen AI env (its folders first, no oga-npu Python)."""
+        env = self.tool_env(**extra)
+        return self.rai_env.child_env(env) if self.rai_env is not None else env
 
 
 @dataclass
@@ -169,8 +181,9 @@ def check_versions(versions: dict, needs_quark: bool = True) -> None:
         elif not (Version(lo) <= Version(found) < Version(hi)):
             bad.append(f"{name}: expected >={lo},<{hi}, found {found}")
     if bad:
-        raise VersionError("wrong package versions: " + "; ".join(bad),
-                           "pip install -e . in a fresh virtual environment (see README)")
+        raise VersionError("wrong package versions for prepare: " + "; ".join(bad),
+                           'pip install -e ".[cpu,prepare]" in a fresh virtual environment (see README; prepare '
+                           "builds with onnxruntime-genai 0.18, --oga-version picks the runtime the folder is for)")
 
 
 def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT_RECIPE) -> Path:
@@ -267,12 +280,25 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     notes: list[str] = []
     # The architecture table first: a combination that cannot work stops here, nothing written.
     arch_checked = check_architecture(source_mod.peek_config(src), recipe, req.target, notes)
-    rai_version, rai_source = detect_rai_version(req.rai_version)
     dd_plugins = Path(req.dd_plugins or "dd_plugins").absolute()
-    probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, rai_version=rai_version,
-                         rai_source=rai_source, dd_plugins=dd_plugins)
+    probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, dd_plugins=dd_plugins)
     stages = [s for s in STAGES if s.applies(probe)]
+    rai_env, rai_version, rai_source = _rai_env(req, stages, notes)
+    from .capabilities import target_oga_version
+
+    # the runtime the folder is for: --oga-version, else the Ryzen AI env's own, else the release's pin / installed
+    env_oga = rai_env.oga[1] if rai_env is not None and rai_env.oga else None
+    oga_version = target_oga_version(req.target, rai_version, req.oga_version or env_oga)
+    probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, rai_version=rai_version,
+                         rai_source=rai_source, dd_plugins=dd_plugins, rai_env=rai_env, oga_version=oga_version)
+    for s in stages:
+        if hasattr(s, "check_release"):
+            s.check_release(probe)
     names = [s.NAME for s in stages]
+    if "build" in names:  # options the target runtime cannot run are left out, and prepare says so
+        from .capabilities import builder_options_for
+
+        notes += builder_options_for(recipe.build_for(req.target).extra_options, oga_version)[1]
     if req.from_stage and req.from_stage not in names:
         raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
 
@@ -281,7 +307,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     if req.dry_run:
         return _dry_run(req, probe, src, stages, notes)
 
-    tools, tool_versions = preflight(req.target, stages, req.skip_device_check)
+    tools, tool_versions = preflight(req.target, stages, req.skip_device_check, rai_env)
     state = folder_state(out, verify="quick")
     held = another_source(state, req.source)
     if held is not None and not req.force:
@@ -321,7 +347,8 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     # builtin:calibration: the calibration half of the built-in text (oga_npu.textdata)
     calib_key = "builtin:calibration" if calib_text == "builtin" else _file_key(Path(calib_text))
     ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace, rai_version=rai_version,
-                       rai_source=rai_source, dd_plugins=dd_plugins, tools=tools, tool_versions=tool_versions)
+                       rai_source=rai_source, dd_plugins=dd_plugins, tools=tools, tool_versions=tool_versions,
+                       rai_env=rai_env, oga_version=oga_version)
 
     # Keys chain: a change upstream invalidates everything after it.
     keys, upstream = {}, _key(resolved.key)
@@ -394,13 +421,27 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     "chat_template": read_chat_template(model_dir),
                     "recipe": recipe.name, "recipe_config": recipe.model_dump(mode="json", by_alias=True),
                     "target": req.target, "versions": versions, "notes": notes,
-                    "builder": {"onnxruntime-genai": versions.get("onnxruntime-genai"), **tool_versions},
+                    "builder": _builder_versions(ctx, versions, tool_versions),
                     "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
+                    # the runtime it was built for, and the oldest that loads it (checked at load)
+                    "built_for": {"onnxruntime-genai": oga_version},
+                    "requires": {"onnxruntime-genai": folder_requirement(ctx)},
                     "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports},
                     # what `oga-npu models` and the server show: parameters, weight bits, context
                     "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None)}
         manifest = publish(out, model_dir, manifest)
     return PrepareResult(out, reports, manifest, notes=notes)
+
+
+def folder_requirement(ctx: StageContext) -> str:
+    """The oldest onnxruntime-genai the folder needs: what its builder options need, and for
+    a Ryzen AI model its release's own pin (models do not cross releases)."""
+    from .capabilities import RAI_OGA_PINS, min_oga_for, older
+    from .prepare import build
+
+    need = min_oga_for(build.options_for(ctx)) if build.applies(ctx) else min_oga_for({})
+    pin = RAI_OGA_PINS.get(ctx.rai_version) if ctx.target in ("hybrid", "npu") else None
+    return pin if pin and older(need, pin) else need
 
 
 def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:
@@ -582,8 +623,51 @@ def _check_disk(hf_dir: Path, out: Path) -> None:
     _require_space({"the output": (out, int(weights * DISK_FACTOR))})
 
 
-def preflight(target: str, stages, skip_device_check: bool = False) -> tuple[dict, dict]:
-    """Find every vendor tool the target needs and check the device, before any long step.
+def _rai_env(req: PrepareRequest, stages, notes: list[str]):
+    """(RaiEnv or None, release, where the release came from) for the target. hybrid/npu need
+    the env (checked here, before anything is written; a dry run notes what is missing); dml
+    uses it when there is one, else oga-npu's own builder."""
+    from . import ryzenai
+
+    if req.target not in ("hybrid", "npu", "dml"):
+        return None, "1.6", "not a Ryzen AI target"
+    if req.target == "dml":
+        env = ryzenai.find_env(req.rai_env, req.rai_version)
+        missing = env.problems([], builder=True) if env is not None else []
+        if missing and not req.dry_run:
+            raise PreflightError(f"the Ryzen AI {env.release.version} env {env.prefix} cannot build --target dml: "
+                                 + "; ".join(missing), "repair it with AMD's installer, pass --rai-env with a complete "
+                                 "one, or leave the env (deactivate it) to build with oga-npu's own builder")
+    else:  # the host first (model_generate runs on Windows only), then the env; a dry run notes both
+        env = None
+        tools = [s.TOOL for s in stages if hasattr(s, "TOOL")]
+        for check in (lambda: ryzenai.check_host(req.target),
+                      lambda: ryzenai.require_env(req.target, req.rai_env, req.rai_version, tools,
+                                                  any(s.NAME == "build" for s in stages))):
+            try:
+                env = check() or env
+            except PreflightError as e:
+                if not req.dry_run:
+                    raise
+                notes.append(f"the real run would stop here: {e.message}")
+    if env is None:
+        version, source = detect_rai_version(req.rai_version)
+        return None, ryzenai.release(version).version if req.rai_version else version, source
+    notes.extend(env.notes)
+    return env, env.release.version, f"{env.release_source}; {env.source}"
+
+
+def _builder_versions(ctx: StageContext, versions: dict, tool_versions: dict) -> dict:
+    """The builder that made the folder: the Ryzen AI env's (its onnxruntime-genai) or ours."""
+    if ctx.rai_env is not None:  # the env's builder ran, or model_generate ran it on the quantized folder
+        oga = ctx.rai_env.oga
+        return {**({oga[0]: oga[1]} if oga else {}), **tool_versions}
+    return {"onnxruntime-genai": versions.get("onnxruntime-genai"), **tool_versions}
+
+
+def preflight(target: str, stages, skip_device_check: bool = False, rai_env=None) -> tuple[dict, dict]:
+    """Find every vendor tool the target needs (in the Ryzen AI env) and check the device,
+    before any long step.
 
     Returns (tool paths, tool versions); raises PreflightError listing every missing piece."""
     from .devices import INSTALL_HINT, find_npus, find_rai_tool, tool_version
@@ -591,16 +675,13 @@ def preflight(target: str, stages, skip_device_check: bool = False) -> tuple[dic
     need = [t for s in stages for t in ([getattr(s, "TOOL")] if hasattr(s, "TOOL") else [])]
     problems, tools, versions = [], {}, {}
     for t in dict.fromkeys(need):
-        path = find_rai_tool(t)
+        path = rai_env.tool(t) if rai_env is not None else find_rai_tool(t)
         if path is None:
             problems.append(f"{t} not found (PATH, RYZEN_AI_INSTALLATION_PATH, conda env): {INSTALL_HINT}")
         else:
             tools[t] = path
             versions[t] = tool_version(path)
     if target in ("hybrid", "npu") and not skip_device_check:
-        if platform.system() != "Windows":
-            problems.append(f"--target {target} runs on Windows 11 only (this is {platform.system()}); "
-                            "pass --skip-device-check to build on this machine and run elsewhere")
         npus = find_npus()
         if not npus:
             problems.append("no Ryzen AI NPU found (PCI 1022:17F0); pass --skip-device-check on a build machine")
@@ -628,14 +709,12 @@ def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
     tools = {}
     for s in stages:
         if hasattr(s, "TOOL"):
-            found = find_rai_tool(s.TOOL)
-            tools[s.TOOL] = found or s.TOOL
-            if not found:
-                notes.append(f"{s.TOOL} is not on this machine: the real run would stop before any stage")
+            found = probe.rai_env.tool(s.TOOL) if probe.rai_env is not None else find_rai_tool(s.TOOL)
+            tools[s.TOOL] = found or s.TOOL  # not found: _rai_env noted why the real run would stop
     calib_key = "builtin" if calib_text == "builtin" else \
         (_file_key(Path(calib_text)) if Path(calib_text).is_file() else calib_text)
     ctx = StageContext(req.target, recipe, out, calib_text, calib_key, {}, req.trace, rai_version=probe.rai_version,
-                       rai_source=probe.rai_source, dd_plugins=probe.dd_plugins, tools=tools)
+                       rai_source=probe.rai_source, dd_plugins=probe.dd_plugins, tools=tools, rai_env=probe.rai_env)
     status = _plan_status(req, ctx, src, stages, out)
     lines = [f"prepare {req.source} -> {out}  (target {req.target}, recipe {recipe.name})"]
     lines += [f"note: {n}" for n in notes]
@@ -669,6 +748,9 @@ def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
                                               "inherited, nothing added"))
     if extra_env:
         lines.append("  added by oga-npu: " + ", ".join(f"{k}={v}" for k, v in sorted(extra_env.items())))
+    if ctx.rai_env is not None:
+        lines.append(f"AMD's stages run in the {ctx.rai_env.describe()}: its folders first on PATH, "
+                     "PYTHONPATH/PYTHONHOME/VIRTUAL_ENV removed")
     lines.append(f"publish: link the model files into {out} and write oga_npu_manifest.json last")
     lines.append("dry run: nothing was written")
     return PrepareResult(out, reports, None, plan=lines, notes=notes)

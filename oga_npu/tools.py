@@ -103,9 +103,9 @@ def find_tool(name: str, hint: str, path: str | None = None) -> str:
     return found
 
 
-def python_module_argv(module: str, *args: str) -> list[str]:
-    """argv that runs a Python module with this interpreter."""
-    return [sys.executable, "-m", module, *args]
+def python_module_argv(module: str, *args: str, python: str | None = None) -> list[str]:
+    """argv that runs a Python module with this interpreter (or another environment's `python`)."""
+    return [python or sys.executable, "-m", module, *args]
 
 
 def run_tool(

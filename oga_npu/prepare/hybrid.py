@@ -2,9 +2,11 @@
 model folder (model_jit.onnx, model_jit.onnx.data, model_jit.bin, model_jit.pb.bin,
 genai_config.json with the RyzenAI provider options, tokenizer files).
 
-Input: the DML folder from the build stage (`--target hybrid`) or the quantized HF folder
-(`--target npu`, model_generate runs the builder itself). Tool: `model_generate` in the
-form of the user's Ryzen AI release:
+Input: the DML folder from the build stage (`--target hybrid`, built by the release's own
+builder for `onnx_utils vaiml`) or the quantized HF folder (`--target npu`, and hybrid with
+`compile_ops = "never"`: model_generate runs the release's builder itself). Tool:
+`model_generate` of the Ryzen AI env (oga_npu.ryzenai), run with the env's folders first on
+PATH, in the form of its release:
   RAI 1.4-1.7:   model_generate --hybrid <out> <in>          model_generate --npu <out> <in>
   RAI 1.7.1+:    model_generate --hybrid --input <in> --output <out>  (--npu likewise;
                  1.8 adds --full_fusion / --token_fusion / --basic / --eager)
@@ -18,7 +20,7 @@ import json
 from pathlib import Path
 
 from ..devices import version_tuple
-from ..errors import ToolFailed
+from ..errors import RecipeError, ToolFailed
 from ..tools import run_tool
 
 NAME = "hybrid"
@@ -42,6 +44,19 @@ def new_form(rai_version: str) -> bool:
     return version_tuple(rai_version) >= (1, 7, 1)
 
 
+def check_release(ctx) -> None:
+    """Before anything is written: the recipe's NPU variant exists in the user's release."""
+    from ..ryzenai import release
+
+    variant = ctx.recipe.hybrid.npu_variant
+    if ctx.target != "npu" or variant == "default":
+        return
+    rel = release(ctx.rai_version)
+    if variant not in rel.npu_variants:
+        raise RecipeError(f"the recipe's npu_variant '{variant}' (model_generate --npu --{variant}) is not in Ryzen AI "
+                          f"{rel.version}; it came with 1.8", "use npu_variant = \"default\" in the recipe, or Ryzen AI 1.8")
+
+
 def argv(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     mode = "--hybrid" if ctx.target == "hybrid" else "--npu"
     a = [ctx.tool_path(TOOL), mode]
@@ -63,7 +78,7 @@ def env_additions(ctx) -> dict[str, str]:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    env = ctx.tool_env(**env_additions(ctx))
+    env = ctx.rai_tool_env(**env_additions(ctx))
     shown = {k: v for k, v in env.items() if k.startswith("DD_PLUGINS")}
     lines = [f"Ryzen AI {ctx.rai_version} ({ctx.rai_source}) form:",
              "$ " + " ".join(argv(ctx, in_dir, out_dir)),
@@ -108,7 +123,7 @@ def apply_long_context(out_dir: Path, max_seq_length: int) -> dict:
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     a = argv(ctx, in_dir, out_dir)
-    env = ctx.tool_env(**env_additions(ctx))
+    env = ctx.rai_tool_env(**env_additions(ctx))
     run_tool(a, name=TOOL, env=env, cwd=out_dir, log_path=log_path, version=ctx.tool_versions.get(TOOL))
     problems, form = check_output(out_dir)
     if problems:
@@ -117,4 +132,6 @@ def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     long_ctx = apply_long_context(out_dir, ctx.recipe.hybrid.max_seq_length)
     ctx.collect_traces(out_dir, NAME)
     return {"argv": a, "config_form": form, "rai_version": ctx.rai_version, "rai_source": ctx.rai_source,
-            "env": {k: v for k, v in env.items() if k.startswith("DD_PLUGINS")}, "long_context": long_ctx}
+            "env": {k: v for k, v in env.items() if k.startswith("DD_PLUGINS")}, "long_context": long_ctx,
+            "input": "dml folder" if (in_dir / "genai_config.json").is_file() else "quantized folder",
+            **({"rai_env": ctx.rai_env.to_dict()} if ctx.rai_env is not None else {})}

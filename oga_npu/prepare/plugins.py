@@ -4,7 +4,9 @@ Input: the DML model folder from the build stage. Output: `transaction-plugin/<n
 (checked: a non-empty zip), installed into `dd_plugins/` (or `--dd-plugins DIR`), whose
 path later tools get as DD_PLUGINS_ROOT. Tool: `onnx_utils vaiml --model-dir <dml folder>
 --plugin_name <name> --compile --ops_type bfp16` (Ryzen AI 1.6+, "Compiling Operators for
-OGA Models"). On by default for `--target hybrid`; `compile_ops = "never"` turns it off.
+OGA Models"), the one of the Ryzen AI env (oga_npu.ryzenai), with the env's folders first
+on PATH. On by default for `--target hybrid`; `compile_ops = "never"` turns it off (and
+model_generate then gets the quantized folder).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def check_zip(path: Path) -> list[str]:
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     a = argv(ctx, in_dir)
-    run_tool(a, name=TOOL, env=ctx.tool_env(), cwd=out_dir, log_path=log_path, version=ctx.tool_versions.get(TOOL))
+    run_tool(a, name=TOOL, env=ctx.rai_tool_env(), cwd=out_dir, log_path=log_path, version=ctx.tool_versions.get(TOOL))
     name = ctx.recipe.hybrid.plugin_name
     candidates = [out_dir / ZIP_DIR / f"{name}.zip", in_dir / ZIP_DIR / f"{name}.zip"]
     zip_path = next((c for c in candidates if c.is_file()), candidates[0])

@@ -100,7 +100,7 @@ class ServedModel:
     cache: PromptCache | None = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)   # decodes, one request at a time
     prep: ThreadPoolExecutor = field(init=False)       # chat template and tokenizer, while another decodes
-    _guidance: bool | None = field(init=False, default=None)
+    _guidance: tuple[bool, str] | None = field(init=False, default=None)   # (works, why not): probed once
     _probe_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self):
@@ -109,15 +109,26 @@ class ServedModel:
         self.prep = ThreadPoolExecutor(1, thread_name_prefix=f"prep-{self.id}")
         self.cache = PromptCache(self.lm) if self.kv_reuse else None
 
-    @property
-    def guidance(self) -> bool:
-        """Guided output (JSON schemas, tool grammars) works here. Probed on first need, in the
-        prep thread (worker.in_prep): the probe builds a Generator with llguidance, ~0.3 s that
-        a load (on demand: a waiting request) does not pay."""
+    def guidance_support(self) -> tuple[bool, str]:
+        """Whether guided output (JSON schemas, tool grammars) works here, and why not. Probed on
+        first need, in the prep thread (worker.in_prep): the probe builds a Generator with
+        llguidance, ~0.3 s that a load (on demand: a waiting request) does not pay."""
         with self._probe_lock:
             if self._guidance is None:
-                self._guidance = guidance_available(self.lm)
+                self._guidance = guidance_support(self.lm)
             return self._guidance
+
+    @property
+    def guidance(self) -> bool:
+        return self.guidance_support()[0]
+
+    @property
+    def guidance_note(self) -> str:
+        return self.guidance_support()[1]
+
+    @property
+    def probed(self) -> bool:
+        return self._guidance is not None
 
     def close(self) -> None:
         """Its threads stopped, its KV cache and model dropped (the manager unloads it)."""
@@ -127,21 +138,37 @@ class ServedModel:
             self.cache.clear()
         self.cache = self.lm = None
 
+    def reuse(self) -> tuple[bool, str]:
+        """Whether turns reuse the KV cache here, and why not (runtime, provider, --no-kv-reuse)."""
+        return reuse_support(self.lm) if self.kv_reuse else (False, "off (serve --no-kv-reuse)")
+
     def info(self) -> dict:
-        reuse, why = reuse_support(self.lm) if self.kv_reuse else (False, "off (serve --no-kv-reuse)")
+        reuse, why = self.reuse()
         man = self.lm.manifest or {}
         return {"id": self.id, "object": "model", "created": int(Path(self.lm.path).stat().st_mtime),
                 "owned_by": "oga-npu", "context_length": self.lm.context_length, "provider": self.lm.provider,
                 "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
                 "source": man.get("source"), "hub_id": man.get("hub_id"),
                 "revision": man.get("revision"), "kv_reuse": reuse, "kv_reuse_note": why,
-                "guided_output": self._guidance}   # None: not probed yet (no request asked for it)
+                "guided_output": self.guidance,
+                **({"guided_output_note": self.guidance_note} if not self.guidance else {})}
 
 
 def guidance_available(lm) -> bool:
     """Whether this onnxruntime-genai build enforces JSON schemas (llguidance) for this model."""
+    return guidance_support(lm)[0]
+
+
+def guidance_support(lm) -> tuple[bool, str]:
+    """guidance_available, and why not: no set_guidance in this onnxruntime-genai
+    (capabilities.py), a build without llguidance (a guarded call), or the direct decoder."""
+    from ..capabilities import capabilities
+
     if lm.decoder != "oga":
-        return False
+        return False, "the direct WebGPU decoder has no guided output"
+    if not capabilities().guidance:
+        log.info("guided output is off for %s: %s", lm.path, capabilities().guidance_note())
+        return False, capabilities().guidance_note()
     try:
         import onnxruntime_genai as og
 
@@ -149,10 +176,11 @@ def guidance_available(lm) -> bool:
         params.set_search_options(max_length=8)
         params.set_guidance("json_schema", '{"type": "object"}')
         og.Generator(lm.model, params)
-        return True
+        return True, ""
     except Exception as e:  # noqa: BLE001 - a build without llguidance raises here
         log.info("guided output is off for %s: %s", lm.path, e)
-        return False
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return False, f"this onnxruntime-genai build has no guided output ({first})"
 
 
 @dataclass

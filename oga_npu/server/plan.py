@@ -92,13 +92,15 @@ def auto_grammar(schema: dict) -> tuple[str, str]:
     return ("lark_grammar", "start: call | text\ncall: %json " + json.dumps(schema) + "\ntext: /[^{](.|\\n)*/\n")
 
 
-def response_format_guidance(req: ChatRequest, guided: bool) -> tuple[str, str] | None:
+NO_GUIDANCE = "this model/runtime has no guided output"
+
+
+def response_format_guidance(req: ChatRequest, guided: bool, why_not: str = "") -> tuple[str, str] | None:
     rf = req.response_format
     if rf is None or rf.type == "text":
         return None
     if not guided:
-        raise not_supported(f"response_format {rf.type} (this model/runtime has no guided output)",
-                            "response_format")
+        raise not_supported(f"response_format {rf.type} ({why_not or NO_GUIDANCE})", "response_format")
     if rf.type == "json_object":
         return schema_guidance({"type": "object"})
     if rf.json_schema is None:
@@ -107,10 +109,10 @@ def response_format_guidance(req: ChatRequest, guided: bool) -> tuple[str, str] 
     return schema_guidance(rf.json_schema.schema_ or {"type": "object"})
 
 
-def add_tools(req: ChatRequest, msgs: list[dict], guided: bool) -> tuple[tuple[str, str], bool | str]:
+def add_tools(req: ChatRequest, msgs: list[dict], guided: bool, why_not: str = "") -> tuple[tuple[str, str], bool | str]:
     """The tools as a system note and a grammar: (guidance, tool_call)."""
     if not guided:
-        raise not_supported("tools (this model/runtime has no guided output)", "tools")
+        raise not_supported(f"tools ({why_not or NO_GUIDANCE})", "tools")
     schema = tool_schema(req.tools, req.tool_choice)
     listing = json.dumps([t.function.model_dump(exclude_none=True) for t in req.tools])
     if req.tool_choice in (None, "auto"):
@@ -134,18 +136,18 @@ def wants_guidance(req: ChatRequest) -> bool:
     return (rf is not None and rf.type != "text") or bool(req.tools and req.tool_choice != "none")
 
 
-def chat_plan(req: ChatRequest, guided: bool) -> ChatPlan:
+def chat_plan(req: ChatRequest, guided: bool, why_not: str = "") -> ChatPlan:
     """Messages for the template, guidance, and whether the answer is a tool call. `guided`:
-    the model's runtime enforces grammars (models.guidance_available)."""
+    the model's runtime enforces grammars (models.guidance_support), `why_not` says why not."""
     if req.logprobs or req.top_logprobs:
         raise not_supported("logprobs", "logprobs")
     msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    guidance = response_format_guidance(req, guided)
+    guidance = response_format_guidance(req, guided, why_not)
     tool_call: bool | str = False
     if req.tools and req.tool_choice != "none":
         if guidance:   # (set only when guided)
             raise not_supported("response_format together with tools", "response_format")
-        guidance, tool_call = add_tools(req, msgs, guided)
+        guidance, tool_call = add_tools(req, msgs, guided, why_not)
     elif req.tool_choice not in (None, "none", "auto") and not req.tools:
         raise ApiError(400, "tool_choice needs tools", param="tool_choice")
     if not any(m["content"].strip() for m in msgs if m["role"] == "user"):

@@ -87,8 +87,10 @@ async def chat_completions(request: Request):
 
 async def chat_answer(st: ServerState, req: ChatRequest):
     async with using(st.provider, req.model) as sm:   # loaded (waits for a load) until the queue holds it
-        guided = await worker.in_prep(sm, lambda: sm.guidance) if plan.wants_guidance(req) else False
-        p = plan.chat_plan(req, guided)
+        guided, why_not = (False, "")
+        if plan.wants_guidance(req):   # the probe (once per model) runs in the prep thread, off the loop
+            guided, why_not = await worker.in_prep(sm, sm.guidance_support)
+        p = plan.chat_plan(req, guided, why_not)
         run = await worker.begin(st, sm, partial(plan.chat_inputs, sm.lm, p, req), req.cache_prompt, p.errors)
     if req.stream:
         return stream.chat_sse(run, sm.id, include_usage(req), p.tool_call)
@@ -120,15 +122,29 @@ def loaded(st: ServerState) -> dict:
     return st.provider.models if st.provider.ready else {}
 
 
+async def probe(st: ServerState) -> None:
+    """The loaded models' guided-output probes (once each, in their prep threads, not at load)."""
+    for sm in list(loaded(st).values()):
+        if not sm.probed:
+            try:
+                await worker.in_prep(sm, sm.guidance_support)
+            except RuntimeError:   # unloaded meanwhile (its threads are shut down): not listed as loaded
+                pass
+
+
 @router.get("/v1/models")
 async def list_models(request: Request):
     """Every model offered, `loaded: true|false`; one that cannot load says why."""
-    return {"object": "list", "data": listing(state_of(request).provider)}
+    st = state_of(request)
+    await probe(st)
+    return {"object": "list", "data": listing(st.provider)}
 
 
 @router.get("/v1/models/{model_id}")
 async def get_model(request: Request, model_id: str):
-    return describe(state_of(request).provider, model_id)
+    st = state_of(request)
+    await probe(st)
+    return describe(st.provider, model_id)
 
 
 @router.post("/api/v1/load")
@@ -158,7 +174,8 @@ async def unload_model(request: Request):
 async def stats(request: Request):
     st = state_of(request)
     return {"last_request": st.last,
-            "models": {i: {"queue_depth": sm.queue.depth, "kv_cache": vars(sm.cache.stats) if sm.cache else None}
+            "models": {i: {"queue_depth": sm.queue.depth, "kv_cache": vars(sm.cache.stats) if sm.cache else None,
+                           **dict(zip(("kv_reuse", "kv_reuse_note"), sm.reuse()))}
                        for i, sm in loaded(st).items()}}
 
 

@@ -17,14 +17,15 @@ def serve(folders: list[Path] | None, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
           max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None,
           allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = (),
-          kv_reuse: bool = True, models_dir: Path | None = None, max_loaded: int = 1) -> int:
+          kv_reuse: bool = True, models_dir: Path | None = None, max_loaded: int = 1, loader=None) -> int:
     """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]. `folders`:
-    these models, loaded at start; none: every model of the store (`models_dir`), on demand."""
+    these models, loaded at start; none: every model of the store (`models_dir`), on demand.
+    `loader` replaces model.load (the CLI's speculative decoding attaches its drafter there)."""
     import uvicorn
 
     serverlog.setup(log_level)
     models = manager(folders, models_dir, max_loaded=max_loaded, max_queue=max_queue, provider=provider,
-                     fallback=fallback, kv_reuse=kv_reuse)
+                     fallback=fallback, kv_reuse=kv_reuse, loader=loader)
     try:
         app = create_app(models, api_key, stream_interval_ms, max_body_mb=max_body_mb, metrics_key=metrics_key,
                          host=host, allowed_host=allowed_host, cors_origin=cors_origin)

@@ -2,14 +2,17 @@
 
 Each fake appends {"tool", "argv", "cwd", "env"} to $OGA_NPU_FAKE_LOG (JSON lines), fails
 on request (FAKE_<TOOL>_EXIT=N, FAKE_<TOOL>_STDERR=text; TOOL upper-cased, '-' -> '_'),
-and otherwise writes the outputs the real tool documents."""
+and otherwise writes the outputs the real tool documents. In a fake Ryzen AI env
+(tests/rai_env.py) each tool is a wrapper that sets FAKE_EXE (its own path) and
+FAKE_TOOL_VERSION (the env's release)."""
 
 import json
 import os
 import sys
 from pathlib import Path
 
-ENV_KEYS = ("DD_PLUGINS_ROOT", "DD_PLUGINS_TRACING", "RYZEN_AI_INSTALLATION_PATH", "CONDA_DEFAULT_ENV")
+ENV_KEYS = ("DD_PLUGINS_ROOT", "DD_PLUGINS_TRACING", "RYZEN_AI_INSTALLATION_PATH", "CONDA_DEFAULT_ENV", "CONDA_PREFIX",
+            "PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
 
 
 def start(tool: str) -> list[str]:
@@ -17,7 +20,7 @@ def start(tool: str) -> list[str]:
     log = os.environ.get("OGA_NPU_FAKE_LOG")
     if log:
         with open(log, "a") as f:
-            f.write(json.dumps({"tool": tool, "argv": argv, "cwd": os.getcwd(),
+            f.write(json.dumps({"tool": tool, "argv": argv, "cwd": os.getcwd(), "exe": os.environ.get("FAKE_EXE"),
                                 "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}}) + "\n")
     if argv and argv[0] in ("--version", "-v"):
         print(f"{tool} version {os.environ.get('FAKE_TOOL_VERSION', '1.6.0')}")
