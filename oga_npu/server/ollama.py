@@ -24,11 +24,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
-from ..errors import ContextLengthError, OgaNpuError
+from ..errors import ContextLengthError
 from ..generate import GenerationEvent
 from . import plan, worker
 from .errors import ApiError, from_validation, not_supported
 from .models import describe, listing, using
+from .routes import body_of, unless_gone
 from .schemas import ChatRequest, CompletionRequest
 from .stream import Stream
 
@@ -338,8 +339,6 @@ def _st(request: Request):
 
 
 async def _body(request: Request, cls):
-    from .routes import body_of
-
     return await body_of(request, cls, _st(request).max_body)
 
 
@@ -370,16 +369,12 @@ async def show_model(request: Request):
 
 @router.post("/api/chat")
 async def chat(request: Request):
-    from .routes import unless_gone
-
     req = await _body(request, OllamaChat)
     return await unless_gone(request, answer(_st(request), req, chat_piece))
 
 
 @router.post("/api/generate")
 async def generate(request: Request):
-    from .routes import unless_gone
-
     req = await _body(request, OllamaGenerate)
     return await unless_gone(request, answer(_st(request), req, generate_piece))
 

@@ -215,3 +215,47 @@ def test_closed_stream_stops_its_generation(server, client, model_id):
     while cancelled() < before + 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert cancelled() == before + 1
+
+
+# ---------------------------------------------------------------- fuzz: never a 5xx, always Ollama's error shape
+
+OLLAMA_KEYS = ["model", "messages", "prompt", "system", "template", "raw", "format", "options", "stream",
+               "keep_alive", "think", "tools", "images", "suffix", "context"]
+OPTION_KEYS = ["temperature", "top_p", "top_k", "seed", "num_predict", "stop", "repeat_penalty", "num_ctx", "mirostat"]
+
+
+def _send(server, path: str, body) -> tuple[int, list[dict]]:
+    data = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
+    r = httpx.post(server.base + path, content=data, timeout=60,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    return r.status_code, [json.loads(x) for x in r.text.splitlines() if x.strip()]
+
+
+def test_fuzz_chat_and_generate(server, tiny_model):
+    pytest.importorskip("hypothesis", reason="hypothesis is in the dev extra: pip install -e .[dev]")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**40), max_value=2**40)
+               | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12)
+               | st.sampled_from(["json", "", "user", "assistant", "\ud800", "5m"]))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=8) | st.sampled_from(["role", "content", "type"]),
+                                            inner, max_size=3), max_leaves=12)
+    options = st.dictionaries(st.sampled_from(OPTION_KEYS), values, max_size=3)
+    base = {"model": tiny_model.name, "options": {"num_predict": 2}}
+    bodies = (st.dictionaries(st.sampled_from(OLLAMA_KEYS), values, max_size=3).map(lambda d: {**base, **d})
+              | options.map(lambda o: {**base, "prompt": "hi", "options": {"num_predict": 2, **o}}) | values)
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(body=bodies, path=st.sampled_from(["/api/chat", "/api/generate", "/api/show"]))
+    def run(body, path):
+        code, objs = _send(server, path, body)
+        assert code < 500, (path, body, code, objs)
+        if code >= 400:
+            assert len(objs) == 1 and isinstance(objs[0]["error"], str) and "/tmp" not in objs[0]["error"]
+        else:
+            assert not any("error" in o for o in objs), (path, body, objs)
+
+    run()
+    assert httpx.get(server.base + "/health").status_code == 200
