@@ -126,7 +126,7 @@ def test_client_tags_show_ps_version(server, client, model_id):
     assert r.status_code == 200 and r.json()["version"]
 
 
-def test_client_chat_whole_and_streamed(client, model_id):
+def test_client_chat_whole_and_streamed(server, client, model_id):
     msgs = [{"role": "user", "content": "count: one two three"}]
     r = client.chat(model=model_id, messages=msgs, options={"temperature": 0, "num_predict": 6})
     assert r.done and r.done_reason == "length" and r.eval_count == 6 and r.prompt_eval_count > 0
@@ -136,6 +136,8 @@ def test_client_chat_whole_and_streamed(client, model_id):
     assert parts[-1].done and not any(p.done for p in parts[:-1]) and len(parts) >= 2
     assert "".join(p.message.content for p in parts) == r.message.content   # greedy: the same answer
     assert parts[-1].eval_count == 6
+    last = httpx.get(server.base + "/v1/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert last["last_request"]["cached_tokens"] >= r.prompt_eval_count - 1     # the same prompt: KV reused
 
 
 def test_client_generate_whole_and_streamed(client, model_id):
