@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import log as serverlog
-from . import routes, web
+from . import ollama, routes, web
 from .errors import ApiError
 from .http import DEFAULT_MAX_BODY_MB, allowed_hosts, host_ok
 from .state import ServerState
@@ -47,14 +47,17 @@ def create_app(provider, api_key: str | None = None, stream_interval_ms: float =
     for exc, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc, handler)
     app.include_router(routes.router)
+    app.include_router(ollama.router)        # Ollama's /api/* (ollama.py): a translation, same path
     web.add_routes(app)                       # GET / (the chat page) and /web/*, no key: they hold no data
     app.add_middleware(serverlog.RequestLog)  # added last: the outermost layer, sees every response
     return app
 
 
-def error_response(e: ApiError) -> JSONResponse:
+def error_response(e: ApiError, path: str = "") -> JSONResponse:
+    """The OpenAI shape, or Ollama's `{"error": "..."}` on Ollama's routes."""
     serverlog.error(e.code, e.message)
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    body = ollama.ollama_body(e) if ollama.is_ollama_path(path) else e.body()
+    return JSONResponse(body, status_code=e.status, headers=e.headers)
 
 
 def key_ok(headers, *keys: str | None) -> bool:
@@ -85,25 +88,26 @@ async def guard(request: Request, call_next):
     """The door before every route; every answer counted in the metrics."""
     st: ServerState = request.app.state.server
     refused = door(st, request)
-    response = error_response(refused) if refused is not None else await call_next(request)
+    response = error_response(refused, request.url.path) if refused is not None else await call_next(request)
     st.metrics.count_request(request.url.path, response.status_code)
     return response
 
 
-async def api_error(_request, e: ApiError):
-    return error_response(e)
+async def api_error(request, e: ApiError):
+    return error_response(e, request.url.path)
 
 
-async def invalid(_request, e: RequestValidationError):
-    return error_response(ApiError(400, str(e.errors()[0].get("msg", "invalid request")), code="invalid_value"))
+async def invalid(request, e: RequestValidationError):
+    return error_response(ApiError(400, str(e.errors()[0].get("msg", "invalid request")), code="invalid_value"),
+                          request.url.path)
 
 
-async def not_found(_request, _e):
-    return error_response(ApiError(404, "no such route", type_="not_found_error", code="not_found"))
+async def not_found(request, _e):
+    return error_response(ApiError(404, "no such route", type_="not_found_error", code="not_found"), request.url.path)
 
 
-async def bad_method(_request, _e):
-    return error_response(ApiError(405, "method not allowed", code="method_not_allowed"))
+async def bad_method(request, _e):
+    return error_response(ApiError(405, "method not allowed", code="method_not_allowed"), request.url.path)
 
 
 async def crashed(_request, e: Exception):

@@ -107,3 +107,19 @@ def test_load_and_unload_routes_and_memory_comes_back(server):
     assert status == 404 and body["error"]["code"] == "model_not_found"
     status, _, body = server.post("/api/v1/unload", {"model_name": "one-cpu", "extra": 1})
     assert status == 400 and body["error"]["code"] == "unknown_field"
+
+
+def test_ollama_client_through_the_router(server):
+    """Ollama's routes over the same manager: tags lists the loadable models, a chat loads its
+    model on demand (load_duration counts the load), ps shows the one loaded."""
+    ollama = pytest.importorskip("ollama", reason="ollama is in the dev extra: pip install -e .[dev]")
+    client = ollama.Client(host=server.base, timeout=120)
+    tags = {m.model: m for m in client.list().models}
+    assert set(tags) == {"one-cpu", "two-cpu"} and tags["one-cpu"].size > 0     # bad-cpu is not loadable
+    client.generate(model="one-cpu", prompt="")            # Ollama's way to load: an empty prompt
+    r = client.chat(model="two-cpu", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 3})
+    assert r.model == "two-cpu" and r.eval_count == 3 and r.load_duration > 0
+    assert [m.model for m in client.ps().models] == ["two-cpu"]               # --max-loaded 1
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="bad-cpu", messages=[{"role": "user", "content": "Hi"}])
+    assert e.value.status_code == 404 and "bad-cpu" in e.value.error
