@@ -126,10 +126,6 @@ class ServedModel:
     def guidance_note(self) -> str:
         return self.guidance_support()[1]
 
-    @property
-    def probed(self) -> bool:
-        return self._guidance is not None
-
     def close(self) -> None:
         """Its threads stopped, its KV cache and model dropped (the manager unloads it)."""
         self.executor.shutdown(wait=True)
@@ -150,8 +146,13 @@ class ServedModel:
                 "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
                 "source": man.get("source"), "hub_id": man.get("hub_id"),
                 "revision": man.get("revision"), "kv_reuse": reuse, "kv_reuse_note": why,
-                "guided_output": self.guidance,
-                **({"guided_output_note": self.guidance_note} if not self.guidance else {})}
+                **self.guidance_info()}
+
+    def guidance_info(self) -> dict:
+        """guided_output for /v1/models: the probe's verdict once a request needed it, before
+        that what capabilities.py says (listing builds no Generator)."""
+        ok, why = self._guidance or guidance_hint(self.lm)
+        return {"guided_output": ok, **({"guided_output_note": why} if not ok else {})}
 
 
 def guidance_available(lm) -> bool:
@@ -159,16 +160,24 @@ def guidance_available(lm) -> bool:
     return guidance_support(lm)[0]
 
 
-def guidance_support(lm) -> tuple[bool, str]:
-    """guidance_available, and why not: no set_guidance in this onnxruntime-genai
-    (capabilities.py), a build without llguidance (a guarded call), or the direct decoder."""
+def guidance_hint(lm) -> tuple[bool, str]:
+    """What can be said without building a Generator: the decoder and capabilities.py."""
     from ..capabilities import capabilities
 
     if lm.decoder != "oga":
         return False, "the direct WebGPU decoder has no guided output"
     if not capabilities().guidance:
-        log.info("guided output is off for %s: %s", lm.path, capabilities().guidance_note())
         return False, capabilities().guidance_note()
+    return True, ""
+
+
+def guidance_support(lm) -> tuple[bool, str]:
+    """guidance_available, and why not: no set_guidance in this onnxruntime-genai
+    (capabilities.py), a build without llguidance (a guarded call), or the direct decoder."""
+    ok, why = guidance_hint(lm)
+    if not ok:
+        log.info("guided output is off for %s: %s", lm.path, why)
+        return False, why
     try:
         import onnxruntime_genai as og
 

@@ -122,29 +122,15 @@ def loaded(st: ServerState) -> dict:
     return st.provider.models if st.provider.ready else {}
 
 
-async def probe(st: ServerState) -> None:
-    """The loaded models' guided-output probes (once each, in their prep threads, not at load)."""
-    for sm in list(loaded(st).values()):
-        if not sm.probed:
-            try:
-                await worker.in_prep(sm, sm.guidance_support)
-            except RuntimeError:   # unloaded meanwhile (its threads are shut down): not listed as loaded
-                pass
-
-
 @router.get("/v1/models")
 async def list_models(request: Request):
     """Every model offered, `loaded: true|false`; one that cannot load says why."""
-    st = state_of(request)
-    await probe(st)
-    return {"object": "list", "data": listing(st.provider)}
+    return {"object": "list", "data": listing(state_of(request).provider)}
 
 
 @router.get("/v1/models/{model_id}")
 async def get_model(request: Request, model_id: str):
-    st = state_of(request)
-    await probe(st)
-    return describe(st.provider, model_id)
+    return describe(state_of(request).provider, model_id)
 
 
 @router.post("/api/v1/load")

@@ -88,6 +88,7 @@ def test_load_and_unload_routes_and_memory_comes_back(server):
     unload()
     empty = rss(server)                          # the runtime warm, no model loaded
     load("one-cpu")
+    models(server)                               # as after each switch below
     one = rss(server)
     for name in ["two-cpu", "one-cpu"] * 3:       # each load unloads the other
         load(name)
