@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -86,3 +87,14 @@ class ServerProcess:
                 self.proc.wait(10)
         self.log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def running(*models: Path, args: tuple[str, ...] = (), env: dict | None = None):
+    """A server started and ready, stopped when the block ends (a fixture: `with running(...) as s: yield s`)."""
+    s = ServerProcess(*models, args=args, env=env)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()

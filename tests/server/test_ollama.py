@@ -9,7 +9,7 @@ import time
 import httpx
 import ollama
 import pytest
-from serverutil import ServerProcess
+from serverutil import running
 
 from oga_npu.generate import GenerationEvent
 from oga_npu.server import ollama as ol
@@ -97,12 +97,8 @@ def test_error_shape_only_on_ollama_paths():
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    s = ServerProcess(tiny_model, args=("--api-key", KEY))
-    try:
-        s.wait_ready()
+    with running(tiny_model, args=("--api-key", KEY)) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

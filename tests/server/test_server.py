@@ -9,19 +9,15 @@ import time
 
 import openai
 import pytest
-from serverutil import ServerProcess
+from serverutil import running
 
 KEY = "test-key-15"
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    s = ServerProcess(tiny_model, args=("--api-key", KEY))
-    try:
-        s.wait_ready()
+    with running(tiny_model, args=("--api-key", KEY)) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 import os
 
 import pytest
-from serverutil import ServerProcess
+from serverutil import running
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is in the dev extra: pip install -e .[dev]")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -43,12 +43,8 @@ def _mutated(base: dict, keys: list[str]):
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    s = ServerProcess(tiny_model, args=("--no-kv-reuse", "--stream-interval", "0"))
-    try:
-        s.wait_ready()
+    with running(tiny_model, args=("--no-kv-reuse", "--stream-interval", "0")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _send(server, path: str, body) -> tuple[int, dict | None]:

@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from serverutil import ServerProcess
+from serverutil import running
 
 KEY = "hardening-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -18,12 +18,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    s = ServerProcess(tiny_model, args=("--max-queue", "1", "--stream-interval", "0"), env={"OGA_NPU_API_KEY": KEY})
-    try:
-        s.wait_ready()
+    with running(tiny_model, args=("--max-queue", "1", "--stream-interval", "0"), env={"OGA_NPU_API_KEY": KEY}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,13 @@ import urllib.request
 
 import openai
 import pytest
-from serverutil import ServerProcess, free_port
+from serverutil import running, free_port
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    s = ServerProcess(tiny_model, args=("--max-queue", "1", "--stream-interval", "0"))
-    try:
-        s.wait_ready()
+    with running(tiny_model, args=("--max-queue", "1", "--stream-interval", "0")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def _long_stream(server, model_id, max_tokens=460):

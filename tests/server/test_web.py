@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from serverutil import REPO, ServerProcess
+from serverutil import REPO, running
 
 KEY = "web-test-key"
 # Debian's paths; OGA_NPU_CHROMIUM / OGA_NPU_CHROMEDRIVER point elsewhere
@@ -52,12 +52,8 @@ def models(tiny_model, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def server(models):
-    s = ServerProcess(*models, args=("--api-key", KEY, "--max-queue", "0"))
-    try:
-        s.wait_ready()
+    with running(*models, args=("--api-key", KEY, "--max-queue", "0")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="session")
