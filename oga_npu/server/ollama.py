@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any, Literal, Union
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import __version__
 from ..errors import ContextLengthError
@@ -55,7 +55,7 @@ class Options(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=INT32)
-    seed: int | None = Field(None, ge=0, lt=2**31)
+    seed: int | None = Field(None, ge=-1, lt=2**31)   # -1: a random seed (what llama.cpp and clients send)
     num_predict: int | None = Field(None, ge=-2, le=INT32)   # -1: until the context ends, -2: fill it
     stop: Union[str, list[str], None] = None
     repeat_penalty: float | None = Field(None, gt=0, le=100)
@@ -71,8 +71,14 @@ class OllamaMessage(_Strict):
     thinking: str | None = None
 
 
+def _untagged(name: str | None) -> str | None:
+    """Ollama clients name models NAME:latest (the tag /api/tags implies): the same model."""
+    return name[: -len(":latest")] if name and name.endswith(":latest") else name
+
+
 class _Common(_Strict):
     model: str = Field(min_length=1)
+    _no_tag = field_validator("model")(classmethod(lambda cls, v: _untagged(v)))
     format: Union[Literal["", "json"], dict, None] = None
     options: Options | None = None
     stream: bool = True
@@ -99,6 +105,7 @@ class OllamaModel(_Strict):
     model: str | None = None
     name: str | None = None        # the old field name
     verbose: bool | None = None
+    _no_tag = field_validator("model", "name")(classmethod(lambda cls, v: _untagged(v)))
 
 
 # ---------------------------------------------------------------- Ollama -> the server's requests
@@ -115,7 +122,7 @@ def _sampling(req: _Common) -> dict:
     for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("seed", "seed"),
                          ("repetition_penalty", "repeat_penalty"), ("stop", "stop")):
         v = getattr(o, theirs)
-        if v is not None:
+        if v is not None and not (theirs == "seed" and v == -1):
             out[ours] = v
     if o.num_predict == 0:
         raise ApiError(400, "options.num_predict: 0 generates nothing (give a positive count, or -1)",
@@ -402,7 +409,10 @@ async def _answer(st, req, make_piece, started: float, inner):
             out = dict(piece(""), done=True, done_reason="load")
             return out
         if isinstance(inner, ChatRequest):
-            p = plan.chat_plan(inner, sm.guidance, sm.guidance_note)
+            guided, why_not = (False, "")
+            if plan.wants_guidance(inner):   # the probe (once per model) in the prep thread, as for /v1
+                guided, why_not = await worker.in_prep(sm, sm.guidance_support)
+            p = plan.chat_plan(inner, guided, why_not)
             build, errors = partial(plan.chat_inputs, sm.lm, p, inner), p.errors
         else:
             prompt = plan.completion_prompt(inner)

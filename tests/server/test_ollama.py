@@ -9,6 +9,7 @@ import time
 import httpx
 import ollama
 import pytest
+from pydantic import ValidationError
 from serverutil import running
 
 from oga_npu.generate import GenerationEvent
@@ -42,6 +43,18 @@ def test_format_schema_and_unlimited_num_predict():
     inner = ol.chat_request(req)
     assert inner.response_format.type == "json_schema" and inner.response_format.json_schema.schema_ == schema
     assert inner.max_tokens is None and inner.stream is True        # Ollama streams by default
+
+
+def test_latest_tag_names_the_model_and_seed_minus_one_is_random():
+    req = ol.OllamaChat.model_validate({"model": "tiny:latest", "messages": [{"role": "user", "content": "x"}],
+                                        "options": {"seed": -1}})
+    inner = ol.chat_request(req)
+    assert inner.model == "tiny" and inner.seed is None             # a fresh seed, as llama.cpp takes -1
+    assert ol.OllamaModel.model_validate({"name": "tiny:latest"}).name == "tiny"
+    assert ol.chat_request(ol.OllamaChat.model_validate(
+        {"model": "a:q4", "messages": [{"role": "user", "content": "x"}]})).model == "a:q4"   # other tags stay
+    with pytest.raises(ValidationError):
+        ol.OllamaChat.model_validate({"model": "m", "messages": [], "options": {"seed": -2}})
 
 
 def test_generate_translation_template_or_raw():
@@ -118,6 +131,7 @@ def test_client_tags_show_ps_version(server, client, model_id):
     info = client.show(model_id)
     assert info.modelinfo["oga_npu.context_length"] == 512 and "completion" in info.capabilities
     assert [m.model for m in client.ps().models] == [model_id]           # -m preloads it
+    assert client.show(f"{model_id}:latest").modelinfo == info.modelinfo   # the tag clients add
     r = httpx.get(server.base + "/api/version", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200 and r.json()["version"]
 
