@@ -65,6 +65,19 @@ TINY_CONFIG = dict(
 )
 
 
+def call(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in process: (exit code, stdout, stderr) of `oga-npu ARGV`."""
+    from oga_npu import cli
+
+    code = 0
+    try:
+        cli.main(list(argv))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """SmolLM2's real tokenizer and chat template (from the bundled GGUF), no weights."""

@@ -6,18 +6,9 @@ from __future__ import annotations
 import errno
 
 import pytest
+from conftest import call
 
 from oga_npu import cli
-
-
-def call(capsys, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        cli.main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("argv", [

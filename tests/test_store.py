@@ -14,23 +14,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import REPO, run_cli
+from conftest import REPO, call, run_cli
 from oga_npu import cli
 from oga_npu.errors import ModelChoiceError, ModelNotFoundError, OutputExistsError
 from oga_npu.store import ModelStore
 from oga_npu.workdir import MANIFEST, REQUEST, checkout_root, folder_state, models_dir, models_dir_origin, user_data_dir
 
 HUB = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def call(capsys, *argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-        cli.main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
