@@ -59,3 +59,18 @@ def test_unknown_recipe_name_lists_known():
 ])
 def test_fitting_group_size(requested, widths, expected):
     assert fitting_group_size(requested, widths) == expected
+
+
+def test_auto_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    """'auto' threads are the physical cores, but no more than the allowed CPUs (taskset, cpuset)."""
+    import psutil
+
+    from oga_npu.prepare import build
+    from oga_npu.recipe import BuildConfig
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 16)
+    cfg = BuildConfig(session_options={"intra_op_num_threads": "auto"})
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert build.resolved_session_options(cfg) == {"intra_op_num_threads": 2}
+    monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert build.resolved_session_options(cfg) == {"intra_op_num_threads": 16}
