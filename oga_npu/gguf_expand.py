@@ -92,10 +92,13 @@ def loadable(folder: Path, manifest: dict | None) -> Path:
         return folder
     try:
         return ensure(folder, manifest["content_hash"])
-    except OSError as e:
-        log.warning("could not write the expanded form of %s (%s); loading the compact folder (slower, more memory)",
-                    folder.name, e)
-        return folder
+    except OSError as e:  # a read-only home, a full disk
+        log.warning("could not write the expanded form of %s in %s (%s); loading the compact folder (slower, "
+                    "more memory)", folder.name, cache_root(), e)
+    except Exception as e:  # noqa: BLE001 - the compact folder loads whatever went wrong here
+        log.warning("could not expand the GGUF blocks of %s (%s: %s); loading the compact folder (slower, more "
+                    "memory; %s=0 skips this)", folder.name, type(e).__name__, e, EXPAND_ENV)
+    return folder
 
 
 def ensure(folder: Path, content_hash: str) -> Path:

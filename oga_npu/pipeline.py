@@ -430,6 +430,9 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     # what `oga-npu models` and the server show: parameters, weight bits, context
                     "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None)}
         manifest = publish(out, model_dir, manifest)
+    from .gguf_expand import loadable
+
+    loadable(out, manifest)  # a gguf-native model: its expanded form now, so the first load is quick
     return PrepareResult(out, reports, manifest, notes=notes)
 
 
