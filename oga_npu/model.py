@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -454,4 +455,19 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
                 raise
             log.warning("direct decoding is off for %s (%s); onnxruntime-genai decodes instead", path, e)
     guard.phase("after loading", path, wanted)
+    release_heap()
     return lm
+
+
+def release_heap() -> None:
+    """Give the heap's freed pages back to the OS. glibc keeps what onnxruntime freed after
+    loading (its folding of a compact gguf-native model: a 1B Q4_K_M's steady RSS 4.2 -> 1.7 GB)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc only (not musl)
+    except (OSError, AttributeError):
+        return
+    trim(0)

@@ -167,3 +167,17 @@ def test_rm_removes_the_cache_entry(native, home, monkeypatch, capsys, tmp_path)
     assert code == 0, err
     assert not folder.exists() and not entry.exists()
 
+
+
+def test_prepare_makes_the_expanded_form(native, home, caplog):
+    """Also when the folder is already prepared (made before this cache existed): `prepare`
+    leaves the model ready for a quick first load."""
+    from oga_npu.model import load
+    from oga_npu.pipeline import PrepareRequest, prepare
+
+    caplog.set_level(logging.WARNING, logger="oga_npu")
+    prepare(PrepareRequest(str(native.parent / "llama-Q4_K_M.gguf"), output=native))
+    entry = _entry(home)
+    assert (entry / "done.json").is_file()
+    assert any("expanding the GGUF blocks" in r.message for r in caplog.records)
+    assert load(native).files == entry
