@@ -106,18 +106,18 @@ def ensure(folder: Path, content_hash: str) -> Path:
     from .workdir import file_lock
 
     dst = entry_dir(content_hash)
-    if (dst / "done.json").is_file():
+    if _finished(dst):
         return dst
 
     def waiting():
         log.warning("another process is expanding %s: waiting for it", folder.name)
 
     with file_lock(dst.with_name(dst.name + ".lock"), on_wait=waiting):
-        if (dst / "done.json").is_file():
+        if _finished(dst):
             return dst
         for stale in dst.parent.glob(f".{dst.name}.tmp-*"):  # a killed make: we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        if dst.exists():  # no done.json: not ours to trust
+        if dst.exists():  # damaged, or no done.json: not ours to trust
             shutil.rmtree(dst)
         _drop_older(folder, dst)
         t0 = time.monotonic()
@@ -134,6 +134,14 @@ def ensure(folder: Path, content_hash: str) -> Path:
         log.warning("expanding the GGUF blocks of %s for loading (once): %d MB in %s (%.1f s)",
                     folder.name, round(size / 1e6), dst, time.monotonic() - t0)
     return dst
+
+
+def _finished(entry: Path) -> bool:
+    """done.json there and the files of the size it says (a damaged entry is made again)."""
+    done = read_json(entry / "done.json") if entry.is_dir() else None
+    if not done:
+        return False
+    return sum(p.stat().st_size for p in entry.iterdir() if p.is_file() and p.name != "done.json") == done.get("bytes")
 
 
 def _drop_older(folder: Path, keep: Path) -> None:

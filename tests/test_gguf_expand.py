@@ -137,6 +137,14 @@ def test_a_failed_or_killed_make_leaves_nothing_finished(native, home, monkeypat
     (stale / "model.onnx").write_bytes(b"half")
     lm = load(native)
     assert lm.files == root / key and (lm.files / "done.json").is_file() and not stale.exists()
+    # a damaged entry (a data file cut short) is made again, not loaded
+    data = lm.files / "model.onnx.data"
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+    del lm
+    lm = load(native)
+    assert lm.files == root / key and (lm.files / "model.onnx.data").stat().st_size == size
 
 
 def test_expand_off_or_an_unwritable_cache_loads_the_compact_folder(native, home, monkeypatch, caplog, tmp_path):
@@ -181,3 +189,26 @@ def test_prepare_makes_the_expanded_form(native, home, caplog):
     assert (entry / "done.json").is_file()
     assert any("expanding the GGUF blocks" in r.message for r in caplog.records)
     assert load(native).files == entry
+
+
+def test_an_engine_graph_shares_the_expanded_data(native, tmp_path, home):
+    """model.engine.onnx (webgpu's direct decoder: the same weights, by reference) is expanded
+    onto the same data file, each tensor written once."""
+    import onnx
+    import onnxruntime as ort
+
+    from oga_npu.engine import ENGINE_FILE
+    from oga_npu.gguf_expand import expand_folder
+
+    folder = tmp_path / "with-engine"
+    shutil.copytree(native, folder)
+    shutil.copy(folder / "model.onnx", folder / ENGINE_FILE)
+    expand_folder(native, tmp_path / "plain")
+    expand_folder(folder, tmp_path / "both")
+    assert (tmp_path / "both" / "model.onnx.data").stat().st_size == (tmp_path / "plain" / "model.onnx.data").stat().st_size
+    e = onnx.load(str(tmp_path / "both" / ENGINE_FILE), load_external_data=False)
+    m = onnx.load(str(tmp_path / "both" / "model.onnx"), load_external_data=False)
+    assert not any(n.name.startswith("/gguf.") for n in e.graph.node)
+    assert [(t.name, list(t.external_data)) for t in e.graph.initializer] == \
+        [(t.name, list(t.external_data)) for t in m.graph.initializer]
+    ort.InferenceSession(str(tmp_path / "both" / ENGINE_FILE), providers=["CPUExecutionProvider"])
