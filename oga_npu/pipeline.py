@@ -361,6 +361,7 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
             reports = [StageReport(s.NAME, "skipped", 0.0, {"reason": "already done"}) for s in stages]
             for i, s in enumerate(stages, start=2):
                 progress("skip", s.NAME, i, total, "already done")
+            _expanded_form(out, state.manifest)
             return PrepareResult(out, reports, state.manifest, notes=notes)
         raise OutputExistsError(f"{out} is a ready model prepared with other settings (recipe, target or source)",
                                 "pass --force to rebuild it, or --output another folder")
@@ -430,7 +431,15 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     # what `oga-npu models` and the server show: parameters, weight bits, context
                     "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None)}
         manifest = publish(out, model_dir, manifest)
+    _expanded_form(out, manifest)
     return PrepareResult(out, reports, manifest, notes=notes)
+
+
+def _expanded_form(out: Path, manifest: dict | None) -> None:
+    """A gguf-native model's expanded form, made now so the first load is quick (oga_npu.gguf_expand)."""
+    from .gguf_expand import loadable
+
+    loadable(out, manifest)
 
 
 def folder_requirement(ctx: StageContext) -> str:

@@ -170,7 +170,7 @@ def attach(lm, spec: Speculation | None) -> None:
     from .model import translate
     from .workdir import home
 
-    comp = compose_draft(Path(lm.path), spec.draft_dir, home() / "speculative")
+    comp = compose_draft(Path(lm.files_path), spec.draft_dir, home() / "speculative")
     try:
         lm._model = None   # the target alone first: one copy of its weights at a time
         lm._model = og.Model(str(comp))

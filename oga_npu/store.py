@@ -424,6 +424,11 @@ class ModelStore:
             path.unlink()
             return 0
         freed = disk_usage(path)
+        content = (read_json(path / MANIFEST) or {}).get("content_hash")
         unpublish(path)
         shutil.rmtree(path)
+        if content:  # its expanded form in the cache (gguf-native models)
+            from .gguf_expand import remove_entries
+
+            freed += remove_entries(content)
         return freed

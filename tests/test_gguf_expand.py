@@ -1,0 +1,214 @@
+"""The expanded form of a gguf-native model (issue 21, goal 4): its `/gguf.*` values computed
+once into a cache entry that load() opens instead of the compact folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory, session_home) -> Path:
+    """A tiny llama in llama.cpp's Q4_K_M mix (Q4_K with offsets, Q6_K with high bits),
+    prepared with gguf-native and no expanded form yet."""
+    from gguf_models import write_gguf
+
+    from oga_npu.pipeline import PrepareRequest, prepare
+
+    tmp = tmp_path_factory.mktemp("expand")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OGA_NPU_HOME", str(session_home))
+        mp.setenv("OGA_NPU_EXPAND", "0")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        src = write_gguf(tmp / "llama-Q4_K_M.gguf", "llama", "Q4_K_M", hidden_size=256, intermediate_size=768,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+        out = tmp / "model"
+        prepare(PrepareRequest(str(src), output=out))
+    return out
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    h = tmp_path / "home"
+    monkeypatch.setenv("OGA_NPU_HOME", str(h))
+    monkeypatch.delenv("OGA_NPU_EXPAND", raising=False)
+    return h
+
+
+def _last_logits(folder: Path, ids: list[int]) -> np.ndarray:
+    import onnxruntime_genai as og
+
+    m = og.Model(str(folder))
+    p = og.GeneratorParams(m)
+    p.set_search_options(max_length=len(ids) + 1)
+    g = og.Generator(m, p)
+    g.append_tokens(ids)
+    return np.asarray(g.get_output("logits"))[0, -1].copy()
+
+
+def _entry(home: Path) -> Path:
+    entries = [p for p in (home / "cache" / "expanded").iterdir() if p.is_dir()]
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def test_expanded_model_has_no_gguf_nodes_and_the_bytes_onnxruntime_folds(native, tmp_path, home):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from oga_npu.gguf_expand import _stored, expand_folder
+
+    out = tmp_path / "expanded"
+    expand_folder(native, out)
+    m = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    compact = onnx.load(str(native / "model.onnx"), load_external_data=False)
+    assert any(n.name.startswith("/gguf.") for n in compact.graph.node)
+    assert not any(n.name.startswith("/gguf.") for n in m.graph.node)
+    assert [n.name for n in m.graph.node] == [n.name for n in compact.graph.node if not n.name.startswith("/gguf.")]
+    assert list(m.opset_import) == list(compact.opset_import) and m.metadata_props == compact.metadata_props
+    # what onnxruntime's constant folding makes of the compact model (basic level, saved)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "folded.onnx.data")
+    ort.InferenceSession(str(native / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    folded = {t.name: t for t in onnx.load(str(tmp_path / "folded.onnx"), load_external_data=False).graph.initializer}
+    made = {t.name for t in m.graph.initializer} - {t.name for t in compact.graph.initializer}
+    assert made
+    compared = 0
+    for t in m.graph.initializer:
+        if t.name in made and t.name in folded:
+            a, b = _stored(t, out), _stored(folded[t.name], tmp_path)
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), t.name
+            compared += 1
+    assert compared >= len(made) // 2, (compared, len(made))  # (onnxruntime does not fold ConstantOfShape)
+    ids = [1, 17, 99, 200, 42, 7, 311, 5, 64, 128]
+    np.testing.assert_array_equal(_last_logits(out, ids), _last_logits(native, ids))
+
+
+def test_load_makes_the_cache_once_then_reuses_it(native, home, caplog):
+    from oga_npu.model import load
+
+    caplog.set_level(logging.WARNING, logger="oga_npu")
+    lm = load(native)
+    assert lm.path == native and lm.files is not None and lm.files.parent == home / "cache" / "expanded"
+    assert lm.files == _entry(home)
+    assert sum("expanding the GGUF blocks of model for loading (once)" in r.message for r in caplog.records) == 1
+    st = (lm.files / "model.onnx.data").stat()
+    del lm
+    caplog.clear()
+    lm = load(native)
+    assert lm.path == native and lm.files == _entry(home)
+    again = (lm.files / "model.onnx.data").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert not any("expanding" in r.message for r in caplog.records)
+    assert list(native.glob("*.onnx*")) and not (native / "done.json").exists()  # the user's folder unchanged
+
+
+def test_a_failed_or_killed_make_leaves_nothing_finished(native, home, monkeypatch, caplog):
+    from oga_npu import gguf_expand
+    from oga_npu.model import load
+
+    real, calls = gguf_expand._compute, []
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("simulated failure midway")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gguf_expand, "_compute", failing)
+    lm = load(native)
+    assert lm.files is None  # the compact folder, with a warning
+    assert any("could not expand" in r.message and "simulated" in r.message for r in caplog.records)
+    root = home / "cache" / "expanded"
+    assert not [p for p in root.iterdir() if not p.name.endswith(".lock")]
+    # a killed make: its temp folder is left; the next load ignores it, cleans it and makes the entry
+    monkeypatch.setattr(gguf_expand, "_compute", real)
+    key = gguf_expand.entry_dir(lm.content_hash).name
+    stale = root / f".{key}.tmp-999999"
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    lm = load(native)
+    assert lm.files == root / key and (lm.files / "done.json").is_file() and not stale.exists()
+    # a damaged entry (a data file cut short) is made again, not loaded
+    data = lm.files / "model.onnx.data"
+    size = data.stat().st_size
+    with open(data, "r+b") as f:
+        f.truncate(size // 2)
+    del lm
+    lm = load(native)
+    assert lm.files == root / key and (lm.files / "model.onnx.data").stat().st_size == size
+
+
+def test_expand_off_or_an_unwritable_cache_loads_the_compact_folder(native, home, monkeypatch, caplog, tmp_path):
+    from oga_npu.model import load
+
+    monkeypatch.setenv("OGA_NPU_EXPAND", "0")
+    assert load(native).files is None and not home.exists()
+    monkeypatch.delenv("OGA_NPU_EXPAND")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("OGA_NPU_HOME", str(blocked / "home"))  # mkdir fails (root or not)
+    lm = load(native)
+    assert lm.files is None
+    assert [r.message for r in caplog.records if "could not write the expanded form" in r.message]
+
+
+def test_rm_removes_the_cache_entry(native, home, monkeypatch, capsys, tmp_path):
+    from conftest import call
+
+    from oga_npu.model import load
+    from oga_npu.workdir import models_dir
+
+    folder = models_dir() / "tiny-native"
+    shutil.copytree(native, folder)
+    entry = load(folder).files
+    assert entry is not None and entry.is_dir()
+    code, out, err = call(capsys, "rm", "tiny-native", "-y")
+    assert code == 0, err
+    assert not folder.exists() and not entry.exists()
+
+
+
+def test_prepare_makes_the_expanded_form(native, home, caplog):
+    """Also when the folder is already prepared (made before this cache existed): `prepare`
+    leaves the model ready for a quick first load."""
+    from oga_npu.model import load
+    from oga_npu.pipeline import PrepareRequest, prepare
+
+    caplog.set_level(logging.WARNING, logger="oga_npu")
+    prepare(PrepareRequest(str(native.parent / "llama-Q4_K_M.gguf"), output=native))
+    entry = _entry(home)
+    assert (entry / "done.json").is_file()
+    assert any("expanding the GGUF blocks" in r.message for r in caplog.records)
+    assert load(native).files == entry
+
+
+def test_an_engine_graph_shares_the_expanded_data(native, tmp_path, home):
+    """model.engine.onnx (webgpu's direct decoder: the same weights, by reference) is expanded
+    onto the same data file, each tensor written once."""
+    import onnx
+    import onnxruntime as ort
+
+    from oga_npu.engine import ENGINE_FILE
+    from oga_npu.gguf_expand import expand_folder
+
+    folder = tmp_path / "with-engine"
+    shutil.copytree(native, folder)
+    shutil.copy(folder / "model.onnx", folder / ENGINE_FILE)
+    expand_folder(native, tmp_path / "plain")
+    expand_folder(folder, tmp_path / "both")
+    assert (tmp_path / "both" / "model.onnx.data").stat().st_size == (tmp_path / "plain" / "model.onnx.data").stat().st_size
+    e = onnx.load(str(tmp_path / "both" / ENGINE_FILE), load_external_data=False)
+    m = onnx.load(str(tmp_path / "both" / "model.onnx"), load_external_data=False)
+    assert not any(n.name.startswith("/gguf.") for n in e.graph.node)
+    assert [(t.name, list(t.external_data)) for t in e.graph.initializer] == \
+        [(t.name, list(t.external_data)) for t in m.graph.initializer]
+    ort.InferenceSession(str(tmp_path / "both" / ENGINE_FILE), providers=["CPUExecutionProvider"])
