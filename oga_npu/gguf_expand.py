@@ -28,6 +28,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -101,8 +102,39 @@ def loadable(folder: Path, manifest: dict | None) -> Path:
     return folder
 
 
-def ensure(folder: Path, content_hash: str) -> Path:
-    """The finished cache entry for `folder`, made under its lock when missing."""
+def for_stage(model_dir: Path) -> Path | None:
+    """The expanded form of a build stage's folder during prepare (validate loads it, as every
+    later load will): keyed by the content hash publish will give these files, recorded for the
+    prepared folder (model_dir is OUT/stages/build). None where it does not apply or failed."""
+    from .workdir import DONE, STAGES_DIR, content_hash, sha256_file
+
+    if not enabled() or not has_gguf_nodes(model_dir):
+        return None
+    owner = model_dir.parent.parent if model_dir.parent.name == STAGES_DIR else model_dir
+    try:
+        key = content_hash({p.name: {"sha256": sha256_file(p)} for p in sorted(model_dir.iterdir())
+                            if p.is_file() and p.name != DONE})
+        return ensure(model_dir, key, owner=owner)
+    except Exception as e:  # noqa: BLE001 - validate loads the compact folder then
+        log.warning("could not expand the GGUF blocks of %s (%s: %s); validating the compact folder",
+                    owner.name, type(e).__name__, e)
+        return None
+
+
+def has_gguf_nodes(folder: Path) -> bool:
+    """Whether a folder's ONNX graphs hold `/gguf.*` nodes (read without their weights)."""
+    import onnx
+
+    for f in folder.glob("*.onnx"):
+        g = onnx.load(str(f), load_external_data=False).graph
+        if any(n.name.startswith(NODE_PREFIX) for n in g.node):
+            return True
+    return False
+
+
+def ensure(folder: Path, content_hash: str, owner: Path | None = None) -> Path:
+    """The finished cache entry for `folder`, made under its lock when missing; `owner` is the
+    prepared folder it is recorded for (default `folder`)."""
     from .workdir import file_lock
 
     dst = entry_dir(content_hash)
@@ -119,20 +151,21 @@ def ensure(folder: Path, content_hash: str) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         if dst.exists():  # damaged, or no done.json: not ours to trust
             shutil.rmtree(dst)
-        _drop_older(folder, dst)
+        _drop_older(owner or folder, dst)
         t0 = time.monotonic()
         tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         try:
             size = expand_folder(folder, tmp)
-            write_json_atomic(tmp / "done.json", {"folder": str(folder.resolve()), "content_hash": content_hash,
+            write_json_atomic(tmp / "done.json", {"folder": str((owner or folder).resolve()), "content_hash": content_hash,
                                                   "format": FORMAT_VERSION, "bytes": size,
                                                   "seconds": round(time.monotonic() - t0, 2)})
             os.replace(tmp, dst)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log.warning("expanding the GGUF blocks of %s for loading (once): %d MB in %s (%.1f s)",
-                    folder.name, round(size / 1e6), dst, time.monotonic() - t0)
+        # progress, not a problem: stderr without a WARNING prefix
+        print(f"expanded the GGUF blocks of {(owner or folder).name} for loading (once): {round(size / 1e6)} MB "
+              f"in {dst} ({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
     return dst
 
 

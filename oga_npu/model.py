@@ -366,7 +366,7 @@ def missing_model_fix(path: Path) -> str:
 
 
 def load(path: str | Path, provider: str | None = None, fallback: str | None = None,
-         decoder: str | None = None) -> LoadedModel:
+         decoder: str | None = None, files: Path | None = None) -> LoadedModel:
     """Check and open a model folder. provider=None keeps what genai_config.json says;
     decoder=None follows OGA_NPU_DECODER (auto: direct for webgpu models that have
     model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA)."""
@@ -412,7 +412,8 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     from . import engine as eng
     from .gguf_expand import loadable
 
-    files = loadable(path, state.manifest)  # a gguf-native folder: its blocks expanded once, in the cache
+    # a gguf-native folder: its blocks expanded once, in the cache (prepare's validate passes the entry)
+    files = files or loadable(path, state.manifest)
     choice = decoder or eng.decoder_choice()
     direct = eng.engine_available(path) and (choice == "direct" or (choice == "auto" and wanted == "webgpu"))
     if choice == "direct" and not eng.engine_available(path):

@@ -92,22 +92,20 @@ def test_expanded_model_has_no_gguf_nodes_and_the_bytes_onnxruntime_folds(native
     np.testing.assert_array_equal(_last_logits(out, ids), _last_logits(native, ids))
 
 
-def test_load_makes_the_cache_once_then_reuses_it(native, home, caplog):
+def test_load_makes_the_cache_once_then_reuses_it(native, home, capsys):
     from oga_npu.model import load
 
-    caplog.set_level(logging.WARNING, logger="oga_npu")
     lm = load(native)
     assert lm.path == native and lm.files is not None and lm.files.parent == home / "cache" / "expanded"
     assert lm.files == _entry(home)
-    assert sum("expanding the GGUF blocks of model for loading (once)" in r.message for r in caplog.records) == 1
+    assert capsys.readouterr().err.count("expanded the GGUF blocks of model for loading (once)") == 1
     st = (lm.files / "model.onnx.data").stat()
     del lm
-    caplog.clear()
     lm = load(native)
     assert lm.path == native and lm.files == _entry(home)
     again = (lm.files / "model.onnx.data").stat()
     assert (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
-    assert not any("expanding" in r.message for r in caplog.records)
+    assert "expanded" not in capsys.readouterr().err
     assert list(native.glob("*.onnx*")) and not (native / "done.json").exists()  # the user's folder unchanged
 
 
@@ -177,18 +175,38 @@ def test_rm_removes_the_cache_entry(native, home, monkeypatch, capsys, tmp_path)
 
 
 
-def test_prepare_makes_the_expanded_form(native, home, caplog):
+def test_prepare_makes_the_expanded_form(native, home, capsys):
     """Also when the folder is already prepared (made before this cache existed): `prepare`
     leaves the model ready for a quick first load."""
     from oga_npu.model import load
     from oga_npu.pipeline import PrepareRequest, prepare
 
-    caplog.set_level(logging.WARNING, logger="oga_npu")
     prepare(PrepareRequest(str(native.parent / "llama-Q4_K_M.gguf"), output=native))
     entry = _entry(home)
     assert (entry / "done.json").is_file()
-    assert any("expanding the GGUF blocks" in r.message for r in caplog.records)
+    assert "expanded the GGUF blocks" in capsys.readouterr().err
     assert load(native).files == entry
+
+
+def test_a_fresh_prepare_validates_the_expanded_form(native, tmp_path, home):
+    """validate loads the form later loads open (the compact form's folding at load is what
+    costs the memory), made once, recorded for the prepared folder; load reuses it."""
+    import json
+
+    from oga_npu.model import load
+    from oga_npu.pipeline import PrepareRequest, prepare
+
+    out = tmp_path / "fresh"
+    prepare(PrepareRequest(str(native.parent / "llama-Q4_K_M.gguf"), output=out))
+    entry = _entry(home)
+    assert json.loads((entry / "done.json").read_text())["folder"] == str(out.resolve())
+    logs = "".join(p.read_text(errors="replace") for p in out.rglob("*.log"))
+    assert "expanded the GGUF blocks of fresh for loading (once)" in logs  # by the validate stage
+    made = (entry / "model.onnx.data").stat()
+    lm = load(out)
+    assert lm.files == entry and lm.path == out
+    again = (entry / "model.onnx.data").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
 
 
 def test_an_engine_graph_shares_the_expanded_data(native, tmp_path, home):

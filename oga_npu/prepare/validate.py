@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(args.model)
     try:
-        lm = model_mod.load(path)  # the same checks and provider registration as `oga-npu run`
+        from ..gguf_expand import for_stage
+
+        # the same checks and provider registration as `oga-npu run`, and the form it will open
+        lm = model_mod.load(path, files=for_stage(path))
         raw = lm.chat_template() is None
         text, last = generate(lm, args.prompt, GenerationOptions(max_tokens=args.max_tokens, temperature=0.0), raw=raw)  # greedy: one answer
     except OgaNpuError as e:
