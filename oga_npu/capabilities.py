@@ -138,6 +138,7 @@ class Capabilities:
     guidance: bool          # GeneratorParams.set_guidance (the build may still lack llguidance: probed per model)
     eos_token_ids: bool     # Tokenizer.eos_token_ids (older: genai_config's eos_token_id only)
     ep_library: bool        # register_execution_provider_library (plugin EPs such as WebGPU)
+    speculative: bool = False  # GeneratorParams.set_speculative_options (n-gram / draft model; 0.18)
 
     def reuse_note(self) -> str:
         return "" if self.rewind else (f"onnxruntime-genai {self.version} has no Generator.rewind_to: "
@@ -160,6 +161,7 @@ def capabilities() -> Capabilities:
         guidance=hasattr(params, "set_guidance"),
         eos_token_ids=hasattr(tok, "eos_token_ids"),
         ep_library=hasattr(og, "register_execution_provider_library"),
+        speculative=hasattr(params, "set_speculative_options"),
     )
 
 

@@ -46,9 +46,12 @@ class Speculation:
 
 
 def supported(og=None) -> bool:
-    """Whether the installed onnxruntime-genai has the speculative API (0.18 has it)."""
+    """Whether the installed onnxruntime-genai has the speculative API (0.18 has it); `og`: a
+    module to ask instead (tests)."""
     if og is None:
-        import onnxruntime_genai as og
+        from .capabilities import capabilities
+
+        return capabilities().speculative
     return hasattr(og.GeneratorParams, "set_speculative_options")
 
 

@@ -53,6 +53,7 @@ def test_the_runtime_is_detected_from_its_distribution_and_api():
     assert c.rewind == hasattr(og.Generator, "rewind_to")
     assert c.guidance == hasattr(og.GeneratorParams, "set_guidance")
     assert c.eos_token_ids == hasattr(og.Tokenizer, "eos_token_ids")
+    assert c.speculative == hasattr(og.GeneratorParams, "set_speculative_options")
     releases = caps_mod.releases_for(rt.version)
     assert ("Ryzen AI " + "/".join(releases)) in rt.describe() if releases else "Ryzen AI" not in rt.describe()
 
@@ -227,3 +228,17 @@ def test_doctor_and_devices_judge_the_runtime_by_what_it_needs():
     assert runtime_report()["ryzen_ai_releases"] == rt.releases
     r = run_cli("devices")
     assert r.returncode == 0 and f"onnxruntime-genai: {rt.describe()}" in r.stdout, r.stdout + r.stderr
+
+
+def test_speculation_on_a_runtime_without_it_is_one_line_naming_the_version():
+    """--speculative on an onnxruntime-genai without set_speculative_options (older than 0.18):
+    refused up front with the installed version, not an AttributeError mid-generation."""
+    from oga_npu import speculative
+    from oga_npu.errors import GenerationError
+
+    if capabilities().speculative:
+        assert speculative.parse("ngram", None).method == "ngram"
+        return
+    with pytest.raises(GenerationError) as e:
+        speculative.parse("ngram", None)
+    assert capabilities().version.split("+")[0] in e.value.message and "0.18" in e.value.message
