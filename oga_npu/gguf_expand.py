@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 NODE_PREFIX = "/gguf."
 ALIGN = 4096                     # big tensors start on a page (onnxruntime may map them)
 ALIGN_MIN = 1 << 20
-_SKIP = {"oga_npu_manifest.json", "prepare.json", ".lock"}
+_SKIP = {"oga_npu_manifest.json", "prepare.json", ".lock", "done.json"}  # done.json: a stage's, and the entry's own
 
 
 def enabled() -> bool:

@@ -188,7 +188,7 @@ def test_prepare_makes_the_expanded_form(native, home, capsys):
     assert load(native).files == entry
 
 
-def test_a_fresh_prepare_validates_the_expanded_form(native, tmp_path, home):
+def test_a_fresh_prepare_validates_the_expanded_form(native, tmp_path, home, capsys):
     """validate loads the form later loads open (the compact form's folding at load is what
     costs the memory), made once, recorded for the prepared folder; load reuses it."""
     import json
@@ -202,6 +202,8 @@ def test_a_fresh_prepare_validates_the_expanded_form(native, tmp_path, home):
     assert json.loads((entry / "done.json").read_text())["folder"] == str(out.resolve())
     logs = "".join(p.read_text(errors="replace") for p in out.rglob("*.log"))
     assert "expanded the GGUF blocks of fresh for loading (once)" in logs  # by the validate stage
+    assert "expanded" not in capsys.readouterr().err  # and not made again at prepare's end
+    assert not (entry / "build").exists() and (entry / "done.json").is_file()
     made = (entry / "model.onnx.data").stat()
     lm = load(out)
     assert lm.files == entry and lm.path == out
