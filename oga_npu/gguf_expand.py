@@ -178,12 +178,15 @@ def _finished(entry: Path) -> bool:
 
 
 def _drop_older(folder: Path, keep: Path) -> None:
-    """Entries made from the same folder before it was re-prepared (another content hash)."""
+    """Entries made from the same folder before it was re-prepared (another content hash), and
+    those of folders deleted since without `oga-npu rm` (a cache: re-made if needed)."""
     me = str(folder.resolve())
     for p in keep.parent.iterdir():
         if p != keep and p.is_dir() and not p.name.startswith("."):
-            if (read_json(p / "done.json") or {}).get("folder") == me:
+            was = (read_json(p / "done.json") or {}).get("folder")
+            if was == me or (was and not Path(was).exists()):
                 shutil.rmtree(p, ignore_errors=True)
+                p.with_name(p.name + ".lock").unlink(missing_ok=True)
 
 
 def expand_folder(folder: Path, out: Path) -> int:

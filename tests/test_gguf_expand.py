@@ -232,3 +232,18 @@ def test_an_engine_graph_shares_the_expanded_data(native, tmp_path, home):
     assert [(t.name, list(t.external_data)) for t in e.graph.initializer] == \
         [(t.name, list(t.external_data)) for t in m.graph.initializer]
     ort.InferenceSession(str(tmp_path / "both" / ENGINE_FILE), providers=["CPUExecutionProvider"])
+
+
+def test_an_entry_of_a_folder_deleted_by_hand_goes_when_another_is_made(native, tmp_path, home):
+    """A folder removed without `oga-npu rm` leaves its entry only until the next make."""
+    import json
+
+    from oga_npu.gguf_expand import ensure
+
+    gone = tmp_path / "gone"
+    shutil.copytree(native, gone)
+    old = ensure(gone, "0" * 16)
+    shutil.rmtree(gone)
+    assert json.loads((old / "done.json").read_text())["folder"] == str(gone.resolve())
+    kept = ensure(native, "1" * 16)
+    assert kept.is_dir() and not old.exists() and not old.with_name(old.name + ".lock").exists()

@@ -126,10 +126,13 @@ def test_flags_refused_in_one_line(monkeypatch):
     with pytest.raises(GenerationError):
         speculative.parse("ngram", None, draft_tokens=17)
 
-    class OldParams:  # onnxruntime-genai before 0.18: no set_speculative_options
-        pass
+    from dataclasses import replace
 
-    monkeypatch.setattr(og, "GeneratorParams", OldParams)
+    from oga_npu import capabilities as caps_mod
+
+    # onnxruntime-genai before 0.18: no set_speculative_options (what capabilities() reports)
+    old = replace(caps_mod.capabilities(), speculative=False)
+    monkeypatch.setattr(caps_mod, "capabilities", lambda: old)
     with pytest.raises(GenerationError) as e:
         speculative.parse("ngram", None)
     assert "0.18" in str(e.value)
