@@ -6,14 +6,14 @@
         print(ev.text, end="", flush=True)
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from .errors import OgaNpuError  # noqa: E402
-from .generate import GenerationEvent, GenerationOptions, generate, stream_generate  # noqa: E402
-from .model import LoadedModel, check_folder, load  # noqa: E402
-from .pipeline import PrepareRequest, PrepareResult, prepare  # noqa: E402
-from .recipe import Recipe, load_recipe  # noqa: E402
-from .store import ModelEntry, ModelStore  # noqa: E402
+from .errors import OgaNpuError
+from .generate import GenerationEvent, GenerationOptions, generate, stream_generate
+from .model import LoadedModel, check_folder, load
+from .pipeline import PrepareRequest, PrepareResult, prepare
+from .recipe import Recipe, load_recipe
+from .store import ModelEntry, ModelStore
 
 __all__ = [
     "GenerationEvent", "GenerationOptions", "LoadedModel", "ModelEntry", "ModelStore", "OgaNpuError", "PrepareRequest",

@@ -152,7 +152,7 @@ def device_name(provider: str) -> str | None:
     if provider == "cpu":
         return cpu_model()
     if provider == "webgpu":
-        from . import webgpu
+        from .webgpu import ep as webgpu
 
         found = webgpu.adapters()
         return found[0].name if found else None
@@ -169,7 +169,7 @@ def record_metadata(lm: LoadedModel | None = None, provider: str | None = None, 
     for a bench or eval record (None where this machine has none)."""
     provider = lm.provider if lm is not None else provider or "cpu"
     from .devices import detect_rai_version, find_npus, xrt_examine
-    from .pipeline import installed_versions
+    from .versions import installed_versions
 
     v = installed_versions()
     rai, rai_from = detect_rai_version()

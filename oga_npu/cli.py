@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import OgaNpuError
 
 app = typer.Typer(
@@ -194,7 +194,7 @@ def _options(max_tokens, temperature, top_p, top_k, seed, stop=None, repetition_
 def prepare(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Hugging Face id, local HF folder, or .gguf file.")],
     target: Annotated[str, typer.Option("--target", help="cpu | webgpu | dml | hybrid | npu")] = "cpu",
-    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name in recipes/ or a .toml path (default: gguf-native for a .gguf on cpu/webgpu, else default).")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Recipe name (`oga-npu recipes` lists them) or a .toml path (default: gguf-native for a .gguf on cpu/webgpu, else default).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder (default: <store>/<name>-<target> (a GGUF's name keeps its quantization), plus -<recipe> for a recipe other than the source's default; see `oga-npu models`).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage, replacing a ready folder.")] = False,
     from_stage: Annotated[Optional[str], typer.Option("--from", help="Re-run from this stage on.")] = None,
@@ -733,14 +733,13 @@ def models(
     where: Annotated[bool, typer.Option("--where", help="Print only the model store's folder.")] = False,
 ) -> None:
     """List the model store: parameters, bits, context, size, target, recipe, state."""
-    from .inventory import list_models
     from .store import ModelStore, format_params
 
     store = ModelStore(root)
     if where:
         print(store.root)
         return
-    rows = list_models(root)
+    rows = store.entries()
     if as_json:
         print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
         return
@@ -829,7 +828,7 @@ def architectures(
 @app.command()
 def env() -> None:
     """Versions of oga-npu, OGA, ORT, Quark and the Ryzen AI tools."""
-    from .pipeline import installed_versions
+    from .versions import installed_versions
 
     for k, v in installed_versions().items():
         print(f"{k}: {v or 'not installed'}")

@@ -135,7 +135,7 @@ def webgpu_report() -> dict:
     """The WebGPU adapters the plugin EP finds, or why there are none."""
     from dataclasses import asdict
 
-    from . import webgpu
+    from .webgpu import ep as webgpu
 
     ok, why = webgpu.available()
     found = webgpu.adapters() if ok else []
@@ -169,7 +169,7 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
     from packaging.version import Version
 
     from .capabilities import judge_runtime
-    from .pipeline import PREPARE_PACKAGES, REQUIRED_VERSIONS, installed_versions
+    from .versions import PREPARE_PACKAGES, REQUIRED_VERSIONS, installed_versions
 
     rep = DoctorReport()
     v = installed_versions()
@@ -286,7 +286,7 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         elif st.state not in ("incomplete", "damaged") and not folder.problems and not runtime_mismatch(st):
             _probe(model, prov, rep)  # (a folder for a newer runtime is reported below, not probed)
         if prov == "webgpu":
-            from .engine import ENGINE_FILE, engine_available
+            from .webgpu.engine import ENGINE_FILE, engine_available
 
             rep.checks.append(f"{model}: decoding direct ({ENGINE_FILE}, greedy steps chained on the GPU)"
                               if engine_available(model) else

@@ -102,7 +102,7 @@ def perplexity_hf(hf_dir: Path, windows: list[list[int]], on_window=None) -> tup
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .prepare.source import transformers_quiet
+    from .hf_folder import transformers_quiet
 
     with transformers_quiet():
         model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
@@ -153,7 +153,7 @@ def perplexity_llamacpp(gguf: Path, windows: list[list[int]], threads: int | Non
     require_llamacpp()
     from llama_cpp import Llama
 
-    from .prepare.build import physical_cores
+    from .threads import physical_cores
 
     n = threads or physical_cores()
     llm = Llama(model_path=str(gguf), n_ctx=max(len(w) for w in windows), n_batch=512, n_threads=n,

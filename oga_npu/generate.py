@@ -365,7 +365,7 @@ def _direct_generator(lm: LoadedModel, ids: list[int], opts: GenerationOptions):
     """Greedy without a penalty chains on the device; anything else samples on the host.
     ignore_eos needs nothing here: stream_generate does not stop at EOS then (unlike
     onnxruntime-genai's min_length, EOS is not masked out, so the token may appear)."""
-    from .engine import Sampler
+    from .webgpu.engine import Sampler
 
     if opts.guidance:
         raise GenerationError("guided output (JSON schema, grammar) does not run on the direct WebGPU decoder",

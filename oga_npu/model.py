@@ -206,7 +206,7 @@ def provider_available(provider: str) -> tuple[bool, str]:
     if provider == "dml":
         return bool(og.is_dml_available()), "DirectML needs Windows and onnxruntime-genai-directml"
     if provider == "webgpu":
-        from . import webgpu
+        from .webgpu import ep as webgpu
         from .capabilities import capabilities
 
         if not capabilities().ep_library:
@@ -252,7 +252,7 @@ class LoadedModel:
 
     def direct_engine(self, needed: int):
         """The direct engine with KV buffers of at least `needed` positions (grown on demand)."""
-        from .engine import MIN_CAPACITY, DirectEngine
+        from .webgpu.engine import MIN_CAPACITY, DirectEngine
 
         e = self.engine
         if e is not None and e.capacity >= needed:
@@ -352,11 +352,11 @@ def require_exists(path: Path) -> None:
 def missing_model_fix(path: Path) -> str:
     import difflib
 
-    from .inventory import list_models
+    from .store import ModelStore
     from .workdir import models_dir
 
     try:
-        names = [r.path for r in list_models()]
+        names = [r.path for r in ModelStore().entries()]
     except OSError:
         names = []
     close = difflib.get_close_matches(path.name, [p.name for p in names], n=1, cutoff=0.6)
@@ -409,8 +409,8 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
 
     import onnxruntime_genai as og
 
-    from . import engine as eng
-    from .gguf_expand import loadable
+    from .webgpu import engine as eng
+    from .gguf.expand import loadable
 
     # a gguf-native folder: its blocks expanded once, in the cache (prepare's validate passes the entry)
     files = files or loadable(path, state.manifest)
@@ -434,7 +434,7 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     def open_oga():
         try:
             if wanted == "webgpu":
-                from . import webgpu
+                from .webgpu import ep as webgpu
 
                 webgpu.register()
             return og.Model(ogc)

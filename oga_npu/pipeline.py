@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from . import tools as tools_mod
 from .devices import detect_rai_version
+from .gguf.header import gguf_header
 from .errors import (
     DiskFullError, OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, ToolFailed, VersionError,
 )
@@ -33,6 +34,7 @@ from .prepare import STAGES
 from .prepare import source as source_mod
 from .recipe import DEFAULT_RECIPE, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, fitting_group_size, load_recipe
 from .tools import network_env, tool_env
+from .versions import REQUIRED_VERSIONS, installed_versions
 from .workdir import (
     LOGS_DIR, REQUEST, begin_stage, finish_stage, folder_state, models_dir, partial_dir, prepare_lock, publish,
     stage_dir, stage_done, unpublish, write_json_atomic,
@@ -40,23 +42,6 @@ from .workdir import (
 
 log = logging.getLogger(__name__)
 
-# What prepare needs, checked before any long step (--dry-run too) and shown by doctor:
-# (distribution, minimum, below). Matches pyproject.toml's cpu and prepare extras: prepare
-# builds with onnxruntime-genai 0.18's model builder whatever runtime the folder is for
-# (--oga-version). run/chat/serve judge the runtime by capabilities.judge_runtime instead.
-REQUIRED_VERSIONS = {
-    "onnxruntime-genai": ("0.18", "0.19"),
-    "onnxruntime": ("1.31", "1.32"),
-    "amd-quark": ("0.13", "0.14"),
-    "transformers": ("5.0", "6"),
-    "onnx": ("1.17", "2"),
-    "numpy": ("1.26", "3"),
-    "protobuf": ("4.25", "8"),
-}
-# Only prepare needs these: doctor notes them missing, run/chat/serve do not need them.
-PREPARE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers")
-VERSION_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers", "torch", "onnx",
-                    "huggingface-hub", "numpy", "protobuf")
 DISK_FACTOR = 3.0  # quantized copy + ONNX weights + headroom, times the source weights
 GGUF_CACHE_FACTOR = 1.1  # the fp32 safetensors a GGUF is dequantized to, plus tokenizer and headroom
 
@@ -154,18 +139,6 @@ Progress = Callable[[str, str, int, int, str], None]  # (event, stage, index, to
 
 def _noop(*_a) -> None:
     pass
-
-
-def installed_versions() -> dict:
-    from importlib import metadata
-
-    out = {"oga-npu": __version__}
-    for name in VERSION_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def check_versions(versions: dict, needs_quark: bool = True) -> None:
@@ -436,8 +409,8 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
 
 
 def _expanded_form(out: Path, manifest: dict | None) -> None:
-    """A gguf-native model's expanded form, made now so the first load is quick (oga_npu.gguf_expand)."""
-    from .gguf_expand import loadable
+    """A gguf-native model's expanded form, made now so the first load is quick (oga_npu.gguf.expand)."""
+    from .gguf.expand import loadable
 
     loadable(out, manifest)
 
@@ -550,7 +523,7 @@ def _estimate_line(stage, ctx, in_dir: Path) -> str:
         return ""
     busy = ""
     try:  # a machine busy with other work runs the stage slower, about by load / cores
-        from .prepare.build import physical_cores
+        from .threads import physical_cores
 
         load, cores = os.getloadavg()[0], physical_cores()
         if load > cores + 0.5:
@@ -591,7 +564,7 @@ def _free_bytes(path: Path) -> tuple[Path, int]:
 def gguf_fp32_bytes(gguf: Path) -> int:
     """Size of the fp32 weights a GGUF dequantizes to, from the tensor shapes in its header."""
     try:
-        return source_mod.gguf_header(gguf)[1] * 4
+        return gguf_header(gguf)[1] * 4
     except (OSError, ValueError):  # unreadable: assume 4-bit weights -> fp32
         return gguf.stat().st_size * 8
 

@@ -104,7 +104,7 @@ def _webgpu() -> dict:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from . import webgpu
+    from .webgpu import ep as webgpu
 
     lib = webgpu.library_path()
     if lib is None:

@@ -1,4 +1,4 @@
-"""Recipes: TOML files in `recipes/` loaded into typed, strict objects.
+"""Recipes: TOML files in `oga_npu/recipes/` loaded into typed, strict objects.
 
 A recipe says how to quantize (Quark scheme, algorithm, group size, excluded layers),
 what to calibrate on, and how to build for each target. `--target` picks the target,
@@ -41,7 +41,7 @@ class QuantizeConfig(_Strict):
     # quark: AMD Quark quantizes, the builder packs its result. builder: no Quark stage; the
     # OGA builder rounds the fp weights to int4 itself (build.precision) - no torch model load.
     # gguf: a .gguf source keeps its own quantization: the builder makes the graph, then
-    # oga_npu.gguf_native puts the file's blocks into it (cpu and webgpu targets).
+    # oga_npu.gguf.native puts the file's blocks into it (cpu and webgpu targets).
     engine: Literal["quark", "builder", "gguf"] = "quark"
     dtype: Literal["uint4", "int4"] = "uint4"
     group_size: Literal[32, 64, 128] = 128
@@ -77,8 +77,8 @@ class BuildConfig(_Strict):
     # builder). For WebGPU: onnxruntime-genai otherwise casts fp16 logits in a second ORT
     # session with its own GPU sync on every token, outside the captured graph.
     float32_logits: bool = False
-    # model.engine.onnx beside model.onnx (graph passes of oga_npu.graphpass, same weights)
-    # for direct decoding on onnxruntime (oga_npu.engine): greedy steps chained on the GPU.
+    # model.engine.onnx beside model.onnx (graph passes of oga_npu.webgpu.graphpass, same weights)
+    # for direct decoding on onnxruntime (oga_npu.webgpu.engine): greedy steps chained on the GPU.
     # WebGPU builds only (it needs the graph-capture attention-mask layout).
     direct_decode: bool = False
 
@@ -153,16 +153,13 @@ def _digest(obj, *parts: str) -> str:
 
 
 def recipe_dirs() -> list[Path]:
-    """Where named recipes are looked up: $OGA_NPU_RECIPES, ./recipes, the recipes that
-    came with the package (oga_npu/recipes/ in a wheel, copied from the top-level recipes/
-    by setup.py), the checkout's recipes/ (source and editable installs)."""
+    """Where named recipes are looked up: $OGA_NPU_RECIPES, ./recipes, then the recipes that
+    come with the package (oga_npu/recipes/, package data in a wheel and in a checkout alike)."""
     dirs = []
     if os.environ.get("OGA_NPU_RECIPES"):
         dirs.append(Path(os.environ["OGA_NPU_RECIPES"]))
     dirs.append(Path.cwd() / "recipes")
-    here = Path(__file__).resolve().parent
-    dirs.append(here / "recipes")
-    dirs.append(here.parent / "recipes")
+    dirs.append(Path(__file__).resolve().parent / "recipes")
     seen, out = set(), []
     for d in dirs:
         r = d.resolve()
@@ -219,7 +216,7 @@ def load_recipe(name_or_path: str = DEFAULT_RECIPE) -> Recipe:
             msg = f"{path}: unknown key '{loc}'"
         else:
             msg = f"{path}: bad value for '{loc}': {err['msg']}"
-        raise RecipeError(msg, "see recipes/default.toml for the keys a recipe takes") from e
+        raise RecipeError(msg, "see oga_npu/recipes/default.toml for the keys a recipe takes") from e
     return recipe.model_copy(update={"path": str(path)})
 
 

@@ -114,7 +114,7 @@ def check_target(path: Path) -> None:
         raise GenerationError(
             f"{path} returns logits for the last position only (prune_lm_head): onnxruntime-genai cannot verify "
             "several drafted tokens in one step with it",
-            f"prepare it with full logits: copy recipes/{name}.toml, set prune_lm_head = false in its "
+            f"prepare it with full logits: copy oga_npu/recipes/{name}.toml, set prune_lm_head = false in its "
             f"extra_options, and run oga-npu prepare SOURCE --recipe THAT.toml -o DIR")
 
 

@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .hf_folder import safetensors_params
 from .errors import LockedError, ModelChoiceError, ModelFolderError, ModelNotFoundError, OutputExistsError
 from .workdir import LOCK, MANIFEST, _pid_alive, folder_state, models_dir_origin, published_files, read_json, unpublish
 
@@ -93,32 +94,11 @@ def format_params(n: int | None) -> str:
 # ---------------------------------------------------------------- what a model is
 
 
-def safetensors_params(folder: Path) -> int | None:
-    """Parameters in a HF folder's safetensors files, from their JSON headers (no weights read)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    total = 0
-    for f in files:
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            if n > (100 << 20):
-                return None
-            header = json.loads(fh.read(n))
-        for name, t in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in t.get("shape", []):
-                    count *= d
-                total += count
-    return total
-
-
 def source_params(kind: str | None, spec: str | None, hf_dir: Path | None = None) -> int | None:
     """The source model's parameter count: a GGUF's header, a HF folder's safetensors headers."""
     try:
         if kind == "gguf" and spec:
-            from .prepare.source import gguf_header
+            from .gguf.header import gguf_header
 
             return gguf_header(Path(spec).expanduser())[1]
         folder = hf_dir if hf_dir is not None else (Path(spec).expanduser() if kind == "folder" and spec else None)
@@ -428,7 +408,7 @@ class ModelStore:
         unpublish(path)
         shutil.rmtree(path)
         if content:  # its expanded form in the cache (gguf-native models)
-            from .gguf_expand import remove_entries
+            from .gguf.expand import remove_entries
 
             freed += remove_entries(content)
         return freed

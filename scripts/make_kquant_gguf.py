@@ -5,7 +5,7 @@
 
 SmolLM2's widths are 576 and 1536: only ffn_down (K = 1536) holds whole K-quant
 super-blocks of 256, so, as llama-quantize does for a Q4_K_M of such a model, the others
-take the fallback types. This file uses every type oga_npu.gguf_native reads:
+take the fallback types. This file uses every type oga_npu.gguf.native reads:
 ffn_down Q4_K / Q5_K / Q6_K (layer % 3), attn_q/attn_k/attn_output/ffn_gate/ffn_up
 Q5_0 (even layers) / Q5_1 (odd), attn_v Q8_0, token_embd Q6_K; norms stay F32.
 The weights are the Q4_1 file's values rounded again (plain round-to-nearest): both
@@ -40,7 +40,7 @@ def choose(name: str, rows: int, cols: int) -> str | None:
 
 def main() -> int:
     from oga_npu.demo import smollm2_gguf
-    from oga_npu.gguf_write import requantize
+    from oga_npu.gguf.write import requantize
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)

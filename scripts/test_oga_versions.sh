@@ -36,7 +36,7 @@ run_pytest() {  # python, then pytest arguments
 }
 
 # 1. The folders, once, by the main venv; rebuilt when what makes them changed.
-src_hash="$(cat pyproject.toml recipes/*.toml scripts/make_version_folders.py tests/conftest.py tests/gguf_models.py \
+src_hash="$(cat pyproject.toml oga_npu/recipes/*.toml scripts/make_version_folders.py tests/conftest.py tests/gguf_models.py \
   $(find oga_npu -name '*.py' | sort) | sha256sum | cut -c1-16)"
 FOLDERS="$BASE/folders"
 if [ "$(cat "$FOLDERS/.stamp" 2>/dev/null)" != "$src_hash" ]; then

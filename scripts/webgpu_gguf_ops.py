@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Which gguf-native forms the WebGPU EP runs: every llama.cpp type through the exact graph
-oga_npu.gguf_native writes (MatMulNBits 4/8 bits, blocks 32/16, uint8 zero points, the
+oga_npu.gguf.native writes (MatMulNBits 4/8 bits, blocks 32/16, uint8 zero points, the
 offset product; GatherBlockQuantized 4/8 bits), float16 and float32 io, on WebGPU with the
 CPU fallback disabled (a node WebGPU does not take fails the session), against numpy.
 
@@ -32,7 +32,7 @@ def session(model, provider: str):
     model.ir_version = 10  # what onnxruntime 1.31 reads, whichever onnx wrote it
     so = ort.SessionOptions()
     if provider == "webgpu":
-        from oga_npu import webgpu
+        from oga_npu.webgpu import ep as webgpu
 
         if not _REGISTERED:
             ort.register_execution_provider_library(webgpu.EP_NAME, webgpu.library_path())
@@ -49,7 +49,7 @@ def session(model, provider: str):
 def matmul_model(form, fdt, accuracy_level=4):
     from onnx import TensorProto, helper
 
-    from oga_npu import gguf_native as gn
+    from oga_npu.gguf import native as gn
 
     et = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
     m = helper.make_model(helper.make_graph(
@@ -71,7 +71,7 @@ def gather_model(form, fdt):
     """The embedding subgraph gguf_native writes, on its own."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from oga_npu import gguf_native as gn
+    from oga_npu.gguf import native as gn
 
     et = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
     g = helper.make_graph([], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"])],
@@ -107,8 +107,8 @@ def gather_model(form, fdt):
 def main() -> int:
     import gguf
 
-    from oga_npu import gguf_native as gn
-    from oga_npu import gguf_write as gw
+    from oga_npu.gguf import native as gn
+    from oga_npu.gguf import write as gw
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--provider", default="webgpu", choices=["webgpu", "cpu"])

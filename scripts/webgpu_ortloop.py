@@ -8,7 +8,7 @@ Opens the model's ONNX file with onnxruntime (WebGPU plugin EP or CPU), keeps th
 in static device buffers bound to both the past and present names (the builder's
 past_present_share_buffer layout), runs the prefill uncaptured and the decode steps with
 graph capture, and times each phase of a step: the input uploads, the run, the read-back.
-`--fused` runs the graph of oga_npu.graphpass (model.engine.onnx beside model.onnx,
+`--fused` runs the graph of oga_npu.webgpu.graphpass (model.engine.onnx beside model.onnx,
 weights shared): one int32 `step` input instead of input_ids + attention_mask, and a
 greedy `next_token` output; `--argmax` then reads back that token (4 bytes) instead of the
 logits. It also times replays back to back without any read-back (what the GPU and the
@@ -49,14 +49,14 @@ class Loop:
         self.chain = chain
         fused = self.fused
         if fused:
-            from oga_npu.graphpass import engine_graph
+            from oga_npu.webgpu.graphpass import engine_graph
 
             path = engine_graph(model_dir / "model.onnx", self.vocab, chain=chain > 0)
         else:
             path = model_dir / "model.onnx"
         so = ort.SessionOptions()
         if provider == "webgpu":
-            from oga_npu import webgpu
+            from oga_npu.webgpu import ep as webgpu
 
             ok, why = webgpu.available()
             if not ok:

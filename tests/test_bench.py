@@ -144,7 +144,7 @@ def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, t
     """prune_lm_head (the default) keeps the last position's logits only; eval then scores
     one token per step. A build that keeps every position's logits must agree."""
     recipe = tmp_path / "full.toml"
-    recipe.write_text((REPO / "recipes" / "cpu-fast.toml").read_text().replace(", prune_lm_head = true", ""))
+    recipe.write_text((REPO / "oga_npu" / "recipes" / "cpu-fast.toml").read_text().replace(", prune_lm_head = true", ""))
     assert "prune_lm_head" not in recipe.read_text()
     full = tmp_path / "full"
     r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full))

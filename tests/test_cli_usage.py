@@ -45,14 +45,14 @@ def test_flags_show_without_a_type(capsys):
     (errno.ENAMETOOLONG, "file name too long"), (errno.ENOENT, "no such file"),
 ])
 def test_os_errors_are_one_line_with_the_path_and_a_fix(capsys, monkeypatch, err_no, words):
-    import oga_npu.inventory as inv
+    from oga_npu.store import ModelStore
 
     path = "/data/models/" + "x" * 300 if err_no == errno.ENAMETOOLONG else "/data/models/cache.bin"
 
-    def boom(root=None):
+    def boom(self):
         raise OSError(err_no, "os message", path)
 
-    monkeypatch.setattr(inv, "list_models", boom)
+    monkeypatch.setattr(ModelStore, "entries", boom)
     code, out, err = call(capsys, "models")
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 2, err
@@ -71,9 +71,9 @@ def test_real_os_errors_missing_template_and_long_name(capsys, tmp_path):
 
 
 def test_a_bug_still_says_unexpected(capsys, monkeypatch):
-    import oga_npu.inventory as inv
+    from oga_npu.store import ModelStore
 
-    monkeypatch.setattr(inv, "list_models", lambda root=None: 1 / 0)
+    monkeypatch.setattr(ModelStore, "entries", lambda self: 1 / 0)
     code, _, err = call(capsys, "models")
     assert code == 1 and "unexpected ZeroDivisionError" in err
 

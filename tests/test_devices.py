@@ -59,7 +59,7 @@ def test_devices_json_here_reports_no_npu_and_cpu():
     assert "CPUExecutionProvider" in d["providers"]["onnxruntime"]
     assert d["targets"]["cpu"] == {"prepare": True, "run": True}
     assert d["targets"]["hybrid"]["run"] is False
-    from oga_npu.webgpu import available
+    from oga_npu.webgpu.ep import available
 
     ok, why = available()
     if not ok:  # the usual case here: no adapter, and the report says why

@@ -1,4 +1,4 @@
-"""Direct decoding (oga_npu.engine) against onnxruntime-genai on the CPU provider.
+"""Direct decoding (oga_npu.webgpu.engine) against onnxruntime-genai on the CPU provider.
 
 A webgpu build of the tiny model carries model.engine.onnx; here (no GPU) it runs on the
 CPU provider, which executes the same graph, so every decoding mode can be checked token
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from oga_npu import engine as eng
+from oga_npu.webgpu import engine as eng
 from oga_npu.errors import ProviderError
 from oga_npu.generate import GenerationOptions, stream_generate
-from oga_npu.graphpass import GraphPassError, engine_graph, fuse_step_input
+from oga_npu.webgpu.graphpass import GraphPassError, engine_graph, fuse_step_input
 from oga_npu.model import load
 
 
@@ -140,7 +140,7 @@ def test_greedy_token_subgraph(vocab):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from oga_npu.graphpass import add_greedy_token
+    from oga_npu.webgpu.graphpass import add_greedy_token
 
     def model(opset):
         g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g",
@@ -221,7 +221,7 @@ def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
     """direct_decode on a CPU build (a mask layout the passes refuse): prepare still succeeds,
     says why in the stage log and result, and writes no engine graph."""
     recipe = tmp_path / "cpu-direct.toml"
-    recipe.write_text((Path(__file__).resolve().parent.parent / "recipes" / "builder-int4.toml").read_text()
+    recipe.write_text((Path(__file__).resolve().parent.parent / "oga_npu" / "recipes" / "builder-int4.toml").read_text()
                       .replace('session_options = { intra_op_num_threads = "auto" }',
                                'session_options = { intra_op_num_threads = "auto" }\ndirect_decode = true'))
     out = tmp_path / "m"
@@ -236,7 +236,7 @@ def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
 def test_direct_matches_onnxruntime_genai_on_a_webgpu_adapter(request):
     """The real GPU path (graph capture, device buffers). On the lent H200,
     scripts/check_direct_decode.py did the same for SmolLM2's shape, capture on and off."""
-    from oga_npu import webgpu
+    from oga_npu.webgpu import ep as webgpu
 
     ok, why = webgpu.available()
     if not ok:

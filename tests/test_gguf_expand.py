@@ -62,7 +62,7 @@ def test_expanded_model_has_no_gguf_nodes_and_the_bytes_onnxruntime_folds(native
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from oga_npu.gguf_expand import _stored, expand_folder
+    from oga_npu.gguf.expand import _stored, expand_folder
 
     out = tmp_path / "expanded"
     expand_folder(native, out)
@@ -110,7 +110,7 @@ def test_load_makes_the_cache_once_then_reuses_it(native, home, capsys):
 
 
 def test_a_failed_or_killed_make_leaves_nothing_finished(native, home, monkeypatch, caplog):
-    from oga_npu import gguf_expand
+    from oga_npu.gguf import expand as gguf_expand
     from oga_npu.model import load
 
     real, calls = gguf_expand._compute, []
@@ -217,8 +217,8 @@ def test_an_engine_graph_shares_the_expanded_data(native, tmp_path, home):
     import onnx
     import onnxruntime as ort
 
-    from oga_npu.engine import ENGINE_FILE
-    from oga_npu.gguf_expand import expand_folder
+    from oga_npu.webgpu.engine import ENGINE_FILE
+    from oga_npu.gguf.expand import expand_folder
 
     folder = tmp_path / "with-engine"
     shutil.copytree(native, folder)
@@ -238,7 +238,7 @@ def test_an_entry_of_a_folder_deleted_by_hand_goes_when_another_is_made(native, 
     """A folder removed without `oga-npu rm` leaves its entry only until the next make."""
     import json
 
-    from oga_npu.gguf_expand import ensure
+    from oga_npu.gguf.expand import ensure
 
     gone = tmp_path / "gone"
     shutil.copytree(native, gone)

@@ -9,7 +9,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 ort = pytest.importorskip("onnxruntime")
 
-from oga_npu import gguf_native as gn  # noqa: E402
+from oga_npu.gguf import native as gn  # noqa: E402
 
 ROWS, COLS = 48, 512   # COLS: a multiple of the K-quants' super-block of 256
 
@@ -120,7 +120,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 def _exact_recipe(tmp_path):
     """gguf-native with accuracy_level 0 (float activations): the exactness check."""
     r = tmp_path / "gguf-exact.toml"
-    r.write_text((REPO / "recipes" / "gguf-native.toml").read_text().replace("accuracy_level = 4", "accuracy_level = 0"))
+    r.write_text((REPO / "oga_npu" / "recipes" / "gguf-native.toml").read_text().replace("accuracy_level = 4", "accuracy_level = 0"))
     assert "accuracy_level = 0" in r.read_text()
     return r
 

@@ -299,7 +299,7 @@ def test_damaged_gguf_is_refused_before_any_work_with_the_fix(tmp_path, capsys):
         assert f"Error: {cause}" in err and "download the .gguf again" in err and "Traceback" not in err, (name, err)
         assert not out.exists() and stdout == ""
     # the whole file passes the same check
-    from oga_npu.prepare.source import gguf_header
+    from oga_npu.gguf.header import gguf_header
 
     assert gguf_header(src)[0] == "llama"
 

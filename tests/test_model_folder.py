@@ -116,7 +116,7 @@ def test_webgpu_model_without_adapter_gives_the_adapter_error(tmp_path, tiny_hf)
     logits = next(o for o in graph.output if o.name == "logits")
     assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # our pass: OGA needs no cast session
     assert graph.node[-1].op_type == "Cast" and graph.node[-1].output[0] == "logits"
-    from oga_npu.webgpu import available
+    from oga_npu.webgpu.ep import available
 
     ok, why = available()
     if ok:
@@ -138,7 +138,7 @@ def test_webgpu_dry_run_shows_builder_flags(tmp_path, tiny_hf):
 
 
 def test_webgpu_missing_package_message(monkeypatch):
-    from oga_npu import webgpu
+    from oga_npu.webgpu import ep as webgpu
 
     monkeypatch.setattr(webgpu, "library_path", lambda: None)
     ok, why = webgpu.available()

@@ -18,9 +18,9 @@ def installed(tmp_path_factory) -> Path:
     """The wheel built from a copy of the sources, installed with --target (no deps: the
     dependencies come from this environment, the package and its recipes from the wheel)."""
     src = tmp_path_factory.mktemp("src")
-    for name in ("oga_npu", "recipes"):
+    for name in ("oga_npu",):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+    for name in ("pyproject.toml", "MANIFEST.in", "README.md"):
         shutil.copy2(REPO / name, src / name)
     wheels = tmp_path_factory.mktemp("wheels")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]

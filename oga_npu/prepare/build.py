@@ -17,6 +17,7 @@ from pathlib import Path
 from ..architectures import config_fixes
 from ..errors import ToolFailed
 from ..recipe import BuildConfig
+from ..threads import physical_cores
 from ..tools import python_module_argv, run_tool, tool_env
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
@@ -76,23 +77,6 @@ def resolved_session_options(cfg: BuildConfig) -> dict:
     return out
 
 
-def physical_cores() -> int:
-    """The machine's physical cores, at most the CPUs this process may run on (taskset, a
-    container's cpuset): 16 threads on 2 allowed CPUs would take turns on them."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except ImportError:  # pragma: no cover
-        n = None
-    n = int(n or os.cpu_count() or 1)
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Windows/macOS
-        return n
-    return max(1, min(n, allowed))
-
-
 def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Path,
         env: dict[str, str] | None = None, gguf: Path | None = None, rai_env=None) -> dict:
     cache = out_dir.parent / (out_dir.name + ".cache")
@@ -126,7 +110,7 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
             passes.append("float32_logits")
     skipped = {}
     if cfg.direct_decode:
-        from ..graphpass import GraphPassError, engine_graph
+        from ..webgpu.graphpass import GraphPassError, engine_graph
 
         model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
         try:
@@ -164,10 +148,10 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
 
 
 def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path) -> dict:
-    """Replace the builder's int4 weights by the GGUF's own blocks (oga_npu.gguf_native)."""
+    """Replace the builder's int4 weights by the GGUF's own blocks (oga_npu.gguf.native)."""
     import time
 
-    from ..gguf_native import import_weights
+    from ..gguf.native import import_weights
 
     t0 = time.monotonic()
     rep = import_weights(model_file, gguf, json.loads((hf_dir / "config.json").read_text()))
@@ -320,9 +304,9 @@ def key(ctx) -> dict:
 
 def estimate(ctx, in_dir: Path) -> float | None:
     """Rough seconds: the builder reads, repacks and writes about 8 M parameters/s on 2 cores."""
-    from .quantize import param_count
+    from ..hf_folder import safetensors_params
 
-    params = param_count(in_dir)
+    params = safetensors_params(in_dir)
     return params / 8e6 * 2 / physical_cores() if params else None
 
 
@@ -343,7 +327,7 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     if cfg.float32_logits:
         lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
     if ctx.recipe.quantize.engine == "gguf":
-        lines.append("  then the GGUF's own blocks replace the builder's int4 weights (oga_npu.gguf_native)")
+        lines.append("  then the GGUF's own blocks replace the builder's int4 weights (oga_npu.gguf.native)")
     if cfg.direct_decode:
         lines.append("  then model.engine.onnx beside it: one step input, on-device greedy token (direct decoding)")
     return lines

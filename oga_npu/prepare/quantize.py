@@ -40,21 +40,6 @@ def layer_input_widths(config: dict) -> list[int]:
     return [w for w in widths if w]
 
 
-def param_count(hf_dir: Path) -> int:
-    """Parameters in an HF folder's safetensors files (read from their headers only)."""
-    import struct
-
-    n = 0
-    for f in Path(hf_dir).glob("*.safetensors"):
-        with open(f, "rb") as fh:
-            size = struct.unpack("<Q", fh.read(8))[0]
-            header = json.loads(fh.read(size))
-        for name, t in header.items():
-            if name != "__metadata__":
-                n += math.prod(t.get("shape", []))
-    return n
-
-
 # Seconds per million parameters on 2 quiet CPU cores (SmolLM2-135M: load + export about
 # 40 s; AWQ on 16 x 128 calibration tokens about 140 s more). Rough, for the estimate line.
 SECONDS_PER_MPARAM = {"load": 0.3, "awq_per_2k_tokens": 1.05, "gptq_per_2k_tokens": 1.5}
@@ -262,10 +247,11 @@ def argv(spec_path: Path) -> list[str]:
 
 
 def estimate(ctx, in_dir: Path) -> float | None:
-    from .build import physical_cores
+    from ..hf_folder import safetensors_params
+    from ..threads import physical_cores
 
     q, c = ctx.recipe.quantize, ctx.recipe.calibration
-    params = param_count(in_dir)
+    params = safetensors_params(in_dir) or 0
     if not params:
         return None
     tokens = 0 if q.algorithm == "none" else c.samples * c.seq_len

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HubError, SourceError
+from ..gguf.header import gguf_header
+from ..hf_folder import transformers_quiet
 from ..workdir import file_fingerprint, file_lock, folder_fingerprint, home, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -92,79 +94,6 @@ def plan(source: Source) -> str:
             return f"use the dequantized copy of {Path(source.spec).name} in {cache}"
         return f"dequantize {source.spec} to fp32 safetensors in {cache} (once, cached)"
     return f"use {source.spec} in place"
-
-
-_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
-
-
-def gguf_header(path: Path) -> tuple[str | None, int]:
-    """(general.architecture, number of weights) from a GGUF header, reading only the header.
-    (gguf.GGUFReader maps every field and tensor: 7 s for SmolLM2's 49k-token vocabulary on
-    this 2-core box; this takes 0.1 s.) Raises ValueError for a file that is not GGUF v2+."""
-    import struct
-
-    def read(fmt: str):
-        return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))[0]
-
-    def skip_value(t: int) -> None:
-        if t == 8:  # string
-            f.seek(read("Q"), os.SEEK_CUR)
-        elif t == 9:  # array: item type, count, items
-            it, n = read("I"), read("Q")
-            if it in _GGUF_SCALAR:
-                f.seek(_GGUF_SCALAR[it] * n, os.SEEK_CUR)
-            else:
-                for _ in range(n):
-                    skip_value(it)
-        elif t in _GGUF_SCALAR:
-            f.seek(_GGUF_SCALAR[t], os.SEEK_CUR)
-        else:
-            raise ValueError(f"unknown GGUF value type {t}")
-
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # type -> (block, bytes per block)
-
-    arch, alignment, end = None, 32, 0
-    try:
-        with open(path, "rb", buffering=1 << 20) as f:
-            magic = f.read(4)
-            if magic != b"GGUF":
-                lfs = magic == b"vers" and f.read(20).startswith(b"ion https://git-lfs")
-                raise ValueError(f"{path.name} is a git-lfs pointer, not the file" if lfs else
-                                 f"{path.name} is not a GGUF file (it does not start with the bytes GGUF)")
-            if read("I") < 2:
-                raise ValueError(f"{path.name} is not a GGUF v2+ file")
-            n_tensors, n_kv = read("Q"), read("Q")
-            for _ in range(n_kv):
-                key = f.read(read("Q"))
-                t = read("I")
-                if key == b"general.architecture" and t == 8:
-                    arch = f.read(read("Q")).decode("utf-8", errors="replace")
-                elif key == b"general.alignment" and t == 4:
-                    alignment = read("I") or 32
-                else:
-                    skip_value(t)
-            total = 0
-            for _ in range(n_tensors):
-                f.seek(read("Q"), os.SEEK_CUR)  # name
-                n = 1
-                for _ in range(read("I")):
-                    n *= read("Q")
-                qtype, offset = read("I"), read("Q")
-                total += n
-                try:
-                    block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-                except (ValueError, KeyError):  # a type newer than this gguf package: size unknown
-                    block = 0
-                if block:
-                    end = max(end, offset + n // block * nbytes)
-            data_start = -(-f.tell() // alignment) * alignment
-    except struct.error as e:
-        raise ValueError(f"{path.name}: truncated GGUF header") from e
-    have = path.stat().st_size
-    if data_start + end > have:
-        raise ValueError(f"{path.name} is truncated: {have:,} bytes, its tensors need {data_start + end:,}")
-    return arch, total
-
 
 
 def gguf_architecture(path: Path) -> str | None:
@@ -261,33 +190,6 @@ def is_converted(cache: Path) -> bool:
 
 def gguf_cache_dir(path: Path) -> Path:
     return home() / "gguf" / f"{_short_name(path.stem)}-{file_fingerprint(path)}"
-
-
-@contextlib.contextmanager
-def transformers_quiet():
-    """transformers' own progress bars off while it loads (oga-npu reports its stages on
-    stderr): its logging bars ("Loading weights") and the raw tqdm of its GGUF reader
-    ("Converting and de-quantizing GGUF tensors"), which printed even under `prepare -q`."""
-    import functools
-
-    from transformers.utils import logging as hf_logging
-
-    try:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:  # no gguf package: nothing of it runs
-        gguf_utils = None
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    old = getattr(gguf_utils, "tqdm", None)
-    if old is not None:
-        gguf_utils.tqdm = functools.partial(old, disable=True)
-    try:
-        yield
-    finally:
-        if old is not None:
-            gguf_utils.tqdm = old
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def dequantize_gguf(gguf: Path, out: Path) -> Path:

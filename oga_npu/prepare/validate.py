@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(args.model)
     try:
-        from ..gguf_expand import for_stage
+        from ..gguf.expand import for_stage
 
         # the same checks and provider registration as `oga-npu run`, and the form it will open
         lm = model_mod.load(path, files=for_stage(path))

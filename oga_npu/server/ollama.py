@@ -23,7 +23,7 @@ from typing import Any, Literal, Union
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ContextLengthError
 from ..generate import GenerationEvent
 from . import plan, worker

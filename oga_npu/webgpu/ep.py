@@ -97,7 +97,7 @@ def register() -> None:
     global _registered_oga
     if _registered_oga:
         return
-    from .errors import ProviderError
+    from ..errors import ProviderError
 
     ok, why = available()
     if not ok:

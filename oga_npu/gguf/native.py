@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import OgaNpuError
+from ..errors import OgaNpuError
 
 QK_K = 256
 
@@ -332,7 +332,7 @@ class GGUFFile:
     def hf_config(self) -> dict:
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-        from .prepare.source import transformers_quiet
+        from ..hf_folder import transformers_quiet
 
         with transformers_quiet():
             return load_gguf_checkpoint(str(self.path), return_tensors=False).get("config", {})

@@ -7,7 +7,7 @@ lent H200 (Llama-3.2-1B shape, 1024-token prompt) that is 3.4-3.6 ms per token w
 GPU's kernels take about 1.95 ms (busy 54-58% of the time).
 
 This engine runs the builder's model itself, through onnxruntime's IOBinding, on the
-graph `oga_npu.graphpass` writes beside it (`model.engine.onnx`, same weights):
+graph `oga_npu.webgpu.graphpass` writes beside it (`model.engine.onnx`, same weights):
 
 - the KV cache lives in static device buffers bound to both the past and present names;
 - the prefill runs uncaptured; decode steps replay one captured graph;
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import GenerationError, ModelLoadError, ProviderError
+from ..errors import GenerationError, ModelLoadError, ProviderError
 from .graphpass import HISTORY, HISTORY_OUTPUT, NEXT_TOKEN, STEP_INPUT, STEP_OUTPUT
 
 ENGINE_FILE = "model.engine.onnx"
@@ -76,7 +76,7 @@ class DirectEngine:
         file = str(self.path / ENGINE_FILE)
         try:
             if provider == "webgpu":
-                from . import webgpu
+                from . import ep as webgpu
 
                 ok, why = webgpu.available()
                 if not ok:

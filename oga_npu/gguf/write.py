@@ -2,7 +2,7 @@
 quantizer) and a copy of a GGUF with its weights re-quantized to other types.
 
 Used by scripts/make_kquant_gguf.py (a K-quant file from the bundled SmolLM2, for the
-perplexity comparison with llama.cpp) and the tests of oga_npu.gguf_native. Plain
+perplexity comparison with llama.cpp) and the tests of oga_npu.gguf.native. Plain
 round-to-nearest with the block layouts of ggml-quants.c; not llama.cpp's search for the
 best scales (the point is a valid file, read back identically by both engines).
 """

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .workdir import home, link_or_copy, read_json, write_json_atomic
+from ..workdir import home, link_or_copy, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def for_stage(model_dir: Path) -> Path | None:
     """The expanded form of a build stage's folder during prepare (validate loads it, as every
     later load will): keyed by the content hash publish will give these files, recorded for the
     prepared folder (model_dir is OUT/stages/build). None where it does not apply or failed."""
-    from .workdir import DONE, STAGES_DIR, content_hash, sha256_file
+    from ..workdir import DONE, STAGES_DIR, content_hash, sha256_file
 
     if not enabled() or not has_gguf_nodes(model_dir):
         return None
@@ -135,7 +135,7 @@ def has_gguf_nodes(folder: Path) -> bool:
 def ensure(folder: Path, content_hash: str, owner: Path | None = None) -> Path:
     """The finished cache entry for `folder`, made under its lock when missing; `owner` is the
     prepared folder it is recorded for (default `folder`)."""
-    from .workdir import file_lock
+    from ..workdir import file_lock
 
     dst = entry_dir(content_hash)
     if _finished(dst):

@@ -1,0 +1,12 @@
+"""The GGUF wing: a GGUF file's own quantized blocks, read and run exactly.
+
+- `header`: the header read alone (architecture, weight count, truncation) in 0.1 s.
+- `native`: the builder's int4 weights replaced by the file's blocks (`prepare`'s build
+  stage for the gguf-native recipe): block forms per GGML type, then the graph rewrite.
+- `expand`: the expanded form of a gguf-native folder, made once into the cache
+  (`$OGA_NPU_HOME/cache/expanded/`) and opened by `model.load` in its place.
+- `write`: GGUF files written from tensors (requantization for tests and scripts).
+
+Path: prepare -> build stage -> native.import_weights -> validate -> expand.ensure;
+load -> expand.loadable -> the cached entry.
+"""
