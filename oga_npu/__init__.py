@@ -1,13 +1,12 @@
 """oga-npu: prepare Hugging Face models for ONNX Runtime GenAI and chat with them.
 
-    from oga_npu import ModelStore, load, stream_generate, GenerationOptions
-    lm = load(ModelStore().resolve("smollm2-135m-instruct-q4_1-cpu"))  # a name in the store, or a folder
-    for ev in stream_generate(lm, "What is the capital of France?"):
-        print(ev.text, end="", flush=True)
+from oga_npu import ModelStore, load, stream_generate, GenerationOptions
+lm = load(ModelStore().resolve("smollm2-135m-instruct-q4_1-cpu"))  # a name in the store, or a folder
+for ev in stream_generate(lm, "What is the capital of France?"):
+    print(ev.text, end="", flush=True)
 """
 
 from ._version import __version__
-
 from .errors import OgaNpuError
 from .generate import GenerationEvent, GenerationOptions, generate, stream_generate
 from .model import LoadedModel, check_folder, load
@@ -16,6 +15,20 @@ from .recipe import Recipe, load_recipe
 from .store import ModelEntry, ModelStore
 
 __all__ = [
-    "GenerationEvent", "GenerationOptions", "LoadedModel", "ModelEntry", "ModelStore", "OgaNpuError", "PrepareRequest",
-    "PrepareResult", "Recipe", "check_folder", "generate", "load", "load_recipe", "prepare", "stream_generate", "__version__",
+    "GenerationEvent",
+    "GenerationOptions",
+    "LoadedModel",
+    "ModelEntry",
+    "ModelStore",
+    "OgaNpuError",
+    "PrepareRequest",
+    "PrepareResult",
+    "Recipe",
+    "check_folder",
+    "generate",
+    "load",
+    "load_recipe",
+    "prepare",
+    "stream_generate",
+    "__version__",
 ]

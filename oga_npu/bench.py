@@ -30,13 +30,39 @@ from .generate import GenerationOptions, encode_raw, stream_generate
 from .model import LoadedModel
 
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048)
-CSV_FIELDS = ("model", "provider", "prompt_tokens", "gen_tokens", "reps", "ttft_avg_ms", "ttft_p50_ms", "ttft_std_ms",
-              "prefill_tps", "decode_tps_avg", "decode_tps_p50", "decode_tps_std", "e2e_avg_s", "tokenize_ms",
-              "peak_rss_mb", "skipped", "source")
+CSV_FIELDS = (
+    "model",
+    "provider",
+    "prompt_tokens",
+    "gen_tokens",
+    "reps",
+    "ttft_avg_ms",
+    "ttft_p50_ms",
+    "ttft_std_ms",
+    "prefill_tps",
+    "decode_tps_avg",
+    "decode_tps_p50",
+    "decode_tps_std",
+    "e2e_avg_s",
+    "tokenize_ms",
+    "peak_rss_mb",
+    "skipped",
+    "source",
+)
 # What every bench and eval record carries about where it ran (None where absent); the CSV
 # has these columns after CSV_FIELDS.
-RECORD_META = ("oga_npu", "oga", "ort", "quark", "rai_version", "npu_driver", "npu_power_mode", "device",
-               "provider", "model_hash")
+RECORD_META = (
+    "oga_npu",
+    "oga",
+    "ort",
+    "quark",
+    "rai_version",
+    "npu_driver",
+    "npu_power_mode",
+    "device",
+    "provider",
+    "model_hash",
+)
 CSV_META_FIELDS = tuple(k for k in RECORD_META if k != "provider")
 
 
@@ -50,7 +76,9 @@ class BenchConfig:
 
     def validate(self) -> None:
         if not self.lengths or any(n < 1 for n in self.lengths):
-            raise OgaNpuError(f"bad prompt lengths {list(self.lengths)}", "pass -l with positive numbers, e.g. -l 128,512")
+            raise OgaNpuError(
+                f"bad prompt lengths {list(self.lengths)}", "pass -l with positive numbers, e.g. -l 128,512"
+            )
         if self.gen_tokens < 2:
             raise OgaNpuError("-g must be at least 2 (decode speed needs two tokens)", "pass -g 2 or more")
         if self.reps < 1 or self.warmups < 0:
@@ -77,7 +105,7 @@ class BenchRecord:
     tokenize_ms: float | None = None
     peak_rss_mb: float | None = None
     skipped: str | None = None
-    source: str = "oga-npu"   # oga-npu | model_benchmark
+    source: str = "oga-npu"  # oga-npu | model_benchmark
     meta: dict = field(default_factory=dict)
 
 
@@ -124,7 +152,7 @@ def prompt_ids(lm: LoadedModel, n: int, text: str) -> list[int]:
 
     ids = encode_raw(lm, text)
     head = ids[:1] if ids and ids[0] == bos_id(lm) else []
-    body = ids[len(head):]
+    body = ids[len(head) :]
     if not body:
         raise OgaNpuError("the prompt text produced no tokens", "pass a longer -f PROMPT_FILE")
     while len(head) + len(body) < n:
@@ -164,7 +192,9 @@ def device_name(provider: str) -> str | None:
     return None
 
 
-def record_metadata(lm: LoadedModel | None = None, provider: str | None = None, content_hash: str | None = None) -> dict:
+def record_metadata(
+    lm: LoadedModel | None = None, provider: str | None = None, content_hash: str | None = None
+) -> dict:
     """Versions, Ryzen AI release, NPU driver and power mode, device, provider and content hash
     for a bench or eval record (None where this machine has none)."""
     provider = lm.provider if lm is not None else provider or "cpu"
@@ -176,19 +206,35 @@ def record_metadata(lm: LoadedModel | None = None, provider: str | None = None, 
     xrt = xrt_examine() or {}
     npus = find_npus()
     driver = xrt.get("driver_version") or (npus[0].driver_version if npus else None)
-    return {"oga_npu": v.get("oga-npu"), "oga": v.get("onnxruntime-genai"), "ort": v.get("onnxruntime"),
-            "quark": v.get("amd-quark"), "rai_version": None if rai_from.startswith("default") else rai,
-            "npu_driver": driver, "npu_power_mode": xrt.get("power_mode"), "device": device_name(provider),
-            "provider": provider, "model_hash": model_hash(lm) if lm is not None else content_hash}
+    return {
+        "oga_npu": v.get("oga-npu"),
+        "oga": v.get("onnxruntime-genai"),
+        "ort": v.get("onnxruntime"),
+        "quark": v.get("amd-quark"),
+        "rai_version": None if rai_from.startswith("default") else rai,
+        "npu_driver": driver,
+        "npu_power_mode": xrt.get("power_mode"),
+        "device": device_name(provider),
+        "provider": provider,
+        "model_hash": model_hash(lm) if lm is not None else content_hash,
+    }
 
 
 def run_metadata(lm: LoadedModel, cfg: BenchConfig) -> dict:
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record_metadata(lm),
-            "decoder": lm.decoder, "cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
-            "recipe": (lm.manifest or {}).get("recipe"), "target": (lm.manifest or {}).get("target"),
-            "ignore_eos": True, "warmups": cfg.warmups, "reps": cfg.reps,
-            "threads": lm.config.get("model", {}).get("decoder", {}).get("session_options", {}).get(
-                "intra_op_num_threads")}
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **record_metadata(lm),
+        "decoder": lm.decoder,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "recipe": (lm.manifest or {}).get("recipe"),
+        "target": (lm.manifest or {}).get("target"),
+        "ignore_eos": True,
+        "warmups": cfg.warmups,
+        "reps": cfg.reps,
+        "threads": lm.config.get("model", {}).get("decoder", {}).get("session_options", {}).get("intra_op_num_threads"),
+    }
 
 
 def bench_point(lm: LoadedModel, ids: list[int], cfg: BenchConfig, meta: dict) -> BenchRecord:
@@ -198,7 +244,9 @@ def bench_point(lm: LoadedModel, ids: list[int], cfg: BenchConfig, meta: dict) -
     if n + cfg.gen_tokens > limit:
         rec.skipped = f"prompt {n} + {cfg.gen_tokens} generated > context {limit}"
         return rec
-    opts = GenerationOptions(max_tokens=cfg.gen_tokens, temperature=0.0, ignore_eos=True)  # greedy, no penalty: timing, not text
+    opts = GenerationOptions(
+        max_tokens=cfg.gen_tokens, temperature=0.0, ignore_eos=True
+    )  # greedy, no penalty: timing, not text
     ttfts, decs, e2es = [], [], []
     with PeakRSS() as mem:
         for i in range(cfg.warmups + cfg.reps):
@@ -249,8 +297,7 @@ class RecordSink:
             with open(csv_path, encoding="utf-8") as f:
                 first = f.readline().strip()
             if first != header:
-                raise OgaNpuError(f"{csv_path} has other columns (an older oga-npu wrote it)",
-                                  "pass --csv a new file")
+                raise OgaNpuError(f"{csv_path} has other columns (an older oga-npu wrote it)", "pass --csv a new file")
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -262,8 +309,9 @@ class RecordSink:
         if self.csv_path:
             buf = io.StringIO()
             d = asdict(rec)
-            csv.writer(buf).writerow([_fmt(d.get(k)) for k in CSV_FIELDS] +
-                                     [_fmt(rec.meta.get(k)) for k in CSV_META_FIELDS])
+            csv.writer(buf).writerow(
+                [_fmt(d.get(k)) for k in CSV_FIELDS] + [_fmt(rec.meta.get(k)) for k in CSV_META_FIELDS]
+            )
             with open(self.csv_path, "a", newline="", encoding="utf-8") as f:
                 f.write(buf.getvalue())  # one write: no half row on Ctrl+C
                 f.flush()
@@ -275,9 +323,14 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def sweep(lm: LoadedModel, cfg: BenchConfig, text: str, sink: RecordSink | None = None,
-          on_point: Callable[[int, int, BenchRecord | None], None] | None = None,
-          label: str | None = None) -> list[BenchRecord]:
+def sweep(
+    lm: LoadedModel,
+    cfg: BenchConfig,
+    text: str,
+    sink: RecordSink | None = None,
+    on_point: Callable[[int, int, BenchRecord | None], None] | None = None,
+    label: str | None = None,
+) -> list[BenchRecord]:
     cfg.validate()
     meta = run_metadata(lm, cfg)
     if label:
@@ -302,22 +355,28 @@ def load_records(path: Path) -> list[BenchRecord]:
             try:
                 recs.append(BenchRecord(**json.loads(line)))
             except (ValueError, TypeError) as e:
-                raise OgaNpuError(f"{path}: not an oga-npu bench JSON-lines file ({e})",
-                                  "pass files written by `oga-npu bench --json`") from e
+                raise OgaNpuError(
+                    f"{path}: not an oga-npu bench JSON-lines file ({e})",
+                    "pass files written by `oga-npu bench --json`",
+                ) from e
     return recs
 
 
 def table(recs: list[BenchRecord]) -> str:
-    head = f"{'prompt':>7} {'gen':>5} {'TTFT ms':>10} {'±':>7} {'prefill t/s':>12} {'decode t/s':>11} {'±':>6} " \
-           f"{'e2e s':>7} {'peak MB':>8}"
+    head = (
+        f"{'prompt':>7} {'gen':>5} {'TTFT ms':>10} {'±':>7} {'prefill t/s':>12} {'decode t/s':>11} {'±':>6} "
+        f"{'e2e s':>7} {'peak MB':>8}"
+    )
     rows = [head]
     for r in recs:
         if r.skipped:
             rows.append(f"{r.prompt_tokens:>7} {r.gen_tokens:>5}  skipped: {r.skipped}")
             continue
-        rows.append(f"{r.prompt_tokens:>7} {r.gen_tokens:>5} {r.ttft_avg_ms:>10.1f} {r.ttft_std_ms:>7.1f} "
-                    f"{r.prefill_tps:>12.1f} {r.decode_tps_avg:>11.1f} {r.decode_tps_std:>6.1f} "
-                    f"{(r.e2e_avg_s or 0):>7.2f} {(r.peak_rss_mb or 0):>8.0f}")
+        rows.append(
+            f"{r.prompt_tokens:>7} {r.gen_tokens:>5} {r.ttft_avg_ms:>10.1f} {r.ttft_std_ms:>7.1f} "
+            f"{r.prefill_tps:>12.1f} {r.decode_tps_avg:>11.1f} {r.decode_tps_std:>6.1f} "
+            f"{(r.e2e_avg_s or 0):>7.2f} {(r.peak_rss_mb or 0):>8.0f}"
+        )
     return "\n".join(rows)
 
 
@@ -329,9 +388,11 @@ def compare(a: list[BenchRecord], b: list[BenchRecord]) -> str:
         rb = bmap.get(ra.prompt_tokens)
         if ra.skipped or rb is None:
             continue
-        rows.append(f"{ra.prompt_tokens:>7} {ra.ttft_avg_ms:>10.1f} {rb.ttft_avg_ms:>10.1f} "
-                    f"{rb.ttft_avg_ms / ra.ttft_avg_ms:>6.2f} {ra.decode_tps_avg:>8.1f} {rb.decode_tps_avg:>8.1f} "
-                    f"{rb.decode_tps_avg / ra.decode_tps_avg:>6.2f}")
+        rows.append(
+            f"{ra.prompt_tokens:>7} {ra.ttft_avg_ms:>10.1f} {rb.ttft_avg_ms:>10.1f} "
+            f"{rb.ttft_avg_ms / ra.ttft_avg_ms:>6.2f} {ra.decode_tps_avg:>8.1f} {rb.decode_tps_avg:>8.1f} "
+            f"{rb.decode_tps_avg / ra.decode_tps_avg:>6.2f}"
+        )
     return "\n".join(rows)
 
 
@@ -355,10 +416,12 @@ def plot(runs: dict[str, list[BenchRecord]], out: Path) -> Path:
     for label, recs in runs.items():
         ok = [r for r in recs if not r.skipped]
         xs = [r.prompt_tokens for r in ok]
-        ax1.errorbar(xs, [r.ttft_avg_ms for r in ok], yerr=[r.ttft_std_ms for r in ok], marker="o", label=label,
-                     capsize=3)
-        ax2.errorbar(xs, [r.decode_tps_avg for r in ok], yerr=[r.decode_tps_std for r in ok], marker="o",
-                     label=label, capsize=3)
+        ax1.errorbar(
+            xs, [r.ttft_avg_ms for r in ok], yerr=[r.ttft_std_ms for r in ok], marker="o", label=label, capsize=3
+        )
+        ax2.errorbar(
+            xs, [r.decode_tps_avg for r in ok], yerr=[r.decode_tps_std for r in ok], marker="o", label=label, capsize=3
+        )
     from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
 
     lengths = sorted({r.prompt_tokens for recs in runs.values() for r in recs if not r.skipped})
@@ -390,7 +453,9 @@ MB_N_RE = re.compile(r"^\s*n:\s*(\d+)")
 MB_PEAK_RE = re.compile(r"Peak working set size \(bytes\):\s*(\d+)")
 
 
-def model_benchmark_argvs(tool: str, model: Path, cfg: BenchConfig, prompt_file: Path, rai_version: str) -> list[list[str]]:
+def model_benchmark_argvs(
+    tool: str, model: Path, cfg: BenchConfig, prompt_file: Path, rai_version: str
+) -> list[list[str]]:
     """model_benchmark's command lines for the release: one call with the list of lengths
     and the prompt file (1.6-1.7.1), or one call per length without it (1.8 makes
     --prompt_file and -l mutually exclusive and takes one length)."""
@@ -410,8 +475,14 @@ def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> li
     for line in text.splitlines():
         m = MB_LEN_RE.search(line)
         if m:
-            cur = BenchRecord(model, (meta or {}).get("provider", "ryzenai"), int(m.group(1)), 0,
-                              source="model_benchmark", meta=dict(meta or {}))
+            cur = BenchRecord(
+                model,
+                (meta or {}).get("provider", "ryzenai"),
+                int(m.group(1)),
+                0,
+                source="model_benchmark",
+                meta=dict(meta or {}),
+            )
             recs.append(cur)
             section = None
             continue
@@ -428,7 +499,7 @@ def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> li
             section = "sampling"
         elif line.startswith("E2E generation"):
             section = "e2e"
-            for key, unit, val in re.findall(r"(avg|p50|stddev) \((ms)\):\s*([\d.]+)", line):
+            for key, _unit, val in re.findall(r"(avg|p50|stddev) \((ms)\):\s*([\d.]+)", line):
                 if key == "avg":
                     cur.e2e_avg_s = float(val) / 1e3
                 elif key == "stddev":
@@ -470,15 +541,21 @@ def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> li
     return recs
 
 
-def run_model_benchmark(model: Path, cfg: BenchConfig, text: str, log_dir: Path, rai_version: str | None = None,
-                        meta: dict | None = None, rai_env: Path | None = None) -> list[BenchRecord]:
+def run_model_benchmark(
+    model: Path,
+    cfg: BenchConfig,
+    text: str,
+    log_dir: Path,
+    rai_version: str | None = None,
+    meta: dict | None = None,
+    rai_env: Path | None = None,
+) -> list[BenchRecord]:
     """AMD's model_benchmark, from the Ryzen AI env (oga_npu.ryzenai) when there is one, else
     from PATH / RYZEN_AI_INSTALLATION_PATH / the conda env, in the form of the release."""
     from .devices import INSTALL_HINT, detect_rai_version, find_rai_tool
     from .errors import ToolNotFound
     from .ryzenai import find_env, release
     from .tools import run_tool, tool_env
-
     from .workdir import require_ready
 
     require_ready(model)  # a folder changed since prepare is refused here as in load()
@@ -497,5 +574,6 @@ def run_model_benchmark(model: Path, cfg: BenchConfig, text: str, log_dir: Path,
     child_env = env.child_env(tool_env()) if env is not None else tool_env()
     for argv in model_benchmark_argvs(tool, model, cfg, prompt_file, rai):
         run_tool(argv, name="model_benchmark", env=child_env, log_path=log)
-    return parse_model_benchmark(log.read_text(encoding="utf-8", errors="replace"), str(model),
-                                 {**(meta or {}), "rai_version": rai})
+    return parse_model_benchmark(
+        log.read_text(encoding="utf-8", errors="replace"), str(model), {**(meta or {}), "rai_version": rai}
+    )

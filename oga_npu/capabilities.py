@@ -18,8 +18,12 @@ from pathlib import Path
 from .errors import RuntimeMissingError, VersionError
 
 # Distributions that install the `onnxruntime_genai` module; the first one found is the runtime.
-OGA_DISTRIBUTIONS = ("onnxruntime-genai-directml-ryzenai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda",
-                     "onnxruntime-genai")
+OGA_DISTRIBUTIONS = (
+    "onnxruntime-genai-directml-ryzenai",
+    "onnxruntime-genai-directml",
+    "onnxruntime-genai-cuda",
+    "onnxruntime-genai",
+)
 RYZENAI_DISTRIBUTION = "onnxruntime-genai-directml-ryzenai"
 # Ryzen AI release -> the onnxruntime-genai version AMD pins (models do not cross releases).
 RAI_OGA_PINS = {"1.5": "0.7.0", "1.6": "0.9.2", "1.7": "0.11.2", "1.7.1": "0.11.2", "1.8": "0.14.0"}
@@ -31,12 +35,29 @@ OLDEST_OGA = VERIFIED_OGA[0]
 BUILDER_OPTION_MIN_OGA = {"prune_lm_head": "0.14.0"}
 # Tokenizer classes the tokenizer of every supported OGA knows (onnxruntime-extensions' table in
 # 0.9.2, "Fast" stripped). transformers 5 writes "TokenizersBackend", which only 0.14+ knows.
-OGA_TOKENIZER_CLASSES = frozenset({
-    "PreTrainedTokenizer", "GPT2Tokenizer", "LlamaTokenizer", "CodeLlamaTokenizer", "GemmaTokenizer", "Phi3Tokenizer",
-    "Qwen2Tokenizer", "CodeGenTokenizer", "BaichuanTokenizer", "GPTNeoXTokenizer", "CLIPTokenizer", "WhisperTokenizer",
-    "MarianTokenizer", "T5Tokenizer", "ChatGLMTokenizer", "XLMRobertaTokenizer",
-})
-CPU_EXTRA_FIX = 'pip install "oga-npu[cpu]" (or, in a Ryzen AI conda env, use the onnxruntime-genai AMD installed there)'
+OGA_TOKENIZER_CLASSES = frozenset(
+    {
+        "PreTrainedTokenizer",
+        "GPT2Tokenizer",
+        "LlamaTokenizer",
+        "CodeLlamaTokenizer",
+        "GemmaTokenizer",
+        "Phi3Tokenizer",
+        "Qwen2Tokenizer",
+        "CodeGenTokenizer",
+        "BaichuanTokenizer",
+        "GPTNeoXTokenizer",
+        "CLIPTokenizer",
+        "WhisperTokenizer",
+        "MarianTokenizer",
+        "T5Tokenizer",
+        "ChatGLMTokenizer",
+        "XLMRobertaTokenizer",
+    }
+)
+CPU_EXTRA_FIX = (
+    'pip install "oga-npu[cpu]" (or, in a Ryzen AI conda env, use the onnxruntime-genai AMD installed there)'
+)
 
 
 def _v(s: str):
@@ -118,14 +139,17 @@ def require_runtime() -> Runtime:
     """The installed runtime, or the one-line error naming the extra to install."""
     rt = installed_runtime()
     if rt.distribution is None:
-        raise RuntimeMissingError("no onnxruntime-genai is installed (oga-npu's core package pins no runtime)",
-                                  CPU_EXTRA_FIX)
+        raise RuntimeMissingError(
+            "no onnxruntime-genai is installed (oga-npu's core package pins no runtime)", CPU_EXTRA_FIX
+        )
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError as e:
-        raise RuntimeMissingError(f"{rt.distribution} {rt.version} is installed but does not import: "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                                  f"reinstall it ({CPU_EXTRA_FIX})") from e
+        raise RuntimeMissingError(
+            f"{rt.distribution} {rt.version} is installed but does not import: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            f"reinstall it ({CPU_EXTRA_FIX})",
+        ) from e
     return rt
 
 
@@ -134,15 +158,18 @@ class Capabilities:
     """What the imported onnxruntime-genai offers, by the API present."""
 
     version: str
-    rewind: bool            # Generator.rewind_to: a cached sequence can be continued (KV reuse)
-    guidance: bool          # GeneratorParams.set_guidance (the build may still lack llguidance: probed per model)
-    eos_token_ids: bool     # Tokenizer.eos_token_ids (older: genai_config's eos_token_id only)
-    ep_library: bool        # register_execution_provider_library (plugin EPs such as WebGPU)
+    rewind: bool  # Generator.rewind_to: a cached sequence can be continued (KV reuse)
+    guidance: bool  # GeneratorParams.set_guidance (the build may still lack llguidance: probed per model)
+    eos_token_ids: bool  # Tokenizer.eos_token_ids (older: genai_config's eos_token_id only)
+    ep_library: bool  # register_execution_provider_library (plugin EPs such as WebGPU)
     speculative: bool = False  # GeneratorParams.set_speculative_options (n-gram / draft model; 0.18)
 
     def reuse_note(self) -> str:
-        return "" if self.rewind else (f"onnxruntime-genai {self.version} has no Generator.rewind_to: "
-                                       "full prefill every turn")
+        return (
+            ""
+            if self.rewind
+            else (f"onnxruntime-genai {self.version} has no Generator.rewind_to: full prefill every turn")
+        )
 
     def guidance_note(self) -> str:
         return "" if self.guidance else f"onnxruntime-genai {self.version} has no guided output (set_guidance)"
@@ -167,6 +194,7 @@ def capabilities() -> Capabilities:
 
 # -- folders: the runtime a folder is built for and the oldest it needs ------------------------
 
+
 def target_oga_version(target: str, rai_version: str | None = None, explicit: str | None = None) -> str:
     """The onnxruntime-genai a prepared folder is built to run on: --oga-version, else for
     hybrid/npu the Ryzen AI release's pin, else the installed runtime (the oldest verified
@@ -183,11 +211,13 @@ def target_oga_version(target: str, rai_version: str | None = None, explicit: st
 def check_known_version(v: str) -> None:
     try:
         _v(v)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise VersionError(f"--oga-version {v!r} is not a version", "pass one such as 0.11.2") from e
     if older(v, OLDEST_OGA):
-        raise VersionError(f"onnxruntime-genai {v} is older than oga-npu supports (oldest: {OLDEST_OGA})",
-                           f"pass --oga-version {OLDEST_OGA} or newer")
+        raise VersionError(
+            f"onnxruntime-genai {v} is older than oga-npu supports (oldest: {OLDEST_OGA})",
+            f"pass --oga-version {OLDEST_OGA} or newer",
+        )
 
 
 def builder_options_for(options: dict, oga_version: str) -> tuple[dict, list[str]]:
@@ -196,8 +226,10 @@ def builder_options_for(options: dict, oga_version: str) -> tuple[dict, list[str
     for k, v in options.items():
         need = BUILDER_OPTION_MIN_OGA.get(k)
         if need and v not in (False, "false", 0) and older(oga_version, need):
-            notes.append(f"builder option {k} left out: onnxruntime-genai {oga_version} (the target) cannot run "
-                         f"it (needs {need})")
+            notes.append(
+                f"builder option {k} left out: onnxruntime-genai {oga_version} (the target) cannot run "
+                f"it (needs {need})"
+            )
             continue
         kept[k] = v
     return kept, notes
@@ -233,9 +265,11 @@ def runtime_mismatch(state) -> tuple[str, str] | None:
     rt = installed_runtime()
     if not need or not rt.version or not older(rt.version, need):
         return None
-    return (f"{state.path} needs onnxruntime-genai {need} or newer; {rt.describe()} is installed",
-            f"prepare it for this runtime: {resume_command(state)} --oga-version {base_version(rt.version)} --force "
-            f"(or install onnxruntime-genai>={need})")
+    return (
+        f"{state.path} needs onnxruntime-genai {need} or newer; {rt.describe()} is installed",
+        f"prepare it for this runtime: {resume_command(state)} --oga-version {base_version(rt.version)} --force "
+        f"(or install onnxruntime-genai>={need})",
+    )
 
 
 def check_folder_runtime(state) -> None:
@@ -255,8 +289,9 @@ def tokenizer_class_for(tokenizer_json: dict, source_class: str | None = None) -
     if model == "Unigram":
         return "T5Tokenizer"
     # Byte-level BPE (GPT-2, SmolLM2, Qwen, Llama 3) vs SentencePiece-style BPE (Llama 2, Mistral).
-    if "ByteLevel" in json.dumps(tokenizer_json.get("pre_tokenizer")) or \
-            "ByteLevel" in json.dumps(tokenizer_json.get("decoder")):
+    if "ByteLevel" in json.dumps(tokenizer_json.get("pre_tokenizer")) or "ByteLevel" in json.dumps(
+        tokenizer_json.get("decoder")
+    ):
         return "GPT2Tokenizer"
     return "LlamaTokenizer"
 
@@ -274,8 +309,9 @@ def fix_tokenizer_config(folder: Path, source_dir: Path | None = None) -> str | 
     source_class = None
     if source_dir is not None and (source_dir / "tokenizer_config.json").is_file():
         try:
-            source_class = json.loads((source_dir / "tokenizer_config.json").read_text(encoding="utf-8")) \
-                .get("tokenizer_class")
+            source_class = json.loads((source_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get(
+                "tokenizer_class"
+            )
         except ValueError:
             source_class = None
     new = tokenizer_class_for(json.loads(tj_path.read_text(encoding="utf-8")), source_class)
@@ -285,6 +321,7 @@ def fix_tokenizer_config(folder: Path, source_dir: Path | None = None) -> str | 
 
 
 # -- doctor / devices: the installed runtime judged against what it itself needs -------------
+
 
 def _dist_requirements(dist: str) -> list:
     """The runtime requirements (no extras, markers that apply here) of an installed distribution."""
@@ -316,26 +353,39 @@ def judge_runtime() -> tuple[list[str], list[tuple[str, str]]]:
     checks, problems = [], []
     verified = ", ".join(VERIFIED_OGA)
     if older(rt.version or "0", OLDEST_OGA):
-        problems.append((f"{rt.describe()} is older than oga-npu supports (verified: {verified})",
-                         "use Ryzen AI 1.6 or newer, or pip install \"oga-npu[cpu]\""))
+        problems.append(
+            (
+                f"{rt.describe()} is older than oga-npu supports (verified: {verified})",
+                'use Ryzen AI 1.6 or newer, or pip install "oga-npu[cpu]"',
+            )
+        )
     else:
         tag = "verified" if base_version(rt.version or "") in VERIFIED_OGA else f"not one of the verified {verified}"
         checks.append(f"runtime {rt.describe()} ({tag})")
     if len(rt.found) > 1:
         others = ", ".join(f"{n} {v}" for n, v in rt.found[1:])
-        problems.append((f"several onnxruntime-genai distributions share the module: {rt.distribution} {rt.version} "
-                         f"and {others} (the last installed wins)",
-                         f"pip uninstall {' '.join(n for n, _ in rt.found[1:])}, then reinstall {rt.distribution}"))
+        problems.append(
+            (
+                f"several onnxruntime-genai distributions share the module: {rt.distribution} {rt.version} "
+                f"and {others} (the last installed wins)",
+                f"pip uninstall {' '.join(n for n, _ in rt.found[1:])}, then reinstall {rt.distribution}",
+            )
+        )
     for req in _dist_requirements(rt.distribution):
         try:
             have = metadata.version(req.name)
         except metadata.PackageNotFoundError:
-            problems.append((f"{rt.distribution} {rt.version} needs {req}, found none",
-                             f"pip install \"{req}\"" if not rt.is_ryzenai else
-                             "reinstall Ryzen AI Software's conda env (its packages come from AMD's index)"))
+            problems.append(
+                (
+                    f"{rt.distribution} {rt.version} needs {req}, found none",
+                    f'pip install "{req}"'
+                    if not rt.is_ryzenai
+                    else "reinstall Ryzen AI Software's conda env (its packages come from AMD's index)",
+                )
+            )
             continue
         if req.specifier and not req.specifier.contains(have, prereleases=True):
-            problems.append((f"{rt.distribution} {rt.version} needs {req}, found {have}", f"pip install \"{req}\""))
+            problems.append((f"{rt.distribution} {rt.version} needs {req}, found {have}", f'pip install "{req}"'))
         else:
             checks.append(f"{req.name} {have} (what {rt.distribution} {rt.version} asks: {req.specifier or 'any'})")
     return checks, problems

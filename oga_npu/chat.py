@@ -37,7 +37,7 @@ class ChatSession:
     history: list[dict] = field(default_factory=list)
     last: GenerationEvent | None = None
     notices: list[str] = field(default_factory=list)
-    reuse: bool = True                      # keep the KV cache between turns
+    reuse: bool = True  # keep the KV cache between turns
     cache: PromptCache | None = None
 
     def __post_init__(self) -> None:
@@ -47,7 +47,8 @@ class ChatSession:
             raise ChatTemplateError(
                 f"{self.lm.path} has no chat template (a base model?): chat cannot format a conversation for it",
                 "pass --chat-template FILE (a Jinja chat template, e.g. the instruct model's chat_template.jinja), "
-                "or complete plain text with `oga-npu run --raw PROMPT -m MODEL`")
+                "or complete plain text with `oga-npu run --raw PROMPT -m MODEL`",
+            )
         render_prompt(self.lm, [{"role": "user", "content": "hi"}], self.chat_template)
         if self.reuse and self.cache is None:
             self.cache = PromptCache(self.lm)
@@ -122,16 +123,17 @@ def stats_line(ev: GenerationEvent | None) -> str:
     dec = f"{ev.decode_tps:.1f} tok/s" if ev.decode_tps else "-"
     pre = f"{ev.prefill_tps:.0f} tok/s" if ev.prefill_tps else "-"
     cached = f" ({ev.cached_tokens} cached)" if ev.cached_tokens else ""
-    return (f"[{ev.runtime}] prompt {ev.prompt_tokens} tok{cached}, answer {ev.generated_tokens} tok, TTFT {ttft}, "
-            f"prefill {pre}, decode {dec}")
+    return (
+        f"[{ev.runtime}] prompt {ev.prompt_tokens} tok{cached}, answer {ev.generated_tokens} tok, TTFT {ttft}, "
+        f"prefill {pre}, decode {dec}"
+    )
 
 
 def repl(session: ChatSession, timings: bool = False, out=None) -> None:
     out = out or sys.stdout
     interactive = sys.stdin.isatty()
     if interactive:
-        print(f"oga-npu chat · {session.lm.path} on {session.lm.provider} · /help for commands",
-              file=sys.stderr)
+        print(f"oga-npu chat · {session.lm.path} on {session.lm.provider} · /help for commands", file=sys.stderr)
     while True:
         msg = _read_message(">>> " if interactive else "", interactive)
         if msg is None:
@@ -149,7 +151,7 @@ def repl(session: ChatSession, timings: bool = False, out=None) -> None:
             print("(cleared)", file=sys.stderr)
             continue
         if text.startswith("/system"):
-            session.system = text[len("/system"):].strip() or None
+            session.system = text[len("/system") :].strip() or None
             session.clear()
             print("(system prompt set, conversation cleared)", file=sys.stderr)
             continue

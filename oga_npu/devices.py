@@ -26,14 +26,16 @@ STRIX_REVS = {0x00, 0x10, 0x11}
 NPU_NAMES = {"phoenix": "Phoenix/Hawk Point", "strix": "Strix", "krackan": "Krackan"}
 HYBRID_NPUS = ("strix", "krackan")
 RAI_TOOLS = ("onnx_utils", "model_generate", "model_benchmark", "xrt-smi")
-INSTALL_HINT = ("install Ryzen AI Software (1.6 or newer) on Windows 11 and run from its conda env "
-                "(conda activate ryzen-ai-1.x.y), or set RYZEN_AI_INSTALLATION_PATH")
+INSTALL_HINT = (
+    "install Ryzen AI Software (1.6 or newer) on Windows 11 and run from its conda env "
+    "(conda activate ryzen-ai-1.x.y), or set RYZEN_AI_INSTALLATION_PATH"
+)
 
 
 @dataclass
 class NPU:
-    kind: str            # phoenix | strix | krackan
-    pci_id: str          # 1022:17f0
+    kind: str  # phoenix | strix | krackan
+    pci_id: str  # 1022:17f0
     revision: int
     slot: str = ""
     accel_nodes: list[str] = field(default_factory=list)
@@ -74,8 +76,11 @@ def find_npus_linux(root: Path | None = None) -> list[NPU]:
     pci = root / "sys" / "bus" / "pci" / "devices"
     if not pci.is_dir():
         return found
-    accel = sorted(str(p.relative_to(root).as_posix()) for p in (root / "dev" / "accel").glob("accel*")) \
-        if (root / "dev" / "accel").is_dir() else []
+    accel = (
+        sorted(str(p.relative_to(root).as_posix()) for p in (root / "dev" / "accel").glob("accel*"))
+        if (root / "dev" / "accel").is_dir()
+        else []
+    )
     for dev in sorted(pci.iterdir()):
         vendor, device, rev = (_read_hex(dev / n) for n in ("vendor", "device", "revision"))
         if vendor is None or device is None:
@@ -91,8 +96,9 @@ def find_npus_linux(root: Path | None = None) -> list[NPU]:
         if driver:
             vfile = root / "sys" / "module" / driver / "version"
             version = vfile.read_text().strip() if vfile.is_file() else None
-        found.append(NPU(kind, f"{vendor:04x}:{device:04x}", rev or 0, dev.name, ["/" + a for a in accel],
-                         driver, version))
+        found.append(
+            NPU(kind, f"{vendor:04x}:{device:04x}", rev or 0, dev.name, ["/" + a for a in accel], driver, version)
+        )
     return found
 
 
@@ -255,7 +261,9 @@ def set_power_mode(mode: str) -> str | None:
         raise DeviceError(f"unknown power mode '{mode}'", f"use one of: {', '.join(PMODES)}")
     tool = find_rai_tool("xrt-smi")
     if tool is None:
-        raise ToolNotFound("xrt-smi not found: no Ryzen AI NPU driver on this machine",
-                           "install the NPU driver (Ryzen AI Software) on a machine with a Ryzen AI NPU")
+        raise ToolNotFound(
+            "xrt-smi not found: no Ryzen AI NPU driver on this machine",
+            "install the NPU driver (Ryzen AI Software) on a machine with a Ryzen AI NPU",
+        )
     run_tool([tool, "configure", "--pmode", mode], name="xrt-smi", env=tool_env())
     return power_mode()

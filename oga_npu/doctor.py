@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import devices
+from .capabilities import RAI_OGA_PINS
 from .recipe import TARGETS
-
-from .capabilities import RAI_OGA_PINS  # noqa: F401 - kept importable from here
 
 
 def _pci_gpus(root: Path | None = None) -> list[dict]:
@@ -73,19 +72,37 @@ def devices_report() -> dict:
     oga = prov["onnxruntime_genai"]
     is_windows = mr.os == "Windows"
     hybrid_npu = any(n.supports_hybrid for n in mr.npus)
-    can_prepare = {"cpu": True, "webgpu": True, "dml": True, "hybrid": _can_prepare_rai("hybrid"),
-                   "npu": _can_prepare_rai("npu")}
-    can_run = {"cpu": True, "webgpu": oga["webgpu"]["available"], "dml": oga["dml"]["available"],
-               "hybrid": is_windows and hybrid_npu and oga["ryzenai"]["available"],
-               "npu": (is_windows or linux_npu_ready()) and bool(mr.npus) and oga["ryzenai"]["available"]}
+    can_prepare = {
+        "cpu": True,
+        "webgpu": True,
+        "dml": True,
+        "hybrid": _can_prepare_rai("hybrid"),
+        "npu": _can_prepare_rai("npu"),
+    }
+    can_run = {
+        "cpu": True,
+        "webgpu": oga["webgpu"]["available"],
+        "dml": oga["dml"]["available"],
+        "hybrid": is_windows and hybrid_npu and oga["ryzenai"]["available"],
+        "npu": (is_windows or linux_npu_ready()) and bool(mr.npus) and oga["ryzenai"]["available"],
+    }
     npus = mr.to_dict()["npus"]
     summary = "no NPU, CPU only" if not npus else ", ".join(n["name"] + " NPU" for n in npus)
-    return {"os": platform.platform(), "cpu": cpu_model(), "summary": summary, "npus": npus, "xrt_smi": xrt,
-            "gpus": _pci_gpus(), "webgpu": webgpu_report(), "providers": prov, "ryzen_ai_tools": tools,
-            "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
-            "ryzen_ai_env": rai_env_info(),
-            "runtime": runtime_report(),
-            "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS}}
+    return {
+        "os": platform.platform(),
+        "cpu": cpu_model(),
+        "summary": summary,
+        "npus": npus,
+        "xrt_smi": xrt,
+        "gpus": _pci_gpus(),
+        "webgpu": webgpu_report(),
+        "providers": prov,
+        "ryzen_ai_tools": tools,
+        "ryzen_ai_release": dict(zip(("version", "from"), devices.detect_rai_version())),
+        "ryzen_ai_env": rai_env_info(),
+        "runtime": runtime_report(),
+        "targets": {t: {"prepare": can_prepare[t], "run": can_run[t]} for t in TARGETS},
+    }
 
 
 def _can_prepare_rai(target: str) -> bool:
@@ -126,9 +143,14 @@ def runtime_report() -> dict:
     from .capabilities import VERIFIED_OGA, base_version, installed_runtime
 
     rt = installed_runtime()
-    return {"distribution": rt.distribution, "version": rt.version, "ryzen_ai_releases": rt.releases,
-            "amd_build": rt.is_ryzenai, "verified": base_version(rt.version or "") in VERIFIED_OGA,
-            "description": rt.describe()}
+    return {
+        "distribution": rt.distribution,
+        "version": rt.version,
+        "ryzen_ai_releases": rt.releases,
+        "amd_build": rt.is_ryzenai,
+        "verified": base_version(rt.version or "") in VERIFIED_OGA,
+        "description": rt.describe(),
+    }
 
 
 def webgpu_report() -> dict:
@@ -162,7 +184,7 @@ class Problem:
 class DoctorReport:
     checks: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)    # neither ok nor a problem (prepare not set up here)
+    notes: list[str] = field(default_factory=list)  # neither ok nor a problem (prepare not set up here)
 
 
 def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport:
@@ -188,19 +210,29 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
                 prepare_missing.append(f"{name} >={lo},<{hi} (found {found or 'none'})")
             continue
         if not fits:
-            rep.problems.append(Problem(f"{name}: expected >={lo},<{hi}, found {found or 'none'}",
-                                        "pip install -e . in a fresh virtual environment"))
+            rep.problems.append(
+                Problem(
+                    f"{name}: expected >={lo},<{hi}, found {found or 'none'}",
+                    "pip install -e . in a fresh virtual environment",
+                )
+            )
         else:
             rep.checks.append(f"{name} {found} (expected >={lo},<{hi})")
     if prepare_missing:
-        rep.notes.append("prepare is not set up in this environment (run, chat, serve and bench do not need it): "
-                         "it needs " + ", ".join(prepare_missing) + "; install it in its own venv: "
-                         "pip install \"oga-npu[cpu,prepare]\" (README: two environments)")
+        rep.notes.append(
+            "prepare is not set up in this environment (run, chat, serve and bench do not need it): "
+            "it needs " + ", ".join(prepare_missing) + "; install it in its own venv: "
+            'pip install "oga-npu[cpu,prepare]" (README: two environments)'
+        )
     probe = model if model and model.exists() else Path.cwd()
     free = shutil.disk_usage(probe).free / 1e9
     if free < min_free_gb:
-        rep.problems.append(Problem(f"only {free:.1f} GB free in {probe} (a 1-3B model's prepare needs about "
-                                    f"{min_free_gb:.0f} GB)", "free disk space or prepare with --output elsewhere"))
+        rep.problems.append(
+            Problem(
+                f"only {free:.1f} GB free in {probe} (a 1-3B model's prepare needs about {min_free_gb:.0f} GB)",
+                "free disk space or prepare with --output elsewhere",
+            )
+        )
     else:
         rep.checks.append(f"{free:.0f} GB free in {probe}")
     _linux_npu(rep, model)
@@ -235,18 +267,28 @@ def _probe(model: Path, prov: str, rep: DoctorReport) -> None:
     r = probe_model(model, prov)
     if r.ok:
         info = r.info or {}
-        rep.checks.append(f"{model}: provider {info.get('provider', prov)}: loads and generates "
-                          f"{info.get('tokens', PROBE_TOKENS)} tokens (in a child process)")
+        rep.checks.append(
+            f"{model}: provider {info.get('provider', prov)}: loads and generates "
+            f"{info.get('tokens', PROBE_TOKENS)} tokens (in a child process)"
+        )
     elif r.crash:
         what = r.phase or "starting"
-        rep.problems.append(Problem(f"{model}: native crash ({r.crash}) while {what} on provider {prov}"
-                                    + (f": {r.message}" if r.message else "")
-                                    + (f" (log: {r.log})" if r.log else ""),
-                                    "check genai_config.json's session_options (custom_ops_library, provider "
-                                    "libraries) and the runtime install; try --provider cpu"))
+        rep.problems.append(
+            Problem(
+                f"{model}: native crash ({r.crash}) while {what} on provider {prov}"
+                + (f": {r.message}" if r.message else "")
+                + (f" (log: {r.log})" if r.log else ""),
+                "check genai_config.json's session_options (custom_ops_library, provider "
+                "libraries) and the runtime install; try --provider cpu",
+            )
+        )
     else:
-        rep.problems.append(Problem(f"{model}: does not load and generate on provider {prov}: {r.message}",
-                                    "see the message; OGA_NPU_DEBUG=1 oga-npu run ... shows the traceback"))
+        rep.problems.append(
+            Problem(
+                f"{model}: does not load and generate on provider {prov}: {r.message}",
+                "see the message; OGA_NPU_DEBUG=1 oga-npu run ... shows the traceback",
+            )
+        )
 
 
 def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
@@ -258,22 +300,35 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         return
     st = folder_state(model, verify="full")
     if st.state == "incomplete":
-        rep.problems.append(Problem(f"{model} is incomplete ({st.detail or 'prepare did not finish'})",
-                                    f"re-run prepare: {resume_command(st)}"))
+        rep.problems.append(
+            Problem(
+                f"{model} is incomplete ({st.detail or 'prepare did not finish'})",
+                f"re-run prepare: {resume_command(st)}",
+            )
+        )
     elif st.state == "damaged":
-        rep.problems.append(Problem(f"{model} does not match its manifest: {st.detail}",
-                                    f"re-run prepare to rebuild it: {resume_command(st)} --force"))
+        rep.problems.append(
+            Problem(
+                f"{model} does not match its manifest: {st.detail}",
+                f"re-run prepare to rebuild it: {resume_command(st)} --force",
+            )
+        )
     elif st.state == "ready":
         files = (st.manifest or {}).get("files", {})
         unhashed = [n for n, e in files.items() if "sha256" not in e]
-        rep.checks.append(f"{model}: manifest matches every file (sizes and sha256 of all {len(files)} files)"
-                          if not unhashed else
-                          f"{model}: manifest matches every file's size; {len(unhashed)} big files have no hash "
-                          "(prepared by an older oga-npu: re-run prepare with --force to hash them)")
+        rep.checks.append(
+            f"{model}: manifest matches every file (sizes and sha256 of all {len(files)} files)"
+            if not unhashed
+            else f"{model}: manifest matches every file's size; {len(unhashed)} big files have no hash "
+            "(prepared by an older oga-npu: re-run prepare with --force to hash them)"
+        )
     folder = check_folder(model)
     for p in folder.problems:
-        fix = "run `git lfs pull` in the model's repository" if "git-lfs" in p else \
-            ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
+        fix = (
+            "run `git lfs pull` in the model's repository"
+            if "git-lfs" in p
+            else ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
+        )
         rep.problems.append(Problem(f"{model}: {p}", fix))
     from .capabilities import runtime_mismatch
 
@@ -281,17 +336,23 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         prov = configured_providers(folder.config)[0]
         ok, why = runnable(prov)
         if not ok:
-            rep.problems.append(Problem(f"{model}: provider {prov} cannot run on this machine: {why}",
-                                        f"run it where {prov} is available, or re-run prepare with --target cpu"))
+            rep.problems.append(
+                Problem(
+                    f"{model}: provider {prov} cannot run on this machine: {why}",
+                    f"run it where {prov} is available, or re-run prepare with --target cpu",
+                )
+            )
         elif st.state not in ("incomplete", "damaged") and not folder.problems and not runtime_mismatch(st):
             _probe(model, prov, rep)  # (a folder for a newer runtime is reported below, not probed)
         if prov == "webgpu":
             from .webgpu.engine import ENGINE_FILE, engine_available
 
-            rep.checks.append(f"{model}: decoding direct ({ENGINE_FILE}, greedy steps chained on the GPU)"
-                              if engine_available(model) else
-                              f"{model}: decoding through onnxruntime-genai's Generator (no {ENGINE_FILE}: "
-                              "re-run prepare --target webgpu for direct decoding)")
+            rep.checks.append(
+                f"{model}: decoding direct ({ENGINE_FILE}, greedy steps chained on the GPU)"
+                if engine_available(model)
+                else f"{model}: decoding through onnxruntime-genai's Generator (no {ENGINE_FILE}: "
+                "re-run prepare --target webgpu for direct decoding)"
+            )
         from .capabilities import base_version, folder_min_oga, installed_runtime
 
         rt = installed_runtime()
@@ -306,6 +367,10 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         if prov == "ryzenai":
             pin = RAI_OGA_PINS.get(rai or "", None)
             if pin and now and base_version(now) != pin:
-                rep.problems.append(Problem(f"{model} is a Ryzen AI {rai} model; that release pins onnxruntime-genai "
-                                            f"{pin}, {now} is installed",
-                                            f"run it in Ryzen AI {rai}'s conda env (onnxruntime-genai {pin})"))
+                rep.problems.append(
+                    Problem(
+                        f"{model} is a Ryzen AI {rai} model; that release pins onnxruntime-genai "
+                        f"{pin}, {now} is installed",
+                        f"run it in Ryzen AI {rai}'s conda env (onnxruntime-genai {pin})",
+                    )
+                )

@@ -68,8 +68,9 @@ def exit_words(code: int) -> str:
 class ToolFailed(OgaNpuError):
     """An external tool exited non-zero."""
 
-    def __init__(self, tool: str, argv: list[str], code: int, tail: list[str], log_path: Path | None,
-                 version: str | None = None):
+    def __init__(
+        self, tool: str, argv: list[str], code: int, tail: list[str], log_path: Path | None, version: str | None = None
+    ):
         self.tool = tool
         self.argv = argv
         self.code = code
@@ -177,12 +178,16 @@ class FileSystemError(OgaNpuError):
         path = e.filename if e.filename is not None else e.filename2
         where = f" {_short(path)}" if path is not None else ""
         table = {
-            E.ENOSPC: (f"no space left on the disk writing{where}",
-                       "free some space there, or point --output / OGA_NPU_HOME / OGA_NPU_MODELS at a disk with "
-                       "room (`oga-npu doctor` shows free space)"),
+            E.ENOSPC: (
+                f"no space left on the disk writing{where}",
+                "free some space there, or point --output / OGA_NPU_HOME / OGA_NPU_MODELS at a disk with "
+                "room (`oga-npu doctor` shows free space)",
+            ),
             E.ENAMETOOLONG: (f"file name too long:{where}", "use a shorter path or file name (--output DIR)"),
-            E.EACCES: (f"permission denied:{where}",
-                       "use a folder you can write to (--output DIR, OGA_NPU_HOME, OGA_NPU_MODELS) or fix its permissions"),
+            E.EACCES: (
+                f"permission denied:{where}",
+                "use a folder you can write to (--output DIR, OGA_NPU_HOME, OGA_NPU_MODELS) or fix its permissions",
+            ),
             E.ENOENT: (f"no such file or folder:{where}", "check the path (a typo?)"),
             E.ENOTDIR: (f"not a folder:{where}", "check the path: a file stands where a folder should be"),
             E.EISDIR: (f"is a folder, not a file:{where}", "pass a file path"),

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OgaNpuError
-from .generate import encode
 from .model import LoadedModel, translate
 
 DEFAULT_WINDOW = 512
@@ -33,10 +32,12 @@ class PerplexityResult:
 
 
 def windows_of(ids: list[int], window: int, count: int) -> list[list[int]]:
-    out = [ids[i:i + window] for i in range(0, len(ids) - window + 1, window)][:count]
+    out = [ids[i : i + window] for i in range(0, len(ids) - window + 1, window)][:count]
     if not out:
-        raise OgaNpuError(f"the text has {len(ids)} tokens, fewer than one window of {window}",
-                          "pass a longer --text file or a smaller --window")
+        raise OgaNpuError(
+            f"the text has {len(ids)} tokens, fewer than one window of {window}",
+            "pass a longer --text file or a smaller --window",
+        )
     return out
 
 
@@ -81,7 +82,7 @@ def _window_logits(lm: LoadedModel, ids: list[int]) -> np.ndarray:
         gen = _generator(lm, len(ids) + 1)
         gen.append_tokens(ids)
         return np.asarray(gen.get_output("logits"))[0]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise translate(e, lm.path) from e
 
 
@@ -93,7 +94,7 @@ def _window_logits_stepwise(lm: LoadedModel, ids: list[int]) -> np.ndarray:
         for tok in ids:
             gen.append_tokens([tok])
             rows.append(np.asarray(gen.get_output("logits"))[0, -1].astype(np.float32))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise translate(e, lm.path) from e
     return np.stack(rows)
 
@@ -132,8 +133,10 @@ def reference_dir(lm: LoadedModel) -> Path | None:
     return None
 
 
-LLAMACPP_FIX = ("pip install 'oga-npu[llamacpp]' (llama-cpp-python builds llama.cpp from source: a C/C++ compiler "
-                "and cmake are needed; see docs/performance.md for this machine's build flags)")
+LLAMACPP_FIX = (
+    "pip install 'oga-npu[llamacpp]' (llama-cpp-python builds llama.cpp from source: a C/C++ compiler "
+    "and cmake are needed; see docs/performance.md for this machine's build flags)"
+)
 
 
 def require_llamacpp() -> None:
@@ -144,8 +147,9 @@ def require_llamacpp() -> None:
         raise OgaNpuError("--ref-gguf needs llama-cpp-python, which is not installed", LLAMACPP_FIX)
 
 
-def perplexity_llamacpp(gguf: Path, windows: list[list[int]], threads: int | None = None,
-                        vocab_size: int | None = None) -> tuple[float, int]:
+def perplexity_llamacpp(
+    gguf: Path, windows: list[list[int]], threads: int | None = None, vocab_size: int | None = None
+) -> tuple[float, int]:
     """llama.cpp (llama-cpp-python) on the GGUF itself, scored on the same token ids."""
     gguf = Path(gguf)
     if not gguf.is_file():
@@ -156,16 +160,25 @@ def perplexity_llamacpp(gguf: Path, windows: list[list[int]], threads: int | Non
     from .threads import physical_cores
 
     n = threads or physical_cores()
-    llm = Llama(model_path=str(gguf), n_ctx=max(len(w) for w in windows), n_batch=512, n_threads=n,
-                n_threads_batch=n, logits_all=True, verbose=False)
+    llm = Llama(
+        model_path=str(gguf),
+        n_ctx=max(len(w) for w in windows),
+        n_batch=512,
+        n_threads=n,
+        n_threads_batch=n,
+        logits_all=True,
+        verbose=False,
+    )
     if vocab_size is not None and llm.n_vocab() != vocab_size:
-        raise OgaNpuError(f"{gguf.name} has a vocabulary of {llm.n_vocab()}, the model {vocab_size}",
-                          "pass the GGUF this model was prepared from")
+        raise OgaNpuError(
+            f"{gguf.name} has a vocabulary of {llm.n_vocab()}, the model {vocab_size}",
+            "pass the GGUF this model was prepared from",
+        )
     nll, count = 0.0, 0
     for ids in windows:
         llm.reset()
         llm.eval(ids)
-        logits = np.asarray(llm.scores[:len(ids)], dtype=np.float32)
+        logits = np.asarray(llm.scores[: len(ids)], dtype=np.float32)
         if not np.isfinite(logits).all():
             return math.inf, count + len(ids) - 1
         nll += _log_softmax_nll(logits[:-1], np.asarray(ids[1:]))
@@ -175,8 +188,10 @@ def perplexity_llamacpp(gguf: Path, windows: list[list[int]], threads: int | Non
 
 def describe_windows(text_desc: str, windows: list[list[int]], total_tokens: int) -> str:
     w = len(windows[0])
-    return (f"scored: {text_desc}; {len(windows)} windows x {w} tokens = tokens 0..{len(windows) * w - 1} "
-            f"of its {total_tokens}")
+    return (
+        f"scored: {text_desc}; {len(windows)} windows x {w} tokens = tokens 0..{len(windows) * w - 1} "
+        f"of its {total_tokens}"
+    )
 
 
 def record_quality(model_dir: Path, rows: list[dict], text: str, window: int, windows: int) -> dict | None:
@@ -186,8 +201,14 @@ def record_quality(model_dir: Path, rows: list[dict], text: str, window: int, wi
     from .workdir import update_manifest
 
     own = rows[0]
-    quality = {"perplexity": round(own["perplexity"], 4), "engine": own["engine"], "tokens": own["tokens"],
-               "text": text, "window": window, "windows": windows,
-               "references": {r["engine"]: round(r["perplexity"], 4) for r in rows[1:]},
-               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    quality = {
+        "perplexity": round(own["perplexity"], 4),
+        "engine": own["engine"],
+        "tokens": own["tokens"],
+        "text": text,
+        "window": window,
+        "windows": windows,
+        "references": {r["engine"]: round(r["perplexity"], 4) for r in rows[1:]},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     return quality if update_manifest(model_dir, quality=quality) else None

@@ -37,15 +37,17 @@ class GenerationOptions:
     temperature 0 is greedy (no repetition penalty unless one is given)."""
 
     max_tokens: int = 256
-    temperature: float | None = None   # 0 = greedy
+    temperature: float | None = None  # 0 = greedy
     top_p: float | None = None
-    top_k: int | None = None           # 0 = off
+    top_k: int | None = None  # 0 = off
     seed: int | None = None
     repetition_penalty: float | None = None  # 1.0 = off
     stop: tuple[str, ...] = ()
-    ignore_eos: bool = False          # benchmarks: always generate max_tokens
-    guidance: tuple[str, str] | None = None   # (type, data) for onnxruntime-genai's set_guidance: json_schema, regex, lark
-    speculative: tuple[tuple[str, object], ...] = ()   # set_speculative_options' arguments (speculative.py)
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    guidance: tuple[str, str] | None = (
+        None  # (type, data) for onnxruntime-genai's set_guidance: json_schema, regex, lark
+    )
+    speculative: tuple[tuple[str, object], ...] = ()  # set_speculative_options' arguments (speculative.py)
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -53,12 +55,16 @@ class GenerationOptions:
         if self.temperature is not None and not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise GenerationError(f"temperature must be >= 0 (got {self.temperature})", "pass --temperature 0 or more")
         if self.top_p is not None and not (0 < self.top_p <= 1):
-            raise GenerationError(f"top_p must be in (0, 1] (got {self.top_p})", "pass --top-p between 0 (exclusive) and 1")
+            raise GenerationError(
+                f"top_p must be in (0, 1] (got {self.top_p})", "pass --top-p between 0 (exclusive) and 1"
+            )
         if self.top_k is not None and self.top_k < 0:
             raise GenerationError(f"top_k must be >= 0 (got {self.top_k})", "pass --top-k 0 (off) or more")
         if self.repetition_penalty is not None and not self.repetition_penalty > 0:
-            raise GenerationError(f"repetition_penalty must be > 0 (got {self.repetition_penalty})",
-                                  "pass a positive --repetition-penalty (1.0 = off)")
+            raise GenerationError(
+                f"repetition_penalty must be > 0 (got {self.repetition_penalty})",
+                "pass a positive --repetition-penalty (1.0 = off)",
+            )
         if self.seed is not None and not (0 <= self.seed < 2**31):
             raise GenerationError(f"seed must be in [0, 2^31) (got {self.seed})", "pass a smaller --seed")
         if any(not s for s in self.stop):
@@ -106,14 +112,14 @@ class GenerationEvent:
     token: int | None
     prompt_tokens: int
     generated_tokens: int
-    finish_reason: str | None = None   # stop (EOS) | stop_string | length | None while running
-    ttft: float | None = None          # seconds from start to the first new token
-    prefill_tps: float | None = None   # prompt tokens / TTFT
-    decode_tps: float | None = None    # tokens/s after the first
+    finish_reason: str | None = None  # stop (EOS) | stop_string | length | None while running
+    ttft: float | None = None  # seconds from start to the first new token
+    prefill_tps: float | None = None  # prompt tokens / TTFT
+    decode_tps: float | None = None  # tokens/s after the first
     provider: str = "cpu"
     timings: dict = field(default_factory=dict)
-    decoder: str = "oga"               # oga (onnxruntime-genai's Generator) | direct (engine.py)
-    cached_tokens: int = 0             # prompt tokens whose KV came from the cache (kvcache.py), not prefilled
+    decoder: str = "oga"  # oga (onnxruntime-genai's Generator) | direct (engine.py)
+    cached_tokens: int = 0  # prompt tokens whose KV came from the cache (kvcache.py), not prefilled
 
     @property
     def runtime(self) -> str:
@@ -125,20 +131,27 @@ def render_prompt(lm: LoadedModel, messages: Messages, chat_template: str | None
     """Apply the model's chat template (or an explicit one) to messages."""
     template = chat_template or lm.chat_template()
     if not template:
-        raise ChatTemplateError(f"{lm.path} has no chat template (a base model?)",
-                                "pass --chat-template FILE, or --raw to send the text as is")
+        raise ChatTemplateError(
+            f"{lm.path} has no chat template (a base model?)",
+            "pass --chat-template FILE, or --raw to send the text as is",
+        )
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") \
-                or not isinstance(m.get("content"), str):
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in ("system", "user", "assistant", "tool")
+            or not isinstance(m.get("content"), str)
+        ):
             raise GenerationError(f"bad message {m!r}", "messages need a role (system/user/assistant) and text content")
     try:
-        return lm.tokenizer.apply_chat_template(json.dumps(list(messages)), template_str=template,
-                                                add_generation_prompt=True)
+        return lm.tokenizer.apply_chat_template(
+            json.dumps(list(messages)), template_str=template, add_generation_prompt=True
+        )
     except TypeError:  # pragma: no cover - older OGA without template_str
         return lm.tokenizer.apply_chat_template(json.dumps(list(messages)), add_generation_prompt=True)
-    except Exception as e:  # noqa: BLE001 - jinja errors come back as RuntimeError
-        raise ChatTemplateError(f"the chat template failed: {str(e).splitlines()[0]}",
-                                "pass a working --chat-template FILE, or --raw") from e
+    except Exception as e:
+        raise ChatTemplateError(
+            f"the chat template failed: {str(e).splitlines()[0]}", "pass a working --chat-template FILE, or --raw"
+        ) from e
 
 
 def encode(lm: LoadedModel, text: str) -> list[int]:
@@ -174,7 +187,7 @@ class _Detokenizer:
     def __init__(self, tokenizer):
         self.tok = tokenizer
         self.ids: list[int] = []
-        self.prefix = 0   # ids[prefix:read] decode to text already released
+        self.prefix = 0  # ids[prefix:read] decode to text already released
         self.read = 0
 
     # A character takes at most 4 byte tokens; ids that still decode to nothing or to a
@@ -184,20 +197,20 @@ class _Detokenizer:
 
     def add(self, token: int) -> str:
         self.ids.append(token)
-        prefix_text = self.tok.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
-        new_text = self.tok.decode(self.ids[self.prefix:])
+        prefix_text = self.tok.decode(self.ids[self.prefix : self.read]) if self.read > self.prefix else ""
+        new_text = self.tok.decode(self.ids[self.prefix :])
         complete = len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd")
         if complete or len(self.ids) - self.read >= self.MAX_PENDING:
-            delta = new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+            delta = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
             self.prefix, self.read = self.read, len(self.ids)
             return delta
         return ""
 
     def flush(self) -> str:
-        prefix_text = self.tok.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
-        new_text = self.tok.decode(self.ids[self.prefix:])
+        prefix_text = self.tok.decode(self.ids[self.prefix : self.read]) if self.read > self.prefix else ""
+        new_text = self.tok.decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return new_text[len(prefix_text):] if len(new_text) > len(prefix_text) else ""
+        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
 
 
 class _StopFilter:
@@ -223,8 +236,8 @@ class _StopFilter:
                 if self.buf.endswith(s[:k]):
                     hold = max(hold, k)
                     break
-        out = self.buf[:len(self.buf) - hold]
-        self.buf = self.buf[len(self.buf) - hold:]
+        out = self.buf[: len(self.buf) - hold]
+        self.buf = self.buf[len(self.buf) - hold :]
         return out, False
 
     def flush(self) -> str:
@@ -232,9 +245,15 @@ class _StopFilter:
         return out
 
 
-def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None,
-                    *, raw: bool = False, chat_template: str | None = None,
-                    cache=None) -> Iterator[GenerationEvent]:
+def stream_generate(
+    lm: LoadedModel,
+    prompt: str | Messages | list[int],
+    options: GenerationOptions | None = None,
+    *,
+    raw: bool = False,
+    chat_template: str | None = None,
+    cache=None,
+) -> Iterator[GenerationEvent]:
     """Generate from a prompt string (chat template applied unless raw), a message list,
     or token ids; yields events, the last one with finish_reason set. `cache` (a
     kvcache.PromptCache) reuses the KV of the model's last conversation where it can."""
@@ -266,7 +285,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
             gen, cached = cache.acquire(ids, opts, lambda i, n: _oga_generator(og, lm, i, opts, n))
         except OgaNpuError:
             raise
-        except Exception as e:  # noqa: BLE001 - native errors in rewind/append
+        except Exception as e:
             raise translate(e, lm.path) from e
     if gen is None:
         gen = _direct_generator(lm, ids, opts) if lm.engine is not None else _oga_generator(og, lm, ids, opts)
@@ -285,9 +304,20 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
         ttft = (t_first - t_start) if t_first else None
         dec = (n_gen - 1) / (now - t_first) if t_first and n_gen > 1 and now > t_first else None
         tps.update(ttft=ttft, decode_tps=dec)
-        return GenerationEvent(text, token, n_prompt, n_gen, reason, ttft,
-                               (n_prompt / ttft) if ttft else None, dec, lm.provider,
-                               {"tokenize_s": t_tokenized - t_start}, lm.decoder, cached)
+        return GenerationEvent(
+            text,
+            token,
+            n_prompt,
+            n_gen,
+            reason,
+            ttft,
+            (n_prompt / ttft) if ttft else None,
+            dec,
+            lm.provider,
+            {"tokenize_s": t_tokenized - t_start},
+            lm.decoder,
+            cached,
+        )
 
     try:
         while True:
@@ -307,7 +337,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
                 ok = True
                 yield event(delta, token, "stop_string")
                 return
-            ok = True   # stopping between tokens (a closed stream) leaves a consistent sequence
+            ok = True  # stopping between tokens (a closed stream) leaves a consistent sequence
             yield event(delta, token, None)
             ok = False
             if n_gen >= opts.max_tokens:
@@ -316,7 +346,7 @@ def stream_generate(lm: LoadedModel, prompt: str | Messages | list[int], options
         ok = True
     except OgaNpuError:
         raise
-    except Exception as e:  # noqa: BLE001 - native errors mid-generation
+    except Exception as e:
         raise translate(e, lm.path) from e
     finally:
         if cache is not None:
@@ -333,8 +363,11 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions,
     KV cache makes longer ones to continue the conversation in)."""
     n_prompt = len(ids)
     params = og.GeneratorParams(lm.model)
-    search = {"max_length": lm.kv_length(max_length or n_prompt + opts.max_tokens), "do_sample": opts.temperature > 0,
-              "repetition_penalty": opts.repetition_penalty}
+    search = {
+        "max_length": lm.kv_length(max_length or n_prompt + opts.max_tokens),
+        "do_sample": opts.temperature > 0,
+        "repetition_penalty": opts.repetition_penalty,
+    }
     if opts.temperature > 0:
         search.update(temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k or 0)
     else:
@@ -347,16 +380,17 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions,
         params.set_search_options(**search)
         if opts.guidance:
             params.set_guidance(*opts.guidance)
-        spec = opts.speculative or getattr(lm, "speculative_options", ())   # speculative.attach sets the latter
+        spec = opts.speculative or getattr(lm, "speculative_options", ())  # speculative.attach sets the latter
         if spec:
             params.set_speculative_options(**dict(spec))
         gen = og.Generator(lm.model, params)
         gen.append_tokens(ids)
-    except Exception as e:  # noqa: BLE001
-        if opts.guidance and "grammar" in str(e).lower():   # llguidance: "Error creating grammar: ..."
-            raise GuidanceError(f"the {opts.guidance[0].replace('_', ' ')} is not accepted: "
-                                f"{str(e).strip().splitlines()[0][:300]}",
-                                "fix the schema (JSON Schema draft 2020-12 subset that llguidance supports)") from e
+    except Exception as e:
+        if opts.guidance and "grammar" in str(e).lower():  # llguidance: "Error creating grammar: ..."
+            raise GuidanceError(
+                f"the {opts.guidance[0].replace('_', ' ')} is not accepted: {str(e).strip().splitlines()[0][:300]}",
+                "fix the schema (JSON Schema draft 2020-12 subset that llguidance supports)",
+            ) from e
         raise translate(e, lm.path) from e
     return gen
 
@@ -368,8 +402,10 @@ def _direct_generator(lm: LoadedModel, ids: list[int], opts: GenerationOptions):
     from .webgpu.engine import Sampler
 
     if opts.guidance:
-        raise GenerationError("guided output (JSON schema, grammar) does not run on the direct WebGPU decoder",
-                              "load the model with OGA_NPU_DECODER=oga")
+        raise GenerationError(
+            "guided output (JSON schema, grammar) does not run on the direct WebGPU decoder",
+            "load the model with OGA_NPU_DECODER=oga",
+        )
     sampler = None
     if opts.temperature > 0 or opts.repetition_penalty != 1.0:
         sampler = Sampler(opts.temperature, opts.top_k, opts.top_p, opts.repetition_penalty, opts.seed)
@@ -379,8 +415,9 @@ def _direct_generator(lm: LoadedModel, ids: list[int], opts: GenerationOptions):
     return gen
 
 
-def generate(lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None,
-             **kw) -> tuple[str, GenerationEvent]:
+def generate(
+    lm: LoadedModel, prompt: str | Messages | list[int], options: GenerationOptions | None = None, **kw
+) -> tuple[str, GenerationEvent]:
     """Non-streaming: the whole text and the last event (with timings)."""
     parts = []
     last = None

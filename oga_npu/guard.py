@@ -18,17 +18,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-STATUS_ENV = "OGA_NPU_STATUS"        # set in the child: where it notes its phase
+STATUS_ENV = "OGA_NPU_STATUS"  # set in the child: where it notes its phase
 CRASH_LOG_ENV = "OGA_NPU_CRASH_LOG"  # set in the child: where faulthandler writes the stacks of a crash
 SUPERVISE_ENV = "OGA_NPU_SUPERVISE"  # "0" turns the supervising parent off
 SUPERVISED_COMMANDS = ("run", "chat")
-CRASH_SIGNALS = {getattr(signal, n) for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
-                 if hasattr(signal, n)}
-WINDOWS_CRASH_MIN = 0xC0000000       # NTSTATUS codes (0xC0000005 access violation, 0xC0000409 ...)
+CRASH_SIGNALS = {
+    getattr(signal, n)
+    for n in ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGILL", "SIGFPE", "SIGTRAP", "SIGSYS")
+    if hasattr(signal, n)
+}
+WINDOWS_CRASH_MIN = 0xC0000000  # NTSTATUS codes (0xC0000005 access violation, 0xC0000409 ...)
 
 
-_status_path: str | None = None       # set in a forked child
-_crash_file = None                    # the open crash log (faulthandler writes into it at the crash)
+_status_path: str | None = None  # set in a forked child
+_crash_file = None  # the open crash log (faulthandler writes into it at the crash)
 
 
 def enable_crash_log(path: str) -> None:
@@ -37,7 +40,7 @@ def enable_crash_log(path: str) -> None:
     import faulthandler
 
     try:
-        _crash_file = open(path, "w", encoding="utf-8")
+        _crash_file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - open for the process's life (faulthandler)
         faulthandler.enable(_crash_file, all_threads=True)
     except OSError:
         _crash_file = None
@@ -84,8 +87,10 @@ def crash_line(sig: str, status: dict, fallback_model: str | None = None, log: P
     what = status.get("phase", "starting")
     model = status.get("model") or fallback_model or "the model"
     prov = status.get("provider") or "its configured provider"
-    nxt = (f"run `oga-npu doctor -m {model}` (it loads and generates in a child process), or try "
-           f"`--provider cpu`; OGA_NPU_SUPERVISE=0 shows the raw crash")
+    nxt = (
+        f"run `oga-npu doctor -m {model}` (it loads and generates in a child process), or try "
+        f"`--provider cpu`; OGA_NPU_SUPERVISE=0 shows the raw crash"
+    )
     where = f"; the Python stacks at the crash: {log}" if log is not None else ""
     return f"Error: native crash ({sig}) while {what} {model} on provider {prov}{where}; next: {nxt}"
 
@@ -137,13 +142,18 @@ def supervise(args: list[str]) -> int | None:
                 enable_crash_log(str(crash_log))
                 return None
         else:
-            code = run_supervised([sys.executable, "-m", "oga_npu", *args],
-                                  tool_env({**network_env(), STATUS_ENV: path, CRASH_LOG_ENV: str(crash_log)}))
+            code = run_supervised(
+                [sys.executable, "-m", "oga_npu", *args],
+                tool_env({**network_env(), STATUS_ENV: path, CRASH_LOG_ENV: str(crash_log)}),
+            )
         sig = signal_name(code)
         if sig is not None:
             has_log = crash_log.is_file() and crash_log.stat().st_size > 0
-            print(crash_line(sig, read_status(status), _model_arg(args), crash_log if has_log else None),
-                  file=sys.stderr, flush=True)
+            print(
+                crash_line(sig, read_status(status), _model_arg(args), crash_log if has_log else None),
+                file=sys.stderr,
+                flush=True,
+            )
             if not has_log:
                 crash_log.unlink(missing_ok=True)
             return 1

@@ -23,18 +23,17 @@ INPUT_SHAPE = (1, 3, 224, 224)
 
 @dataclass
 class HelloResult:
-    workdir: str                   # "" when the files went to a removed temporary folder
+    workdir: str  # "" when the files went to a removed temporary folder
     fp32_cpu_ms: float
     int8_cpu_ms: float
     int8_npu_ms: float | None
     npu_skipped: str | None
-    agreement_cosine: float        # INT8 vs FP32 output, 1.0 = identical direction
-    agreement_rel_error: float     # mean |int8 - fp32| / mean |fp32|
+    agreement_cosine: float  # INT8 vs FP32 output, 1.0 = identical direction
+    agreement_rel_error: float  # mean |int8 - fp32| / mean |fp32|
     npu_vs_cpu_max_abs: float | None = None
     quantize_seconds: float = 0.0
     providers: list[str] = field(default_factory=list)
-    runs: int = 10                 # the times above are the mean of this many runs, per run
-
+    runs: int = 10  # the times above are the mean of this many runs, per run
 
 
 def build_fp32(path: Path, seed: int = 0) -> Path:
@@ -43,7 +42,9 @@ def build_fp32(path: Path, seed: int = 0) -> Path:
     class CNN(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.convs = torch.nn.ModuleList(torch.nn.Conv2d(a, b, 3, padding=1) for a, b in zip(CHANNELS, CHANNELS[1:]))
+            self.convs = torch.nn.ModuleList(
+                torch.nn.Conv2d(a, b, 3, padding=1) for a, b in zip(CHANNELS, CHANNELS[1:])
+            )
 
         def forward(self, x):
             for c in self.convs:
@@ -52,8 +53,15 @@ def build_fp32(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = CNN().eval()
-    torch.onnx.export(model, (torch.rand(*INPUT_SHAPE),), str(path), opset_version=17, input_names=["input"],
-                      output_names=["output"], dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.rand(*INPUT_SHAPE),),
+        str(path),
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
+        dynamo=False,
+    )
     return path
 
 
@@ -110,8 +118,10 @@ def why_no_npu() -> tuple[str | None, str | None]:
     if not npus:
         return None, "no Ryzen AI NPU found on this machine"
     if not has_vitis:
-        return npus[0].kind, ("the VitisAI execution provider is not in this onnxruntime "
-                              "(install Ryzen AI Software's onnxruntime-vitisai)")
+        return npus[0].kind, (
+            "the VitisAI execution provider is not in this onnxruntime "
+            "(install Ryzen AI Software's onnxruntime-vitisai)"
+        )
     return npus[0].kind, None
 
 
@@ -152,10 +162,13 @@ def _run(work: Path, runs: int, progress, keep: bool) -> HelloResult:
     tmp.mkdir(exist_ok=True)
     progress("start", "quantize", 2, total, "Quark XINT8, random calibration data")
     with reporting(lambda msg: progress("update", "quantize", 2, total, msg)):
-        run_tool(python_module_argv("oga_npu.hello", "quantize", str(fp32), str(int8)),
-                 name="Quark ONNX quantize (XINT8)", cwd=work,
-                 env=tool_env({"PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}),
-                 log_path=work / "quantize.log")
+        run_tool(
+            python_module_argv("oga_npu.hello", "quantize", str(fp32), str(int8)),
+            name="Quark ONNX quantize (XINT8)",
+            cwd=work,
+            env=tool_env({"PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}),
+            log_path=work / "quantize.log",
+        )
     shutil_rm(tmp)
     qsecs = time.monotonic() - t0
     progress("done", "quantize", 2, total, "")
@@ -174,15 +187,29 @@ def _run(work: Path, runs: int, progress, keep: bool) -> HelloResult:
         progress("start", "npu", 4, total, f"XINT8 on the NPU (compile, then {runs} timed runs)")
         cache = work / "npu_cache"
         shutil_rm(cache)
-        sess = ort.InferenceSession(str(int8), providers=["VitisAIExecutionProvider"],
-                                    provider_options=[npu_provider_options(kind or "strix", cache)])
+        sess = ort.InferenceSession(
+            str(int8),
+            providers=["VitisAIExecutionProvider"],
+            provider_options=[npu_provider_options(kind or "strix", cache)],
+        )
         npu_ms, npu_out = time_session(sess, feed, runs)
         npu_diff = float(np.abs(npu_out - out).max())
         progress("done", "npu", 4, total, "")
     else:
         progress("skip", "npu", 4, total, "skipped")
-    return HelloResult(str(work) if keep else "", fp32_ms, int8_ms, npu_ms, skipped, cos, rel, npu_diff,
-                       round(qsecs, 1), ort.get_available_providers(), runs)
+    return HelloResult(
+        str(work) if keep else "",
+        fp32_ms,
+        int8_ms,
+        npu_ms,
+        skipped,
+        cos,
+        rel,
+        npu_diff,
+        round(qsecs, 1),
+        ort.get_available_providers(),
+        runs,
+    )
 
 
 def shutil_rm(path: Path) -> None:

@@ -30,7 +30,6 @@ def safetensors_params(folder: Path) -> int | None:
     return total
 
 
-
 @contextlib.contextmanager
 def transformers_quiet():
     """transformers' own progress bars off while it loads (oga-npu reports its stages on
@@ -56,5 +55,3 @@ def transformers_quiet():
             gguf_utils.tqdm = old
         if was:
             hf_logging.enable_progress_bar()
-
-

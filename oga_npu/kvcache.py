@@ -35,7 +35,7 @@ from collections.abc import Callable
 from .model import LoadedModel
 
 CONTINUING_PROVIDERS = ("cpu", "cuda", "webgpu")
-MIN_CAPACITY = 2048   # positions a cached Generator is made with at least (grown on demand)
+MIN_CAPACITY = 2048  # positions a cached Generator is made with at least (grown on demand)
 
 
 def reuse_support(lm: LoadedModel) -> tuple[bool, str]:
@@ -50,11 +50,14 @@ def reuse_support(lm: LoadedModel) -> tuple[bool, str]:
     if getattr(lm, "sliding_window", None):
         return False, "a sliding-window KV cache drops old positions, so it cannot rewind: full prefill every turn"
     if lm.provider not in CONTINUING_PROVIDERS:
-        return False, (f"onnxruntime-genai does not document sequence continuation on {lm.provider}: "
-                       "full prefill every turn")
+        return False, (
+            f"onnxruntime-genai does not document sequence continuation on {lm.provider}: full prefill every turn"
+        )
     if lm.provider != "cpu":
-        return True, (f"onnxruntime-genai rewind_to + append_tokens (documented for {lm.provider}; "
-                      "oga-npu's tests check it on cpu only)")
+        return True, (
+            f"onnxruntime-genai rewind_to + append_tokens (documented for {lm.provider}; "
+            "oga-npu's tests check it on cpu only)"
+        )
     return True, "onnxruntime-genai rewind_to + append_tokens"
 
 
@@ -75,7 +78,7 @@ def _settings(opts) -> object:
 class CacheStats:
     hits: int = 0
     misses: int = 0
-    cached_tokens: int = 0   # total prompt tokens not prefilled thanks to reuse
+    cached_tokens: int = 0  # total prompt tokens not prefilled thanks to reuse
 
 
 class PromptCache:
@@ -92,8 +95,12 @@ class PromptCache:
         self.stats = CacheStats()
 
     def reusable(self, opts) -> bool:
-        return self.enabled and not getattr(opts, "guidance", None) and not opts.ignore_eos \
+        return (
+            self.enabled
+            and not getattr(opts, "guidance", None)
+            and not opts.ignore_eos
             and not (opts.seed is not None and (opts.temperature or 0) > 0)
+        )
 
     def acquire(self, ids: list[int], opts, make: Callable[[list[int], int], object]) -> tuple[object | None, int]:
         """A Generator with `ids` appended, and how many of them were reused from the cache.
@@ -102,7 +109,7 @@ class PromptCache:
         if not self.reusable(opts):
             return None, 0
         with self._lock:
-            gen, self._gen = self._gen, None    # taken: a failure mid-way leaves no half-state behind
+            gen, self._gen = self._gen, None  # taken: a failure mid-way leaves no half-state behind
         needed = len(ids) + opts.max_tokens
         if gen is not None and self._settings == _settings(opts) and needed <= self._capacity:
             seq = [int(t) for t in gen.get_sequence(0)]

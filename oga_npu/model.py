@@ -33,29 +33,52 @@ HYBRID_MAX_SEQ = 4096
 # Known opaque runtime messages -> (cause, fix). Matched in order, first wins.
 KNOWN_ERRORS: list[tuple[str, str, str]] = [
     (r"input_ids is empty", "the prompt is empty", "give a non-empty prompt"),
-    (r"input_ids size \((\d+)\) \+ current sequence length \((\d+)\) exceeds max length \((\d+)\)",
-     "the prompt does not fit the model's max length", "shorten the prompt or lower --max-tokens"),
-    (r"Protobuf parsing failed",
-     "the ONNX file is not a valid model (often a git-lfs pointer, a truncated download, or the wrong file)",
-     "re-download or re-run prepare for this folder"),
-    (r"JSON Error: Unknown value|Unknown (key|value)",
-     "genai_config.json uses a key this onnxruntime-genai does not know (made by a newer builder?)",
-     "upgrade onnxruntime-genai, or rebuild the model with the installed version"),
-    (r"Unknown provider name '?(\w+)'?",
-     "this onnxruntime-genai build does not know the model's execution provider",
-     "install the runtime the model was built for (Ryzen AI's OGA for RyzenAI models), or re-run prepare for --target cpu"),
-    (r"invalid unordered_map<K, T> key",
-     "a Ryzen AI hybrid model on an unsupported CPU or a mismatched Ryzen AI runtime",
-     "run it on a Strix/Krackan NPU with the Ryzen AI release it was made with"),
-    (r"total_sequence_length must equal past_sequence_length",
-     "the model's genai_config.json asks for a sliding-window KV cache its graph does not use (an older build)",
-     "re-run prepare for it with --force"),
-    (r"q_norm_weight / k_norm_weight inputs are not supported",
-     "this model was built for WebGPU/CUDA, whose attention node also applies Qwen3-style q/k norms; "
-     "onnxruntime's CPU kernel cannot",
-     "prepare the source again for the CPU: oga-npu prepare {source} --target cpu"),
-    (r"Error opening (.+)", "a file the model needs could not be opened", "check the folder with `oga-npu doctor -m DIR`"),
-    (r"Load model from .* failed", "ONNX Runtime could not load the model file", "check the folder with `oga-npu doctor -m DIR`"),
+    (
+        r"input_ids size \((\d+)\) \+ current sequence length \((\d+)\) exceeds max length \((\d+)\)",
+        "the prompt does not fit the model's max length",
+        "shorten the prompt or lower --max-tokens",
+    ),
+    (
+        r"Protobuf parsing failed",
+        "the ONNX file is not a valid model (often a git-lfs pointer, a truncated download, or the wrong file)",
+        "re-download or re-run prepare for this folder",
+    ),
+    (
+        r"JSON Error: Unknown value|Unknown (key|value)",
+        "genai_config.json uses a key this onnxruntime-genai does not know (made by a newer builder?)",
+        "upgrade onnxruntime-genai, or rebuild the model with the installed version",
+    ),
+    (
+        r"Unknown provider name '?(\w+)'?",
+        "this onnxruntime-genai build does not know the model's execution provider",
+        "install the runtime the model was built for (Ryzen AI's OGA for RyzenAI models), or re-run prepare for --target cpu",
+    ),
+    (
+        r"invalid unordered_map<K, T> key",
+        "a Ryzen AI hybrid model on an unsupported CPU or a mismatched Ryzen AI runtime",
+        "run it on a Strix/Krackan NPU with the Ryzen AI release it was made with",
+    ),
+    (
+        r"total_sequence_length must equal past_sequence_length",
+        "the model's genai_config.json asks for a sliding-window KV cache its graph does not use (an older build)",
+        "re-run prepare for it with --force",
+    ),
+    (
+        r"q_norm_weight / k_norm_weight inputs are not supported",
+        "this model was built for WebGPU/CUDA, whose attention node also applies Qwen3-style q/k norms; "
+        "onnxruntime's CPU kernel cannot",
+        "prepare the source again for the CPU: oga-npu prepare {source} --target cpu",
+    ),
+    (
+        r"Error opening (.+)",
+        "a file the model needs could not be opened",
+        "check the folder with `oga-npu doctor -m DIR`",
+    ),
+    (
+        r"Load model from .* failed",
+        "ONNX Runtime could not load the model file",
+        "check the folder with `oga-npu doctor -m DIR`",
+    ),
 ]
 
 
@@ -202,23 +225,29 @@ def provider_available(provider: str) -> tuple[bool, str]:
     if provider == "cpu":
         return True, ""
     if provider == "cuda":
-        return bool(og.is_cuda_available()), "this onnxruntime-genai build has no CUDA (pip install onnxruntime-genai-cuda)"
+        return bool(
+            og.is_cuda_available()
+        ), "this onnxruntime-genai build has no CUDA (pip install onnxruntime-genai-cuda)"
     if provider == "dml":
         return bool(og.is_dml_available()), "DirectML needs Windows and onnxruntime-genai-directml"
     if provider == "webgpu":
-        from .webgpu import ep as webgpu
         from .capabilities import capabilities
+        from .webgpu import ep as webgpu
 
         if not capabilities().ep_library:
-            return False, (f"onnxruntime-genai {capabilities().version} cannot load plugin execution providers "
-                           "(no register_execution_provider_library)")
+            return False, (
+                f"onnxruntime-genai {capabilities().version} cannot load plugin execution providers "
+                "(no register_execution_provider_library)"
+            )
 
         return webgpu.available()
     if provider == "ryzenai":
         ep = os.environ.get("RYZENAI_EP_PATH")
         if not ep or not Path(ep).exists():
-            return False, ("the RyzenAI execution provider was not found: set RYZENAI_EP_PATH to its library "
-                           "(Ryzen AI Software on Windows with a Strix/Krackan NPU)")
+            return False, (
+                "the RyzenAI execution provider was not found: set RYZENAI_EP_PATH to its library "
+                "(Ryzen AI Software on Windows with a Strix/Krackan NPU)"
+            )
         return True, ""
     return False, f"unknown provider '{provider}' (known: {', '.join(PROVIDERS)})"
 
@@ -226,14 +255,14 @@ def provider_available(provider: str) -> tuple[bool, str]:
 @dataclass
 class LoadedModel:
     path: Path
-    _model: object | None   # onnxruntime-genai Model; opened on first use when decoding is direct
+    _model: object | None  # onnxruntime-genai Model; opened on first use when decoding is direct
     tokenizer: object
     config: dict
     provider: str
     manifest: dict | None = None
-    engine: object | None = None          # engine.DirectEngine when decoding bypasses OGA's Generator
+    engine: object | None = None  # engine.DirectEngine when decoding bypasses OGA's Generator
     _open_oga: object | None = field(default=None, repr=False)
-    files: Path | None = None             # the folder the runtime opens: `path`, or its expanded form
+    files: Path | None = None  # the folder the runtime opens: `path`, or its expanded form
 
     @property
     def files_path(self) -> Path:
@@ -365,8 +394,13 @@ def missing_model_fix(path: Path) -> str:
     return f"{lead}`oga-npu models` lists the prepared models (in {models_dir()}); `oga-npu prepare SOURCE` makes one"
 
 
-def load(path: str | Path, provider: str | None = None, fallback: str | None = None,
-         decoder: str | None = None, files: Path | None = None) -> LoadedModel:
+def load(
+    path: str | Path,
+    provider: str | None = None,
+    fallback: str | None = None,
+    decoder: str | None = None,
+    files: Path | None = None,
+) -> LoadedModel:
     """Check and open a model folder. provider=None keeps what genai_config.json says;
     decoder=None follows OGA_NPU_DECODER (auto: direct for webgpu models that have
     model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA)."""
@@ -380,16 +414,20 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
     check_folder_runtime(state)  # built for a newer OGA than this one: say so, not "invalid dimensions"
     rep = check_folder(path)
     if not rep.ok:
-        raise ModelFolderError(f"{path} cannot be loaded: " + "; ".join(rep.problems),
-                               "re-run prepare for this folder, or copy the missing files into it")
+        raise ModelFolderError(
+            f"{path} cannot be loaded: " + "; ".join(rep.problems),
+            "re-run prepare for this folder, or copy the missing files into it",
+        )
     config = rep.config or {}
     sw = config.get("model", {}).get("decoder", {}).get("sliding_window") or {}
     window = (sw.get("window_size") or 0) if sw.get("layers") else 0
     context = config.get("model", {}).get("context_length") or 0
     if 0 < context < window:
-        raise ModelFolderError(f"{path} was built with a sliding-window KV cache of {window} positions, more than "
-                               f"its context ({context}): onnxruntime cannot run it",
-                               "re-run prepare for it with --force (this version builds such models without one)")
+        raise ModelFolderError(
+            f"{path} was built with a sliding-window KV cache of {window} positions, more than "
+            f"its context ({context}): onnxruntime cannot run it",
+            "re-run prepare for it with --force (this version builds such models without one)",
+        )
     wanted = (provider or configured_providers(config)[0]).lower()
     if wanted not in PROVIDERS:
         raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")
@@ -401,24 +439,28 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
         ok = not why
     if not ok:
         if fallback != "cpu":
-            raise ProviderError(f"provider {wanted} is not available: {why}",
-                                "install it, or pass --fallback cpu to run on the CPU instead (slower)")
+            raise ProviderError(
+                f"provider {wanted} is not available: {why}",
+                "install it, or pass --fallback cpu to run on the CPU instead (slower)",
+            )
         log.warning("provider %s is not available (%s); falling back to cpu as asked", wanted, why)
         wanted = "cpu"
     guard.phase("loading", path, wanted)
 
     import onnxruntime_genai as og
 
-    from .webgpu import engine as eng
     from .gguf.expand import loadable
+    from .webgpu import engine as eng
 
     # a gguf-native folder: its blocks expanded once, in the cache (prepare's validate passes the entry)
     files = files or loadable(path, state.manifest)
     choice = decoder or eng.decoder_choice()
     direct = eng.engine_available(path) and (choice == "direct" or (choice == "auto" and wanted == "webgpu"))
     if choice == "direct" and not eng.engine_available(path):
-        raise ProviderError(f"{path} has no {eng.ENGINE_FILE} for direct decoding",
-                            f"re-run prepare --target webgpu for it, or unset {eng.DECODER_ENV}")
+        raise ProviderError(
+            f"{path} has no {eng.ENGINE_FILE} for direct decoding",
+            f"re-run prepare --target webgpu for it, or unset {eng.DECODER_ENV}",
+        )
     if direct and wanted not in ("webgpu", "cpu"):
         direct = False
 
@@ -438,7 +480,7 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
 
                 webgpu.register()
             return og.Model(ogc)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise translate(e, path) from e
 
     model = None if direct else open_oga()
@@ -446,8 +488,16 @@ def load(path: str | Path, provider: str | None = None, fallback: str | None = N
         tokenizer = og.Tokenizer(model if model is not None else ogc)
     except Exception as e:  # OGA raises RuntimeError with native messages
         raise translate(e, path) from e
-    lm = LoadedModel(path, model, tokenizer, config, wanted, state.manifest, _open_oga=open_oga,
-                     files=files if files != path else None)
+    lm = LoadedModel(
+        path,
+        model,
+        tokenizer,
+        config,
+        wanted,
+        state.manifest,
+        _open_oga=open_oga,
+        files=files if files != path else None,
+    )
     if direct:
         try:
             lm.direct_engine(0)

@@ -23,21 +23,46 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._version import __version__
 from . import tools as tools_mod
+from ._version import __version__
 from .devices import detect_rai_version
-from .gguf.header import gguf_header
 from .errors import (
-    DiskFullError, OgaNpuError, OutputExistsError, PreflightError, RecipeError, StageInterrupted, ToolFailed, VersionError,
+    DiskFullError,
+    OutputExistsError,
+    PreflightError,
+    RecipeError,
+    StageInterrupted,
+    ToolFailed,
+    VersionError,
 )
+from .gguf.header import gguf_header
 from .prepare import STAGES
 from .prepare import source as source_mod
-from .recipe import DEFAULT_RECIPE, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, fitting_group_size, load_recipe
+from .recipe import (
+    DEFAULT_RECIPE,
+    GGUF_NATIVE_TARGETS,
+    TARGETS,
+    Recipe,
+    default_recipe_for,
+    fitting_group_size,
+    load_recipe,
+)
 from .tools import network_env, tool_env
 from .versions import REQUIRED_VERSIONS, installed_versions
 from .workdir import (
-    LOGS_DIR, REQUEST, begin_stage, finish_stage, folder_state, models_dir, partial_dir, prepare_lock, publish,
-    stage_dir, stage_done, unpublish, write_json_atomic,
+    LOGS_DIR,
+    REQUEST,
+    begin_stage,
+    finish_stage,
+    folder_state,
+    models_dir,
+    partial_dir,
+    prepare_lock,
+    publish,
+    stage_dir,
+    stage_done,
+    unpublish,
+    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -79,10 +104,10 @@ class StageContext:
     rai_version: str = "1.6"
     rai_source: str = "default"
     dd_plugins: Path = Path("dd_plugins")
-    tools: dict = field(default_factory=dict)          # name -> resolved path
+    tools: dict = field(default_factory=dict)  # name -> resolved path
     tool_versions: dict = field(default_factory=dict)  # name -> version string
     rai_env: object | None = None  # oga_npu.ryzenai.RaiEnv: where AMD's stages run
-    oga_version: str = ""   # the onnxruntime-genai the folder is built to run on ("": the newest)
+    oga_version: str = ""  # the onnxruntime-genai the folder is built to run on ("": the newest)
 
     def tool_path(self, name: str) -> str:
         return self.tools.get(name) or name
@@ -120,7 +145,7 @@ class StageContext:
 @dataclass
 class StageReport:
     name: str
-    status: str       # done | skipped (already done) | planned
+    status: str  # done | skipped (already done) | planned
     seconds: float = 0.0
     detail: dict = field(default_factory=dict)
 
@@ -154,9 +179,11 @@ def check_versions(versions: dict, needs_quark: bool = True) -> None:
         elif not (Version(lo) <= Version(found) < Version(hi)):
             bad.append(f"{name}: expected >={lo},<{hi}, found {found}")
     if bad:
-        raise VersionError("wrong package versions for prepare: " + "; ".join(bad),
-                           'pip install -e ".[cpu,prepare]" in a fresh virtual environment (see README; prepare '
-                           "builds with onnxruntime-genai 0.18, --oga-version picks the runtime the folder is for)")
+        raise VersionError(
+            "wrong package versions for prepare: " + "; ".join(bad),
+            'pip install -e ".[cpu,prepare]" in a fresh virtual environment (see README; prepare '
+            "builds with onnxruntime-genai 0.18, --oga-version picks the runtime the folder is for)",
+        )
 
 
 def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT_RECIPE) -> Path:
@@ -167,7 +194,11 @@ def default_output(source: source_mod.Source, target: str, recipe: str = DEFAULT
     (<name>-<target>-2, ...): two sources never share a default folder."""
     from .store import ModelStore, source_base_name
 
-    tail = "" if recipe in ("", default_recipe_for(source.kind, target)) else "-" + re.sub(r"[^\w.-]+", "-", Path(recipe).stem).lower()
+    tail = (
+        ""
+        if recipe in ("", default_recipe_for(source.kind, target))
+        else "-" + re.sub(r"[^\w.-]+", "-", Path(recipe).stem).lower()
+    )
     base = source_base_name(source.kind, source.spec, source.name)
     return ModelStore(models_dir()).default_folder(f"{base}-{target}{tail}", source.spec)
 
@@ -188,8 +219,10 @@ def another_source_fix(out: Path, src: source_mod.Source, target: str, recipe: s
 
     free = default_output(src, target, recipe)
     rm = f"oga-npu rm {out.name}" if ModelStore().inside(out) else f"oga-npu rm --outside-store {out}"
-    return (f"pass --output with another folder (without --output prepare uses {free}); to replace that model, "
-            f"remove it first: {rm}")
+    return (
+        f"pass --output with another folder (without --output prepare uses {free}); to replace that model, "
+        f"remove it first: {rm}"
+    )
 
 
 def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> Recipe:
@@ -203,11 +236,14 @@ def effective_recipe(recipe: Recipe, hf_dir: Path | None, notes: list[str]) -> R
     g = recipe.quantize.group_size
     fit = fitting_group_size(g, widths)
     if fit is None:
-        raise RecipeError(f"no Quark group size (128/64/32) divides this model's layer widths {widths}",
-                          "use a recipe with algorithm = 'none' and a builder-side int4 (or another model)")
+        raise RecipeError(
+            f"no Quark group size (128/64/32) divides this model's layer widths {widths}",
+            "use a recipe with algorithm = 'none' and a builder-side int4 (or another model)",
+        )
     if fit != g:
-        notes.append(f"group size {g} does not divide this model's layer widths {sorted(set(widths))}; "
-                     f"using {fit} instead")
+        notes.append(
+            f"group size {g} does not divide this model's layer widths {sorted(set(widths))}; using {fit} instead"
+        )
         return recipe.with_group_size(fit)
     return recipe
 
@@ -221,8 +257,9 @@ def check_architecture(config: dict | None, recipe: Recipe, target: str, notes: 
         return False
     arch, cell = check(config, recipe, target)
     if cell.status == UNTESTED:
-        notes.append(f"{arch.hf_architectures[0]} with recipe {recipe.name} for {target} is not verified here "
-                     f"({cell.how})")
+        notes.append(
+            f"{arch.hf_architectures[0]} with recipe {recipe.name} for {target} is not verified here ({cell.how})"
+        )
     needs = runtime_needs(config)
     if needs.sliding_window:
         log.info("sliding window %s on %s layers", needs.sliding_window, needs.sliding_layers)
@@ -262,8 +299,20 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     # the runtime the folder is for: --oga-version, else the Ryzen AI env's own, else the release's pin / installed
     env_oga = rai_env.oga[1] if rai_env is not None and rai_env.oga else None
     oga_version = target_oga_version(req.target, rai_version, req.oga_version or env_oga)
-    probe = StageContext(req.target, recipe, out, calib_text, "", {}, req.trace, rai_version=rai_version,
-                         rai_source=rai_source, dd_plugins=dd_plugins, rai_env=rai_env, oga_version=oga_version)
+    probe = StageContext(
+        req.target,
+        recipe,
+        out,
+        calib_text,
+        "",
+        {},
+        req.trace,
+        rai_version=rai_version,
+        rai_source=rai_source,
+        dd_plugins=dd_plugins,
+        rai_env=rai_env,
+        oga_version=oga_version,
+    )
     for s in stages:
         if hasattr(s, "check_release"):
             s.check_release(probe)
@@ -284,15 +333,19 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     state = folder_state(out, verify="quick")
     held = another_source(state, req.source)
     if held is not None and not req.force:
-        raise OutputExistsError(f"{out} holds another model (prepared from {held})",
-                                another_source_fix(out, src, req.target, recipe_name))
+        raise OutputExistsError(
+            f"{out} holds another model (prepared from {held})", another_source_fix(out, src, req.target, recipe_name)
+        )
     if state.state == "damaged" and not req.force:
         # Published files are hard links into stages/: in-place damage reached them too.
-        raise OutputExistsError(f"{out} was changed since prepare ({state.detail})",
-                                "pass --force to rebuild it from the source")
+        raise OutputExistsError(
+            f"{out} was changed since prepare ({state.detail})", "pass --force to rebuild it from the source"
+        )
     if state.state == "foreign":
-        raise OutputExistsError(f"{out} exists and is not an oga-npu model folder ({state.detail})",
-                                "pass --output with a new folder, or remove it")
+        raise OutputExistsError(
+            f"{out} exists and is not an oga-npu model folder ({state.detail})",
+            "pass --output with a new folder, or remove it",
+        )
 
     total = len(stages) + 1
     _check_disk_up_front(src, out)
@@ -303,15 +356,23 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
     except (KeyboardInterrupt, Exception) as e:
         # Libraries importing lazily (transformers, numpy) can turn Ctrl+C into an ImportError.
         if isinstance(e, KeyboardInterrupt) or hit.is_set():
-            raise StageInterrupted("interrupted during source; nothing was written to the output folder",
-                                   "re-run the same command to start again") from e
+            raise StageInterrupted(
+                "interrupted during source; nothing was written to the output folder",
+                "re-run the same command to start again",
+            ) from e
         if not is_disk_full(e):
             raise
-        raise DiskFullError(f"no space left on the disk while preparing the source in {source_mod.home()}",
-                            "free some space (or set OGA_NPU_HOME to a cache on another disk) and re-run "
-                            "the same command") from e
-    progress("done" if not resolved.cached else "skip", "source", 1, total,
-             f"{resolved.hf_dir}" + (" (cached)" if resolved.cached else ""))
+        raise DiskFullError(
+            f"no space left on the disk while preparing the source in {source_mod.home()}",
+            "free some space (or set OGA_NPU_HOME to a cache on another disk) and re-run the same command",
+        ) from e
+    progress(
+        "done" if not resolved.cached else "skip",
+        "source",
+        1,
+        total,
+        f"{resolved.hf_dir}" + (" (cached)" if resolved.cached else ""),
+    )
     if not arch_checked:  # a hub model not yet in the cache: its config.json is known only now
         check_architecture(_read_config(resolved.hf_dir), recipe, req.target, notes)
     recipe = effective_recipe(recipe, resolved.hf_dir, notes)
@@ -319,9 +380,22 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
         progress("note", "source", 1, total, n)
     # builtin:calibration: the calibration half of the built-in text (oga_npu.textdata)
     calib_key = "builtin:calibration" if calib_text == "builtin" else _file_key(Path(calib_text))
-    ctx = StageContext(req.target, recipe, out, calib_text, calib_key, versions, req.trace, rai_version=rai_version,
-                       rai_source=rai_source, dd_plugins=dd_plugins, tools=tools, tool_versions=tool_versions,
-                       rai_env=rai_env, oga_version=oga_version)
+    ctx = StageContext(
+        req.target,
+        recipe,
+        out,
+        calib_text,
+        calib_key,
+        versions,
+        req.trace,
+        rai_version=rai_version,
+        rai_source=rai_source,
+        dd_plugins=dd_plugins,
+        tools=tools,
+        tool_versions=tool_versions,
+        rai_env=rai_env,
+        oga_version=oga_version,
+    )
 
     # Keys chain: a change upstream invalidates everything after it.
     keys, upstream = {}, _key(resolved.key)
@@ -336,14 +410,18 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                 progress("skip", s.NAME, i, total, "already done")
             _expanded_form(out, state.manifest)
             return PrepareResult(out, reports, state.manifest, notes=notes)
-        raise OutputExistsError(f"{out} is a ready model prepared with other settings (recipe, target or source)",
-                                "pass --force to rebuild it, or --output another folder")
+        raise OutputExistsError(
+            f"{out} is a ready model prepared with other settings (recipe, target or source)",
+            "pass --force to rebuild it, or --output another folder",
+        )
     _check_disk(resolved.hf_dir, out)
 
     reports: list[StageReport] = []
     with prepare_lock(out):
-        write_json_atomic(out / REQUEST, {"source": req.source, "recipe": recipe.path or recipe_name,
-                                          "target": req.target, "oga_npu": __version__})
+        write_json_atomic(
+            out / REQUEST,
+            {"source": req.source, "recipe": recipe.path or recipe_name, "target": req.target, "oga_npu": __version__},
+        )
         unpublish(out)
         in_dir, model_dir = resolved.hf_dir, resolved.hf_dir
         redo = req.force
@@ -368,18 +446,31 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
                     with tools_mod.reporting(report):
                         detail = s.run_stage(ctx, in_dir, part, log_path)
                 except KeyboardInterrupt as e:
-                    raise StageInterrupted(f"interrupted during {s.NAME}; {partial_dir(out, s.NAME)} is left for "
-                                           "the next run to clean", "re-run the same command to resume") from e
+                    raise StageInterrupted(
+                        f"interrupted during {s.NAME}; {partial_dir(out, s.NAME)} is left for the next run to clean",
+                        "re-run the same command to resume",
+                    ) from e
                 except (OSError, ToolFailed) as e:
                     if not is_disk_full(e):
                         raise
-                    raise DiskFullError(f"no space left on the disk during {s.NAME} ({out}); the finished stages "
-                                        f"and {partial_dir(out, s.NAME).name} are kept",
-                                        "free some space and re-run the same command: it resumes at "
-                                        f"{s.NAME}") from e
+                    raise DiskFullError(
+                        f"no space left on the disk during {s.NAME} ({out}); the finished stages "
+                        f"and {partial_dir(out, s.NAME).name} are kept",
+                        f"free some space and re-run the same command: it resumes at {s.NAME}",
+                    ) from e
                 seconds = time.monotonic() - t0
-                finish_stage(out, s.NAME, part, {"stage": s.NAME, "key": keys[s.NAME], "seconds": round(seconds, 2),
-                                                 "versions": versions, "detail": detail})
+                finish_stage(
+                    out,
+                    s.NAME,
+                    part,
+                    {
+                        "stage": s.NAME,
+                        "key": keys[s.NAME],
+                        "seconds": round(seconds, 2),
+                        "versions": versions,
+                        "detail": detail,
+                    },
+                )
                 reports.append(StageReport(s.NAME, "done", seconds, detail))
                 progress("done", s.NAME, i, total, _summary(s.NAME, detail, seconds))
             if s.PRODUCES_MODEL:
@@ -389,20 +480,29 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
         from .store import model_info
 
         hub = src.kind == "hub"
-        manifest = {"key": final_key, "source": req.source, "source_kind": src.kind, "source_key": resolved.key,
-                    # where the same weights come from for another runtime (vLLM, transformers)
-                    "hub_id": src.spec if hub else None, "revision": resolved.path.name if hub else None,
-                    "chat_template": read_chat_template(model_dir),
-                    "recipe": recipe.name, "recipe_config": recipe.model_dump(mode="json", by_alias=True),
-                    "target": req.target, "versions": versions, "notes": notes,
-                    "builder": _builder_versions(ctx, versions, tool_versions),
-                    "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
-                    # the runtime it was built for, and the oldest that loads it (checked at load)
-                    "built_for": {"onnxruntime-genai": oga_version},
-                    "requires": {"onnxruntime-genai": folder_requirement(ctx)},
-                    "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports},
-                    # what `oga-npu models` and the server show: parameters, weight bits, context
-                    "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None)}
+        manifest = {
+            "key": final_key,
+            "source": req.source,
+            "source_kind": src.kind,
+            "source_key": resolved.key,
+            # where the same weights come from for another runtime (vLLM, transformers)
+            "hub_id": src.spec if hub else None,
+            "revision": resolved.path.name if hub else None,
+            "chat_template": read_chat_template(model_dir),
+            "recipe": recipe.name,
+            "recipe_config": recipe.model_dump(mode="json", by_alias=True),
+            "target": req.target,
+            "versions": versions,
+            "notes": notes,
+            "builder": _builder_versions(ctx, versions, tool_versions),
+            "runtime": {k: versions.get(k) for k in ("onnxruntime-genai", "onnxruntime")},
+            # the runtime it was built for, and the oldest that loads it (checked at load)
+            "built_for": {"onnxruntime-genai": oga_version},
+            "requires": {"onnxruntime-genai": folder_requirement(ctx)},
+            "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports},
+            # what `oga-npu models` and the server show: parameters, weight bits, context
+            "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None),
+        }
         manifest = publish(out, model_dir, manifest)
     _expanded_form(out, manifest)
     return PrepareResult(out, reports, manifest, notes=notes)
@@ -453,8 +553,10 @@ def _plan_status(req, ctx: StageContext, src, stages, out: Path) -> dict:
         upstream = keys[s.NAME] = _key(upstream, s.NAME, s.key(ctx))
     out_status: dict = {}
     if state.state == "ready" and not req.force and not req.from_stage and manifest.get("key") != upstream:
-        out_status["_stop"] = (f"{out} is a ready model prepared with other settings: the real run would stop "
-                               "(pass --force to rebuild it, or --output another folder)")
+        out_status["_stop"] = (
+            f"{out} is a ready model prepared with other settings: the real run would stop "
+            "(pass --force to rebuild it, or --output another folder)"
+        )
     redo = req.force
     for s in stages:
         if req.from_stage == s.NAME:
@@ -493,11 +595,16 @@ def interrupt_flag():
 
 def check_gguf_native(recipe: Recipe, src: source_mod.Source, target: str) -> None:
     if src.kind != "gguf":
-        raise RecipeError(f"recipe {recipe.name} keeps a GGUF file's own quantization; {src.spec} is a "
-                          f"{src.describe()}", "prepare a .gguf file with it, or pick another recipe (--recipe default)")
+        raise RecipeError(
+            f"recipe {recipe.name} keeps a GGUF file's own quantization; {src.spec} is a {src.describe()}",
+            "prepare a .gguf file with it, or pick another recipe (--recipe default)",
+        )
     if target not in GGUF_NATIVE_TARGETS:
-        raise RecipeError(f"recipe {recipe.name} is for --target {' or '.join(GGUF_NATIVE_TARGETS)}; {target} needs "
-                          "AMD's flow, which takes Quark's uint4 AWQ", "use --recipe default (or cpu-fast) for this target")
+        raise RecipeError(
+            f"recipe {recipe.name} is for --target {' or '.join(GGUF_NATIVE_TARGETS)}; {target} needs "
+            "AMD's flow, which takes Quark's uint4 AWQ",
+            "use --recipe default (or cpu-fast) for this target",
+        )
 
 
 def _norm_source(s: str) -> str:
@@ -552,8 +659,16 @@ def is_disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return True
     text = " ".join(getattr(e, "tail", []) or []) + " " + str(e)
-    return any(m in text for m in ("No space left on device", "ENOSPC", "StorageFull", "os error 28",
-                                   "There is not enough space on the disk"))
+    return any(
+        m in text
+        for m in (
+            "No space left on device",
+            "ENOSPC",
+            "StorageFull",
+            "os error 28",
+            "There is not enough space on the disk",
+        )
+    )
 
 
 def _free_bytes(path: Path) -> tuple[Path, int]:
@@ -595,9 +710,11 @@ def _require_space(needs: dict[str, tuple[Path, int]]) -> None:
     for probe, free, need, whats in by_dev.values():
         if need and free < need:
             hint = " (set OGA_NPU_HOME to a cache on another disk)" if any("GGUF cache" in w for w in whats) else ""
-            raise DiskFullError(f"not enough disk space for {' and '.join(whats)}: about {need / 1e9:.1f} GB needed "
-                                f"in {probe}, {free / 1e9:.1f} GB free",
-                                f"free some space, or pass --output on another disk{hint}")
+            raise DiskFullError(
+                f"not enough disk space for {' and '.join(whats)}: about {need / 1e9:.1f} GB needed "
+                f"in {probe}, {free / 1e9:.1f} GB free",
+                f"free some space, or pass --output on another disk{hint}",
+            )
 
 
 def _check_disk(hf_dir: Path, out: Path) -> None:
@@ -617,15 +734,20 @@ def _rai_env(req: PrepareRequest, stages, notes: list[str]):
         env = ryzenai.find_env(req.rai_env, req.rai_version)
         missing = env.problems([], builder=True) if env is not None else []
         if missing and not req.dry_run:
-            raise PreflightError(f"the Ryzen AI {env.release.version} env {env.prefix} cannot build --target dml: "
-                                 + "; ".join(missing), "repair it with AMD's installer, pass --rai-env with a complete "
-                                 "one, or leave the env (deactivate it) to build with oga-npu's own builder")
+            raise PreflightError(
+                f"the Ryzen AI {env.release.version} env {env.prefix} cannot build --target dml: " + "; ".join(missing),
+                "repair it with AMD's installer, pass --rai-env with a complete "
+                "one, or leave the env (deactivate it) to build with oga-npu's own builder",
+            )
     else:  # the host first (model_generate runs on Windows only), then the env; a dry run notes both
         env = None
         tools = [s.TOOL for s in stages if hasattr(s, "TOOL")]
-        for check in (lambda: ryzenai.check_host(req.target),
-                      lambda: ryzenai.require_env(req.target, req.rai_env, req.rai_version, tools,
-                                                  any(s.NAME == "build" for s in stages))):
+        for check in (
+            lambda: ryzenai.check_host(req.target),
+            lambda: ryzenai.require_env(
+                req.target, req.rai_env, req.rai_version, tools, any(s.NAME == "build" for s in stages)
+            ),
+        ):
             try:
                 env = check() or env
             except PreflightError as e:
@@ -654,7 +776,7 @@ def preflight(target: str, stages, skip_device_check: bool = False, rai_env=None
     Returns (tool paths, tool versions); raises PreflightError listing every missing piece."""
     from .devices import INSTALL_HINT, find_npus, find_rai_tool, tool_version
 
-    need = [t for s in stages for t in ([getattr(s, "TOOL")] if hasattr(s, "TOOL") else [])]
+    need = [t for s in stages for t in ([s.TOOL] if hasattr(s, "TOOL") else [])]
     problems, tools, versions = [], {}, {}
     for t in dict.fromkeys(need):
         path = rai_env.tool(t) if rai_env is not None else find_rai_tool(t)
@@ -669,11 +791,15 @@ def preflight(target: str, stages, skip_device_check: bool = False, rai_env=None
             problems.append("no Ryzen AI NPU found (PCI 1022:17F0); pass --skip-device-check on a build machine")
         elif target == "hybrid" and not any(n.supports_hybrid for n in npus):
             n = npus[0]
-            problems.append(f"the NPU is {n.name} (PCI {n.pci_id}, rev 0x{n.revision:02x}): OGA hybrid models need "
-                            "Strix or Krackan; Phoenix/Hawk Point are not supported for OGA LLMs")
+            problems.append(
+                f"the NPU is {n.name} (PCI {n.pci_id}, rev 0x{n.revision:02x}): OGA hybrid models need "
+                "Strix or Krackan; Phoenix/Hawk Point are not supported for OGA LLMs"
+            )
     if problems:
-        raise PreflightError(f"--target {target} cannot run here:\n  - " + "\n  - ".join(problems),
-                             "install what is missing (nothing was written)")
+        raise PreflightError(
+            f"--target {target} cannot run here:\n  - " + "\n  - ".join(problems),
+            "install what is missing (nothing was written)",
+        )
     return tools, versions
 
 
@@ -693,16 +819,33 @@ def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
         if hasattr(s, "TOOL"):
             found = probe.rai_env.tool(s.TOOL) if probe.rai_env is not None else find_rai_tool(s.TOOL)
             tools[s.TOOL] = found or s.TOOL  # not found: _rai_env noted why the real run would stop
-    calib_key = "builtin" if calib_text == "builtin" else \
-        (_file_key(Path(calib_text)) if Path(calib_text).is_file() else calib_text)
-    ctx = StageContext(req.target, recipe, out, calib_text, calib_key, {}, req.trace, rai_version=probe.rai_version,
-                       rai_source=probe.rai_source, dd_plugins=probe.dd_plugins, tools=tools, rai_env=probe.rai_env)
+    calib_key = (
+        "builtin"
+        if calib_text == "builtin"
+        else (_file_key(Path(calib_text)) if Path(calib_text).is_file() else calib_text)
+    )
+    ctx = StageContext(
+        req.target,
+        recipe,
+        out,
+        calib_text,
+        calib_key,
+        {},
+        req.trace,
+        rai_version=probe.rai_version,
+        rai_source=probe.rai_source,
+        dd_plugins=probe.dd_plugins,
+        tools=tools,
+        rai_env=probe.rai_env,
+    )
     status = _plan_status(req, ctx, src, stages, out)
     lines = [f"prepare {req.source} -> {out}  (target {req.target}, recipe {recipe.name})"]
     lines += [f"note: {n}" for n in notes]
     if hf_guess is None and src.kind != "folder" and recipe.quantize.engine != "gguf":  # gguf: the file's blocks
-        lines.append(f"note: the group size is checked against the model's widths after the source step "
-                     f"(recipe: {recipe.quantize.group_size})")
+        lines.append(
+            f"note: the group size is checked against the model's widths after the source step "
+            f"(recipe: {recipe.quantize.group_size})"
+        )
     if status.get("_stop"):
         lines.append(f"note: {status['_stop']}")
     total = len(stages) + 1
@@ -716,23 +859,33 @@ def _dry_run(req, probe: StageContext, src, stages, notes) -> PrepareResult:
             lines.append(f"[{i}/{total}] {s.NAME}: already done ({stage_dir(out, s.NAME)})")
         else:
             est = _estimate_line(s, ctx, in_dir) if in_dir.exists() else ""
-            lines.append(f"[{i}/{total}] {s.NAME}: {what}" + (f" ({est})" if est else "")
-                         + f": writes {part} then renames it to {stage_dir(out, s.NAME)}")
+            lines.append(
+                f"[{i}/{total}] {s.NAME}: {what}"
+                + (f" ({est})" if est else "")
+                + f": writes {part} then renames it to {stage_dir(out, s.NAME)}"
+            )
             lines += ["    " + ln for ln in s.describe(ctx, in_dir, part)]
             lines.append(f"    log: {out / LOGS_DIR / (s.NAME + '.log')}")
         reports.append(StageReport(s.NAME, "skipped" if what == "already done" else "planned"))
         if s.PRODUCES_MODEL:
             in_dir = stage_dir(out, s.NAME)
-    extra_env = {k: v for k, v in ctx.tool_env().items() if k.startswith(("DD_PLUGINS", "OGA_NPU", "HF_", "RYZEN"))
-                 and os.environ.get(k) != v}
+    extra_env = {
+        k: v
+        for k, v in ctx.tool_env().items()
+        if k.startswith(("DD_PLUGINS", "OGA_NPU", "HF_", "RYZEN")) and os.environ.get(k) != v
+    }
     env_all = {k: v for k, v in ctx.tool_env().items() if k.startswith(("DD_PLUGINS", "OGA_NPU", "HF_", "RYZEN"))}
-    lines.append("environment for tools: " + (", ".join(f"{k}={v}" for k, v in sorted(env_all.items())) or
-                                              "inherited, nothing added"))
+    lines.append(
+        "environment for tools: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(env_all.items())) or "inherited, nothing added")
+    )
     if extra_env:
         lines.append("  added by oga-npu: " + ", ".join(f"{k}={v}" for k, v in sorted(extra_env.items())))
     if ctx.rai_env is not None:
-        lines.append(f"AMD's stages run in the {ctx.rai_env.describe()}: its folders first on PATH, "
-                     "PYTHONPATH/PYTHONHOME/VIRTUAL_ENV removed")
+        lines.append(
+            f"AMD's stages run in the {ctx.rai_env.describe()}: its folders first on PATH, "
+            "PYTHONPATH/PYTHONHOME/VIRTUAL_ENV removed"
+        )
     lines.append(f"publish: link the model files into {out} and write oga_npu_manifest.json last")
     lines.append("dry run: nothing was written")
     return PrepareResult(out, reports, None, plan=lines, notes=notes)

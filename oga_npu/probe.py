@@ -21,23 +21,26 @@ PROBE_TOKENS = 4
 PROBE_TIMEOUT_S = 300
 # Lines in a failed probe's stderr that name the cause, best first: the Vulkan loader's own
 # words, then Dawn's/ORT's.
-CAUSE_RES = (re.compile(r"vkCreateInstance|\bICD\b|libvulkan|cannot open shared object", re.I),
-             re.compile(r"adapter|Vulkan|Failed to", re.I), re.compile(r"error", re.I))
+CAUSE_RES = (
+    re.compile(r"vkCreateInstance|\bICD\b|libvulkan|cannot open shared object", re.I),
+    re.compile(r"adapter|Vulkan|Failed to", re.I),
+    re.compile(r"error", re.I),
+)
 
 
 @dataclass
 class ProbeResult:
     ok: bool
-    crash: str | None = None      # 'SIGSEGV', '0xC0000409', ... when the child died of a signal
-    phase: str | None = None      # what was running when it failed (loading, generating with)
-    message: str = ""             # the cause (the loader's own words where there are some)
-    info: dict | None = None      # what a successful probe reports
-    log: Path | None = None       # a crashed probe's stderr (with faulthandler's Python stacks)
+    crash: str | None = None  # 'SIGSEGV', '0xC0000409', ... when the child died of a signal
+    phase: str | None = None  # what was running when it failed (loading, generating with)
+    message: str = ""  # the cause (the loader's own words where there are some)
+    info: dict | None = None  # what a successful probe reports
+    log: Path | None = None  # a crashed probe's stderr (with faulthandler's Python stacks)
 
 
 def _cause(err: str) -> str:
     lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
-    errors = [ln[len("Error: "):] for ln in lines if ln.startswith("Error: ")]
+    errors = [ln[len("Error: ") :] for ln in lines if ln.startswith("Error: ")]
     if errors:
         return errors[-1]
     for cause in CAUSE_RES:
@@ -53,8 +56,11 @@ def _run(args: list[str], timeout: float) -> ProbeResult:
 
     with tempfile.TemporaryDirectory(prefix="oga-npu-probe-") as d:
         status = Path(d) / "status.json"
-        code, out, err = capture([sys.executable, "-X", "faulthandler", "-m", "oga_npu.probe", *args],
-                                 env=tool_env({**network_env(), STATUS_ENV: str(status)}), timeout=timeout)
+        code, out, err = capture(
+            [sys.executable, "-X", "faulthandler", "-m", "oga_npu.probe", *args],
+            env=tool_env({**network_env(), STATUS_ENV: str(status)}),
+            timeout=timeout,
+        )
         st = read_status(status)
     sig = signal_name(code)
     if code == 0:
@@ -72,10 +78,14 @@ def _run(args: list[str], timeout: float) -> ProbeResult:
             log.write_text(err, encoding="utf-8")
         except OSError:
             log = None
-        err = "\n".join(ln for ln in err.splitlines() if not ln.startswith(("Fatal Python error", "Thread 0x",
-                                                                             "Current thread", "  File ")))
-    return ProbeResult(False, sig, st.get("phase"), _cause(err) if not sig else (_cause(err) if err.strip() else ""),
-                       log=log)
+        err = "\n".join(
+            ln
+            for ln in err.splitlines()
+            if not ln.startswith(("Fatal Python error", "Thread 0x", "Current thread", "  File "))
+        )
+    return ProbeResult(
+        False, sig, st.get("phase"), _cause(err) if not sig else (_cause(err) if err.strip() else ""), log=log
+    )
 
 
 def probe_model(path: Path, provider: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
@@ -113,9 +123,12 @@ def _webgpu() -> dict:
     devices = [d for d in ort.get_ep_devices() if d.ep_name == webgpu.EP_NAME]
     if not devices:
         raise RuntimeError("the WebGPU EP lists no device")
-    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "probe",
-                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("a", "b")],
-                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, [4])])
+    g = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["c"])],
+        "probe",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [4])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     so = ort.SessionOptions()
@@ -146,8 +159,7 @@ def main(argv: list[str]) -> int:
         print(f"Error: {e.message}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - the probe reports any failure as its cause
-        print(f"Error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-              file=sys.stderr)
+        print(f"Error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", file=sys.stderr)
         return 1
     print(json.dumps(info))
     return 0

@@ -28,17 +28,17 @@ from pathlib import Path
 
 from .errors import ChatTemplateError
 
-_PRIVATE = "\ue000"   # private-use character: never a special token, not whitespace
+_PRIVATE = "\ue000"  # private-use character: never a special token, not whitespace
 
 
 @dataclass
 class _Tok:
-    hf: object | None                # tokenizers.Tokenizer with encode_special_tokens on, or None
-    hf_parse: object | None          # the same with special tokens parsed (whole strings)
-    specials: dict[str, int]         # control string -> id
-    rstrip: set[str]                 # added tokens that eat whitespace after them
-    lstrip: set[str]                 # ... before them
-    bos: int | None                  # id to put first in raw prompts, None when not asked for
+    hf: object | None  # tokenizers.Tokenizer with encode_special_tokens on, or None
+    hf_parse: object | None  # the same with special tokens parsed (whole strings)
+    specials: dict[str, int]  # control string -> id
+    rstrip: set[str]  # added tokens that eat whitespace after them
+    lstrip: set[str]  # ... before them
+    bos: int | None  # id to put first in raw prompts, None when not asked for
     pattern: re.Pattern | None
 
 
@@ -70,7 +70,7 @@ def _load(folder: Path) -> _Tok:
                     rstrip.add(t.content)
                 if t.lstrip:
                     lstrip.add(t.content)
-    else:   # no tokenizer.json: the control strings tokenizer_config names (refused in contents)
+    else:  # no tokenizer.json: the control strings tokenizer_config names (refused in contents)
         for i, t in (cfg.get("added_tokens_decoder") or {}).items():
             if isinstance(t, dict) and t.get("special") and t.get("content"):
                 specials[t["content"]] = int(i)
@@ -83,10 +83,10 @@ def _load(folder: Path) -> _Tok:
         bos_id = hf_parse.token_to_id(bos_tok) if isinstance(bos_tok, str) else None
         if add is True and bos_id is not None:
             bos = bos_id
-        elif add is None:   # no setting: what the post-processor does (transformers' tokenizer(text))
+        elif add is None:  # no setting: what the post-processor does (transformers' tokenizer(text))
             probe = hf_parse.encode("a", add_special_tokens=True).ids
             plain = hf_parse.encode("a", add_special_tokens=False).ids
-            if len(probe) > len(plain) and probe[-len(plain):] == plain:
+            if len(probe) > len(plain) and probe[-len(plain) :] == plain:
                 bos = probe[0]
     pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))) if specials else None
     return _Tok(hf, hf_parse, specials, rstrip, lstrip, bos, pattern)
@@ -133,25 +133,36 @@ def chat_ids(lm, messages: list[dict], render) -> list[int]:
             return _oga(lm, text)
         return list(t.hf_parse.encode(text, add_special_tokens=False).ids)
     if t.hf is None:
-        raise ChatTemplateError("a message holds one of the model's control strings (e.g. "
-                                f"{next(iter(t.specials))!r}) and this model folder has no tokenizer.json to "
-                                "tokenize it as text", "remove the control strings from the message")
-    clean = [dict(m, content=t.pattern.sub(lambda mo: _PRIVATE * len(mo.group()), m["content"]))
-             if isinstance(m.get("content"), str) else m for m in messages]
+        raise ChatTemplateError(
+            "a message holds one of the model's control strings (e.g. "
+            f"{next(iter(t.specials))!r}) and this model folder has no tokenizer.json to "
+            "tokenize it as text",
+            "remove the control strings from the message",
+        )
+    clean = [
+        dict(m, content=t.pattern.sub(lambda mo: _PRIVATE * len(mo.group()), m["content"]))
+        if isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
     safe = render(clean)
     if len(safe) != len(text):
-        raise ChatTemplateError("a message holds one of the model's control strings and this chat template "
-                                "changes the text around it, so it cannot be kept as text",
-                                "remove the control strings from the message")
+        raise ChatTemplateError(
+            "a message holds one of the model's control strings and this chat template "
+            "changes the text around it, so it cannot be kept as text",
+            "remove the control strings from the message",
+        )
     ids: list[int] = []
     pos = 0
     pending_lstrip = False
     for mo in t.pattern.finditer(safe):
         s = mo.group()
-        if text[mo.start():mo.end()] != s:   # pragma: no cover - the renders disagree
-            raise ChatTemplateError("the chat template renders differently for the same messages",
-                                    "remove the control strings from the message")
-        span = text[pos:mo.start()]
+        if text[mo.start() : mo.end()] != s:  # pragma: no cover - the renders disagree
+            raise ChatTemplateError(
+                "the chat template renders differently for the same messages",
+                "remove the control strings from the message",
+            )
+        span = text[pos : mo.start()]
         if pending_lstrip:
             span = span.lstrip()
         if s in t.lstrip:

@@ -93,9 +93,12 @@ class BuildConfig(_Strict):
 # model one token at a time. direct_decode: greedy decode 277-290 -> 484-502 tok/s there
 # (docs/performance.md).
 DEFAULT_BUILD = {
-    "cpu": BuildConfig(extra_options={"accuracy_level": 4, "prune_lm_head": True}, session_options={"intra_op_num_threads": "auto"}),
-    "webgpu": BuildConfig(extra_options={"enable_webgpu_graph": True, "prune_lm_head": True}, float32_logits=True,
-                          direct_decode=True),
+    "cpu": BuildConfig(
+        extra_options={"accuracy_level": 4, "prune_lm_head": True}, session_options={"intra_op_num_threads": "auto"}
+    ),
+    "webgpu": BuildConfig(
+        extra_options={"enable_webgpu_graph": True, "prune_lm_head": True}, float32_logits=True, direct_decode=True
+    ),
 }
 
 
@@ -190,14 +193,17 @@ def find_recipe(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".toml" or os.sep in name_or_path or "/" in name_or_path:
         if not p.is_file():
-            raise RecipeError(f"recipe file not found: {p}", "pass a .toml path that exists, or a name from `oga-npu recipes`")
+            raise RecipeError(
+                f"recipe file not found: {p}", "pass a .toml path that exists, or a name from `oga-npu recipes`"
+            )
         return p
     known = list_recipes()
     if name_or_path in known:
         return known[name_or_path]
     names = ", ".join(sorted(known)) or "(none found)"
-    raise RecipeError(f"unknown recipe '{name_or_path}' (known: {names})",
-                      "pass one of the known names or a path to a .toml file")
+    raise RecipeError(
+        f"unknown recipe '{name_or_path}' (known: {names})", "pass one of the known names or a path to a .toml file"
+    )
 
 
 def load_recipe(name_or_path: str = DEFAULT_RECIPE) -> Recipe:

@@ -29,11 +29,17 @@ from .errors import PreflightError
 
 DEFAULT_RELEASE_HINT = "ryzen-ai-1.8.0"
 # AMD's onnxruntime-genai first: the distribution whose builder and runtime a release uses.
-OGA_DISTRIBUTIONS = ("onnxruntime-genai-directml-ryzenai", "onnxruntime-genai-directml", "onnxruntime-genai",
-                     "onnxruntime-genai-cuda")
-ENV_FIX = (f"install Ryzen AI Software 1.6+ (Windows 11) and pass its conda env folder with --rai-env "
-           f"(e.g. %USERPROFILE%\\miniforge3\\envs\\{DEFAULT_RELEASE_HINT}), or run `conda activate "
-           f"{DEFAULT_RELEASE_HINT}` before oga-npu")
+OGA_DISTRIBUTIONS = (
+    "onnxruntime-genai-directml-ryzenai",
+    "onnxruntime-genai-directml",
+    "onnxruntime-genai",
+    "onnxruntime-genai-cuda",
+)
+ENV_FIX = (
+    f"install Ryzen AI Software 1.6+ (Windows 11) and pass its conda env folder with --rai-env "
+    f"(e.g. %USERPROFILE%\\miniforge3\\envs\\{DEFAULT_RELEASE_HINT}), or run `conda activate "
+    f"{DEFAULT_RELEASE_HINT}` before oga-npu"
+)
 RELEASE_RE = re.compile(r"ryzen[-_ ]?ai[-_ \\/]*(?:software[-_ \\/]*)?(\d+\.\d+(?:\.\d+)?)", re.I)
 
 
@@ -42,24 +48,35 @@ class Release:
     """What differs between Ryzen AI releases (../shared/ryzen-ai-reference.md)."""
 
     version: str
-    oga: str                           # onnxruntime-genai-directml-ryzenai that the release pins
-    io_flags: bool                     # model_generate --input/--output (1.7.1+) instead of <out> <in>
+    oga: str  # onnxruntime-genai-directml-ryzenai that the release pins
+    io_flags: bool  # model_generate --input/--output (1.7.1+) instead of <out> <in>
     npu_variants: tuple[str, ...] = ()  # model_generate --npu --<variant> (1.8)
     benchmark_one_length: bool = False  # model_benchmark: one -l value, no --prompt_file with -l (1.8)
-    linux_npu: bool = False             # NPU-only models run on Linux (1.8)
+    linux_npu: bool = False  # NPU-only models run on Linux (1.8)
 
 
 RELEASES = {
     "1.6": Release("1.6", "0.9.2", io_flags=False),
     "1.7": Release("1.7", "0.11.2", io_flags=False),
     "1.7.1": Release("1.7.1", "0.11.2", io_flags=True),
-    "1.8": Release("1.8", "0.14.0", io_flags=True, npu_variants=("full_fusion", "token_fusion", "basic", "eager"),
-                   benchmark_one_length=True, linux_npu=True),
+    "1.8": Release(
+        "1.8",
+        "0.14.0",
+        io_flags=True,
+        npu_variants=("full_fusion", "token_fusion", "basic", "eager"),
+        benchmark_one_length=True,
+        linux_npu=True,
+    ),
 }
 # onnxruntime-genai 0.18 renamed the builder's int4_* options; 0.14 and older know only the old names.
-OLD_BUILDER_NAMES = {"accuracy_level": "int4_accuracy_level", "block_size": "int4_block_size",
-                     "is_symmetric": "int4_is_symmetric", "op_types_to_quantize": "int4_op_types_to_quantize",
-                     "nodes_to_exclude": "int4_nodes_to_exclude", "algo_config": "int4_algo_config"}
+OLD_BUILDER_NAMES = {
+    "accuracy_level": "int4_accuracy_level",
+    "block_size": "int4_block_size",
+    "is_symmetric": "int4_is_symmetric",
+    "op_types_to_quantize": "int4_op_types_to_quantize",
+    "nodes_to_exclude": "int4_nodes_to_exclude",
+    "algo_config": "int4_algo_config",
+}
 RENAMED_IN = (0, 18)
 # Builder options and the first onnxruntime-genai that knows them.
 BUILDER_OPTION_SINCE = {"windowed_kv_cache": (0, 18), "enable_dml_graph": (0, 18), "prune_lm_head": (0, 14)}
@@ -76,15 +93,18 @@ def release(version: str) -> Release:
     if len(t) < 2:
         raise PreflightError(f"'{version}' is not a Ryzen AI release", "pass --rai-version 1.6, 1.7, 1.7.1 or 1.8")
     if t < (1, 6):
-        raise PreflightError(f"Ryzen AI {version} is older than 1.6, the first release with the flow oga-npu runs",
-                             "install Ryzen AI Software 1.6 or newer")
+        raise PreflightError(
+            f"Ryzen AI {version} is older than 1.6, the first release with the flow oga-npu runs",
+            "install Ryzen AI Software 1.6 or newer",
+        )
     key = "1.7.1" if (1, 7, 1) <= t < (1, 8) else f"{t[0]}.{t[1]}"
     if key in RELEASES:
         return RELEASES[key]
     newest = max(RELEASES.values(), key=lambda r: vtuple(r.version))
     if t > vtuple(newest.version):
-        return Release(key, newest.oga, newest.io_flags, newest.npu_variants, newest.benchmark_one_length,
-                       newest.linux_npu)
+        return Release(
+            key, newest.oga, newest.io_flags, newest.npu_variants, newest.benchmark_one_length, newest.linux_npu
+        )
     raise PreflightError(f"unknown Ryzen AI release {version}", "pass --rai-version 1.6, 1.7, 1.7.1 or 1.8")
 
 
@@ -96,8 +116,9 @@ def host_os() -> str:
 
 
 def _site_packages(prefix: Path) -> list[Path]:
-    return [p for p in [prefix / "Lib" / "site-packages", *sorted(prefix.glob("lib/python3*/site-packages"))]
-            if p.is_dir()]
+    return [
+        p for p in [prefix / "Lib" / "site-packages", *sorted(prefix.glob("lib/python3*/site-packages"))] if p.is_dir()
+    ]
 
 
 def installed_distributions(prefix: Path) -> dict[str, str]:
@@ -123,8 +144,8 @@ def _python_in(prefix: Path) -> Path | None:
 class RaiEnv:
     prefix: Path
     release: Release
-    source: str                 # how the env was found
-    release_source: str         # how its release was told
+    source: str  # how the env was found
+    release_source: str  # how its release was told
     python: Path | None
     packages: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
@@ -166,7 +187,7 @@ class RaiEnv:
         to_new = {v: k for k, v in OLD_BUILDER_NAMES.items()}
         out, dropped = {}, []
         for k, v in options.items():
-            name = (to_new.get(k, k) if new_names else OLD_BUILDER_NAMES.get(k, k))
+            name = to_new.get(k, k) if new_names else OLD_BUILDER_NAMES.get(k, k)
             since = BUILDER_OPTION_SINCE.get(to_new.get(k, k))
             if since and oga < since:
                 dropped.append(k)
@@ -206,8 +227,10 @@ class RaiEnv:
         return lines
 
     def describe(self) -> str:
-        return (f"Ryzen AI {self.release.version} env {self.prefix} ({self.source}; release from "
-                f"{self.release_source}; builder {self.builder_id})")
+        return (
+            f"Ryzen AI {self.release.version} env {self.prefix} ({self.source}; release from "
+            f"{self.release_source}; builder {self.builder_id})"
+        )
 
     def problems(self, tools: list[str], builder: bool) -> list[str]:
         """What this env lacks for the given tools and the -e dml build."""
@@ -216,17 +239,24 @@ class RaiEnv:
             if self.python is None:
                 out.append(f"no Python in {self.prefix} (python.exe or bin/python)")
             if self.oga is None:
-                out.append(f"no onnxruntime-genai in {self.prefix} (AMD's onnxruntime-genai-directml-ryzenai "
-                           "holds the builder)")
+                out.append(
+                    f"no onnxruntime-genai in {self.prefix} (AMD's onnxruntime-genai-directml-ryzenai "
+                    "holds the builder)"
+                )
         for t in tools:
             if self.tool(t) is None:
                 out.append(f"{t} not found in {self.prefix} (Scripts/, bin/)")
         return out
 
     def to_dict(self) -> dict:
-        return {"prefix": str(self.prefix), "release": self.release.version, "source": self.source,
-                "release_source": self.release_source, "python": str(self.python) if self.python else None,
-                "onnxruntime_genai": self.builder_id}
+        return {
+            "prefix": str(self.prefix),
+            "release": self.release.version,
+            "source": self.source,
+            "release_source": self.release_source,
+            "python": str(self.python) if self.python else None,
+            "onnxruntime_genai": self.builder_id,
+        }
 
 
 def _opt(v) -> str:
@@ -252,8 +282,11 @@ def _candidates(explicit: Path | None) -> list[tuple[Path, str]]:
 def _release_of(prefix: Path, packages: dict, explicit: str | None) -> tuple[Release, str]:
     if explicit:
         return release(explicit), "--rai-version"
-    for text in (prefix.name, os.environ.get("CONDA_DEFAULT_ENV", "") if str(prefix) == os.environ.get("CONDA_PREFIX")
-                 else "", str(prefix)):
+    for text in (
+        prefix.name,
+        os.environ.get("CONDA_DEFAULT_ENV", "") if str(prefix) == os.environ.get("CONDA_PREFIX") else "",
+        str(prefix),
+    ):
         m = RELEASE_RE.search(text)
         if m:
             return release(m.group(1)), f"the env's name ({m.group(0)})"
@@ -265,15 +298,20 @@ def _release_of(prefix: Path, packages: dict, explicit: str | None) -> tuple[Rel
         if len(matches) == 1:
             return matches[0], f"onnxruntime-genai-directml-ryzenai {amd}"
         if matches:
-            raise PreflightError(f"{prefix} holds onnxruntime-genai-directml-ryzenai {amd}, which Ryzen AI "
-                                 f"{' and '.join(r.version for r in matches)} both pin",
-                                 f"pass --rai-version {' or '.join(r.version for r in matches)}")
+            raise PreflightError(
+                f"{prefix} holds onnxruntime-genai-directml-ryzenai {amd}, which Ryzen AI "
+                f"{' and '.join(r.version for r in matches)} both pin",
+                f"pass --rai-version {' or '.join(r.version for r in matches)}",
+            )
     rai = os.environ.get("RYZEN_AI_INSTALLATION_PATH", "")
     m = RELEASE_RE.search(rai) or re.search(r"(\d+\.\d+(?:\.\d+)?)[\\/]*$", rai)
     if rai and m:
         return release(m.group(1)), "RYZEN_AI_INSTALLATION_PATH"
-    raise PreflightError(f"cannot tell which Ryzen AI release {prefix} is (not in its name, no model-generate or "
-                         "AMD onnxruntime-genai package)", "pass --rai-version 1.6, 1.7, 1.7.1 or 1.8")
+    raise PreflightError(
+        f"cannot tell which Ryzen AI release {prefix} is (not in its name, no model-generate or "
+        "AMD onnxruntime-genai package)",
+        "pass --rai-version 1.6, 1.7, 1.7.1 or 1.8",
+    )
 
 
 def find_env(explicit: Path | None = None, rai_version: str | None = None) -> RaiEnv | None:
@@ -292,24 +330,25 @@ def find_env(explicit: Path | None = None, rai_version: str | None = None) -> Ra
 
 def not_found_message() -> str:
     rai = os.environ.get("RYZEN_AI_INSTALLATION_PATH")
-    where = (f"RYZEN_AI_INSTALLATION_PATH={rai} holds no Python" if rai else "RYZEN_AI_INSTALLATION_PATH is not set")
+    where = f"RYZEN_AI_INSTALLATION_PATH={rai} holds no Python" if rai else "RYZEN_AI_INSTALLATION_PATH is not set"
     return f"no Ryzen AI environment found (no --rai-env, no active ryzen-ai-X.Y.Z conda env, {where})"
 
 
-def require_env(target: str, explicit: Path | None, rai_version: str | None, tools: list[str],
-                builder: bool) -> RaiEnv:
+def require_env(target: str, explicit: Path | None, rai_version: str | None, tools: list[str], builder: bool) -> RaiEnv:
     """The env for a Ryzen AI target, checked for the tools and builder it needs; else one
     PreflightError naming what is missing and the fix (raised before anything is written)."""
     env = find_env(explicit, rai_version)
     if env is None:
-        raise PreflightError(f"--target {target} runs AMD's tools in the Ryzen AI release's environment: "
-                             + not_found_message(), ENV_FIX)
+        raise PreflightError(
+            f"--target {target} runs AMD's tools in the Ryzen AI release's environment: " + not_found_message(), ENV_FIX
+        )
     missing = env.problems(tools, builder)
     if missing:
-        raise PreflightError(f"the Ryzen AI {env.release.version} env {env.prefix} cannot run --target {target}: "
-                             + "; ".join(missing),
-                             f"repair it with AMD's installer (Ryzen AI Software {env.release.version}), or pass "
-                             "--rai-env with a complete one")
+        raise PreflightError(
+            f"the Ryzen AI {env.release.version} env {env.prefix} cannot run --target {target}: " + "; ".join(missing),
+            f"repair it with AMD's installer (Ryzen AI Software {env.release.version}), or pass "
+            "--rai-env with a complete one",
+        )
     return env
 
 
@@ -318,13 +357,17 @@ def check_host(target: str) -> None:
     if target not in ("hybrid", "npu") or host_os() == "Windows":
         return
     if target == "npu":
-        raise PreflightError(f"--target npu needs model_generate, which runs only on Windows (this is {host_os()}); "
-                             "Ryzen AI 1.8 runs NPU models on Linux but does not make them",
-                             "prepare it on a Windows 11 PC with Ryzen AI 1.8 (oga-npu prepare MODEL --target npu), "
-                             "copy the folder here, then oga-npu run -m FOLDER (nothing was written)")
-    raise PreflightError(f"--target hybrid needs model_generate, which runs only on Windows (this is {host_os()}); "
-                         "hybrid models also run on Windows 11 only",
-                         "prepare and run it on a Windows 11 PC with Ryzen AI Software (nothing was written)")
+        raise PreflightError(
+            f"--target npu needs model_generate, which runs only on Windows (this is {host_os()}); "
+            "Ryzen AI 1.8 runs NPU models on Linux but does not make them",
+            "prepare it on a Windows 11 PC with Ryzen AI 1.8 (oga-npu prepare MODEL --target npu), "
+            "copy the folder here, then oga-npu run -m FOLDER (nothing was written)",
+        )
+    raise PreflightError(
+        f"--target hybrid needs model_generate, which runs only on Windows (this is {host_os()}); "
+        "hybrid models also run on Windows 11 only",
+        "prepare and run it on a Windows 11 PC with Ryzen AI Software (nothing was written)",
+    )
 
 
 # ---------------------------------------------------------------- Linux NPU runtime (Ryzen AI 1.8)
@@ -364,32 +407,52 @@ def linux_npu_checks() -> list[Check]:
     if xrt and Path(xrt).is_dir():
         out.append(Check(True, f"XRT set up (XILINX_XRT={xrt})"))
     elif setup.is_file():
-        out.append(Check(False, "XRT is installed but not set up in this shell (XILINX_XRT is not set)",
-                         f"source {setup}"))
+        out.append(
+            Check(False, "XRT is installed but not set up in this shell (XILINX_XRT is not set)", f"source {setup}")
+        )
     else:
-        out.append(Check(False, f"XRT is not installed ({setup} is missing)",
-                         "install Ryzen AI 1.8 for Linux (install_ryzen_ai.sh), then source /opt/xilinx/xrt/setup.sh"))
+        out.append(
+            Check(
+                False,
+                f"XRT is not installed ({setup} is missing)",
+                "install Ryzen AI 1.8 for Linux (install_ryzen_ai.sh), then source /opt/xilinx/xrt/setup.sh",
+            )
+        )
     node = _accel_node()
     if node.exists():
         out.append(Check(True, f"NPU device {node} (amdxdna)"))
     else:
-        out.append(Check(False, f"no NPU device {node}: the amdxdna driver is not loaded",
-                         "install the amdxdna driver from Ryzen AI 1.8 for Linux (a Strix/Krackan NPU and a "
-                         "supported kernel), then reboot or `sudo modprobe amdxdna`"))
+        out.append(
+            Check(
+                False,
+                f"no NPU device {node}: the amdxdna driver is not loaded",
+                "install the amdxdna driver from Ryzen AI 1.8 for Linux (a Strix/Krackan NPU and a "
+                "supported kernel), then reboot or `sudo modprobe amdxdna`",
+            )
+        )
     lim = memlock_limit()
     if lim == -1:
         out.append(Check(True, "memlock limit: unlimited"))
     elif lim is not None:
-        out.append(Check(False, f"memlock limit is {lim // 1024} KiB; the NPU runtime needs it unlimited",
-                         "ulimit -l unlimited in this shell (or `* - memlock unlimited` in "
-                         "/etc/security/limits.conf, then log in again)"))
+        out.append(
+            Check(
+                False,
+                f"memlock limit is {lim // 1024} KiB; the NPU runtime needs it unlimited",
+                "ulimit -l unlimited in this shell (or `* - memlock unlimited` in "
+                "/etc/security/limits.conf, then log in again)",
+            )
+        )
     ep = os.environ.get("RYZENAI_EP_PATH")
     if ep and Path(ep).exists():
         out.append(Check(True, f"RyzenAI EP: RYZENAI_EP_PATH={ep}"))
     else:
-        out.append(Check(False, "RYZENAI_EP_PATH " + (f"={ep} does not exist" if ep else "is not set"),
-                         "set RYZENAI_EP_PATH to the RyzenAI execution provider library of the Ryzen AI 1.8 "
-                         "Linux install"))
+        out.append(
+            Check(
+                False,
+                "RYZENAI_EP_PATH " + (f"={ep} does not exist" if ep else "is not set"),
+                "set RYZENAI_EP_PATH to the RyzenAI execution provider library of the Ryzen AI 1.8 Linux install",
+            )
+        )
     return out
 
 
@@ -399,8 +462,10 @@ def runtime_problem(config: dict, manifest: dict | None) -> str | None:
     if host_os() == "Windows":
         return None
     if folder_kind(config, manifest) == "hybrid":
-        return (f"this is a hybrid (NPU + iGPU) model: hybrid models run on Windows 11 only (this is {host_os()}); "
-                "Ryzen AI 1.8 runs NPU-only models on Linux (prepare --target npu on Windows)")
+        return (
+            f"this is a hybrid (NPU + iGPU) model: hybrid models run on Windows 11 only (this is {host_os()}); "
+            "Ryzen AI 1.8 runs NPU-only models on Linux (prepare --target npu on Windows)"
+        )
     bad = [c for c in linux_npu_checks() if not c.ok]
     if bad:
         return "; ".join(f"{c.what} (fix: {c.fix})" for c in bad)
@@ -424,13 +489,20 @@ def doctor_checks(model_config: dict | None = None) -> list[Check]:
 
     if host_os() != "Linux":
         return []
-    ryzenai_model = bool(model_config) and "ryzenai" in str(
-        model_config.get("model", {}).get("decoder", {}).get("session_options", {})).lower()
+    ryzenai_model = (
+        bool(model_config)
+        and "ryzenai" in str(model_config.get("model", {}).get("decoder", {}).get("session_options", {})).lower()
+    )
     npus = find_npus()
     if not (npus or ryzenai_model or os.environ.get("XILINX_XRT") or os.environ.get("RYZENAI_EP_PATH")):
         return [Check(True, "no Ryzen AI NPU here: the Linux NPU checks (XRT, /dev/accel/accel0, memlock) are skipped")]
     checks = linux_npu_checks()
     if npus and not any(n.supports_hybrid for n in npus):
-        checks.append(Check(False, f"the NPU is {npus[0].name}: Ryzen AI LLMs need Strix or Krackan",
-                            "run NPU models on a Strix/Krackan PC"))
+        checks.append(
+            Check(
+                False,
+                f"the NPU is {npus[0].name}: Ryzen AI LLMs need Strix or Krackan",
+                "run NPU models on a Strix/Krackan PC",
+            )
+        )
     return checks

@@ -55,17 +55,21 @@ def supported(og=None) -> bool:
     return hasattr(og.GeneratorParams, "set_speculative_options")
 
 
-def parse(speculative: str | None, draft_model: Path | None, draft_tokens: int = 4,
-          ngram_size: int = 3) -> Speculation | None:
+def parse(
+    speculative: str | None, draft_model: Path | None, draft_tokens: int = 4, ngram_size: int = 3
+) -> Speculation | None:
     """The CLI flags (--speculative ngram | --draft-model DIR, --draft-tokens K) as a Speculation."""
     if speculative is None and draft_model is None:
         return None
     if speculative is not None and draft_model is not None:
-        raise GenerationError("--speculative ngram and --draft-model cannot be combined (onnxruntime-genai "
-                              "runs one proposer)", "pass one of them")
+        raise GenerationError(
+            "--speculative ngram and --draft-model cannot be combined (onnxruntime-genai runs one proposer)",
+            "pass one of them",
+        )
     if speculative is not None and speculative not in METHODS:
-        raise GenerationError(f"unknown --speculative '{speculative}'",
-                              "pass --speculative ngram, or --draft-model DIR for a draft model")
+        raise GenerationError(
+            f"unknown --speculative '{speculative}'", "pass --speculative ngram, or --draft-model DIR for a draft model"
+        )
     if not 1 <= draft_tokens <= 16:
         raise GenerationError(f"--draft-tokens must be 1 to 16 (got {draft_tokens})", "pass e.g. --draft-tokens 4")
     if not 2 <= ngram_size <= 16:
@@ -73,9 +77,11 @@ def parse(speculative: str | None, draft_model: Path | None, draft_tokens: int =
     if not supported():
         import onnxruntime_genai as og
 
-        raise GenerationError(f"speculative decoding needs onnxruntime-genai 0.18 or newer "
-                              f"(installed: {getattr(og, '__version__', 'older')})",
-                              "pip install 'onnxruntime-genai>=0.18', or drop --speculative/--draft-model")
+        raise GenerationError(
+            f"speculative decoding needs onnxruntime-genai 0.18 or newer "
+            f"(installed: {getattr(og, '__version__', 'older')})",
+            "pip install 'onnxruntime-genai>=0.18', or drop --speculative/--draft-model",
+        )
     if draft_model is not None:
         return Speculation("draft", draft_tokens, ngram_size, Path(draft_model))
     return Speculation("ngram", draft_tokens, ngram_size)
@@ -86,7 +92,9 @@ def _decoder(path: Path) -> tuple[dict, dict]:
         cfg = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))
         return cfg, cfg["model"]["decoder"]
     except (OSError, ValueError, KeyError) as e:
-        raise ModelFolderError(f"{path} is no prepared model folder ({e})", "pass a folder made by oga-npu prepare") from e
+        raise ModelFolderError(
+            f"{path} is no prepared model folder ({e})", "pass a folder made by oga-npu prepare"
+        ) from e
 
 
 def pruned_logits(path: Path) -> bool:
@@ -115,7 +123,8 @@ def check_target(path: Path) -> None:
             f"{path} returns logits for the last position only (prune_lm_head): onnxruntime-genai cannot verify "
             "several drafted tokens in one step with it",
             f"prepare it with full logits: copy oga_npu/recipes/{name}.toml, set prune_lm_head = false in its "
-            f"extra_options, and run oga-npu prepare SOURCE --recipe THAT.toml -o DIR")
+            f"extra_options, and run oga-npu prepare SOURCE --recipe THAT.toml -o DIR",
+        )
 
 
 def compose_draft(target: Path, draft: Path, out_root: Path) -> Path:
@@ -126,17 +135,23 @@ def compose_draft(target: Path, draft: Path, out_root: Path) -> Path:
     dcfg, ddec = _decoder(draft)
     tv, dv = tcfg["model"].get("vocab_size"), dcfg["model"].get("vocab_size")
     if tv != dv:
-        raise GenerationError(f"the draft model's vocabulary ({dv}) is not the target's ({tv})",
-                              "pick a draft model of the same family (same tokenizer)")
+        raise GenerationError(
+            f"the draft model's vocabulary ({dv}) is not the target's ({tv})",
+            "pick a draft model of the same family (same tokenizer)",
+        )
     tok_t, tok_d = target / "tokenizer.json", draft / "tokenizer.json"
     if tok_t.exists() and tok_d.exists() and tok_t.read_bytes() != tok_d.read_bytes():
-        raise GenerationError("the draft model's tokenizer differs from the target's",
-                              "pick a draft model of the same family (same tokenizer.json)")
+        raise GenerationError(
+            "the draft model's tokenizer differs from the target's",
+            "pick a draft model of the same family (same tokenizer.json)",
+        )
     tprov = tcfg["model"]["decoder"].get("session_options", {}).get("provider_options", [])
     dprov = ddec.get("session_options", {}).get("provider_options", [])
     if [list(p) for p in tprov] != [list(p) for p in dprov]:
-        raise GenerationError("the draft model was prepared for another provider than the target",
-                              "prepare the draft model with the target's --target")
+        raise GenerationError(
+            "the draft model was prepared for another provider than the target",
+            "prepare the draft model with the target's --target",
+        )
     key = hashlib.sha256(f"{target.resolve()}|{draft.resolve()}".encode()).hexdigest()[:12]
     out = out_root / f"{target.name}+{draft.name}-{key}"
     out.mkdir(parents=True, exist_ok=True)
@@ -162,10 +177,12 @@ def attach(lm, spec: Speculation | None) -> None:
     if spec is None:
         return
     if lm.engine is not None:
-        raise GenerationError("speculative decoding runs through onnxruntime-genai, not the direct WebGPU decoder",
-                              "load the model with OGA_NPU_DECODER=oga, or drop --speculative/--draft-model")
+        raise GenerationError(
+            "speculative decoding runs through onnxruntime-genai, not the direct WebGPU decoder",
+            "load the model with OGA_NPU_DECODER=oga, or drop --speculative/--draft-model",
+        )
     check_target(Path(lm.path))
-    lm.speculative_options = tuple(spec.options().items())   # generate._oga_generator applies them
+    lm.speculative_options = tuple(spec.options().items())  # generate._oga_generator applies them
     if spec.method != "draft":
         return
     import onnxruntime_genai as og
@@ -175,7 +192,7 @@ def attach(lm, spec: Speculation | None) -> None:
 
     comp = compose_draft(Path(lm.files_path), spec.draft_dir, home() / "speculative")
     try:
-        lm._model = None   # the target alone first: one copy of its weights at a time
+        lm._model = None  # the target alone first: one copy of its weights at a time
         lm._model = og.Model(str(comp))
-    except Exception as e:  # noqa: BLE001 - native errors (draft incompatible)
+    except Exception as e:
         raise translate(e, comp) from e

@@ -15,7 +15,6 @@ two sources never share one, and removes a model folder (never any other folder)
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import shutil
@@ -23,13 +22,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hf_folder import safetensors_params
 from .errors import LockedError, ModelChoiceError, ModelFolderError, ModelNotFoundError, OutputExistsError
+from .hf_folder import safetensors_params
 from .workdir import LOCK, MANIFEST, _pid_alive, folder_state, models_dir_origin, published_files, read_json, unpublish
 
-RUNNABLE = ("ready", "external")   # external: a model folder oga-npu did not make (loads as it is)
-MAX_SUFFIX = 99                     # <name>-2 ... <name>-99 before prepare gives up on a default name
-GRAPH_LIMIT = 256 * 1024 * 1024     # read weight bits from a graph file up to this size (weights are external)
+RUNNABLE = ("ready", "external")  # external: a model folder oga-npu did not make (loads as it is)
+MAX_SUFFIX = 99  # <name>-2 ... <name>-99 before prepare gives up on a default name
+GRAPH_LIMIT = 256 * 1024 * 1024  # read weight bits from a graph file up to this size (weights are external)
 GGUF_QUANT = re.compile(r"[.\-_]((?:I?Q\d\w*)|F16|F32|BF16)$", re.I)
 FLOAT_TYPES = {1: "fp32", 10: "fp16", 16: "bf16"}
 
@@ -40,15 +39,15 @@ class ModelEntry:
 
     name: str
     path: Path
-    state: str                  # ready | external | incomplete | damaged
-    reason: str = ""            # why it is not ready ("" when it is)
-    params: int | None = None   # the source model's parameter count
-    bits: str | None = None     # bits of the matmul weights: "4", "4/8", "fp16"
+    state: str  # ready | external | incomplete | damaged
+    reason: str = ""  # why it is not ready ("" when it is)
+    params: int | None = None  # the source model's parameter count
+    bits: str | None = None  # bits of the matmul weights: "4", "4/8", "fp16"
     context: int | None = None  # the context length the model was built with
-    size: int = 0               # bytes of the model's files (what a load reads)
+    size: int = 0  # bytes of the model's files (what a load reads)
     target: str | None = None
     recipe: str | None = None
-    source: str | None = None   # what prepare was given: hub id, folder or .gguf path
+    source: str | None = None  # what prepare was given: hub id, folder or .gguf path
     source_kind: str | None = None
     quality: dict | None = None  # the manifest's `quality` (written by `oga-npu eval`)
 
@@ -127,20 +126,29 @@ def weight_bits(folder: Path) -> str | None:
         graph = onnx.load(str(f), load_external_data=False).graph
     except Exception:  # noqa: BLE001 - an unreadable graph is shown as "-"; loading it reports why
         return None
-    quant = sorted({next((a.i for a in n.attribute if a.name == "bits"), 4)
-                    for n in graph.node if n.op_type == "MatMulNBits"})
+    quant = sorted(
+        {next((a.i for a in n.attribute if a.name == "bits"), 4) for n in graph.node if n.op_type == "MatMulNBits"}
+    )
     if quant:
         return "/".join(str(b) for b in quant)
     types = {i.name: i.data_type for i in graph.initializer}
-    floats = sorted({FLOAT_TYPES.get(types[n.input[1]], "?") for n in graph.node
-                     if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in types})
+    floats = sorted(
+        {
+            FLOAT_TYPES.get(types[n.input[1]], "?")
+            for n in graph.node
+            if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and n.input[1] in types
+        }
+    )
     return "/".join(floats) or None
 
 
 def model_info(model_dir: Path, source_kind: str | None, source: str | None, hf_dir: Path | None = None) -> dict:
     """What prepare records in the manifest (`model_info`) for `oga-npu models` and the server."""
-    return {"params": source_params(source_kind, source, hf_dir), "bits": weight_bits(model_dir),
-            "context": context_length(model_dir)}
+    return {
+        "params": source_params(source_kind, source, hf_dir),
+        "bits": weight_bits(model_dir),
+        "context": context_length(model_dir),
+    }
 
 
 def norm_source(s: str) -> str:
@@ -233,9 +241,17 @@ class ModelStore:
         recipe = info.get("recipe")
         if recipe and ("/" in recipe or "\\" in recipe):
             recipe = Path(recipe).stem
-        e = ModelEntry(folder.name, folder, state, reason, target=info.get("target"), recipe=recipe,
-                       source=info.get("source"), source_kind=manifest.get("source_kind"),
-                       quality=manifest.get("quality"))
+        e = ModelEntry(
+            folder.name,
+            folder,
+            state,
+            reason,
+            target=info.get("target"),
+            recipe=recipe,
+            source=info.get("source"),
+            source_kind=manifest.get("source_kind"),
+            quality=manifest.get("quality"),
+        )
         try:
             e.size = sum(p.stat().st_size for p in published_files(folder))
         except OSError:
@@ -293,8 +309,9 @@ class ModelStore:
             x = x.lower()
             if low in x:
                 return 2.0
-            return max(difflib.SequenceMatcher(None, low, x).ratio(),
-                       difflib.SequenceMatcher(None, low, x[:len(low)]).ratio())
+            return max(
+                difflib.SequenceMatcher(None, low, x).ratio(), difflib.SequenceMatcher(None, low, x[: len(low)]).ratio()
+            )
 
         scored = sorted(((score(x), x) for x in self.names()), key=lambda t: (-t[0], t[1]))
         return [x for sc, x in scored if sc >= 0.6][:n]
@@ -316,9 +333,11 @@ class ModelStore:
         sources = [e for e in self.entries(facts=False) if e.source == s]
         if len(sources) > 1:
             near = f"; prepared from it: {', '.join(e.name for e in sources)}"
-        raise ModelNotFoundError(f"no model named '{s}' in {self.root}{near}",
-                                 "`oga-npu models` lists the models; `oga-npu prepare SOURCE` makes one "
-                                 "(a folder elsewhere: -m path/to/folder)")
+        raise ModelNotFoundError(
+            f"no model named '{s}' in {self.root}{near}",
+            "`oga-npu models` lists the models; `oga-npu prepare SOURCE` makes one "
+            "(a folder elsewhere: -m path/to/folder)",
+        )
 
     def only_model(self, command: str = "run") -> ModelEntry:
         """The model to use when none is named: the store's only runnable one. Otherwise
@@ -328,15 +347,21 @@ class ModelStore:
         if len(runnable) == 1:
             return runnable[0]
         if not entries:
-            raise ModelNotFoundError(f"no models in {self.root}",
-                                     f"make one: oga-npu prepare SOURCE (then oga-npu {command}), or pass -m DIR")
+            raise ModelNotFoundError(
+                f"no models in {self.root}",
+                f"make one: oga-npu prepare SOURCE (then oga-npu {command}), or pass -m DIR",
+            )
         w = max(len(e.name) for e in entries)
         listing = "\n".join(f"  {e.name:<{w}}  {e.state_line()}" for e in entries)
         if not runnable:
-            raise ModelChoiceError(f"no ready model in {self.root}:\n{listing}",
-                                   "finish one: re-run its `oga-npu prepare` (it resumes), or pass -m DIR")
-        raise ModelChoiceError(f"{len(runnable)} models in {self.root}; choose one with -m NAME:\n{listing}",
-                               f"oga-npu {command} -m {runnable[0].name}" + (" PROMPT" if command == "run" else ""))
+            raise ModelChoiceError(
+                f"no ready model in {self.root}:\n{listing}",
+                "finish one: re-run its `oga-npu prepare` (it resumes), or pass -m DIR",
+            )
+        raise ModelChoiceError(
+            f"{len(runnable)} models in {self.root}; choose one with -m NAME:\n{listing}",
+            f"oga-npu {command} -m {runnable[0].name}" + (" PROMPT" if command == "run" else ""),
+        )
 
     # ------------------------------------------------------------ prepare's default folder
 
@@ -353,8 +378,10 @@ class ModelStore:
             held = held_source(cand) if st.state != "foreign" else None
             if held is not None and norm_source(held) == want:
                 return cand
-        raise OutputExistsError(f"{self.root} holds {MAX_SUFFIX} folders named {base}[-N] from other sources",
-                                "pass --output with a folder of your choice")
+        raise OutputExistsError(
+            f"{self.root} holds {MAX_SUFFIX} folders named {base}[-N] from other sources",
+            "pass --output with a folder of your choice",
+        )
 
     # ------------------------------------------------------------ removing
 
@@ -380,15 +407,21 @@ class ModelStore:
         if path.absolute().resolve() == self.root.resolve():
             raise ModelFolderError(f"{path} is the model store itself", "name one model: oga-npu rm NAME")
         if not self.inside(path) and not outside:
-            raise ModelFolderError(f"{path} is outside the model store ({self.root})",
-                                   "pass --outside-store to remove a model folder elsewhere")
+            raise ModelFolderError(
+                f"{path} is outside the model store ({self.root})",
+                "pass --outside-store to remove a model folder elsewhere",
+            )
         if path.is_symlink():
             return ModelEntry(path.name, path, "link", f"a link to {os.readlink(path)}")
         st = folder_state(path)
         if st.state not in ("ready", "incomplete", "damaged"):
-            what = {"foreign": st.detail or "not prepared by oga-npu", "empty": "an empty folder"}.get(st.state, st.state)
-            raise ModelFolderError(f"{path} is not an oga-npu model folder ({what}); nothing was removed",
-                                   "oga-npu rm removes only folders made by `oga-npu prepare`")
+            what = {"foreign": st.detail or "not prepared by oga-npu", "empty": "an empty folder"}.get(
+                st.state, st.state
+            )
+            raise ModelFolderError(
+                f"{path} is not an oga-npu model folder ({what}); nothing was removed",
+                "oga-npu rm removes only folders made by `oga-npu prepare`",
+            )
         pid = _lock_holder(path)
         if pid:
             raise LockedError(f"a prepare (pid {pid}) is working on {path}", "wait for it to finish, or stop it")

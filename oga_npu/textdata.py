@@ -17,7 +17,6 @@ from pathlib import Path
 
 from .errors import RecipeError
 
-
 PARTS = ("all", "calibration", "evaluation")
 SEPARATOR = "\n\n"
 
@@ -68,7 +67,9 @@ def load_text(spec: str, part: str = "all") -> str:
         return builtin_text(part)
     p = Path(spec).expanduser()
     if not p.is_file():
-        raise RecipeError(f"calibration text not found: {spec}", "pass an existing text file (--calib-file) or 'builtin'")
+        raise RecipeError(
+            f"calibration text not found: {spec}", "pass an existing text file (--calib-file) or 'builtin'"
+        )
     text = p.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise RecipeError(f"calibration text is empty: {spec}", "pass a file with some text in it")
@@ -82,4 +83,4 @@ def token_chunks(ids: list[int], samples: int, seq_len: int) -> list[list[int]]:
         raise RecipeError("calibration text produced no tokens", "use a longer text")
     while len(ids) < need:
         ids = ids + ids
-    return [ids[i * seq_len:(i + 1) * seq_len] for i in range(samples)]
+    return [ids[i * seq_len : (i + 1) * seq_len] for i in range(samples)]

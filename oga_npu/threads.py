@@ -21,5 +21,3 @@ def physical_cores() -> int:
     except (AttributeError, OSError):  # not on Windows/macOS
         return n
     return max(1, min(n, allowed))
-
-

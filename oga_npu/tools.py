@@ -49,10 +49,15 @@ def reporting(report):
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # tqdm: "AWQ:  23%|██▎       | 7/30 [01:05<03:35,  9.37s/it]"
-_TQDM = re.compile(r"^\s*(?P<desc>[^|]*?):?\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
-                   r"(?:\s*\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:?]+))?")
-_STATUS = re.compile(r"^(\[QUARK-(INFO|WARNING)\]:\s*|(Reading|Unpacking|Saving|Loading|Writing|Building|Quantiz|"
-                     r"Compil|Generat|Export|Processing|Running)\w*\b)", re.IGNORECASE)
+_TQDM = re.compile(
+    r"^\s*(?P<desc>[^|]*?):?\s*(?P<pct>\d+)%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)"
+    r"(?:\s*\[(?P<elapsed>[\d:]+)<(?P<eta>[\d:?]+))?"
+)
+_STATUS = re.compile(
+    r"^(\[QUARK-(INFO|WARNING)\]:\s*|(Reading|Unpacking|Saving|Loading|Writing|Building|Quantiz|"
+    r"Compil|Generat|Export|Processing|Running)\w*\b)",
+    re.IGNORECASE,
+)
 
 
 def summarize_output(frame: str) -> str | None:
@@ -128,7 +133,7 @@ def run_tool(
     log = None
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a", encoding="utf-8", errors="replace")
+        log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed on every exit below
         log.write(f"$ {' '.join(argv)}\n")
         if cwd:
             log.write(f"# cwd: {cwd}\n")
@@ -178,16 +183,23 @@ def run_tool(
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            argv, cwd=str(cwd) if cwd else None, env=env if env is not None else tool_env(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            argv,
+            cwd=str(cwd) if cwd else None,
+            env=env if env is not None else tool_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
     except FileNotFoundError as e:
         if log:
             log.close()
-        raise ToolNotFound(f"{name} could not be started: {e.strerror}: {argv[0]}",
-                           f"install {name} or put it on PATH") from e
-    threads = [threading.Thread(target=pump, args=(proc.stdout, False), daemon=True),
-               threading.Thread(target=pump, args=(proc.stderr, True), daemon=True)]
+        raise ToolNotFound(
+            f"{name} could not be started: {e.strerror}: {argv[0]}", f"install {name} or put it on PATH"
+        ) from e
+    threads = [
+        threading.Thread(target=pump, args=(proc.stdout, False), daemon=True),
+        threading.Thread(target=pump, args=(proc.stderr, True), daemon=True),
+    ]
     for t in threads:
         t.start()
     try:
@@ -198,7 +210,9 @@ def run_tool(
             t.join(5)
         if log:
             log.close()
-        raise ToolTimeout(name, argv, -1, list(tail) + [f"timed out after {timeout:.0f} s"], log_path, version)
+        raise ToolTimeout(
+            name, argv, -1, list(tail) + [f"timed out after {timeout:.0f} s"], log_path, version
+        ) from None
     except KeyboardInterrupt:
         _stop(proc)
         for t in threads:
@@ -206,7 +220,7 @@ def run_tool(
         if log:
             log.write("# interrupted by Ctrl+C\n")
             log.close()
-        raise StageInterrupted(f"{name} interrupted", "re-run the same command to resume")
+        raise StageInterrupted(f"{name} interrupted", "re-run the same command to resume") from None
     for t in threads:
         t.join()
     seconds = time.monotonic() - start
@@ -232,8 +246,14 @@ def _stop(proc: subprocess.Popen) -> None:
 def capture(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, str, str]:
     """Run a short query command (e.g. `tool --version`) and return (code, stdout, stderr)."""
     try:
-        p = subprocess.run(argv, env=env if env is not None else tool_env(), capture_output=True,
-                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run(
+            argv,
+            env=env if env is not None else tool_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except FileNotFoundError:
         return 127, "", f"{argv[0]}: not found"
     except subprocess.TimeoutExpired:

@@ -33,7 +33,7 @@ class TraceSummary:
     commands: list[Command] = field(default_factory=list)
     plugin_zip: str | None = None
     plugin_entries: list[str] = field(default_factory=list)
-    graphs: dict[str, dict[str, int]] = field(default_factory=dict)   # label -> "domain:op" -> count
+    graphs: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> "domain:op" -> count
     trace_files: list[str] = field(default_factory=list)
 
 
@@ -65,8 +65,9 @@ def summarize(model_dir: Path) -> TraceSummary:
     if logs.is_dir():
         for f in sorted(logs.glob("*.log"), key=lambda p: order.index(p.stem) if p.stem in order else 99):
             s.commands += parse_log(f, f.stem)
-        s.trace_files = sorted(str(p.relative_to(model_dir)) for p in logs.rglob("*") if p.is_file()
-                               and "trace" in p.name.lower())
+        s.trace_files = sorted(
+            str(p.relative_to(model_dir)) for p in logs.rglob("*") if p.is_file() and "trace" in p.name.lower()
+        )
     plug = read_json(stage_dir(model_dir, "plugins") / "done.json")
     if plug:
         zip_path = Path(plug["detail"]["zip"])
@@ -76,8 +77,10 @@ def summarize(model_dir: Path) -> TraceSummary:
         if z.is_file():
             with zipfile.ZipFile(z) as zf:
                 s.plugin_entries = [f"{i.filename} ({i.file_size} B)" for i in zf.infolist()]
-    for label, folder, name in (("before (build)", stage_dir(model_dir, "build"), None),
-                                ("after (hybrid)", stage_dir(model_dir, "hybrid"), "model_jit.onnx")):
+    for label, folder, name in (
+        ("before (build)", stage_dir(model_dir, "build"), None),
+        ("after (hybrid)", stage_dir(model_dir, "hybrid"), "model_jit.onnx"),
+    ):
         if not folder.is_dir():
             continue
         cfg = read_json(folder / "genai_config.json") or {}

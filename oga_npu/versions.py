@@ -26,8 +26,17 @@ REQUIRED_VERSIONS = {
 PREPARE_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers")
 
 
-VERSION_PACKAGES = ("onnxruntime-genai", "onnxruntime", "amd-quark", "transformers", "torch", "onnx",
-                    "huggingface-hub", "numpy", "protobuf")
+VERSION_PACKAGES = (
+    "onnxruntime-genai",
+    "onnxruntime",
+    "amd-quark",
+    "transformers",
+    "torch",
+    "onnx",
+    "huggingface-hub",
+    "numpy",
+    "protobuf",
+)
 
 
 def installed_versions() -> dict:
@@ -40,5 +49,3 @@ def installed_versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-

@@ -160,8 +160,9 @@ def folder_content_hash(path: Path, manifest: dict | None = None) -> str:
     if manifest and manifest.get("content_hash"):
         return manifest["content_hash"]
     skip = {MANIFEST, REQUEST, LOCK}
-    return content_hash({p.name: {"sha256": sha256_file(p)} for p in sorted(path.iterdir())
-                         if p.is_file() and p.name not in skip})
+    return content_hash(
+        {p.name: {"sha256": sha256_file(p)} for p in sorted(path.iterdir()) if p.is_file() and p.name not in skip}
+    )
 
 
 # ---------------------------------------------------------------- stages
@@ -244,8 +245,13 @@ def publish(out: Path, model_stage: Path, manifest: dict) -> dict:
         digest = link_or_copy(src, dst)
         st = dst.stat()
         files[src.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    manifest = dict(manifest, files=files, content_hash=content_hash(files), manifest_version=MANIFEST_VERSION,
-                    finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest = dict(
+        manifest,
+        files=files,
+        content_hash=content_hash(files),
+        manifest_version=MANIFEST_VERSION,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
@@ -286,7 +292,7 @@ def _lfs_pointer(f: Path, size: int) -> bool:
 
 
 def check_files(out: Path, files: dict, verify: str = "quick") -> str:
-    """"" when the folder's files match the manifest's `files`, else what differs (every missing
+    """ "" when the folder's files match the manifest's `files`, else what differs (every missing
     or resized file named; a git-lfs pointer named as one).
 
     size: sizes only. quick (every load): sizes and mtimes, and the sha256 of files up to
@@ -305,7 +311,9 @@ def check_files(out: Path, files: dict, verify: str = "quick") -> str:
             continue
         if st.st_size != entry.get("size"):
             if _lfs_pointer(f, st.st_size):
-                wrong.append(f"{name} is a git-lfs pointer file, not the real file (run `git lfs pull` in its repository)")
+                wrong.append(
+                    f"{name} is a git-lfs pointer file, not the real file (run `git lfs pull` in its repository)"
+                )
             else:
                 wrong.append(f"{name} has {st.st_size} bytes, the manifest says {entry.get('size')}")
     if missing or wrong:
@@ -365,12 +373,15 @@ def require_ready(out: Path, verify: str = "quick") -> FolderState:
     """Refuse folders whose prepare did not finish or whose files changed since (see check_files)."""
     st = folder_state(out, verify=verify)
     if st.state == "incomplete":
-        raise IncompleteModelError(f"{out} is incomplete (prepare did not finish)",
-                                   f"re-run prepare: {resume_command(st)}")
+        raise IncompleteModelError(
+            f"{out} is incomplete (prepare did not finish)", f"re-run prepare: {resume_command(st)}"
+        )
     if st.state == "damaged":
-        raise IncompleteModelError(f"{out} does not match its manifest: {st.detail}",
-                                   f"re-run prepare to rebuild it: {resume_command(st)} --force "
-                                   "(or restore the file; `oga-npu doctor -m` checks every file)")
+        raise IncompleteModelError(
+            f"{out} does not match its manifest: {st.detail}",
+            f"re-run prepare to rebuild it: {resume_command(st)} --force "
+            "(or restore the file; `oga-npu doctor -m` checks every file)",
+        )
     return st
 
 
@@ -380,6 +391,7 @@ def require_ready(out: Path, verify: str = "quick") -> FolderState:
 def _pid_alive(pid: int) -> bool:
     try:
         import psutil
+
         return psutil.pid_exists(pid)
     except ImportError:  # pragma: no cover
         try:
@@ -389,7 +401,7 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-LOCK_GRACE_S = 30   # an empty .lock younger than this belongs to a prepare between create and write
+LOCK_GRACE_S = 30  # an empty .lock younger than this belongs to a prepare between create and write
 
 
 @contextlib.contextmanager
@@ -398,7 +410,7 @@ def file_lock(path: Path, on_wait=None):
     process holds it, call `on_wait()` once and wait. The OS drops it when the holder dies,
     so no stale lock is ever left behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "a+b")
+    f = open(path, "a+b")  # noqa: SIM115 - held while the lock is (closed in finally)
     try:
         if os.name == "nt":  # pragma: no cover - Windows
             import msvcrt
@@ -451,12 +463,16 @@ def prepare_lock(out: Path):
             except (OSError, ValueError):
                 pid, age = 0, 0.0
             if pid and pid != os.getpid() and _pid_alive(pid):
-                raise LockedError(f"another prepare (pid {pid}) is working on {out}",
-                                  "wait for it to finish, or stop it; a lock from a dead process is taken over")
+                raise LockedError(
+                    f"another prepare (pid {pid}) is working on {out}",
+                    "wait for it to finish, or stop it; a lock from a dead process is taken over",
+                ) from None
             if not pid and age < LOCK_GRACE_S:
                 # created but its pid not yet written: another prepare is starting right now
-                raise LockedError(f"another prepare is starting on {out}",
-                                  "wait for it to finish, or stop it; a lock from a dead process is taken over")
+                raise LockedError(
+                    f"another prepare is starting on {out}",
+                    "wait for it to finish, or stop it; a lock from a dead process is taken over",
+                ) from None
             lock.unlink(missing_ok=True)
             continue
         os.write(fd, str(os.getpid()).encode())

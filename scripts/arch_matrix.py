@@ -77,8 +77,13 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from oga_npu.architectures import ARCHITECTURES
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OGA_NPU_HOME=str(args.out / "home"), HF_HUB_OFFLINE="1", NO_COLOR="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        OGA_NPU_HOME=str(args.out / "home"),
+        HF_HUB_OFFLINE="1",
+        NO_COLOR="1",
+    )
     tok = smol_tokenizer(args.out / "tokenizer")
     only = [x for x in args.only.split(",") if x]
     for arch in ARCHITECTURES:
@@ -94,8 +99,17 @@ def main() -> None:
                 rec["error"] = "prepare: " + " | ".join(r.stderr.strip().splitlines()[-3:])
                 print(json.dumps(rec), flush=True)
                 continue
-            r, _ = cli("run", "The capital of France is", "-m", str(dest), "-n", str(args.tokens), "--raw",
-                       "--timings", env=env)
+            r, _ = cli(
+                "run",
+                "The capital of France is",
+                "-m",
+                str(dest),
+                "-n",
+                str(args.tokens),
+                "--raw",
+                "--timings",
+                env=env,
+            )
             m = re.search(r"generated (\d+) tok.*decode ([\d.]+) tok/s", r.stderr)
             if r.returncode != 0 or not m:
                 rec["error"] = "run: " + " | ".join(r.stderr.strip().splitlines()[-3:])

@@ -31,11 +31,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 QUESTIONS = [
-    "Explain in two sentences what a compiler does.", "What is the difference between a list and a tuple in Python?",
-    "Why is the sky blue?", "Give me three tips for writing clear documentation.", "What does HTTP stand for?",
-    "How does a hash table handle collisions?", "Name two sorting algorithms and their complexity.",
-    "What is a closure in programming?", "Summarize our conversation so far in one sentence.",
-    "What should I learn next, and why?", "What is the capital of France?", "Write a haiku about the sea.",
+    "Explain in two sentences what a compiler does.",
+    "What is the difference between a list and a tuple in Python?",
+    "Why is the sky blue?",
+    "Give me three tips for writing clear documentation.",
+    "What does HTTP stand for?",
+    "How does a hash table handle collisions?",
+    "Name two sorting algorithms and their complexity.",
+    "What is a closure in programming?",
+    "Summarize our conversation so far in one sentence.",
+    "What should I learn next, and why?",
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
 ]
 
 
@@ -53,13 +60,25 @@ def bench_reuse(args) -> dict:
         for i in range(args.turns):
             for _ in s.send(QUESTIONS[i % len(QUESTIONS)]):
                 pass
-            turns.append({"turn": i + 1, "prompt_tokens": s.last.prompt_tokens, "cached_tokens": s.last.cached_tokens,
-                          "ttft_ms": round(s.last.ttft * 1000, 1)})
+            turns.append(
+                {
+                    "turn": i + 1,
+                    "prompt_tokens": s.last.prompt_tokens,
+                    "cached_tokens": s.last.cached_tokens,
+                    "ttft_ms": round(s.last.ttft * 1000, 1),
+                }
+            )
         runs[mode] = turns
     last_r, last_f = runs["reuse"][-1], runs["full"][-1]
-    return {"bench": "reuse", "model": str(args.model), "provider": lm.provider, "turns": args.turns,
-            "turn_n_ttft_ms": {"reuse": last_r["ttft_ms"], "full": last_f["ttft_ms"]},
-            "speedup": round(last_f["ttft_ms"] / last_r["ttft_ms"], 2), "per_turn": runs}
+    return {
+        "bench": "reuse",
+        "model": str(args.model),
+        "provider": lm.provider,
+        "turns": args.turns,
+        "turn_n_ttft_ms": {"reuse": last_r["ttft_ms"], "full": last_f["ttft_ms"]},
+        "speedup": round(last_f["ttft_ms"] / last_r["ttft_ms"], 2),
+        "per_turn": runs,
+    }
 
 
 class Server:
@@ -70,9 +89,13 @@ class Server:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.log = open(f"/tmp/bench-serve-{self.port}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "oga_npu", "serve", "-m", str(model), "--port",
-                                      str(self.port), *extra], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(f"/tmp/bench-serve-{self.port}.log", "w")  # noqa: SIM115 - the server's log, closed by stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oga_npu", "serve", "-m", str(model), "--port", str(self.port), *extra],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.base = f"http://127.0.0.1:{self.port}"
         import urllib.request
 
@@ -116,9 +139,15 @@ def _openai_stream(client, srv, name, prompt, gen) -> tuple[list[float], int]:
     """The official client: each SSE chunk becomes a pydantic object (about 0.5 ms of CPU a
     chunk measured here, which on 2 cores is taken from the server's decode threads)."""
     times, n = [], 0
-    stream = client.completions.create(model=name, prompt=prompt, max_tokens=gen, temperature=0,
-                                       stream=True, extra_body={"ignore_eos": True},
-                                       stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model=name,
+        prompt=prompt,
+        max_tokens=gen,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+        stream_options={"include_usage": True},
+    )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].text:
             times.append(time.perf_counter())
@@ -133,8 +162,17 @@ def _raw_stream(_client, srv, name, prompt, gen) -> tuple[list[float], int]:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
-    body = json.dumps({"model": name, "prompt": prompt, "max_tokens": gen, "temperature": 0, "stream": True,
-                       "ignore_eos": True, "stream_options": {"include_usage": True}})
+    body = json.dumps(
+        {
+            "model": name,
+            "prompt": prompt,
+            "max_tokens": gen,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
     conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
     times, n = [], 0
@@ -168,9 +206,7 @@ def bench_decode(args) -> dict:
         client = openai.OpenAI(base_url=srv.base + "/v1", api_key="x", max_retries=0)
         name = Path(args.model).resolve().name
         for i in range(args.reps + 1):
-            last = None
-            for last in stream_generate(lm, prompt, opts, raw=True):
-                pass
+            *_, last = stream_generate(lm, prompt, opts, raw=True)
             times, n = (_raw_stream if args.client == "raw" else _openai_stream)(client, srv, name, prompt, args.gen)
             if i:  # rep 0 is the warmup
                 local.append(last.decode_tps)
@@ -180,13 +216,21 @@ def bench_decode(args) -> dict:
     finally:
         srv.stop()
     m = statistics.mean
-    return {"bench": "decode", "model": str(args.model), "client": args.client,
-            "stream_interval_ms": args.stream_interval, "prompt_tokens": args.prompt,
-            "gen": args.gen, "reps": args.reps, "in_process_tps": round(m(local), 1), "server_client_tps": round(m(client_tps), 1),
-            "server_reported_tps": round(m(server_tps), 1),
-            "client_vs_in_process": round(m(client_tps) / m(local), 3),
-            "median_ratio_of_pairs": round(statistics.median(c / i for c, i in zip(client_tps, local)), 3),
-            "per_rep": {"in_process": [round(x, 1) for x in local], "client": [round(x, 1) for x in client_tps]}}
+    return {
+        "bench": "decode",
+        "model": str(args.model),
+        "client": args.client,
+        "stream_interval_ms": args.stream_interval,
+        "prompt_tokens": args.prompt,
+        "gen": args.gen,
+        "reps": args.reps,
+        "in_process_tps": round(m(local), 1),
+        "server_client_tps": round(m(client_tps), 1),
+        "server_reported_tps": round(m(server_tps), 1),
+        "client_vs_in_process": round(m(client_tps) / m(local), 3),
+        "median_ratio_of_pairs": round(statistics.median(c / i for c, i in zip(client_tps, local)), 3),
+        "per_rep": {"in_process": [round(x, 1) for x in local], "client": [round(x, 1) for x in client_tps]},
+    }
 
 
 def bench_soak(args) -> dict:
@@ -204,12 +248,13 @@ def bench_soak(args) -> dict:
     try:
         for i in range(1, args.requests + 1):
             if len(history) > 8 or rng.random() < 0.2:
-                history = []                       # a new conversation now and then
+                history = []  # a new conversation now and then
             msgs = history + [{"role": "user", "content": rng.choice(QUESTIONS)}]
             drop = rng.random() < args.drop
             try:
-                stream = client.chat.completions.create(model=name, messages=msgs, max_tokens=args.gen,
-                                                        stream=True, temperature=0.7)
+                stream = client.chat.completions.create(
+                    model=name, messages=msgs, max_tokens=args.gen, stream=True, temperature=0.7
+                )
                 text = []
                 for j, chunk in enumerate(stream):
                     if chunk.choices and chunk.choices[0].delta.content:
@@ -231,10 +276,18 @@ def bench_soak(args) -> dict:
         srv.stop()
     first = rss.get(100)
     last = rss[args.requests]
-    return {"bench": "soak", "model": str(args.model), "requests": args.requests, "dropped": dropped,
-            "status_counts": codes, "errors_5xx": sum(v for k, v in codes.items() if k.startswith("5")),
-            "rss_mb": rss, "rss_growth_100_to_end_pct": round(100 * (last - first) / first, 2) if first else None,
-            "seconds": round(time.time() - t0, 1), "kv_cache": stats["models"]}
+    return {
+        "bench": "soak",
+        "model": str(args.model),
+        "requests": args.requests,
+        "dropped": dropped,
+        "status_counts": codes,
+        "errors_5xx": sum(v for k, v in codes.items() if k.startswith("5")),
+        "rss_mb": rss,
+        "rss_growth_100_to_end_pct": round(100 * (last - first) / first, 2) if first else None,
+        "seconds": round(time.time() - t0, 1),
+        "kv_cache": stats["models"],
+    }
 
 
 def main() -> None:
@@ -244,10 +297,18 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--gen", type=int, default=None, help="tokens per answer (reuse 48, decode 128, soak 24)")
     ap.add_argument("--prompt", type=int, default=128, help="decode: prompt tokens")
-    ap.add_argument("--client", choices=["openai", "raw"], default="openai",
-                    help="decode: the openai package, or a minimal SSE reader (the server's own cost)")
-    ap.add_argument("--stream-interval", type=float, default=30,
-                    help="decode: the server's --stream-interval (ms; 0: a chunk per token)")
+    ap.add_argument(
+        "--client",
+        choices=["openai", "raw"],
+        default="openai",
+        help="decode: the openai package, or a minimal SSE reader (the server's own cost)",
+    )
+    ap.add_argument(
+        "--stream-interval",
+        type=float,
+        default=30,
+        help="decode: the server's --stream-interval (ms; 0: a chunk per token)",
+    )
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--drop", type=float, default=0.2)

@@ -41,8 +41,10 @@ def normalize(values):
         raise ValueError("values sum to zero")
     return [value / total for value in values]
 '''
-TASK = ("Rewrite this Python code with the function moving_average renamed to rolling_mean. "
-        "Change nothing else and answer with the whole code only.\n\n" + CODE)
+TASK = (
+    "Rewrite this Python code with the function moving_average renamed to rolling_mean. "
+    "Change nothing else and answer with the whole code only.\n\n" + CODE
+)
 
 
 def main() -> None:
@@ -93,14 +95,18 @@ def main() -> None:
         first = next((j for j in range(min(len(toks), len(ref))) if toks[j] != ref[j]), None)
         rows.append((name, statistics.median(speeds), statistics.median(walls), len(toks), same, first))
         print(f"done {name}", file=sys.stderr, flush=True)
-    print(f"{args.model.name}: copy-and-edit task, {len(lm.tokenizer.encode(TASK))} prompt tokens, greedy, "
-          f"median of {args.reps}")
+    print(
+        f"{args.model.name}: copy-and-edit task, {len(lm.tokenizer.encode(TASK))} prompt tokens, greedy, "
+        f"median of {args.reps}"
+    )
     base = rows[0][1]
     print("| decode | tok/s | x plain | answer s | tokens | same ids as plain |")
     print("|---|---|---|---|---|---|")
     for name, tps, wall, n, same, first in rows:
-        print(f"| {name} | {tps:.1f} | {tps / base:.2f}x | {wall:.2f} | {n} | "
-              f"{'yes' if same else f'no, from token {first}'} |")
+        print(
+            f"| {name} | {tps:.1f} | {tps / base:.2f}x | {wall:.2f} | {n} | "
+            f"{'yes' if same else f'no, from token {first}'} |"
+        )
     print("\nplain answer starts: " + repr(text[:160]))
 
 

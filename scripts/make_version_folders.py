@@ -27,10 +27,10 @@ OLDEST = "0.9.2"
 def tiny_sources(out: Path) -> tuple[Path, Path]:
     """A 2-layer random llama with SmolLM2's tokenizer (as tests/conftest.py makes it) and a tiny GGUF."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from conftest import TINY_CONFIG
     from gguf_models import write_gguf
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     from oga_npu.demo import smollm2_gguf
 
     hf = out / "src" / "tiny_hf"
@@ -50,10 +50,20 @@ def tiny_sources(out: Path) -> tuple[Path, Path]:
 
 
 def prepare(source: Path, recipe: str, out: Path, *extra: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "oga_npu", "prepare", str(source), "--recipe", recipe, "--output", str(out),
-            "--quiet", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "oga_npu",
+        "prepare",
+        str(source),
+        "--recipe",
+        recipe,
+        "--output",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     r = subprocess.run(argv, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         sys.exit(f"make_version_folders: {' '.join(argv)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -73,8 +83,11 @@ def main(out: Path) -> None:
     listing = {}
     for name, recipe in folders.items():
         m = json.loads((out / name / "oga_npu_manifest.json").read_text())
-        listing[name] = {"recipe": recipe, "requires": m["requires"]["onnxruntime-genai"],
-                         "built_for": m["built_for"]["onnxruntime-genai"]}
+        listing[name] = {
+            "recipe": recipe,
+            "requires": m["requires"]["onnxruntime-genai"],
+            "built_for": m["built_for"]["onnxruntime-genai"],
+        }
     (out / "folders.json").write_text(json.dumps(listing, indent=2) + "\n")
     print(json.dumps(listing, indent=2))
 

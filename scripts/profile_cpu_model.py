@@ -89,8 +89,14 @@ def run_variant(model: Path, entries: dict, length: int, gen: int, reps: int) ->
             del g
         mem.stop = True
         del m
-        return {"variant": entries, "load_s": load_s, "load_peak_mb": load_mb, "run_peak_mb": mem.mb(),
-                "ttft_ms": statistics.median(ttfts), "decode_tps": statistics.median(decs)}
+        return {
+            "variant": entries,
+            "load_s": load_s,
+            "load_peak_mb": load_mb,
+            "run_peak_mb": mem.mb(),
+            "ttft_ms": statistics.median(ttfts),
+            "decode_tps": statistics.median(decs),
+        }
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -101,11 +107,25 @@ def profile(model: Path, length: int, gen: int, out: Path) -> str:
     import onnxruntime_genai as og
 
     prefix = str(out / "ortprof")
-    if os.environ.get("_PROFILE_CHILD") != "1":   # onnxruntime writes the profile when the process ends
+    if os.environ.get("_PROFILE_CHILD") != "1":  # onnxruntime writes the profile when the process ends
         import subprocess
 
-        subprocess.run([sys.executable, __file__, str(model), "--length", str(length), "--gen", str(gen),
-                        "--out", str(out), "--profile"], env=dict(os.environ, _PROFILE_CHILD="1"), check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                str(model),
+                "--length",
+                str(length),
+                "--gen",
+                str(gen),
+                "--out",
+                str(out),
+                "--profile",
+            ],
+            env=dict(os.environ, _PROFILE_CHILD="1"),
+            check=True,
+        )
         return parse_profile(prefix)
     d = linked_copy(model, {"enable_profiling": prefix})
     try:
@@ -150,8 +170,10 @@ def parse_profile(prefix: str) -> str:
                     op += " (gguf offsets)"
                 by[op] += e["dur"]
         kern = sum(by.values())
-        lines.append(f"{name}: {len(rs)} run(s), {total / 1e3 / max(1, len(rs)):.2f} ms per run, "
-                     f"kernels {kern / max(1, total) * 100:.0f}% of it")
+        lines.append(
+            f"{name}: {len(rs)} run(s), {total / 1e3 / max(1, len(rs)):.2f} ms per run, "
+            f"kernels {kern / max(1, total) * 100:.0f}% of it"
+        )
         for op, us in by.most_common(10):
             lines.append(f"  {op:<40s} {us / 1e3 / max(1, len(rs)):8.2f} ms/run  {us / max(1, kern) * 100:5.1f}%")
     return "\n".join(lines)
@@ -174,9 +196,11 @@ def main() -> None:
     print(f"{args.model.name}: prompt {args.length}, {args.gen} generated, median of {args.reps}")
     for v in variants:
         r = run_variant(args.model, v, args.length, args.gen, args.reps)
-        print(f"  {json.dumps(v):58s} load {r['load_s']:5.1f}s peak {r['load_peak_mb']:6.0f} MB, run peak "
-              f"{r['run_peak_mb']:6.0f} MB, TTFT {r['ttft_ms']:7.1f} ms, decode {r['decode_tps']:6.1f} tok/s",
-              flush=True)
+        print(
+            f"  {json.dumps(v):58s} load {r['load_s']:5.1f}s peak {r['load_peak_mb']:6.0f} MB, run peak "
+            f"{r['run_peak_mb']:6.0f} MB, TTFT {r['ttft_ms']:7.1f} ms, decode {r['decode_tps']:6.1f} tok/s",
+            flush=True,
+        )
     if args.profile:
         args.out.mkdir(parents=True, exist_ok=True)
         print(profile(args.model, args.length, args.gen, args.out), flush=True)

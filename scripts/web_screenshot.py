@@ -31,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", default="", help="max tokens per answer")
     ap.add_argument("--temperature", default="", help="sampling temperature")
     ap.add_argument("--size", default="1280x800", help="window size (default %(default)s)")
-    ap.add_argument("--scroll", choices=("bottom", "top"), default="bottom",
-                    help="show the conversation's end (default) or its start")
+    ap.add_argument(
+        "--scroll",
+        choices=("bottom", "top"),
+        default="bottom",
+        help="show the conversation's end (default) or its start",
+    )
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for each answer")
     args = ap.parse_args(argv)
 
@@ -43,20 +47,30 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--hide-scrollbars", f"--window-size={args.size.replace('x', ',')}", "--lang=en-US"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--window-size={args.size.replace('x', ',')}",
+        "--lang=en-US",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         base = args.url.rstrip("/")
-        driver.get(base + "/web/icon.svg")   # the page's origin, for its localStorage
+        driver.get(base + "/web/icon.svg")  # the page's origin, for its localStorage
         store = {"settings": {"system": args.system, "max_tokens": args.max_tokens, "temperature": args.temperature}}
         if args.api_key:
             store["apiKey"] = args.api_key
         for k, v in store.items():
-            driver.execute_script("localStorage.setItem(arguments[0], JSON.stringify(arguments[1]));", "oga-npu." + k, v)
+            driver.execute_script(
+                "localStorage.setItem(arguments[0], JSON.stringify(arguments[1]));", "oga-npu." + k, v
+            )
         driver.get(base + "/")
-        find = lambda css: driver.find_element("css selector", css)   # noqa: E731
+        find = lambda css: driver.find_element("css selector", css)
         WebDriverWait(driver, 60).until(lambda d: find("#server-state").get_attribute("data-state") == "ready")
         if args.model:
             Select(find("#model")).select_by_value(args.model)
@@ -65,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
             box.send_keys(question)
             box.send_keys(Keys.ENTER)
             WebDriverWait(driver, args.timeout, 0.1).until(
-                lambda d: len(d.find_elements("css selector", ".msg.assistant")) == n
-                and not d.find_elements("css selector", ".msg.assistant .pending"))
-            print(f"answer {n}: {driver.find_elements('css selector', '.msg.assistant')[-1].text[:200]!r}",
-                  file=sys.stderr)
+                lambda d, n=n: len(d.find_elements("css selector", ".msg.assistant")) == n
+                and not d.find_elements("css selector", ".msg.assistant .pending")
+            )
+            print(
+                f"answer {n}: {driver.find_elements('css selector', '.msg.assistant')[-1].text[:200]!r}",
+                file=sys.stderr,
+            )
         if args.scroll == "top":
             driver.execute_script("document.getElementById('messages').scrollTop = 0;")
-        time.sleep(0.3)   # the last paint
+        time.sleep(0.3)  # the last paint
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         driver.save_screenshot(args.out)
         print(f"wrote {args.out}", file=sys.stderr)

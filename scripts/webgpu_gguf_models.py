@@ -31,8 +31,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 # Q6_K, untied, permuted q/k), Q5_1 (8 bits + offsets), Q5_0 and Q8_0 (8 bits, no offsets).
 CASES = [
     ("llama", "Q4_1", {}),
-    ("mistral", "Q4_K_M", dict(hidden_size=256, intermediate_size=768, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=64)),
+    (
+        "mistral",
+        "Q4_K_M",
+        dict(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, head_dim=64),
+    ),
     ("qwen2", "Q5_1", {}),
     ("qwen3", "Q5_0", {}),
     ("llama", "Q8_0", {}),
@@ -80,8 +83,11 @@ def main() -> int:
     from oga_npu.model import load
     from oga_npu.prepare.source import gguf_cache_dir
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     rows, failed = [], False
     for arch, quant, cfg in CASES:
         name = f"{arch}-{quant}"
@@ -89,8 +95,12 @@ def main() -> int:
         if not src.exists():
             write_gguf(src, arch, quant, **cfg)
         out = args.work / f"{name}-webgpu"
-        r = subprocess.run([sys.executable, "-m", "oga_npu", "prepare", str(src), "--target", "webgpu",
-                            "-o", str(out), "-q"], env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "oga_npu", "prepare", str(src), "--target", "webgpu", "-o", str(out), "-q"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             print(f"{name}: prepare failed\n{r.stderr[-2000:]}", file=sys.stderr)
             rows.append({"model": name, "prepare": "failed", "stderr": r.stderr[-2000:]})
@@ -100,8 +110,11 @@ def main() -> int:
         validate = manifest["stages"].get("validate", {}).get("detail", {})
         ref = hf_logits(gguf_cache_dir(src.resolve()), IDS)
         scale = max(1.0, float(np.abs(ref).max()))
-        row = {"model": name, "validate": validate.get("provider") or f"skipped ({validate.get('skipped')})",
-               "logit_range": float(np.ptp(ref))}
+        row = {
+            "model": name,
+            "validate": validate.get("provider") or f"skipped ({validate.get('skipped')})",
+            "logit_range": float(np.ptp(ref)),
+        }
         got = {}
         for prov in dict.fromkeys([args.provider, "cpu"]):
             try:
@@ -128,10 +141,12 @@ def main() -> int:
         row["ok"] = row[f"{args.provider}_max_abs_vs_fp32"] < tol and row[f"{args.provider}_provider"] == args.provider
         failed |= not row["ok"]
         rows.append(row)
-        print(f"{name:16s} {args.provider}: max|d| vs fp32 {row[f'{args.provider}_max_abs_vs_fp32']:.2e} "
-              f"(range {row['logit_range']:.1f}), cpu {row.get('cpu_max_abs_vs_fp32', row.get('cpu_error'))}, "
-              f"tokens equal cpu: {row.get('tokens_equal_cpu', '-')}, validate: {row['validate']}"
-              f"{'' if row['ok'] else '  FAILED'}")
+        print(
+            f"{name:16s} {args.provider}: max|d| vs fp32 {row[f'{args.provider}_max_abs_vs_fp32']:.2e} "
+            f"(range {row['logit_range']:.1f}), cpu {row.get('cpu_max_abs_vs_fp32', row.get('cpu_error'))}, "
+            f"tokens equal cpu: {row.get('tokens_equal_cpu', '-')}, validate: {row['validate']}"
+            f"{'' if row['ok'] else '  FAILED'}"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 1 if failed else 0

@@ -52,13 +52,29 @@ def matmul_model(form, fdt, accuracy_level=4):
     from oga_npu.gguf import native as gn
 
     et = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
-    m = helper.make_model(helper.make_graph(
-        [], "g", [helper.make_tensor_value_info("x", et, [1, "S", form.cols])],
-        [helper.make_tensor_value_info("y", et, [1, "S", form.rows])]),
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    m.graph.node.append(helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul_Q4",
-                                         domain="com.microsoft", K=form.cols, N=form.rows, bits=4, block_size=32,
-                                         accuracy_level=accuracy_level))
+    m = helper.make_model(
+        helper.make_graph(
+            [],
+            "g",
+            [helper.make_tensor_value_info("x", et, [1, "S", form.cols])],
+            [helper.make_tensor_value_info("y", et, [1, "S", form.rows])],
+        ),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    )
+    m.graph.node.append(
+        helper.make_node(
+            "MatMulNBits",
+            ["x", "b", "s"],
+            ["y"],
+            name="/model/layers.0/mlp/up_proj/MatMul_Q4",
+            domain="com.microsoft",
+            K=form.cols,
+            N=form.rows,
+            bits=4,
+            block_size=32,
+            accuracy_level=accuracy_level,
+        )
+    )
     node = m.graph.node[0]
     gr = gn._Graph(m)
     extra: list = []
@@ -74,8 +90,12 @@ def gather_model(form, fdt):
     from oga_npu.gguf import native as gn
 
     et = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
-    g = helper.make_graph([], "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"])],
-                          [helper.make_tensor_value_info("y", et, [1, "S", form.cols])])
+    g = helper.make_graph(
+        [],
+        "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "S"])],
+        [helper.make_tensor_value_info("y", et, [1, "S", form.cols])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
     # a stand-in builder graph: a plain Gather on a float table, replaced by the pass
     m.graph.initializer.append(numpy_helper.from_array(np.zeros((form.rows, form.cols), fdt), "table"))
@@ -125,8 +145,13 @@ def main() -> int:
         for fdt in (np.float32, np.float16):
             x = rng.standard_normal((1, 7, cols)).astype(fdt)
             ref = x.astype(np.float64) @ ref_w.T
-            rec = {"type": qt, "io": np.dtype(fdt).name, "bits": form.bits, "block": form.block,
-                   "offset": form.offset is not None}
+            rec = {
+                "type": qt,
+                "io": np.dtype(fdt).name,
+                "bits": form.bits,
+                "block": form.block,
+                "offset": form.offset is not None,
+            }
             try:
                 y = session(matmul_model(form, fdt), args.provider).run(None, {"x": x})[0]
                 rec["matmul_rel_err"] = float(np.abs(y - ref).max() / np.abs(ref).max())

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from webgpu_gguf_ops import session  # noqa: E402
+from webgpu_gguf_ops import session
 
 
 def chain_model(dim: int, n: int, bits: int | None, block: int, rng):
@@ -44,13 +44,32 @@ def chain_model(dim: int, n: int, bits: int | None, block: int, rng):
             codes = rng.integers(0, 256, (dim, nb, block * bits // 8), dtype=np.uint8)
             scales = (rng.random((dim, nb)) * 0.02 / (1 << bits)).astype(np.float16)
             zp = rng.integers(0, 256, (dim, (nb * bits + 7) // 8), dtype=np.uint8)
-            inits += [numpy_helper.from_array(codes, f"b{i}"), numpy_helper.from_array(scales.reshape(-1), f"s{i}"),
-                      numpy_helper.from_array(zp.reshape(-1), f"z{i}")]
-            nodes.append(helper.make_node("MatMulNBits", [x, f"b{i}", f"s{i}", f"z{i}"], [y], domain="com.microsoft",
-                                          K=dim, N=dim, bits=bits, block_size=block, accuracy_level=4))
+            inits += [
+                numpy_helper.from_array(codes, f"b{i}"),
+                numpy_helper.from_array(scales.reshape(-1), f"s{i}"),
+                numpy_helper.from_array(zp.reshape(-1), f"z{i}"),
+            ]
+            nodes.append(
+                helper.make_node(
+                    "MatMulNBits",
+                    [x, f"b{i}", f"s{i}", f"z{i}"],
+                    [y],
+                    domain="com.microsoft",
+                    K=dim,
+                    N=dim,
+                    bits=bits,
+                    block_size=block,
+                    accuracy_level=4,
+                )
+            )
         x = y
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["M", dim])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["M", dim])], inits)
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["M", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["M", dim])],
+        inits,
+    )
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
 
 
@@ -75,8 +94,13 @@ def main() -> int:
     args = ap.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
     rng = np.random.default_rng(0)
-    forms = [("fp16 MatMul", None, 0), ("4 bits, block 32", 4, 32), ("4 bits, block 16", 4, 16),
-             ("8 bits, block 32", 8, 32), ("8 bits, block 16", 8, 16)]
+    forms = [
+        ("fp16 MatMul", None, 0),
+        ("4 bits, block 32", 4, 32),
+        ("4 bits, block 16", 4, 16),
+        ("8 bits, block 32", 8, 32),
+        ("8 bits, block 16", 8, 16),
+    ]
     print(f"{args.provider}: one {args.dim} x {args.dim} node, ms (TFLOP/s), chain of {args.chain}")
     print("| form | " + " | ".join(f"M={m}" for m in rows) + " |")
     print("|---|" + "---|" * len(rows))

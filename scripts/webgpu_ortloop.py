@@ -32,8 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 class Loop:
-    def __init__(self, model_dir: Path, provider: str, capture: bool, max_len: int, argmax: bool,
-                 extra: dict[str, str], fused: bool = False, stream: bool = False, chain: int = 0):
+    def __init__(
+        self,
+        model_dir: Path,
+        provider: str,
+        capture: bool,
+        max_len: int,
+        argmax: bool,
+        extra: dict[str, str],
+        fused: bool = False,
+        stream: bool = False,
+        chain: int = 0,
+    ):
         import onnxruntime as ort
 
         self.ort = ort
@@ -214,7 +224,7 @@ class Loop:
         if t is not None:
             t.setdefault("runs", []).append((b - a) * 1e3 / k)
             t.setdefault("read", []).append((c - b) * 1e3)
-        return [int(x) for x in hist[0, first:first + k]]
+        return [int(x) for x in hist[0, first : first + k]]
 
     def idle_read_ms(self, n: int = 50) -> float:
         """A read-back when the GPU has nothing left to do: the fixed cost of a download."""
@@ -245,8 +255,13 @@ def main() -> None:
     ap.add_argument("--argmax", action="store_true", help="read the greedy token, not the logits")
     ap.add_argument("--fused", action="store_true", help="graph passes: one step input, next_token output")
     ap.add_argument("--stream", action="store_true", help="uploads on an OrtSyncStream")
-    ap.add_argument("--chain", type=int, default=0, metavar="K",
-                    help="greedy steps chained on the device, the tokens read every K steps")
+    ap.add_argument(
+        "--chain",
+        type=int,
+        default=0,
+        metavar="K",
+        help="greedy steps chained on the device, the tokens read every K steps",
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--ids", default="", help="comma-separated prompt ids (default: a fixed pattern)")
     ap.add_argument("--label", default="")
@@ -256,8 +271,17 @@ def main() -> None:
     if args.chain:
         args.fused = args.argmax = True
     max_len = args.max_len or args.prompt + args.gen + 1
-    loop = Loop(args.model, args.provider, args.capture, max_len, args.argmax,
-                dict(kv.split("=", 1) for kv in args.set), args.fused, args.stream, args.chain)
+    loop = Loop(
+        args.model,
+        args.provider,
+        args.capture,
+        max_len,
+        args.argmax,
+        dict(kv.split("=", 1) for kv in args.set),
+        args.fused,
+        args.stream,
+        args.chain,
+    )
     ids = [int(x) for x in args.ids.split(",")] if args.ids else [100 + (i % 1000) for i in range(args.prompt)]
     loop.setup()
     res = []
@@ -285,18 +309,39 @@ def main() -> None:
                 toks.append(tok)
         if rep == 0:
             continue  # warm-up: shaders, capture
-        r = {"ttft_ms": ttft, "decode_tps": len(steps) / sum(steps),
-             "step_median_ms": statistics.median(steps) * 1e3,
-             **{f"{k}_ms": statistics.median(v) for k, v in t.items()}}
+        r = {
+            "ttft_ms": ttft,
+            "decode_tps": len(steps) / sum(steps),
+            "step_median_ms": statistics.median(steps) * 1e3,
+            **{f"{k}_ms": statistics.median(v) for k, v in t.items()},
+        }
         res.append(r)
     best = max(res, key=lambda r: r["decode_tps"])
     med = {k: statistics.median(r[k] for r in res) for k in res[0]}
     # chained runs advance the position themselves: no replays past the buffers' end
     replay = loop.replay_only(200) if (args.capture or args.provider == "cpu") and not args.chain else None
     idle = loop.idle_read_ms()
-    print(json.dumps({"label": args.label, "provider": args.provider, "capture": loop.capture,
-                      "argmax": args.argmax, "fused": args.fused, "chain": args.chain, "stream": args.stream, "prompt": len(ids), "gen": args.gen, "median": med,
-                      "best_tps": best["decode_tps"], "replay_only_ms": replay, "idle_read_ms": idle, "tokens": toks[:16]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "label": args.label,
+                "provider": args.provider,
+                "capture": loop.capture,
+                "argmax": args.argmax,
+                "fused": args.fused,
+                "chain": args.chain,
+                "stream": args.stream,
+                "prompt": len(ids),
+                "gen": args.gen,
+                "median": med,
+                "best_tps": best["decode_tps"],
+                "replay_only_ms": replay,
+                "idle_read_ms": idle,
+                "tokens": toks[:16],
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def variant_dir(src: Path, overrides: dict[str, str], profile_prefix: str | None,
-                session: dict[str, str] | None = None) -> Path:
+def variant_dir(
+    src: Path, overrides: dict[str, str], profile_prefix: str | None, session: dict[str, str] | None = None
+) -> Path:
     """A folder of links to src's files with an edited genai_config.json."""
     d = Path(tempfile.mkdtemp(prefix="oga-npu-variant-"))
     for f in src.iterdir():
@@ -77,17 +78,22 @@ def one_run(og, lm, n_prompt: int, n_gen: int) -> dict:
         gen.generate_next_token()
         gen.get_next_tokens()
         steps.append(time.perf_counter() - a)
-    return {"prompt": n_prompt, "create_ms": (t1 - t0) * 1e3, "prefill_ms": (t2 - t1) * 1e3,
-            "first_token_ms": (t3 - t2) * 1e3, "ttft_ms": (t3 - t0) * 1e3,
-            "step_first3_ms": [round(s * 1e3, 3) for s in steps[:3]],
-            "step_median_ms": statistics.median(steps) * 1e3 if steps else None,
-            "step_p10_ms": pct(steps, 0.1) * 1e3 if steps else None,
-            "step_p90_ms": pct(steps, 0.9) * 1e3 if steps else None,
-            "decode_tps": (len(steps) / sum(steps)) if steps else None}
+    return {
+        "prompt": n_prompt,
+        "create_ms": (t1 - t0) * 1e3,
+        "prefill_ms": (t2 - t1) * 1e3,
+        "first_token_ms": (t3 - t2) * 1e3,
+        "ttft_ms": (t3 - t0) * 1e3,
+        "step_first3_ms": [round(s * 1e3, 3) for s in steps[:3]],
+        "step_median_ms": statistics.median(steps) * 1e3 if steps else None,
+        "step_p10_ms": pct(steps, 0.1) * 1e3 if steps else None,
+        "step_p90_ms": pct(steps, 0.9) * 1e3 if steps else None,
+        "decode_tps": (len(steps) / sum(steps)) if steps else None,
+    }
 
 
 def summarize_profile(path: str, top: int) -> dict:
-    events = json.load(open(path))
+    events = json.loads(Path(path).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     runs.sort(key=lambda e: e["ts"])
     out = {}
@@ -117,9 +123,11 @@ def summarize_profile(path: str, top: int) -> dict:
             by[key][0] += e.get("dur", 0)
             by[key][1] += 1
         rows = sorted(by.items(), key=lambda kv: -kv[1][0])[:top]
-        out[phase] = {"runs": len(rs), "run_ms_per_run": run_us / len(rs) / 1e3,
-                      "top": [{"what": k, "ms_per_run": v[0] / len(rs) / 1e3, "count_per_run": v[1] / len(rs)}
-                              for k, v in rows]}
+        out[phase] = {
+            "runs": len(rs),
+            "run_ms_per_run": run_us / len(rs) / 1e3,
+            "top": [{"what": k, "ms_per_run": v[0] / len(rs) / 1e3, "count_per_run": v[1] / len(rs)} for k, v in rows],
+        }
     return out
 
 
@@ -130,8 +138,13 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--session", action="append", default=[], metavar="KEY=VALUE",
-                    help="genai_config session option, e.g. intra_op_num_threads=1")
+    ap.add_argument(
+        "--session",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="genai_config session option, e.g. intra_op_num_threads=1",
+    )
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--profile-gen", type=int, default=8)
     ap.add_argument("--top", type=int, default=25)
@@ -156,11 +169,17 @@ def main() -> None:
         one_run(og, lm, n, 4)  # warm-up: shaders for this length
         rs = [one_run(og, lm, n, args.gen) for _ in range(args.reps)]
         best = min(rs, key=lambda r: r["ttft_ms"])
-        med = {k: statistics.median(r[k] for r in rs) for k in ("ttft_ms", "prefill_ms", "create_ms", "decode_tps", "step_median_ms")}
+        med = {
+            k: statistics.median(r[k] for r in rs)
+            for k in ("ttft_ms", "prefill_ms", "create_ms", "decode_tps", "step_median_ms")
+        }
         result["runs"].append({"prompt": n, "median": med, "best": best})
-        print(f"{args.label} prompt {n}: TTFT {med['ttft_ms']:.1f} ms (create {med['create_ms']:.1f}, prefill "
-              f"{med['prefill_ms']:.1f}), decode {med['decode_tps']:.1f} tok/s, step median "
-              f"{med['step_median_ms']:.3f} ms, first steps {best['step_first3_ms']}", flush=True)
+        print(
+            f"{args.label} prompt {n}: TTFT {med['ttft_ms']:.1f} ms (create {med['create_ms']:.1f}, prefill "
+            f"{med['prefill_ms']:.1f}), decode {med['decode_tps']:.1f} tok/s, step median "
+            f"{med['step_median_ms']:.3f} ms, first steps {best['step_first3_ms']}",
+            flush=True,
+        )
     del lm
     if args.profile:
         prefix = str(Path(tempfile.mkdtemp(prefix="oga-npu-prof-")) / "ort")
@@ -180,13 +199,14 @@ def main() -> None:
             result["profile"] = {"note": f"no profile written under {prefix}*"}
         else:
             # The file holds both runs; keep the second (warm) one: drop the warm-up's runs.
-            events = json.load(open(files[-1]))
-            runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                          key=lambda e: e["ts"])
+            events = json.loads(Path(files[-1]).read_text())
+            runs = sorted(
+                (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+            )
             cut = runs[4]["ts"] if len(runs) > 4 else 0  # warm-up = 1 prefill + 3 decode runs
             kept = [e for e in events if e.get("ts", 0) >= cut]
             tmp = files[-1] + ".warm.json"
-            json.dump(kept, open(tmp, "w"))
+            Path(tmp).write_text(json.dumps(kept))
             result["profile"] = summarize_profile(tmp, args.top)
             cats = defaultdict(int)
             for e in kept:

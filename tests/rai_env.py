@@ -18,14 +18,23 @@ TOOLS = ("onnx_utils", "model_generate", "model_benchmark")
 
 
 def _wrapper(path: Path, target: Path, release: str, oga: str) -> None:
-    path.write_text("#!/bin/sh\n"
-                    f"FAKE_EXE=\"$0\" FAKE_TOOL_VERSION=\"${{FAKE_TOOL_VERSION:-{release}.0}}\" "
-                    f"FAKE_OGA_VERSION=\"{oga}\" exec \"{sys.executable}\" \"{target}\" \"$@\"\n")
+    path.write_text(
+        "#!/bin/sh\n"
+        f'FAKE_EXE="$0" FAKE_TOOL_VERSION="${{FAKE_TOOL_VERSION:-{release}.0}}" '
+        f'FAKE_OGA_VERSION="{oga}" exec "{sys.executable}" "{target}" "$@"\n'
+    )
     path.chmod(0o755)
 
 
-def make_rai_env(root: Path, release: str, name: str | None = None, tools=TOOLS, python: bool = True,
-                 oga: str | None = None, packages: bool = True) -> Path:
+def make_rai_env(
+    root: Path,
+    release: str,
+    name: str | None = None,
+    tools=TOOLS,
+    python: bool = True,
+    oga: str | None = None,
+    packages: bool = True,
+) -> Path:
     oga = oga or PINS[release]
     prefix = Path(root) / (name or f"ryzen-ai-{release}" + (".0" if release.count(".") == 1 else ""))
     (prefix / "bin").mkdir(parents=True, exist_ok=True)

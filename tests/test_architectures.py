@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from oga_npu import architectures as A
 from oga_npu.errors import ArchitectureError, ToolFailed
 
@@ -29,8 +29,9 @@ MATRIX = [a for a in A.ARCHITECTURES if a.settings and not a.builder_refusal]
 RECIPE_FILES = {}
 
 
-def _inprocess_run_tool(argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None,
-                        tail_lines=20):
+def _inprocess_run_tool(
+    argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None, tail_lines=20
+):
     """oga_npu.tools.run_tool for `python -m MODULE ...` argv, run in this process."""
     from oga_npu.tools import ToolResult
 
@@ -185,15 +186,29 @@ def test_table_covers_every_text_decoder_the_builder_dispatches_on():
     import onnxruntime_genai.models.builder as builder
 
     src = Path(builder.__file__).read_text()
-    body = src[src.index("def create_model("):]
+    body = src[src.index("def create_model(") :]
     names = set(re.findall(r'config\.architectures\[0\] == "(\w+)"', body))
     assert len(names) > 30
     missing = sorted(n for n in names if n not in {h for a in A.ARCHITECTURES for h in a.hf_architectures})
     assert not missing, missing
-    for req in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "PhiForCausalLM",
-                "Phi3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GraniteForCausalLM",
-                "SmolLM3ForCausalLM", "Ernie4_5ForCausalLM", "NemotronForCausalLM", "OlmoForCausalLM",
-                "InternLM2ForCausalLM", "HunYuanDenseV1ForCausalLM"):
+    for req in (
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "PhiForCausalLM",
+        "Phi3ForCausalLM",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "GraniteForCausalLM",
+        "SmolLM3ForCausalLM",
+        "Ernie4_5ForCausalLM",
+        "NemotronForCausalLM",
+        "OlmoForCausalLM",
+        "InternLM2ForCausalLM",
+        "HunYuanDenseV1ForCausalLM",
+    ):
         A.lookup({"architectures": [req], "max_position_embeddings": 1, "original_max_position_embeddings": 1})
 
 
@@ -219,8 +234,11 @@ def test_quark_templates_named_in_the_table_exist_or_are_registered():
 
 
 def test_phi3_rope_variant_is_picked_like_the_builder():
-    short = {"architectures": ["Phi3ForCausalLM"], "max_position_embeddings": 4096,
-             "original_max_position_embeddings": 4096}
+    short = {
+        "architectures": ["Phi3ForCausalLM"],
+        "max_position_embeddings": 4096,
+        "original_max_position_embeddings": 4096,
+    }
     long = dict(short, max_position_embeddings=131072)
     assert A.lookup(short).builder == "Phi3MiniModel"
     assert A.lookup(long).builder == "Phi3MiniLongRoPEModel"
@@ -228,8 +246,12 @@ def test_phi3_rope_variant_is_picked_like_the_builder():
 
 def test_runtime_needs_of_reference_settings():
     g2 = A.runtime_needs(A.tiny_config("gemma2", 100))
-    assert (g2.sliding_window, g2.attn_logit_softcapping, g2.final_logit_softcapping, g2.tied_embeddings) == \
-        (4096, 50.0, 30.0, True)
+    assert (g2.sliding_window, g2.attn_logit_softcapping, g2.final_logit_softcapping, g2.tied_embeddings) == (
+        4096,
+        50.0,
+        30.0,
+        True,
+    )
     g3 = A.runtime_needs(A.tiny_config("gemma3_text", 100))
     assert g3.sliding_window == 512 and g3.sliding_layers == "1 of 2"
     q2 = A.runtime_needs(A.tiny_config("qwen2", 100))
@@ -275,8 +297,9 @@ def test_cli_architectures_lists_the_table(capsys):
 # ---------------------------------------------------------------- refusals
 
 
-REFUSED_CASES = [(a, r, t) for a in A.ARCHITECTURES for r in A.RECIPES for t in A.TARGETS
-                 if not a.support(r, t).allowed]
+REFUSED_CASES = [
+    (a, r, t) for a in A.ARCHITECTURES for r in A.RECIPES for t in A.TARGETS if not a.support(r, t).allowed
+]
 
 
 def test_every_refused_cell_is_refused_by_prepare_before_any_stage(tmp_path, test_recipes, monkeypatch):
@@ -300,8 +323,9 @@ def test_every_refused_cell_is_refused_by_prepare_before_any_stage(tmp_path, tes
             seen_archs.add(arch.name)
         out = tmp_path / "out" / f"{arch.name}-{recipe}-{target}"
         with pytest.raises(ArchitectureError) as e:
-            pipeline.prepare(pipeline.PrepareRequest(str(src), target=target, recipe=str(test_recipes[recipe]),
-                                                     output=out))
+            pipeline.prepare(
+                pipeline.PrepareRequest(str(src), target=target, recipe=str(test_recipes[recipe]), output=out)
+            )
         assert arch.support(recipe, target).how in e.value.message
         assert e.value.fix
         assert not out.exists()
@@ -311,8 +335,11 @@ def test_builderless_architecture_is_refused_fast_by_the_cli(tmp_path):
     """olmo2 (no builder support): exit 1 in under 10 s, before quantize, no output folder."""
     src = tmp_path / "olmo2"
     src.mkdir()
-    (src / "config.json").write_text(json.dumps({"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2",
-                                                 "hidden_size": 64, "num_attention_heads": 2}))
+    (src / "config.json").write_text(
+        json.dumps(
+            {"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2", "hidden_size": 64, "num_attention_heads": 2}
+        )
+    )
     out = tmp_path / "models" / "olmo2-cpu"
     t0 = time.monotonic()
     r = run_cli("prepare", str(src), "--output", str(out))
@@ -336,11 +363,19 @@ def test_refused_recipe_names_what_works_instead(tmp_path):
 def test_builder_failure_fix_does_not_promise_a_rerun_works():
     from oga_npu.prepare.build import builder_failed
 
-    e = builder_failed(ToolFailed("onnxruntime-genai model builder", ["x"], 1,
-                                  ["NotImplementedError: The foo model is not currently supported."], Path("b.log")))
+    e = builder_failed(
+        ToolFailed(
+            "onnxruntime-genai model builder",
+            ["x"],
+            1,
+            ["NotImplementedError: The foo model is not currently supported."],
+            Path("b.log"),
+        )
+    )
     assert "re-running the same command resumes" not in e.fix and "not in the onnxruntime-genai" in e.fix
-    e = builder_failed(ToolFailed("onnxruntime-genai model builder", ["x"], 1, ["KeyError: 'rope_type'"],
-                                  Path("b.log")))
+    e = builder_failed(
+        ToolFailed("onnxruntime-genai model builder", ["x"], 1, ["KeyError: 'rope_type'"], Path("b.log"))
+    )
     assert "fails the same way" in e.fix and "b.log" in e.fix
 
 
@@ -405,8 +440,12 @@ def test_fixed_builds_match_transformers(arch, tmp_path, tiny_models):
     out = tmp_path / "fp32"
     fixes = [x for f in arch.config_fixes for x in ("--fix", f)]
     with contextlib.redirect_stdout(io.StringIO()):
-        assert build_main([*fixes, "--", "-i", str(src), "-o", str(out), "-p", "fp32", "-e", "cpu",
-                           "-c", str(tmp_path / "cache")]) == 0
+        assert (
+            build_main(
+                [*fixes, "--", "-i", str(src), "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(tmp_path / "cache")]
+            )
+            == 0
+        )
     ids = list(range(100, 140))
     with torch.no_grad():
         ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)(torch.tensor([ids])).logits[0, -1]
@@ -456,7 +495,8 @@ def test_cli_prepares_and_runs_gemma3_through_the_builder_fix(tmp_path, tiny_mod
     log = (out / "logs" / "build.log").read_text()
     assert "oga_npu.prepare.build --fix gemma3_rope_per_layer_type" in log
     assert "config fixes for the builder: gemma3_rope_per_layer_type" in log
-    r = run_cli("run", "one two three four five six seven eight nine ten", "-m", str(out), "-n", "5", "--raw",
-                "--timings")
+    r = run_cli(
+        "run", "one two three four five six seven eight nine ten", "-m", str(out), "-n", "5", "--raw", "--timings"
+    )
     assert r.returncode == 0, r.stderr
     assert "generated 5 tok" in r.stderr, r.stderr

@@ -8,15 +8,32 @@ import sys
 import time
 
 import pytest
-
 from conftest import FAKE_TOOLS, REPO, run_cli
+
 from oga_npu.bench import BenchRecord, parse_model_benchmark
 
 
 def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
     j, c, p = tmp_path / "r.jsonl", tmp_path / "r.csv", tmp_path / "r.png"
-    r = run_cli("bench", "-m", str(tiny_model), "-l", "16,64,600", "-g", "8", "-r", "2", "-w", "1",
-                "--json", str(j), "--csv", str(c), "--plot", str(p))
+    r = run_cli(
+        "bench",
+        "-m",
+        str(tiny_model),
+        "-l",
+        "16,64,600",
+        "-g",
+        "8",
+        "-r",
+        "2",
+        "-w",
+        "1",
+        "--json",
+        str(j),
+        "--csv",
+        str(c),
+        "--plot",
+        str(p),
+    )
     assert r.returncode == 0, r.stderr
     recs = [json.loads(x) for x in j.read_text().splitlines()]
     assert [x["prompt_tokens"] for x in recs] == [16, 64, 600]
@@ -41,9 +58,32 @@ def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
 def test_sigint_mid_sweep_keeps_finished_points(tmp_path, tiny_model):
     j, c = tmp_path / "r.jsonl", tmp_path / "r.csv"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "oga_npu", "bench", "-m", str(tiny_model), "-l",
-                             "16,32,48,64,80,96,112,128,144,160", "-g", "200", "-r", "3", "-w", "0", "--json", str(j),
-                             "--csv", str(c)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oga_npu",
+            "bench",
+            "-m",
+            str(tiny_model),
+            "-l",
+            "16,32,48,64,80,96,112,128,144,160",
+            "-g",
+            "200",
+            "-r",
+            "3",
+            "-w",
+            "0",
+            "--json",
+            str(j),
+            "--csv",
+            str(c),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (j.exists() and j.read_text().strip()):
         assert proc.poll() is None and time.monotonic() < deadline
@@ -102,8 +142,25 @@ def test_parse_model_benchmark_output():
 def test_model_benchmark_flag_runs_the_tool_and_parses(tmp_path, tiny_model):
     j = tmp_path / "mb.jsonl"
     env = {"PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"], "OGA_NPU_FAKE_LOG": str(tmp_path / "f.jsonl")}
-    r = run_cli("bench", "-m", str(tiny_model), "--model-benchmark", "-l", "128,256", "-g", "16", "-r", "3",
-                "-w", "1", "--json", str(j), "--rai-version", "1.7.1", env=env)
+    r = run_cli(
+        "bench",
+        "-m",
+        str(tiny_model),
+        "--model-benchmark",
+        "-l",
+        "128,256",
+        "-g",
+        "16",
+        "-r",
+        "3",
+        "-w",
+        "1",
+        "--json",
+        str(j),
+        "--rai-version",
+        "1.7.1",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     call = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines() if "--version" not in x][-1]
     argv = call["argv"]
@@ -113,8 +170,9 @@ def test_model_benchmark_flag_runs_the_tool_and_parses(tmp_path, tiny_model):
     assert [x.prompt_tokens for x in recs] == [128, 256]
     assert recs[1].ttft_avg_ms == pytest.approx(256.0) and recs[1].decode_tps_avg == pytest.approx(50.0)
     # RAI 1.8: --prompt_file and -l are mutually exclusive, so no -f
-    r = run_cli("bench", "-m", str(tiny_model), "--model-benchmark", "-l", "128", "-g", "16", "--rai-version", "1.8",
-                env=env)
+    r = run_cli(
+        "bench", "-m", str(tiny_model), "--model-benchmark", "-l", "128", "-g", "16", "--rai-version", "1.8", env=env
+    )
     assert r.returncode == 0, r.stderr
     call = [json.loads(x) for x in (tmp_path / "f.jsonl").read_text().splitlines() if "--version" not in x][-1]
     assert "-f" not in call["argv"]
@@ -144,7 +202,9 @@ def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, t
     """prune_lm_head (the default) keeps the last position's logits only; eval then scores
     one token per step. A build that keeps every position's logits must agree."""
     recipe = tmp_path / "full.toml"
-    recipe.write_text((REPO / "oga_npu" / "recipes" / "cpu-fast.toml").read_text().replace(", prune_lm_head = true", ""))
+    recipe.write_text(
+        (REPO / "oga_npu" / "recipes" / "cpu-fast.toml").read_text().replace(", prune_lm_head = true", "")
+    )
     assert "prune_lm_head" not in recipe.read_text()
     full = tmp_path / "full"
     r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full))
@@ -166,8 +226,22 @@ def test_plot_ticks_are_plain_lengths_and_legends_name_the_runs(tmp_path, monkey
 
     def recs(model, label=None):
         meta = {"label": label} if label else {}
-        return [BenchRecord(model, "cpu", n, 16, 2, 1, ttft_avg_ms=n / 10, ttft_std_ms=1.0, decode_tps_avg=50.0,
-                            decode_tps_std=1.0, meta=meta) for n in (128, 256, 512)]
+        return [
+            BenchRecord(
+                model,
+                "cpu",
+                n,
+                16,
+                2,
+                1,
+                ttft_avg_ms=n / 10,
+                ttft_std_ms=1.0,
+                decode_tps_avg=50.0,
+                decode_tps_std=1.0,
+                meta=meta,
+            )
+            for n in (128, 256, 512)
+        ]
 
     files = []
     for name, r in (("a.jsonl", recs("/m/smol-awq", "AWQ run")), ("b.jsonl", recs("/m/smol-fast"))):

@@ -11,12 +11,15 @@ from conftest import call
 from oga_npu import cli
 
 
-@pytest.mark.parametrize("argv", [
-    ["chta"],                                        # a mistyped command
-    ["run", "-m", "m", "--temp", "0.5", "Hi"],       # an unknown option
-    ["prepare", "src", "--dry-run", "true"],         # a value after a flag
-    ["run", "-m", "m", "-n", "abc", "Hi"],           # not a number
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["chta"],  # a mistyped command
+        ["run", "-m", "m", "--temp", "0.5", "Hi"],  # an unknown option
+        ["prepare", "src", "--dry-run", "true"],  # a value after a flag
+        ["run", "-m", "m", "-n", "abc", "Hi"],  # not a number
+    ],
+)
 def test_usage_errors_exit_2_with_the_usage_line(capsys, argv):
     code, out, err = call(capsys, *argv)
     assert code == 2, err
@@ -40,10 +43,16 @@ def test_flags_show_without_a_type(capsys):
     assert "<bool>" not in out
 
 
-@pytest.mark.parametrize("err_no, words", [
-    (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied"), (errno.EPERM, "permission denied"),
-    (errno.ENAMETOOLONG, "file name too long"), (errno.ENOENT, "no such file"),
-])
+@pytest.mark.parametrize(
+    "err_no, words",
+    [
+        (errno.ENOSPC, "no space left"),
+        (errno.EACCES, "permission denied"),
+        (errno.EPERM, "permission denied"),
+        (errno.ENAMETOOLONG, "file name too long"),
+        (errno.ENOENT, "no such file"),
+    ],
+)
 def test_os_errors_are_one_line_with_the_path_and_a_fix(capsys, monkeypatch, err_no, words):
     from oga_npu.store import ModelStore
 
@@ -82,8 +91,10 @@ def test_mistyped_model_path_points_at_models(capsys, tmp_path, monkeypatch):
     models = tmp_path / "models"
     (models / "smollm2-135m-instruct-cpu").mkdir(parents=True)
     (models / "smollm2-135m-instruct-cpu" / "genai_config.json").write_text("{}")
-    for cmd in (["run", "-m", str(models / "smollm2-135m-instrct-cpu"), "Hi"],
-                ["chat", "-m", str(models / "smollm2-135m-instrct-cpu")]):
+    for cmd in (
+        ["run", "-m", str(models / "smollm2-135m-instrct-cpu"), "Hi"],
+        ["chat", "-m", str(models / "smollm2-135m-instrct-cpu")],
+    ):
         code, _, err = call(capsys, *cmd)
         assert code == 1 and "does not exist" in err and "oga-npu models" in err, err
         assert "did you mean" in err and "smollm2-135m-instruct-cpu" in err

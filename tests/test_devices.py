@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import FAKE_TOOLS, run_cli
+
 from oga_npu.devices import classify_pci, find_npus_linux, find_npus_windows
 from oga_npu.workdir import MANIFEST
 
@@ -31,9 +31,16 @@ def fake_sysfs(root: Path, device: int, revision: int, driver: str | None = "amd
     return root
 
 
-@pytest.mark.parametrize("device,rev,kind", [(0x1502, 0x00, "phoenix"), (0x17F0, 0x00, "strix"),
-                                             (0x17F0, 0x10, "strix"), (0x17F0, 0x11, "strix"),
-                                             (0x17F0, 0x20, "krackan")])
+@pytest.mark.parametrize(
+    "device,rev,kind",
+    [
+        (0x1502, 0x00, "phoenix"),
+        (0x17F0, 0x00, "strix"),
+        (0x17F0, 0x10, "strix"),
+        (0x17F0, 0x11, "strix"),
+        (0x17F0, 0x20, "krackan"),
+    ],
+)
 def test_sysfs_detects_each_npu(tmp_path, device, rev, kind):
     (npu,) = find_npus_linux(fake_sysfs(tmp_path, device, rev))
     assert npu.kind == kind and npu.pci_id == f"1022:{device:04x}"
@@ -81,8 +88,11 @@ def test_devices_lists_webgpu_adapters(monkeypatch):
 
 def test_devices_with_fake_strix_and_xrt_smi(tmp_path):
     root = fake_sysfs(tmp_path / "sysfs", 0x17F0, 0x10)
-    env = {"OGA_NPU_SYSFS_ROOT": str(root), "PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"],
-           "FAKE_XRT_STATE": str(tmp_path / "pmode")}
+    env = {
+        "OGA_NPU_SYSFS_ROOT": str(root),
+        "PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"],
+        "FAKE_XRT_STATE": str(tmp_path / "pmode"),
+    }
     (tmp_path / "pmode").write_text("balanced")
     r = run_cli("devices", "--json", env=env)
     d = json.loads(r.stdout)
@@ -93,8 +103,11 @@ def test_devices_with_fake_strix_and_xrt_smi(tmp_path):
 
 def test_pmode_turbo_runs_xrt_smi_configure(tmp_path):
     log = tmp_path / "f.jsonl"
-    env = {"PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"], "OGA_NPU_FAKE_LOG": str(log),
-           "FAKE_XRT_STATE": str(tmp_path / "pmode")}
+    env = {
+        "PATH": str(FAKE_TOOLS) + os.pathsep + os.environ["PATH"],
+        "OGA_NPU_FAKE_LOG": str(log),
+        "FAKE_XRT_STATE": str(tmp_path / "pmode"),
+    }
     r = run_cli("devices", "--pmode", "turbo", env=env)
     assert r.returncode == 0, r.stderr
     calls = [json.loads(x)["argv"] for x in log.read_text().splitlines()]
@@ -106,7 +119,8 @@ def test_pmode_without_xrt_smi_is_one_line():
     r = run_cli("devices", "--pmode", "turbo")
     assert r.returncode == 1
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")] == [
-        "Error: xrt-smi not found: no Ryzen AI NPU driver on this machine"]
+        "Error: xrt-smi not found: no Ryzen AI NPU driver on this machine"
+    ]
 
 
 def test_doctor_finds_missing_weights_and_lfs_pointer(tmp_path, tiny_model):
@@ -132,8 +146,9 @@ def test_hello_runs_cpu_and_says_why_npu_skipped(tmp_path):
     cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir()
     tmp.mkdir()
-    r = run_cli("hello", "--runs", "3", "--json", cwd=cwd,
-                env={"OGA_NPU_SYSFS_ROOT": "/nonexistent", "TMPDIR": str(tmp)})
+    r = run_cli(
+        "hello", "--runs", "3", "--json", cwd=cwd, env={"OGA_NPU_SYSFS_ROOT": "/nonexistent", "TMPDIR": str(tmp)}
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert list(cwd.iterdir()) == []

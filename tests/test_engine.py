@@ -12,20 +12,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from oga_npu.webgpu import engine as eng
+
 from oga_npu.errors import ProviderError
 from oga_npu.generate import GenerationOptions, stream_generate
-from oga_npu.webgpu.graphpass import GraphPassError, engine_graph, fuse_step_input
 from oga_npu.model import load
+from oga_npu.webgpu import engine as eng
+from oga_npu.webgpu.graphpass import GraphPassError, engine_graph, fuse_step_input
 
 
 @pytest.fixture(scope="module")
 def tiny_webgpu(tmp_path_factory, tiny_hf, session_home) -> Path:
     out = tmp_path_factory.mktemp("engine") / "tiny-webgpu"
-    r = run_cli("prepare", str(tiny_hf), "--target", "webgpu", "--recipe", "builder-int4", "--output", str(out),
-                env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"})
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "webgpu",
+        "--recipe",
+        "builder-int4",
+        "--output",
+        str(out),
+        env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -51,8 +60,9 @@ def test_prepare_writes_the_engine_graph(tiny_webgpu):
     outs = [o.name for o in g.output]
     assert ins[0] == "step" and "history" in ins and "input_ids" not in ins and "attention_mask" not in ins
     assert {"logits", "next_token", "step_next", "history_next", "present.0.key"} <= set(outs)
-    assert not any(i.data_location == onnx.TensorProto.DEFAULT and i.name.startswith("model.layers")
-                   for i in g.initializer), "weights must stay in model.onnx.data, not be copied"
+    assert not any(
+        i.data_location == onnx.TensorProto.DEFAULT and i.name.startswith("model.layers") for i in g.initializer
+    ), "weights must stay in model.onnx.data, not be copied"
     manifest = json.loads((tiny_webgpu / "oga_npu_manifest.json").read_text())
     assert "direct_decode" in json.dumps(manifest)
 
@@ -92,7 +102,9 @@ def test_direct_penalty_and_sampling(tiny_webgpu, monkeypatch):
     assert a == b and len(a) == 16  # seeded: reproducible
     assert a != tokens(direct, ids, GenerationOptions(max_tokens=16, temperature=1.5, seed=8, ignore_eos=True))
     top1 = GenerationOptions(max_tokens=16, temperature=1.0, top_k=1, repetition_penalty=1.0, seed=1, ignore_eos=True)
-    assert tokens(direct, ids, top1) == tokens(oga, ids, GenerationOptions(max_tokens=16, temperature=0.0, ignore_eos=True))
+    assert tokens(direct, ids, top1) == tokens(
+        oga, ids, GenerationOptions(max_tokens=16, temperature=0.0, ignore_eos=True)
+    )
 
 
 def test_engine_grows_its_kv_buffers(tiny_webgpu, monkeypatch):
@@ -128,7 +140,7 @@ def test_sampler_frequencies_follow_softmax(size):
     counts = np.bincount([s(logits) for _ in range(n)], minlength=size)
     assert np.abs(counts / n - p).max() < 0.015
     top = np.argsort(-p)
-    keep = top[:int(np.searchsorted(np.cumsum(p[top]), 0.7)) + 1]  # nucleus 0.7
+    keep = top[: int(np.searchsorted(np.cumsum(p[top]), 0.7)) + 1]  # nucleus 0.7
     s = eng.Sampler(temperature=0.9, top_p=0.7, seed=12)
     drawn = np.bincount([s(logits) for _ in range(n)], minlength=size)
     assert set(np.flatnonzero(drawn)) == set(keep.tolist())
@@ -143,9 +155,12 @@ def test_greedy_token_subgraph(vocab):
     from oga_npu.webgpu.graphpass import add_greedy_token
 
     def model(opset):
-        g = helper.make_graph([helper.make_node("Identity", ["x"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, vocab])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, vocab])])
+        g = helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["logits"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, vocab])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, vocab])],
+        )
         return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
 
     with pytest.raises(GraphPassError, match="opset 17"):
@@ -198,12 +213,36 @@ def test_doctor_says_which_decoder(tiny_webgpu, tmp_path):
 
 
 def test_cli_run_says_direct_decode(tiny_webgpu):
-    r = run_cli("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "-t", "0", "--timings",
-                env={eng.DECODER_ENV: "direct"})
+    r = run_cli(
+        "run",
+        "-m",
+        str(tiny_webgpu),
+        "--provider",
+        "cpu",
+        "Hello",
+        "-n",
+        "5",
+        "-t",
+        "0",
+        "--timings",
+        env={eng.DECODER_ENV: "direct"},
+    )
     assert r.returncode == 0, r.stderr
     assert "[cpu, direct decode]" in r.stderr
-    r2 = run_cli("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "-t", "0", "--timings",
-                 env={eng.DECODER_ENV: "oga"})
+    r2 = run_cli(
+        "run",
+        "-m",
+        str(tiny_webgpu),
+        "--provider",
+        "cpu",
+        "Hello",
+        "-n",
+        "5",
+        "-t",
+        "0",
+        "--timings",
+        env={eng.DECODER_ENV: "oga"},
+    )
     assert r2.returncode == 0 and "[cpu]" in r2.stderr
     assert r.stdout == r2.stdout  # same greedy text either way
 
@@ -221,9 +260,14 @@ def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
     """direct_decode on a CPU build (a mask layout the passes refuse): prepare still succeeds,
     says why in the stage log and result, and writes no engine graph."""
     recipe = tmp_path / "cpu-direct.toml"
-    recipe.write_text((Path(__file__).resolve().parent.parent / "oga_npu" / "recipes" / "builder-int4.toml").read_text()
-                      .replace('session_options = { intra_op_num_threads = "auto" }',
-                               'session_options = { intra_op_num_threads = "auto" }\ndirect_decode = true'))
+    recipe.write_text(
+        (Path(__file__).resolve().parent.parent / "oga_npu" / "recipes" / "builder-int4.toml")
+        .read_text()
+        .replace(
+            'session_options = { intra_op_num_threads = "auto" }',
+            'session_options = { intra_op_num_threads = "auto" }\ndirect_decode = true',
+        )
+    )
     out = tmp_path / "m"
     r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(out))
     assert r.returncode == 0, r.stderr

@@ -7,8 +7,16 @@ import signal
 import pytest
 
 from oga_npu.errors import ChatTemplateError, ContextLengthError, GenerationError
-from oga_npu.generate import (DEFAULT_SAMPLING, GenerationOptions, _Detokenizer, _StopFilter, encode, generate,
-                               resolve_options, stream_generate)
+from oga_npu.generate import (
+    DEFAULT_SAMPLING,
+    GenerationOptions,
+    _Detokenizer,
+    _StopFilter,
+    encode,
+    generate,
+    resolve_options,
+    stream_generate,
+)
 from oga_npu.model import load
 
 
@@ -83,8 +91,8 @@ def test_stop_string_split_across_tokens_is_never_emitted(lm):
     full = pieces[-1]
     cut = next(i for i in range(3, len(pieces)) if len(pieces[i - 1]) - len(pieces[i - 2]) >= 2)
     boundary = len(pieces[cut - 2])
-    stop = full[boundary - 1:boundary + 1]
-    assert stop and stop not in full[:boundary - 1] + full[boundary - 1:boundary]  # spans the boundary
+    stop = full[boundary - 1 : boundary + 1]
+    assert stop and stop not in full[: boundary - 1] + full[boundary - 1 : boundary]  # spans the boundary
     first = full.find(stop)
     text, last = generate(lm, "hello", GenerationOptions(max_tokens=30, temperature=0.0, stop=(stop,)))
     assert stop not in text
@@ -115,8 +123,11 @@ def test_unset_sampling_options_take_the_models_defaults(lm):
     r = resolve_options(GenerationOptions(temperature=0.0, top_k=5), lm)
     assert (r.temperature, r.top_k, r.top_p) == (0.0, 5, DEFAULT_SAMPLING["top_p"])
     # A source whose generation_config asks to sample: the builder's search section is used.
-    own = SimpleNamespace(config={"search": {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 20,
-                                             "repetition_penalty": 1.05}})
+    own = SimpleNamespace(
+        config={
+            "search": {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 20, "repetition_penalty": 1.05}
+        }
+    )
     r = resolve_options(GenerationOptions(top_p=0.5), own)
     assert (r.temperature, r.top_p, r.top_k, r.repetition_penalty) == (0.6, 0.5, 20, 1.05)
     # The decode loop samples by default: a seed repeats, and seeds differ from greedy.
@@ -134,8 +145,18 @@ def test_too_long_prompt_is_refused_with_both_counts(lm):
     assert str(n) in e.value.message and "50" in e.value.message and str(lm.context_length) in e.value.message
 
 
-@pytest.mark.parametrize("kw", [dict(max_tokens=0), dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5),
-                                dict(top_k=-1), dict(seed=-1), dict(stop=("",))])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_tokens=0),
+        dict(temperature=-0.1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=-1),
+        dict(seed=-1),
+        dict(stop=("",)),
+    ],
+)
 def test_bad_options_are_typed_errors(lm, kw):
     with pytest.raises(GenerationError):
         list(stream_generate(lm, "hi", GenerationOptions(**kw)))
@@ -186,8 +207,9 @@ def test_no_chat_template_is_an_error_not_raw_text(tmp_path, tiny_model):
         list(stream_generate(m, "hi"))
     text, _ = generate(m, "hi", GenerationOptions(max_tokens=3), raw=True)
     assert isinstance(text, str)
-    text, _ = generate(m, "hi", GenerationOptions(max_tokens=3),
-                       chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    text, _ = generate(
+        m, "hi", GenerationOptions(max_tokens=3), chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
     assert isinstance(text, str)
 
 

@@ -18,8 +18,9 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     full = dict(os.environ)
     full["PYTHONPATH"] = str(REPO) + os.pathsep + full.get("PYTHONPATH", "")
     full.update(env)
-    return subprocess.Popen([sys.executable, "-m", "oga_npu", *args], stdout=subprocess.DEVNULL,
-                            stderr=open(log, "w"), env=full)
+    return subprocess.Popen(
+        [sys.executable, "-m", "oga_npu", *args], stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=full
+    )
 
 
 def test_two_prepares_of_one_gguf_wait_for_one_dequantize(tmp_path, monkeypatch):
@@ -29,13 +30,15 @@ def test_two_prepares_of_one_gguf_wait_for_one_dequantize(tmp_path, monkeypatch)
     home = tmp_path / "home"
     env = {"OGA_NPU_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     src = gguf_models.write_gguf(tmp_path / "tiny-llama.Q8_0.gguf", "llama", "Q8_0")
-    monkeypatch.setenv("OGA_NPU_HOME", str(home))   # the test's view of the same cache
+    monkeypatch.setenv("OGA_NPU_HOME", str(home))  # the test's view of the same cache
     cache = gguf_cache_dir(src.resolve())
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     # The test holds the cache's lock, so both prepares reach it and wait: a race made certain.
     with file_lock(cache.with_name(cache.name + ".lock")):
-        procs = [_start(["prepare", str(src), "-o", str(tmp_path / "A")], env, logs[0]),
-                 _start(["prepare", str(src), "--recipe", "builder-int4", "-o", str(tmp_path / "B")], env, logs[1])]
+        procs = [
+            _start(["prepare", str(src), "-o", str(tmp_path / "A")], env, logs[0]),
+            _start(["prepare", str(src), "--recipe", "builder-int4", "-o", str(tmp_path / "B")], env, logs[1]),
+        ]
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if all("waiting for it" in f.read_text() for f in logs) or any(p.poll() is not None for p in procs):

@@ -3,8 +3,6 @@ once into a cache entry that load() opens instead of the compact folder."""
 
 from __future__ import annotations
 
-import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -25,8 +23,16 @@ def native(tmp_path_factory, session_home) -> Path:
         mp.setenv("OGA_NPU_HOME", str(session_home))
         mp.setenv("OGA_NPU_EXPAND", "0")
         mp.setenv("HF_HUB_OFFLINE", "1")
-        src = write_gguf(tmp / "llama-Q4_K_M.gguf", "llama", "Q4_K_M", hidden_size=256, intermediate_size=768,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+        src = write_gguf(
+            tmp / "llama-Q4_K_M.gguf",
+            "llama",
+            "Q4_K_M",
+            hidden_size=256,
+            intermediate_size=768,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+        )
         out = tmp / "model"
         prepare(PrepareRequest(str(src), output=out))
     return out
@@ -60,7 +66,6 @@ def _entry(home: Path) -> Path:
 def test_expanded_model_has_no_gguf_nodes_and_the_bytes_onnxruntime_folds(native, tmp_path, home):
     import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     from oga_npu.gguf.expand import _stored, expand_folder
 
@@ -174,7 +179,6 @@ def test_rm_removes_the_cache_entry(native, home, monkeypatch, capsys, tmp_path)
     assert not folder.exists() and not entry.exists()
 
 
-
 def test_prepare_makes_the_expanded_form(native, home, capsys):
     """Also when the folder is already prepared (made before this cache existed): `prepare`
     leaves the model ready for a quick first load."""
@@ -217,20 +221,23 @@ def test_an_engine_graph_shares_the_expanded_data(native, tmp_path, home):
     import onnx
     import onnxruntime as ort
 
-    from oga_npu.webgpu.engine import ENGINE_FILE
     from oga_npu.gguf.expand import expand_folder
+    from oga_npu.webgpu.engine import ENGINE_FILE
 
     folder = tmp_path / "with-engine"
     shutil.copytree(native, folder)
     shutil.copy(folder / "model.onnx", folder / ENGINE_FILE)
     expand_folder(native, tmp_path / "plain")
     expand_folder(folder, tmp_path / "both")
-    assert (tmp_path / "both" / "model.onnx.data").stat().st_size == (tmp_path / "plain" / "model.onnx.data").stat().st_size
+    assert (tmp_path / "both" / "model.onnx.data").stat().st_size == (
+        tmp_path / "plain" / "model.onnx.data"
+    ).stat().st_size
     e = onnx.load(str(tmp_path / "both" / ENGINE_FILE), load_external_data=False)
     m = onnx.load(str(tmp_path / "both" / "model.onnx"), load_external_data=False)
     assert not any(n.name.startswith("/gguf.") for n in e.graph.node)
-    assert [(t.name, list(t.external_data)) for t in e.graph.initializer] == \
-        [(t.name, list(t.external_data)) for t in m.graph.initializer]
+    assert [(t.name, list(t.external_data)) for t in e.graph.initializer] == [
+        (t.name, list(t.external_data)) for t in m.graph.initializer
+    ]
     ort.InferenceSession(str(tmp_path / "both" / ENGINE_FILE), providers=["CPUExecutionProvider"])
 
 

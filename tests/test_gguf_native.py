@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from oga_npu.gguf import native as gn  # noqa: E402
 
-ROWS, COLS = 48, 512   # COLS: a multiple of the K-quants' super-block of 256
+ROWS, COLS = 48, 512  # COLS: a multiple of the K-quants' super-block of 256
 
 
 def _random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
@@ -38,13 +38,27 @@ def _matmul_session(form: gn.BlockForm, accuracy_level: int, optimized=None, mod
     import onnx
     from onnx import TensorProto, helper
 
-    m = helper.make_model(helper.make_graph(
-        [], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", form.cols])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", form.rows])]),
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    node = helper.make_node("MatMulNBits", ["x", "b", "s"], ["y"], name="/model/layers.0/mlp/up_proj/MatMul_Q4",
-                            domain="com.microsoft", K=form.cols, N=form.rows, bits=4, block_size=32,
-                            accuracy_level=accuracy_level)
+    m = helper.make_model(
+        helper.make_graph(
+            [],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", form.cols])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", form.rows])],
+        ),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    )
+    node = helper.make_node(
+        "MatMulNBits",
+        ["x", "b", "s"],
+        ["y"],
+        name="/model/layers.0/mlp/up_proj/MatMul_Q4",
+        domain="com.microsoft",
+        K=form.cols,
+        N=form.rows,
+        bits=4,
+        block_size=32,
+        accuracy_level=accuracy_level,
+    )
     m.graph.node.append(node)
     node = m.graph.node[0]  # protobuf copies on append
     gr = gn._Graph(m)
@@ -61,8 +75,16 @@ def _matmul_session(form: gn.BlockForm, accuracy_level: int, optimized=None, mod
 
 
 ALL_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K"]
-EXPECT = {"Q4_0": (4, 32), "Q4_1": (4, 32), "Q4_K": (4, 32), "Q5_0": (8, 32), "Q5_1": (8, 32),
-          "Q5_K": (8, 32), "Q8_0": (8, 32), "Q6_K": (8, 16)}
+EXPECT = {
+    "Q4_0": (4, 32),
+    "Q4_1": (4, 32),
+    "Q4_K": (4, 32),
+    "Q5_0": (8, 32),
+    "Q5_1": (8, 32),
+    "Q5_K": (8, 32),
+    "Q8_0": (8, 32),
+    "Q6_K": (8, 16),
+}
 
 
 @pytest.mark.parametrize("qtype", ALL_TYPES)
@@ -84,8 +106,9 @@ def test_block_type_through_onnxruntime_equals_gguf_dequantized_product(qtype, t
     # fp16 d/m); shared per-model constants (shapes) aside
     from onnx import numpy_helper
 
-    stored = sum(numpy_helper.to_array(t).nbytes for t in built[0].graph.initializer
-                 if not t.name.startswith("gguf.const."))
+    stored = sum(
+        numpy_helper.to_array(t).nbytes for t in built[0].graph.initializer if not t.name.startswith("gguf.const.")
+    )
     assert stored <= 1.07 * raw.nbytes, (stored, raw.nbytes)
     # ... and rebuilt by nodes onnxruntime folds at load: none of them runs per call
     import onnx
@@ -120,7 +143,11 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 def _exact_recipe(tmp_path):
     """gguf-native with accuracy_level 0 (float activations): the exactness check."""
     r = tmp_path / "gguf-exact.toml"
-    r.write_text((REPO / "oga_npu" / "recipes" / "gguf-native.toml").read_text().replace("accuracy_level = 4", "accuracy_level = 0"))
+    r.write_text(
+        (REPO / "oga_npu" / "recipes" / "gguf-native.toml")
+        .read_text()
+        .replace("accuracy_level = 4", "accuracy_level = 0")
+    )
     assert "accuracy_level = 0" in r.read_text()
     return r
 
@@ -157,8 +184,16 @@ def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path):
     from oga_npu.pipeline import PrepareRequest, prepare
     from oga_npu.prepare.source import gguf_cache_dir
 
-    src = write_gguf(tmp_path / f"{arch}-{quant}.gguf", arch, quant, hidden_size=256, intermediate_size=768,  # != vocab (512): the builder takes any Linear to vocab_size for the head
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    src = write_gguf(
+        tmp_path / f"{arch}-{quant}.gguf",
+        arch,
+        quant,
+        hidden_size=256,
+        intermediate_size=768,  # != vocab (512): the builder takes any Linear to vocab_size for the head
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+    )
     out = tmp_path / "model"
     res = prepare(PrepareRequest(str(src), recipe=str(_exact_recipe(tmp_path)), output=out))
     native = res.manifest["stages"]["build"]["detail"]["gguf_native"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf_models
 import numpy as np
 import pytest
-
-import gguf_models
 
 
 @pytest.mark.parametrize("qtype", gguf_models.K_QUANTS)
@@ -78,8 +77,14 @@ def _prepare(source: Path, out: Path, recipe: str, home: Path) -> Path:
 @pytest.fixture(scope="session")
 def base_kquant_gguf(tmp_path_factory) -> Path:
     """A Qwen3 base model (no chat template) as llama.cpp's Q4_K_M mix (hidden 256: K-quant blocks fit)."""
-    return gguf_models.write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-qwen3-base.Q4_K_M.gguf", "qwen3", "Q4_K_M",
-                                  chat_template=None, hidden_size=256, intermediate_size=512)
+    return gguf_models.write_gguf(
+        tmp_path_factory.mktemp("gguf") / "tiny-qwen3-base.Q4_K_M.gguf",
+        "qwen3",
+        "Q4_K_M",
+        chat_template=None,
+        hidden_size=256,
+        intermediate_size=512,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +95,9 @@ def base_kquant_model(tmp_path_factory, base_kquant_gguf, session_home) -> Path:
 @pytest.fixture(scope="session")
 def sliding_gguf(tmp_path_factory) -> Path:
     """Gemma 2 (window on every other layer, soft-capping) with a 16-token window."""
-    return gguf_models.write_gguf(tmp_path_factory.mktemp("gguf") / "tiny-gemma2-w16.Q8_0.gguf", "gemma2", "Q8_0",
-                                  sliding_window=16)
+    return gguf_models.write_gguf(
+        tmp_path_factory.mktemp("gguf") / "tiny-gemma2-w16.Q8_0.gguf", "gemma2", "Q8_0", sliding_window=16
+    )
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +132,19 @@ def test_k_quant_base_gguf_of_qwen3_prepares_and_runs_raw(base_kquant_gguf, base
     assert {"Q4_K", "Q6_K"} <= kinds  # a real K-quant mix went in
     cfg = json.loads((base_kquant_model / "genai_config.json").read_text())
     assert cfg["model"]["type"] == "qwen3"
-    code, out, err = _cli(capsys, "run", "The capital of France is", "--raw", "-n", "5", "--temperature", "0",
-                          "--timings", "-m", str(base_kquant_model))
+    code, out, err = _cli(
+        capsys,
+        "run",
+        "The capital of France is",
+        "--raw",
+        "-n",
+        "5",
+        "--temperature",
+        "0",
+        "--timings",
+        "-m",
+        str(base_kquant_model),
+    )
     assert code == 0, err
     assert "[cpu]" in err and "generated 5 tok" in err
 
@@ -140,11 +157,29 @@ def test_base_model_without_template_chat_refuses_with_the_fix(base_kquant_model
     assert code == 1 and "no chat template" in err and "--raw" in err
     template = tmp_path / "plain.jinja"
     template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
-    code, out, err = _cli(capsys, "chat", "-m", str(base_kquant_model), "-n", "3", "--chat-template", str(template),
-                          stdin="hello\n", monkeypatch=monkeypatch)
+    code, out, err = _cli(
+        capsys,
+        "chat",
+        "-m",
+        str(base_kquant_model),
+        "-n",
+        "3",
+        "--chat-template",
+        str(template),
+        stdin="hello\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
-    code, out, err = _cli(capsys, "chat", "-m", str(base_kquant_model), "--chat-template", str(tmp_path / "none.jinja"),
-                          stdin="hello\n", monkeypatch=monkeypatch)
+    code, out, err = _cli(
+        capsys,
+        "chat",
+        "-m",
+        str(base_kquant_model),
+        "--chat-template",
+        str(tmp_path / "none.jinja"),
+        stdin="hello\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 1 and "none.jinja" in err and "Traceback" not in err
 
 
@@ -154,7 +189,7 @@ def _hf_greedy(gguf_path: Path, ids: list[int], n: int) -> list[int]:
 
     m = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
     with torch.no_grad():
-        return m.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist()
+        return m.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids) :].tolist()
 
 
 def test_sliding_window_model_generates_within_and_across_the_window(sliding_gguf, sliding_model):
@@ -205,8 +240,9 @@ def test_window_wider_than_context_builds_without_windowed_cache(tmp_path, slidi
 
     (tmp_path / "config.json").write_text(json.dumps({"sliding_window": 4096, "max_position_embeddings": 512}))
     assert window_options(tmp_path) == {"windowed_kv_cache": False}
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": {"sliding_window": 512,
-                                                                      "max_position_embeddings": 32768}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"text_config": {"sliding_window": 512, "max_position_embeddings": 32768}})
+    )
     assert window_options(tmp_path) == {}
     from oga_npu.workdir import MANIFEST
 
@@ -270,8 +306,11 @@ def test_uniform_sliding_window_is_given_to_every_layer_for_the_builder():
     assert "uniform_sliding_window" in config_fixes({"architectures": ["MistralForCausalLM"]})
     assert apply_config_fixes(cfg, ["uniform_sliding_window"]) == ["uniform_sliding_window"]
     assert cfg.layer_types == ["sliding_attention"] * 3
-    for untouched in (MistralConfig(sliding_window=None), Qwen2Config(use_sliding_window=False, sliding_window=16),
-                      Gemma2Config(num_hidden_layers=2, sliding_window=16)):
+    for untouched in (
+        MistralConfig(sliding_window=None),
+        Qwen2Config(use_sliding_window=False, sliding_window=16),
+        Gemma2Config(num_hidden_layers=2, sliding_window=16),
+    ):
         before = getattr(untouched, "layer_types", None)
         assert apply_config_fixes(untouched, ["uniform_sliding_window"]) == []
         assert getattr(untouched, "layer_types", None) == before
@@ -283,11 +322,15 @@ def test_damaged_gguf_is_refused_before_any_work_with_the_fix(tmp_path, capsys):
     src = gguf_models.write_gguf(tmp_path / "llama.Q8_0.gguf", "llama", "Q8_0")
     data = src.read_bytes()
     cases = {
-        "cut.gguf": (data[: len(data) - 100], f"cut.gguf is truncated: {len(data) - 100:,} bytes, its tensors need "
-                                               f"{len(data):,}"),
+        "cut.gguf": (
+            data[: len(data) - 100],
+            f"cut.gguf is truncated: {len(data) - 100:,} bytes, its tensors need {len(data):,}",
+        ),
         "header.gguf": (data[:200], "header.gguf: truncated GGUF header"),
-        "pointer.gguf": (b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n",
-                         "pointer.gguf is a git-lfs pointer, not the file"),
+        "pointer.gguf": (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n",
+            "pointer.gguf is a git-lfs pointer, not the file",
+        ),
         "text.gguf": (b"hello, world\n" * 10, "text.gguf is not a GGUF file"),
     }
     out = tmp_path / "out"
@@ -310,8 +353,9 @@ def test_dry_run_of_a_gguf_speaks_of_group_size_only_for_recipes_that_regroup(tm
     src = gguf_models.write_gguf(tmp_path / "llama.Q4_1.gguf", "llama", "Q4_1")
     notes = {}
     for recipe in ("gguf-native", "cpu-fast"):
-        code, stdout, err = _cli(capsys, "prepare", str(src), "--recipe", recipe, "--output", str(tmp_path / "o"),
-                                 "--dry-run")
+        code, stdout, err = _cli(
+            capsys, "prepare", str(src), "--recipe", recipe, "--output", str(tmp_path / "o"), "--dry-run"
+        )
         assert code == 0, err
         notes[recipe] = "group size is checked" in stdout + err
     assert notes == {"gguf-native": False, "cpu-fast": True}

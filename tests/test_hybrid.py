@@ -5,12 +5,11 @@ import json
 import shutil
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, smollm2_gguf
 from rai_env import make_rai_env
+
 from oga_npu.workdir import MANIFEST, folder_state
 
 
@@ -35,8 +34,22 @@ def hybrid_base(tmp_path_factory, tiny_hf):
     """A tiny model prepared for hybrid with the fakes (RAI 1.6 form, traced)."""
     root = tmp_path_factory.mktemp("hybrid")
     out = root / "m"
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--recipe", "cpu-fast", "--output", str(out),
-                "--skip-device-check", "--trace", "--rai-version", "1.6", env=fake_env(root), cwd=root)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--trace",
+        "--rai-version",
+        "1.6",
+        env=fake_env(root),
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     return root, out
 
@@ -44,8 +57,14 @@ def hybrid_base(tmp_path_factory, tiny_hf):
 def test_hybrid_with_fakes_makes_a_ready_folder(hybrid_base):
     root, out = hybrid_base
     assert folder_state(out).state == "ready"
-    for f in ("model_jit.onnx", "model_jit.onnx.data", "model_jit.bin", "model_jit.pb.bin", "genai_config.json",
-              "tokenizer.json"):
+    for f in (
+        "model_jit.onnx",
+        "model_jit.onnx.data",
+        "model_jit.bin",
+        "model_jit.pb.bin",
+        "genai_config.json",
+        "tokenizer.json",
+    ):
         assert (out / f).is_file(), f
     cfg = json.loads((out / "genai_config.json").read_text())
     assert cfg["model"]["decoder"]["session_options"]["custom_ops_library"]  # the RAI 1.6 form
@@ -59,8 +78,16 @@ def test_hybrid_with_fakes_makes_a_ready_folder(hybrid_base):
 def test_exact_argv_and_environment_16(hybrid_base):
     root, out = hybrid_base
     (onnx_utils,) = calls(root, "onnx_utils")
-    assert onnx_utils["argv"] == ["vaiml", "--model-dir", str(out / "stages" / "build"), "--plugin_name",
-                                  "oga_npu_ops", "--compile", "--ops_type", "bfp16"]
+    assert onnx_utils["argv"] == [
+        "vaiml",
+        "--model-dir",
+        str(out / "stages" / "build"),
+        "--plugin_name",
+        "oga_npu_ops",
+        "--compile",
+        "--ops_type",
+        "bfp16",
+    ]
     assert onnx_utils["env"]["DD_PLUGINS_TRACING"] == "1"
     (mg,) = calls(root, "model_generate")
     assert mg["argv"] == ["--hybrid", str(out / "stages" / "hybrid.partial"), str(out / "stages" / "build")]
@@ -70,18 +97,34 @@ def test_exact_argv_and_environment_16(hybrid_base):
     assert not (out / "model_generate_trace.json").exists()  # traces are kept in logs, not in the model
 
 
-@pytest.mark.parametrize("how,form", [
-    (["--rai-version", "1.7.1"], "new"),
-    (["--rai-version", "1.8"], "new"),
-    (["--rai-version", "1.7"], "old"),
-])
+@pytest.mark.parametrize(
+    "how,form",
+    [
+        (["--rai-version", "1.7.1"], "new"),
+        (["--rai-version", "1.8"], "new"),
+        (["--rai-version", "1.7"], "old"),
+    ],
+)
 def test_release_forms(tmp_path, hybrid_base, how, form):
     root, base = hybrid_base
     out = tmp_path / "m"
     shutil.copytree(base, out)
-    r = run_cli("prepare", str(json.loads((base / "prepare.json").read_text())["source"]), "--target", "hybrid",
-                "--recipe", "cpu-fast", "--output", str(out), "--skip-device-check", "--from", "hybrid", *how,
-                env=fake_env(tmp_path), cwd=root)
+    r = run_cli(
+        "prepare",
+        str(json.loads((base / "prepare.json").read_text())["source"]),
+        "--target",
+        "hybrid",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        "hybrid",
+        *how,
+        env=fake_env(tmp_path),
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     (mg,) = calls(tmp_path, "model_generate")
     part, build = str(out / "stages" / "hybrid.partial"), str(out / "stages" / "build")
@@ -102,9 +145,21 @@ def test_release_from_conda_env_name(tmp_path, hybrid_base):
     root, base = hybrid_base
     out = tmp_path / "m"
     shutil.copytree(base, out)
-    r = run_cli("prepare", json.loads((base / "prepare.json").read_text())["source"], "--target", "hybrid",
-                "--recipe", "cpu-fast", "--output", str(out), "--skip-device-check", "--from", "hybrid",
-                env=fake_env(tmp_path, CONDA_DEFAULT_ENV="ryzen-ai-1.7.1"), cwd=root)
+    r = run_cli(
+        "prepare",
+        json.loads((base / "prepare.json").read_text())["source"],
+        "--target",
+        "hybrid",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        "hybrid",
+        env=fake_env(tmp_path, CONDA_DEFAULT_ENV="ryzen-ai-1.7.1"),
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     (mg,) = calls(tmp_path, "model_generate")
     assert "--input" in mg["argv"]
@@ -115,11 +170,30 @@ def test_failing_tool_one_line_then_resume(tmp_path, hybrid_base):
     out = tmp_path / "m"
     shutil.copytree(base, out)
     src = json.loads((base / "prepare.json").read_text())["source"]
-    args = ["prepare", src, "--target", "hybrid", "--recipe", "cpu-fast", "--output", str(out),
-            "--skip-device-check", "--from", "hybrid", "--rai-version", "1.8"]
-    r = run_cli(*args, env=fake_env(tmp_path, FAKE_MODEL_GENERATE_EXIT=3,
-                                    FAKE_MODEL_GENERATE_STDERR="loading model\\nERROR: partition failed: op X"),
-                cwd=root)
+    args = [
+        "prepare",
+        src,
+        "--target",
+        "hybrid",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        "hybrid",
+        "--rai-version",
+        "1.8",
+    ]
+    r = run_cli(
+        *args,
+        env=fake_env(
+            tmp_path,
+            FAKE_MODEL_GENERATE_EXIT=3,
+            FAKE_MODEL_GENERATE_STDERR="loading model\\nERROR: partition failed: op X",
+        ),
+        cwd=root,
+    )
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1
@@ -140,17 +214,37 @@ def test_tool_exit_0_without_output_is_a_failure(tmp_path, hybrid_base):
     out = tmp_path / "m"
     shutil.copytree(base, out)
     src = json.loads((base / "prepare.json").read_text())["source"]
-    r = run_cli("prepare", src, "--target", "hybrid", "--recipe", "cpu-fast", "--output", str(out),
-                "--skip-device-check", "--from", "hybrid", env=fake_env(tmp_path, FAKE_MODEL_GENERATE_BROKEN=1),
-                cwd=root)
+    r = run_cli(
+        "prepare",
+        src,
+        "--target",
+        "hybrid",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        "hybrid",
+        env=fake_env(tmp_path, FAKE_MODEL_GENERATE_BROKEN=1),
+        cwd=root,
+    )
     assert r.returncode == 1 and "model_jit.onnx is missing" in r.stderr
 
 
 def test_without_tools_fails_fast_and_writes_nothing(tmp_path, tiny_hf):
     out = tmp_path / "m"
     t0 = time.monotonic()
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), cwd=tmp_path,
-                env={"OGA_NPU_HOST_OS": "Windows", "CONDA_PREFIX": "", "RYZEN_AI_INSTALLATION_PATH": ""})
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+        env={"OGA_NPU_HOST_OS": "Windows", "CONDA_PREFIX": "", "RYZEN_AI_INSTALLATION_PATH": ""},
+    )
     assert time.monotonic() - t0 < 5  # a child Python start included; the check itself is instant
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
@@ -158,8 +252,18 @@ def test_without_tools_fails_fast_and_writes_nothing(tmp_path, tiny_hf):
     assert "Ryzen AI Software" in r.stderr and "--rai-env" in r.stderr
     # an env without the tools: each missing one named, in one line
     bare = make_rai_env(tmp_path, "1.8", tools=())
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), "--rai-env", str(bare),
-                cwd=tmp_path, env={"OGA_NPU_HOST_OS": "Windows"})
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--output",
+        str(out),
+        "--rai-env",
+        str(bare),
+        cwd=tmp_path,
+        env={"OGA_NPU_HOST_OS": "Windows"},
+    )
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and "onnx_utils not found" in err[0] and "model_generate not found" in err[0]
@@ -173,8 +277,16 @@ def test_phoenix_npu_is_refused_with_the_reason(tmp_path, tiny_hf):
     (dev / "vendor").write_text("0x1022\n")
     (dev / "device").write_text("0x1502\n")
     (dev / "revision").write_text("0x00\n")
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(tmp_path / "m"),
-                env=fake_env(tmp_path, OGA_NPU_SYSFS_ROOT=sysfs), cwd=tmp_path)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--output",
+        str(tmp_path / "m"),
+        env=fake_env(tmp_path, OGA_NPU_SYSFS_ROOT=sysfs),
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     assert "Phoenix/Hawk Point" in r.stderr and "Strix or Krackan" in r.stderr
     assert not (tmp_path / "m").exists()
@@ -182,8 +294,21 @@ def test_phoenix_npu_is_refused_with_the_reason(tmp_path, tiny_hf):
 
 def test_npu_target_uses_model_generate_npu(tmp_path, tiny_hf):
     out = tmp_path / "npu"
-    r = run_cli("prepare", str(tiny_hf), "--target", "npu", "--recipe", "cpu-fast", "--output", str(out),
-                "--skip-device-check", "--rai-version", "1.6", env=fake_env(tmp_path), cwd=tmp_path)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "npu",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--rai-version",
+        "1.6",
+        env=fake_env(tmp_path),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     (mg,) = calls(tmp_path, "model_generate")
     assert mg["argv"] == ["--npu", str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")]

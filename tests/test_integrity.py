@@ -17,11 +17,17 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
-
-from oga_npu.errors import DiskFullError, IncompleteModelError, ModelLoadError, StageInterrupted, ToolFailed, VersionError
-from oga_npu.workdir import MANIFEST, REQUEST, read_json, sha256_file, write_json_atomic
-
 from conftest import REPO, build_shared_lib, run_cli, smollm2_gguf
+
+from oga_npu.errors import (
+    DiskFullError,
+    IncompleteModelError,
+    ModelLoadError,
+    StageInterrupted,
+    ToolFailed,
+    VersionError,
+)
+from oga_npu.workdir import MANIFEST, REQUEST, read_json, sha256_file, write_json_atomic
 
 SEGV_ON_LOAD = r"""
 #include <signal.h>
@@ -124,8 +130,9 @@ def crashing(tiny_model, tmp_path) -> Path:
     d = copy_of(tiny_model, tmp_path / "crash")
     for name in (MANIFEST, REQUEST):  # a foreign OGA folder: no manifest to refuse the edit
         (d / name).unlink()
-    edit_config(d, lambda c: c["model"]["decoder"].setdefault("session_options", {})
-                .__setitem__("custom_ops_library", str(lib)))
+    edit_config(
+        d, lambda c: c["model"]["decoder"].setdefault("session_options", {}).__setitem__("custom_ops_library", str(lib))
+    )
     return d
 
 
@@ -136,7 +143,7 @@ def test_case14_native_crash_ends_in_one_line(crashing):
         last = r.stderr.strip().splitlines()[-1]
         assert last.startswith("Error: native crash (SIGSEGV) while loading"), r.stderr
         assert str(crashing) in last and "provider cpu" in last and f"oga-npu doctor -m {crashing}" in last
-        log = Path(last.split("the Python stacks at the crash: ", 1)[1].split(";", 1)[0])   # issue 20 item 8
+        log = Path(last.split("the Python stacks at the crash: ", 1)[1].split(";", 1)[0])  # issue 20 item 8
         assert log.is_file() and "Segmentation fault" in log.read_text(), last
 
 
@@ -155,9 +162,26 @@ def test_case14_doctor_probes_in_a_child_and_reports_the_signal(crashing, tiny_m
 
 def test_supervised_run_streams_and_ctrl_c_still_exits_130(tiny_model):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.Popen([sys.executable, "-m", "oga_npu", "run", "Count to one thousand", "-m", str(tiny_model),
-                          "-n", "400", "--raw", "-t", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=env, start_new_session=True)  # no controlling terminal: as a script or service runs it
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oga_npu",
+            "run",
+            "Count to one thousand",
+            "-m",
+            str(tiny_model),
+            "-n",
+            "400",
+            "--raw",
+            "-t",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )  # no controlling terminal: as a script or service runs it
     # greedy: the random-weight model does not stop early (sampled, it drew EOS within a few
     # tokens now and then, finished before the signal, and the parent died of it in Python's exit)
     first = p.stdout.read(1)  # output streams through the supervising parent
@@ -180,9 +204,11 @@ def test_case2_offline_prepare_looks_up_no_name(tiny_model, netguard, tmp_path):
     if lib is None:
         pytest.skip("no C compiler (cc/gcc) to build the network guard")
     probe_log = tmp_path / "probe.log"  # the guard sees a lookup in a child process
-    subprocess.run([sys.executable, "-c", "import socket\ntry: socket.getaddrinfo('example.org', 443)\n"
-                    "except OSError: pass"], env=dict(os.environ, LD_PRELOAD=str(lib), OGA_NPU_NETLOG=str(probe_log)),
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", "import socket\ntry: socket.getaddrinfo('example.org', 443)\nexcept OSError: pass"],
+        env=dict(os.environ, LD_PRELOAD=str(lib), OGA_NPU_NETLOG=str(probe_log)),
+        check=True,
+    )
     assert "getaddrinfo example.org" in probe_log.read_text()
     assert (tiny_model / MANIFEST).is_file()
     assert not log.exists() or log.read_text() == "", f"prepare's processes went to the network:\n{log.read_text()}"
@@ -235,8 +261,17 @@ def test_case7_disk_full_mid_stage_is_one_line_and_keeps_the_stage(tiny_hf, tmp_
         (out_dir / "model-00001.safetensors").write_bytes(b"half")
         if how == "oserror":
             raise OSError(errno.ENOSPC, "No space left on device")
-        raise ToolFailed("quark", ["quark"], 1, ["Traceback (most recent call last):", '  File "x.py", line 1',
-                                                 "OSError: [Errno 28] No space left on device"], log_path)
+        raise ToolFailed(
+            "quark",
+            ["quark"],
+            1,
+            [
+                "Traceback (most recent call last):",
+                '  File "x.py", line 1',
+                "OSError: [Errno 28] No space left on device",
+            ],
+            log_path,
+        )
 
     monkeypatch.setattr(quantize, "run_stage", full)
     out = tmp_path / "out"
@@ -278,16 +313,30 @@ def test_case39_bench_and_eval_records_carry_versions_device_and_hash(tiny_model
     lm = load(tiny_model)
     sweep(lm, BenchConfig((8,), 2, 1, 0), "The quick brown fox. " * 10, RecordSink(j, c))
     meta = json.loads(j.read_text().splitlines()[0])["meta"]
-    want = {"oga_npu": version("oga-npu"), "oga": version("onnxruntime-genai"), "ort": version("onnxruntime"),
-            "quark": version("amd-quark"), "rai_version": None, "npu_driver": None, "npu_power_mode": None,
-            "device": cpu_model(), "provider": "cpu", "model_hash": read_json(tiny_model / MANIFEST)["content_hash"]}
+    want = {
+        "oga_npu": version("oga-npu"),
+        "oga": version("onnxruntime-genai"),
+        "ort": version("onnxruntime"),
+        "quark": version("amd-quark"),
+        "rai_version": None,
+        "npu_driver": None,
+        "npu_power_mode": None,
+        "device": cpu_model(),
+        "provider": "cpu",
+        "model_hash": read_json(tiny_model / MANIFEST)["content_hash"],
+    }
     assert set(RECORD_META) <= set(meta) and {k: meta[k] for k in want} == want
     row = next(csv.DictReader(c.open()))
     assert all(k in row for k in CSV_META_FIELDS)
-    assert (row["oga"], row["ort"], row["quark"], row["model_hash"]) == (want["oga"], want["ort"], want["quark"],
-                                                                        want["model_hash"])
-    r = CliRunner().invoke(app, ["eval", "-m", str(tiny_model), "--ref", "none", "--window", "16", "--windows", "1",
-                                 "--json"])
+    assert (row["oga"], row["ort"], row["quark"], row["model_hash"]) == (
+        want["oga"],
+        want["ort"],
+        want["quark"],
+        want["model_hash"],
+    )
+    r = CliRunner().invoke(
+        app, ["eval", "-m", str(tiny_model), "--ref", "none", "--window", "16", "--windows", "1", "--json"]
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     assert {k: rows[0]["meta"][k] for k in want} == want
@@ -303,8 +352,12 @@ def test_doctor_does_not_say_dml_runs_on_linux(copy):
 
     if og.is_dml_available():
         pytest.skip("this onnxruntime-genai has DirectML")
-    edit_config(copy, lambda c: c["model"]["decoder"].setdefault("session_options", {})
-                .__setitem__("provider_options", [{"dml": {}}]))
+    edit_config(
+        copy,
+        lambda c: c["model"]["decoder"]
+        .setdefault("session_options", {})
+        .__setitem__("provider_options", [{"dml": {}}]),
+    )
     reseal(copy, "genai_config.json")
     rep = doctor(copy)
     assert not any("provider dml" in c for c in rep.checks), rep.checks

@@ -88,7 +88,7 @@ def test_a_stream_closed_mid_answer_leaves_a_usable_cache(lm):
     it = stream_generate(lm, msgs, opts, cache=cache)
     for _, _ev in zip(range(3), it):
         pass
-    it.close()                                   # what a dropped client does
+    it.close()  # what a dropped client does
     text, toks, last = _answer(lm, msgs, opts, cache)
     ref_text, ref_toks, _ = _answer(lm, msgs, opts)
     assert last.cached_tokens > 0 and toks == ref_toks

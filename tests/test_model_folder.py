@@ -4,8 +4,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import run_cli
+
 from oga_npu.errors import IncompleteModelError, ModelFolderError, ProviderError
 from oga_npu.model import check_folder, load, translate
 from oga_npu.workdir import MANIFEST
@@ -30,10 +30,15 @@ def test_ready_copy_loads(copy):
     assert load(copy).provider == "cpu"
 
 
-@pytest.mark.parametrize("name,expect", [("genai_config.json", "genai_config.json is missing"),
-                                         ("model.onnx.data", "model.onnx.data is missing"),
-                                         ("model.onnx", "model.onnx is missing"),
-                                         ("tokenizer.json", "tokenizer.json is missing")])
+@pytest.mark.parametrize(
+    "name,expect",
+    [
+        ("genai_config.json", "genai_config.json is missing"),
+        ("model.onnx.data", "model.onnx.data is missing"),
+        ("model.onnx", "model.onnx is missing"),
+        ("tokenizer.json", "tokenizer.json is missing"),
+    ],
+)
 def test_missing_file_is_named(copy, name, expect):
     (copy / name).unlink()
     make_foreign(copy)
@@ -83,10 +88,12 @@ def test_known_runtime_errors_are_translated():
 def test_webgpu_qk_norm_attention_on_cpu_names_a_cpu_prepare(tmp_path):
     """A webgpu build of Qwen3 fuses the q/k norms into GroupQueryAttention; run with
     --fallback cpu, onnxruntime's CPU kernel refuses it: the fix names the folder's source."""
-    native = ("Non-zero status code returned while running GroupQueryAttention node. Name:'/model/layers.0/attn/"
-              "GroupQueryAttention' Status Message: GroupQueryAttention (CPU): q_norm_weight / k_norm_weight inputs "
-              "are not supported. The per-head Q/K RMS normalization prologue is implemented only on the CUDA and "
-              "WebGPU EPs.")
+    native = (
+        "Non-zero status code returned while running GroupQueryAttention node. Name:'/model/layers.0/attn/"
+        "GroupQueryAttention' Status Message: GroupQueryAttention (CPU): q_norm_weight / k_norm_weight inputs "
+        "are not supported. The per-head Q/K RMS normalization prologue is implemented only on the CUDA and "
+        "WebGPU EPs."
+    )
     (tmp_path / "oga_npu_manifest.json").write_text(json.dumps({"source": "Qwen/Qwen3-0.6B", "target": "webgpu"}))
     e = translate(RuntimeError(native), tmp_path)
     assert "built for WebGPU/CUDA" in e.message
@@ -156,12 +163,20 @@ def test_float32_logits_pass_keeps_values(tmp_path):
 
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 16)).astype(np.float16), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["logits"], name="lm_head")], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["logits"], name="lm_head")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, [1, 16])], [w])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT16, [1, 16])],
+        [w],
+    )
     path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path),
-              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        str(path),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float16)
     before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     data = (tmp_path / "model.onnx.data").read_bytes()

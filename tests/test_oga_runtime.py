@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from oga_npu import capabilities as caps_mod
 from oga_npu.capabilities import Runtime, base_version, capabilities, installed_runtime
 from oga_npu.errors import RuntimeMissingError, VersionError
@@ -65,8 +65,10 @@ def test_ryzen_ai_releases_of_each_pinned_version():
     assert caps_mod.releases_for("0.18.0") == []
     amd = Runtime("onnxruntime-genai-directml-ryzenai", "0.14.0")
     assert amd.describe() == "onnxruntime-genai-directml-ryzenai 0.14.0 (Ryzen AI 1.8's runtime)"
-    assert Runtime("onnxruntime-genai", "0.11.2").describe() == \
-        "onnxruntime-genai 0.11.2 (the version Ryzen AI 1.7/1.7.1 pins)"
+    assert (
+        Runtime("onnxruntime-genai", "0.11.2").describe()
+        == "onnxruntime-genai 0.11.2 (the version Ryzen AI 1.7/1.7.1 pins)"
+    )
 
 
 def test_greedy_generation_is_repeatable_and_whole(lm):
@@ -143,8 +145,7 @@ def test_serve_reports_reuse_and_guidance_and_answers(folder):
         info = models["data"][0]
         assert code == 200 and info["kv_reuse"] == capabilities().rewind, info
         assert info["guided_output"] or info["guided_output_note"]
-        body = {"model": info["id"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
-                "temperature": 0}
+        body = {"model": info["id"], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
         code, _, out = s.post("/v1/chat/completions", body)
         assert code == 200 and out["choices"][0]["message"]["content"] is not None, out
         code, text = s.get("/v1/stats")
@@ -172,8 +173,9 @@ def test_no_guidance_in_the_runtime_is_a_400_that_says_so(lm, monkeypatch):
     sm = ServedModel("m", lm)
     try:
         assert not sm.guidance and "set_guidance" in sm.guidance_note
-        req = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}],
-                                          "response_format": {"type": "json_object"}})
+        req = ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}
+        )
         with pytest.raises(ApiError) as e:
             chat_plan(req, sm.guidance, sm.guidance_note)
         assert e.value.status == 400 and "set_guidance" in e.value.message
@@ -190,7 +192,7 @@ def test_no_runtime_installed_is_one_line_naming_the_extra(folder, monkeypatch):
     monkeypatch.setattr(caps_mod, "installed_runtime", lambda: Runtime(None, None))
     with pytest.raises(RuntimeMissingError) as e:
         load(folder)
-    assert "no onnxruntime-genai is installed" in e.value.message and 'oga-npu[cpu]' in e.value.fix
+    assert "no onnxruntime-genai is installed" in e.value.message and "oga-npu[cpu]" in e.value.fix
     assert provider_available("cpu")[0] is False
 
 

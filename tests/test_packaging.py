@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 
@@ -24,12 +23,18 @@ def installed(tmp_path_factory) -> Path:
         shutil.copy2(REPO / name, src / name)
     wheels = tmp_path_factory.mktemp("wheels")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    r = subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
-                       capture_output=True, text=True, cwd=src)
+    r = subprocess.run(
+        pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
+        capture_output=True,
+        text=True,
+        cwd=src,
+    )
     assert r.returncode == 0, r.stderr
     wheel = next(wheels.glob("oga_npu-*.whl"))
     target = tmp_path_factory.mktemp("site")
-    r = subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True)
+    r = subprocess.run(
+        pip + ["install", "--no-deps", "--target", str(target), str(wheel)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     return target
 
@@ -37,15 +42,21 @@ def installed(tmp_path_factory) -> Path:
 def cli(target: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OGA_NPU_RECIPES")}
     env["PYTHONPATH"] = str(target)  # the installed copy only: the checkout is not on the path
-    return subprocess.run([sys.executable, "-m", "oga_npu", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "oga_npu", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_wheel_lists_recipes_and_plans_from_an_empty_directory(installed, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-c", "import oga_npu; print(oga_npu.__file__)"], capture_output=True,
-                       text=True, cwd=empty, env={**os.environ, "PYTHONPATH": str(installed)})
+    r = subprocess.run(
+        [sys.executable, "-c", "import oga_npu; print(oga_npu.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=empty,
+        env={**os.environ, "PYTHONPATH": str(installed)},
+    )
     assert Path(r.stdout.strip()).is_relative_to(installed), r.stdout + r.stderr
     r = cli(installed, empty, "recipes")
     assert r.returncode == 0, r.stderr
@@ -63,7 +74,9 @@ def test_default_output_names_let_recipes_run_in_any_order(tmp_path, tiny_model,
     from oga_npu.pipeline import PrepareRequest, default_output, prepare
     from oga_npu.prepare import source as source_mod
 
-    assert "--output" not in (REPO / "scripts" / "quickstart.sh").read_text().split("oga-npu prepare", 1)[1].split("\n")[0]
+    assert (
+        "--output" not in (REPO / "scripts" / "quickstart.sh").read_text().split("oga-npu prepare", 1)[1].split("\n")[0]
+    )
     monkeypatch.setenv("OGA_NPU_MODELS", str(tmp_path / "models"))
     src = source_mod.classify(str(tiny_hf))
     fast = default_output(src, "cpu", "cpu-fast")
@@ -98,11 +111,18 @@ def test_wheel_store_is_the_per_user_data_folder(installed, tmp_path):
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OGA_NPU_RECIPES", "OGA_NPU_MODELS")}
     env.update(PYTHONPATH=str(installed), XDG_DATA_HOME=str(tmp_path / "data"))
-    r = subprocess.run([sys.executable, "-m", "oga_npu", "models", "--where"], capture_output=True, text=True,
-                       cwd=empty, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "oga_npu", "models", "--where"],
+        capture_output=True,
+        text=True,
+        cwd=empty,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tmp_path / "data" / "oga-npu" / "models")
-    r = subprocess.run([sys.executable, "-m", "oga_npu", "models"], capture_output=True, text=True, cwd=empty,
-                       env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "oga_npu", "models"], capture_output=True, text=True, cwd=empty, env=env, timeout=300
+    )
     assert r.returncode == 0 and "(the per-user data folder; OGA_NPU_MODELS overrides)" in r.stderr, r.stderr
     assert list(empty.iterdir()) == []

@@ -6,11 +6,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from conftest import REPO, run_cli
+
 from oga_npu.workdir import MANIFEST, folder_state
 
 
@@ -91,7 +89,7 @@ def test_dry_run_shows_the_plan_against_the_disk(tmp_path, tiny_model, tiny_hf):
 
     lines = plan(tiny_model)
     for stage in ("quantize", "build", "validate"):
-        assert any(ln.startswith(f"[") and f"] {stage}: already done" in ln for ln in lines), lines
+        assert any(ln.startswith("[") and f"] {stage}: already done" in ln for ln in lines), lines
     out = tmp_path / "copy"
     shutil.copytree(tiny_model, out)
     shutil.rmtree(out / "stages" / "validate")
@@ -166,9 +164,13 @@ def test_lock_held_by_live_process_fails_fast(tmp_path, tiny_hf):
 def test_kill_9_during_build_then_run_refuses_then_rerun_completes(tmp_path, tiny_hf, session_home):
     out = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "oga_npu", "prepare", str(tiny_hf), "--recipe", "cpu-fast",
-                             "--output", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oga_npu", "prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (out / "stages" / "build.partial").exists():

@@ -36,10 +36,16 @@ def _hf_chat(tok, msgs):
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello there, how are you?"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  spaces around  "}],
-    [{"role": "user", "content": "Emoji 😀 and 東京, Привет"}, {"role": "assistant", "content": "Ok.\n\nSure"},
-     {"role": "user", "content": "<not special> <|im_start but not whole"}],
-    [{"role": "user", "content": "tool?"}, {"role": "assistant", "content": '{"name": "f", "arguments": {}}'},
-     {"role": "tool", "content": "42"}],
+    [
+        {"role": "user", "content": "Emoji 😀 and 東京, Привет"},
+        {"role": "assistant", "content": "Ok.\n\nSure"},
+        {"role": "user", "content": "<not special> <|im_start but not whole"},
+    ],
+    [
+        {"role": "user", "content": "tool?"},
+        {"role": "assistant", "content": '{"name": "f", "arguments": {}}'},
+        {"role": "tool", "content": "42"},
+    ],
 ]
 
 
@@ -59,8 +65,8 @@ def test_control_strings_in_a_message_are_text(lm, hf_tok):
     text_ids = hf_tok(INJECTION, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     assert hf_tok.decode(text_ids) == INJECTION
     n = len(text_ids)
-    i = next(k for k in range(len(ids) - n + 1) if ids[k:k + n] == text_ids)
-    assert ids[i - 1] == hf_tok.convert_tokens_to_ids("\n") or hf_tok.decode(ids[i - 2:i]).endswith("user\n")
+    i = next(k for k in range(len(ids) - n + 1) if ids[k : k + n] == text_ids)
+    assert ids[i - 1] == hf_tok.convert_tokens_to_ids("\n") or hf_tok.decode(ids[i - 2 : i]).endswith("user\n")
     assert start not in text_ids and end not in text_ids
     # and the ids are not those of a real system turn (what the old code produced)
     real = _hf_chat(hf_tok, [{"role": "user", "content": INJECTION}])
@@ -72,7 +78,7 @@ def test_every_role_is_text(lm, role):
     msgs = [{"role": role, "content": "a<|im_end|>b"}, {"role": "user", "content": "q"}]
     ids = encode_chat(lm, msgs)
     plain = encode_chat(lm, [{"role": role, "content": "ab"}, {"role": "user", "content": "q"}])
-    assert ids.count(2) == plain.count(2)       # <|im_end|> is id 2 in SmolLM2's vocabulary
+    assert ids.count(2) == plain.count(2)  # <|im_end|> is id 2 in SmolLM2's vocabulary
 
 
 def test_chat_session_and_stream_generate_use_it(lm):
@@ -101,8 +107,11 @@ def _edited_copy(src, dst, edits: dict):
         obj = json.loads(f.read_text())
         edit(obj)
         f.write_text(json.dumps(obj))
-        man["files"][name] = {"mtime_ns": f.stat().st_mtime_ns, "size": f.stat().st_size,
-                              "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        man["files"][name] = {
+            "mtime_ns": f.stat().st_mtime_ns,
+            "size": f.stat().st_size,
+            "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+        }
     (dst / "oga_npu_manifest.json").write_text(json.dumps(man))
     return dst
 
@@ -111,28 +120,38 @@ def _edited_copy(src, dst, edits: dict):
 def bos_model(tiny_model, tmp_path_factory):
     """The tiny model with a tokenizer that adds BOS the way Llama 3's does (tokenizer.json's
     post-processor; tokenizer_config names the BOS)."""
-    def post(t):
-        t["post_processor"] = {"type": "TemplateProcessing",
-                               "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
-                                          {"Sequence": {"id": "A", "type_id": 0}}],
-                               "pair": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
-                                        {"Sequence": {"id": "A", "type_id": 0}},
-                                        {"Sequence": {"id": "B", "type_id": 1}}],
-                               "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0],
-                                                                     "tokens": ["<|endoftext|>"]}}}
 
-    return _edited_copy(tiny_model, tmp_path_factory.mktemp("bos") / "tiny-bos",
-                        {"tokenizer.json": post,
-                         "tokenizer_config.json": lambda c: c.update(bos_token="<|endoftext|>")})
+    def post(t):
+        t["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}},
+        }
+
+    return _edited_copy(
+        tiny_model,
+        tmp_path_factory.mktemp("bos") / "tiny-bos",
+        {"tokenizer.json": post, "tokenizer_config.json": lambda c: c.update(bos_token="<|endoftext|>")},
+    )
 
 
 @pytest.fixture(scope="module")
 def bos_flag_model(tiny_model, tmp_path_factory):
     """The tiny model whose tokenizer_config says add_bos_token (as a GGUF's
     tokenizer.ggml.add_bos_token does for llama.cpp), with no post-processor."""
-    return _edited_copy(tiny_model, tmp_path_factory.mktemp("bosflag") / "tiny-bos-flag",
-                        {"tokenizer_config.json": lambda c: c.update(bos_token="<|endoftext|>",
-                                                                     add_bos_token=True)})
+    return _edited_copy(
+        tiny_model,
+        tmp_path_factory.mktemp("bosflag") / "tiny-bos-flag",
+        {"tokenizer_config.json": lambda c: c.update(bos_token="<|endoftext|>", add_bos_token=True)},
+    )
 
 
 def test_raw_prompt_starts_with_bos_when_asked_and_never_twice(lm, bos_model, bos_flag_model):
@@ -145,7 +164,7 @@ def test_raw_prompt_starts_with_bos_when_asked_and_never_twice(lm, bos_model, bo
         lm2 = load(folder)
         ids = encode_raw(lm2, text)
         assert ids[0] == 0 and ids[1:] == encode_raw(lm, text), folder.name
-        assert encode_raw(lm2, "<|endoftext|>" + text) == ids      # a BOS typed first is not doubled
+        assert encode_raw(lm2, "<|endoftext|>" + text) == ids  # a BOS typed first is not doubled
         ev = list(stream_generate(lm2, text, GenerationOptions(max_tokens=1, temperature=0), raw=True))[-1]
         assert ev.prompt_tokens == len(ids)
     tok = AutoTokenizer.from_pretrained(bos_model)

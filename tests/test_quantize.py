@@ -1,6 +1,5 @@
 """The faster AWQ clip search gives Quark's result."""
 
-import pytest
 import torch
 
 

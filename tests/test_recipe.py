@@ -1,8 +1,6 @@
-from pathlib import Path
-
 import pytest
-
 from conftest import run_cli
+
 from oga_npu.errors import RecipeError
 from oga_npu.recipe import fitting_group_size, list_recipes, load_recipe
 
@@ -28,7 +26,7 @@ def test_unknown_key_names_file_and_key(tmp_path):
 
 def test_bad_value_is_refused(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[quantize]\ngroup_size = 100\n')
+    bad.write_text("[quantize]\ngroup_size = 100\n")
     with pytest.raises(RecipeError, match="quantize.group_size"):
         load_recipe(str(bad))
 
@@ -50,13 +48,16 @@ def test_unknown_recipe_name_lists_known():
         load_recipe("no-such-recipe")
 
 
-@pytest.mark.parametrize("requested,widths,expected", [
-    (128, [576, 1536], 64),       # SmolLM2-135M
-    (128, [2048, 8192], 128),     # Llama-3.2-1B
-    (128, [96, 192], 32),
-    (64, [4096, 11008], 64),
-    (32, [100], None),
-])
+@pytest.mark.parametrize(
+    "requested,widths,expected",
+    [
+        (128, [576, 1536], 64),  # SmolLM2-135M
+        (128, [2048, 8192], 128),  # Llama-3.2-1B
+        (128, [96, 192], 32),
+        (64, [4096, 11008], 64),
+        (32, [100], None),
+    ],
+)
 def test_fitting_group_size(requested, widths, expected):
     assert fitting_group_size(requested, widths) == expected
 

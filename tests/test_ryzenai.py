@@ -13,18 +13,21 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from oga_npu import ryzenai
-from oga_npu.errors import PreflightError, ProviderError
 from rai_env import PINS, env_for, make_rai_env, path_head
 
+from oga_npu import ryzenai
+from oga_npu.errors import PreflightError, ProviderError
+
 RELEASES = ("1.6", "1.7", "1.7.1", "1.8")
-HYBRID_RECIPE = (Path(__file__).resolve().parent.parent / "recipes" / "cpu-fast.toml").read_text() + """
+HYBRID_RECIPE = (
+    (Path(__file__).resolve().parent.parent / "recipes" / "cpu-fast.toml").read_text()
+    + """
 [build.hybrid]
 precision = "int4"
 extra_options = { accuracy_level = 4, block_size = 32, prune_lm_head = true, windowed_kv_cache = false }
 """
+)
 
 
 def calls(log: Path, tool: str) -> list[dict]:
@@ -41,8 +44,21 @@ def hybrid_base(tmp_path_factory, tiny_hf):
     recipe.write_text(HYBRID_RECIPE)
     env18 = make_rai_env(root, "1.8")
     out = root / "base"
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--recipe", str(recipe), "--output", str(out),
-                "--skip-device-check", "--rai-env", str(env18), env=env_for(env18), cwd=root)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--recipe",
+        str(recipe),
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--rai-env",
+        str(env18),
+        env=env_for(env18),
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     return root, recipe, out
 
@@ -54,9 +70,23 @@ def from_base(hybrid_base, tmp_path: Path, target: str, recipe: Path, env: Path,
     out = tmp_path / target
     shutil.copytree(base, out)
     source = json.loads((base / "prepare.json").read_text())["source"]
-    return out, run_cli("prepare", source, "--target", target, "--recipe", str(recipe), "--output", str(out),
-                        "--skip-device-check", "--from", start, "--rai-env", str(env), env=env_for(env, **env_extra),
-                        cwd=root)
+    return out, run_cli(
+        "prepare",
+        source,
+        "--target",
+        target,
+        "--recipe",
+        str(recipe),
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        start,
+        "--rai-env",
+        str(env),
+        env=env_for(env, **env_extra),
+        cwd=root,
+    )
 
 
 # The builder options each release's onnxruntime-genai gets (0.9.2/0.11.2: no prune_lm_head).
@@ -74,21 +104,57 @@ def test_hybrid_runs_each_stage_in_the_release_env(tmp_path, hybrid_base, tiny_h
     shutil.copytree(base, out)
     env = make_rai_env(tmp_path, release)
     log = tmp_path / "fake.jsonl"
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--recipe", str(recipe), "--output", str(out),
-                "--skip-device-check", "--from", "build", "--rai-env", str(env), env=env_for(env), cwd=root)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--recipe",
+        str(recipe),
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        "build",
+        "--rai-env",
+        str(env),
+        env=env_for(env),
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     assert "quantize … already done" in r.stderr  # Quark ran once, in oga-npu's own environment
     stages = out / "stages"
     (py,) = calls(log, "python")
     assert py["exe"] == str(env / "bin" / "python")
-    assert py["argv"] == ["-m", "onnxruntime_genai.models.builder", "-i", str(stages / "quantize"),
-                          "-o", str(stages / "build.partial"), "-p", "int4", "-e", "dml",
-                          "-c", str(stages / "build.partial.cache"), "--extra_options", *EXPECTED_OPTIONS[PINS[release]]]
+    assert py["argv"] == [
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(stages / "quantize"),
+        "-o",
+        str(stages / "build.partial"),
+        "-p",
+        "int4",
+        "-e",
+        "dml",
+        "-c",
+        str(stages / "build.partial.cache"),
+        "--extra_options",
+        *EXPECTED_OPTIONS[PINS[release]],
+    ]
     (ou,) = calls(log, "onnx_utils")
     (mg,) = calls(log, "model_generate")
     assert ou["exe"] == str(env / "bin" / "onnx_utils") and mg["exe"] == str(env / "bin" / "model_generate")
-    assert ou["argv"] == ["vaiml", "--model-dir", str(stages / "build"), "--plugin_name", "oga_npu_ops", "--compile",
-                          "--ops_type", "bfp16"]
+    assert ou["argv"] == [
+        "vaiml",
+        "--model-dir",
+        str(stages / "build"),
+        "--plugin_name",
+        "oga_npu_ops",
+        "--compile",
+        "--ops_type",
+        "bfp16",
+    ]
     part, build = str(stages / "hybrid.partial"), str(stages / "build")
     if release in ("1.7.1", "1.8"):
         assert mg["argv"] == ["--hybrid", "--input", build, "--output", part]
@@ -116,8 +182,16 @@ def test_dml_builds_with_the_env_builder_when_there_is_one(tmp_path, hybrid_base
     (py,) = calls(tmp_path / "fake.jsonl", "python")
     assert py["exe"] == str(env / "bin" / "python") and py["argv"][py["argv"].index("-e") + 1] == "dml"
     # no env: oga-npu's own builder (the plan names this interpreter)
-    r = run_cli("prepare", json.loads((out / "prepare.json").read_text())["source"], "--target", "dml", "--dry-run",
-                "--output", str(tmp_path / "d2"), env={"CONDA_PREFIX": "", "RYZEN_AI_INSTALLATION_PATH": ""})
+    r = run_cli(
+        "prepare",
+        json.loads((out / "prepare.json").read_text())["source"],
+        "--target",
+        "dml",
+        "--dry-run",
+        "--output",
+        str(tmp_path / "d2"),
+        env={"CONDA_PREFIX": "", "RYZEN_AI_INSTALLATION_PATH": ""},
+    )
     assert r.returncode == 0, r.stderr
     assert f"$ {sys.executable} -m onnxruntime_genai.models.builder" in r.stdout and "Ryzen AI" not in r.stdout
 
@@ -127,9 +201,25 @@ def test_the_fake_builder_refuses_0_18_names_in_an_older_env(tmp_path):
     env = make_rai_env(tmp_path, "1.8")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "config.json").write_text("{}")
-    p = subprocess.run([str(env / "bin" / "python"), "-m", "onnxruntime_genai.models.builder", "-i",
-                        str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-p", "int4", "-e", "dml",
-                        "--extra_options", "block_size=32"], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            str(env / "bin" / "python"),
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+            "-p",
+            "int4",
+            "-e",
+            "dml",
+            "--extra_options",
+            "block_size=32",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "unknown extra option 'block_size'" in p.stderr
 
 
@@ -143,12 +233,18 @@ def test_hybrid_without_operator_compilation_hands_model_generate_the_quantized_
     log = tmp_path / "fake.jsonl"
     assert calls(log, "python") == [] and calls(log, "onnx_utils") == []  # model_generate builds it itself
     (mg,) = calls(log, "model_generate")
-    assert mg["argv"] == ["--hybrid", "--input", str(out / "stages" / "quantize"), "--output",
-                          str(out / "stages" / "hybrid.partial")]
+    assert mg["argv"] == [
+        "--hybrid",
+        "--input",
+        str(out / "stages" / "quantize"),
+        "--output",
+        str(out / "stages" / "hybrid.partial"),
+    ]
 
 
-@pytest.mark.parametrize("release,variant,ok", [("1.8", "full_fusion", True), ("1.7.1", "full_fusion", False),
-                                                ("1.6", "default", True)])
+@pytest.mark.parametrize(
+    "release,variant,ok", [("1.8", "full_fusion", True), ("1.7.1", "full_fusion", False), ("1.6", "default", True)]
+)
 def test_npu_variant_per_release(tmp_path, hybrid_base, release, variant, ok):
     recipe = tmp_path / "npu.toml"
     recipe.write_text(HYBRID_RECIPE + f'\n[hybrid]\nnpu_variant = "{variant}"\n')
@@ -162,8 +258,9 @@ def test_npu_variant_per_release(tmp_path, hybrid_base, release, variant, ok):
     assert r.returncode == 0, r.stderr
     (mg,) = calls(log, "model_generate")
     part, quant = str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")
-    expected = {"1.8": ["--npu", "--full_fusion", "--input", quant, "--output", part],
-                "1.6": ["--npu", part, quant]}[release]
+    expected = {"1.8": ["--npu", "--full_fusion", "--input", quant, "--output", part], "1.6": ["--npu", part, quant]}[
+        release
+    ]
     assert mg["argv"] == expected and mg["exe"] == str(env / "bin" / "model_generate")
 
 
@@ -172,9 +269,21 @@ def test_release_from_the_active_conda_env(tmp_path, hybrid_base):
     env = make_rai_env(tmp_path, "1.7.1")
     out = tmp_path / "m"
     shutil.copytree(base, out)
-    r = run_cli("prepare", json.loads((base / "prepare.json").read_text())["source"], "--target", "hybrid", "--recipe",
-                str(recipe), "--output", str(out), "--skip-device-check", "--from", "hybrid",
-                env=env_for(env, CONDA_PREFIX=env, CONDA_DEFAULT_ENV=env.name), cwd=root)
+    r = run_cli(
+        "prepare",
+        json.loads((base / "prepare.json").read_text())["source"],
+        "--target",
+        "hybrid",
+        "--recipe",
+        str(recipe),
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--from",
+        "hybrid",
+        env=env_for(env, CONDA_PREFIX=env, CONDA_DEFAULT_ENV=env.name),
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
     (mg,) = calls(tmp_path / "fake.jsonl", "model_generate")
     assert "--input" in mg["argv"] and mg["exe"] == str(env / "bin" / "model_generate")
@@ -183,31 +292,72 @@ def test_release_from_the_active_conda_env(tmp_path, hybrid_base):
 def test_broken_env_one_line_nothing_written(tmp_path, tiny_hf):
     env = make_rai_env(tmp_path, "1.8", python=False, packages=False)
     out = tmp_path / "m"
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), "--skip-device-check",
-                "--rai-env", str(env), env=env_for(env), cwd=tmp_path)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--rai-env",
+        str(env),
+        env=env_for(env),
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and "no Python in" in err[0] and "no onnxruntime-genai in" in err[0]
     assert "Fix:" in r.stderr or "fix" in r.stderr.lower()
     assert not out.exists() and not (tmp_path / "dd_plugins").exists()
-    r = run_cli("prepare", str(tiny_hf), "--target", "hybrid", "--output", str(out), "--rai-env",
-                str(tmp_path / "nope"), env=env_for(env), cwd=tmp_path)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--output",
+        str(out),
+        "--rai-env",
+        str(tmp_path / "nope"),
+        env=env_for(env),
+        cwd=tmp_path,
+    )
     assert r.returncode == 1 and "is not a folder" in r.stderr and not out.exists()
 
 
 def test_npu_prepare_on_linux_stops_before_any_work(tmp_path, tiny_hf):
     env = make_rai_env(tmp_path, "1.8")
     out = tmp_path / "npu"
-    r = run_cli("prepare", str(tiny_hf), "--target", "npu", "--output", str(out), "--skip-device-check",
-                "--rai-env", str(env), env=env_for(env, OGA_NPU_HOST_OS="Linux"), cwd=tmp_path)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "npu",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--rai-env",
+        str(env),
+        env=env_for(env, OGA_NPU_HOST_OS="Linux"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and "model_generate, which runs only on Windows" in err[0]
     assert "Windows 11 PC with Ryzen AI 1.8" in r.stderr
     assert not out.exists() and not (tmp_path / "fake.jsonl").exists()
     # the plan still shows, saying where the real run stops
-    r = run_cli("prepare", str(tiny_hf), "--target", "npu", "--dry-run", "--rai-env", str(env),
-                env=env_for(env, OGA_NPU_HOST_OS="Linux"), cwd=tmp_path)
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "npu",
+        "--dry-run",
+        "--rai-env",
+        str(env),
+        env=env_for(env, OGA_NPU_HOST_OS="Linux"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and "the real run would stop here" in r.stdout and not out.exists()
 
 
@@ -265,11 +415,15 @@ def test_child_env_has_nothing_of_our_python(tmp_path):
 def test_builder_option_names_per_onnxruntime_genai(tmp_path):
     opts = {"block_size": 32, "int4_is_symmetric": False, "prune_lm_head": True, "enable_dml_graph": True}
     old = ryzenai.find_env(make_rai_env(tmp_path, "1.8"))
-    assert old.builder_options(opts) == ({"int4_block_size": 32, "int4_is_symmetric": False, "prune_lm_head": True},
-                                         ["enable_dml_graph"])
+    assert old.builder_options(opts) == (
+        {"int4_block_size": 32, "int4_is_symmetric": False, "prune_lm_head": True},
+        ["enable_dml_graph"],
+    )
     new = ryzenai.find_env(make_rai_env(tmp_path, "1.8", name="new", oga="0.18.0"))
-    assert new.builder_options(opts) == ({"block_size": 32, "is_symmetric": False, "prune_lm_head": True,
-                                          "enable_dml_graph": True}, [])
+    assert new.builder_options(opts) == (
+        {"block_size": 32, "is_symmetric": False, "prune_lm_head": True, "enable_dml_graph": True},
+        [],
+    )
 
 
 # ---------------------------------------------------------------- model_benchmark per release
@@ -279,8 +433,23 @@ def test_builder_option_names_per_onnxruntime_genai(tmp_path):
 def test_model_benchmark_per_release(tmp_path, tiny_model, release):
     env = make_rai_env(tmp_path, release)
     j = tmp_path / "mb.jsonl"
-    r = run_cli("bench", "-m", str(tiny_model), "--model-benchmark", "-l", "128,256", "-g", "16", "-r", "3",
-                "--json", str(j), "--rai-env", str(env), env=env_for(env))
+    r = run_cli(
+        "bench",
+        "-m",
+        str(tiny_model),
+        "--model-benchmark",
+        "-l",
+        "128,256",
+        "-g",
+        "16",
+        "-r",
+        "3",
+        "--json",
+        str(j),
+        "--rai-env",
+        str(env),
+        env=env_for(env),
+    )
     assert r.returncode == 0, r.stderr
     mb = calls(tmp_path / "fake.jsonl", "model_benchmark")
     assert all(c["exe"] == str(env / "bin" / "model_benchmark") and "PYTHONPATH" not in c["env"] for c in mb)
@@ -302,8 +471,19 @@ def test_fake_model_benchmark_enforces_1_8_rules(tmp_path, tiny_model):
         p = subprocess.run([tool, "-i", str(tiny_model), *extra], capture_output=True, text=True)
         assert p.returncode == 2 and msg in p.stderr
     # the older release's flags against a 1.8 tool: one line naming the tool's complaint
-    r = run_cli("bench", "-m", str(tiny_model), "--model-benchmark", "-l", "128,256", "--rai-env", str(env),
-                "--rai-version", "1.7.1", env=env_for(env))
+    r = run_cli(
+        "bench",
+        "-m",
+        str(tiny_model),
+        "--model-benchmark",
+        "-l",
+        "128,256",
+        "--rai-env",
+        str(env),
+        "--rai-version",
+        "1.7.1",
+        env=env_for(env),
+    )
     assert r.returncode == 1 and "mutually exclusive" in r.stderr
 
 
@@ -364,9 +544,9 @@ def npu_folder(tmp_path_factory, hybrid_base):
 
 
 def test_npu_folder_on_linux_goes_to_the_ryzenai_ep(linux_host, npu_folder, monkeypatch):
-    from oga_npu import model as model_mod
-
     import onnxruntime_genai as og
+
+    from oga_npu import model as model_mod
 
     seen = {}
 
@@ -395,9 +575,18 @@ def test_npu_folder_on_linux_goes_to_the_ryzenai_ep(linux_host, npu_folder, monk
 def test_run_of_an_npu_folder_on_linux_says_what_is_missing(npu_folder, tmp_path):
     root = tmp_path / "sysroot"
     root.mkdir()
-    r = run_cli("run", "-m", str(npu_folder), "hi", env={"OGA_NPU_HOST_OS": "Linux", "OGA_NPU_SYSFS_ROOT": str(root),
-                                                          "RYZENAI_EP_PATH": str(npu_folder / "genai_config.json"),
-                                                          "XILINX_XRT": ""})
+    r = run_cli(
+        "run",
+        "-m",
+        str(npu_folder),
+        "hi",
+        env={
+            "OGA_NPU_HOST_OS": "Linux",
+            "OGA_NPU_SYSFS_ROOT": str(root),
+            "RYZENAI_EP_PATH": str(npu_folder / "genai_config.json"),
+            "XILINX_XRT": "",
+        },
+    )
     assert r.returncode == 1
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
     assert len(err) == 1 and "provider ryzenai is not available" in err[0]

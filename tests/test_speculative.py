@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_cli
+
 from oga_npu import speculative
 from oga_npu.errors import GenerationError
 from oga_npu.generate import GenerationOptions, stream_generate
@@ -31,8 +31,15 @@ def full_logits_model(tmp_path_factory, tiny_hf, session_home) -> Path:
     recipe = d / "builder-int4-full.toml"
     recipe.write_text(text)
     out = d / "tiny-full"
-    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(out),
-                env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"})
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--recipe",
+        str(recipe),
+        "--output",
+        str(out),
+        env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -70,10 +77,11 @@ def test_greedy_output_unchanged_with_speculation(full_logits_model, method):
     runs = [(prompt, *_reference(full_logits_model, n, prompt)) for prompt in PROMPTS]
     prompt, ref, gaps = max(runs, key=lambda r: _agreeing_prefix(r[2]))
     k = _agreeing_prefix(gaps)
-    assert k >= 12, f"the tiny model has near-ties early for every prompt ({gaps[:k + 1]}): add prompts"
+    assert k >= 12, f"the tiny model has near-ties early for every prompt ({gaps[: k + 1]}): add prompts"
     lm = load(full_logits_model)
-    spec = speculative.parse("ngram" if method == "ngram" else None,
-                             full_logits_model if method == "draft" else None, draft_tokens=4)
+    spec = speculative.parse(
+        "ngram" if method == "ngram" else None, full_logits_model if method == "draft" else None, draft_tokens=4
+    )
     speculative.attach(lm, spec)
     out = _tokens(lm, prompt, GenerationOptions(max_tokens=n, temperature=0.0, ignore_eos=True))
     assert out[:k] == ref[:k]
@@ -150,8 +158,19 @@ def test_draft_with_another_vocabulary_is_refused(tmp_path, full_logits_model):
 
 
 def test_cli_run_with_ngram(full_logits_model):
-    r = run_cli("run", "hello hello hello", "-m", str(full_logits_model), "--raw", "-n", "6", "-t", "0",
-                "--speculative", "ngram")
+    r = run_cli(
+        "run",
+        "hello hello hello",
+        "-m",
+        str(full_logits_model),
+        "--raw",
+        "-n",
+        "6",
+        "-t",
+        "0",
+        "--speculative",
+        "ngram",
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("run", "hello", "-m", str(full_logits_model), "--speculative", "medusa")
     assert r.returncode != 0 and "unknown --speculative" in r.stderr

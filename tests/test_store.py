@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, call, run_cli
 from typer.testing import CliRunner
 
-from conftest import REPO, call, run_cli
 from oga_npu import cli
 from oga_npu.errors import ModelChoiceError, ModelNotFoundError, OutputExistsError
 from oga_npu.store import ModelStore
@@ -96,15 +96,26 @@ def test_models_columns_params_bits_context_and_states(capsys, store, tiny_model
     code, out, err = call(capsys, "models")
     assert code == 0, err
     head, *lines = out.splitlines()
-    assert head.split() == ["NAME", "PARAMS", "BITS", "CONTEXT", "SIZE", "TARGET", "RECIPE", "PERPLEXITY",
-                            "(REFERENCES)", "STATE"]
+    assert head.split() == [
+        "NAME",
+        "PARAMS",
+        "BITS",
+        "CONTEXT",
+        "SIZE",
+        "TARGET",
+        "RECIPE",
+        "PERPLEXITY",
+        "(REFERENCES)",
+        "STATE",
+    ]
     rows = {ln.split()[0]: ln.split() for ln in lines}
     assert set(rows) == {"ok-cpu", "cut-cpu", "half-cpu", "amd-prebuilt"}  # notes/ is no model
     size = sum(e["size"] for e in json.loads((tiny_model / MANIFEST).read_text())["files"].values())
     assert rows["ok-cpu"][1:5] == [f"{want / 1e6:.1f}M", "4", "512", f"{size / 1e6:.1f}MB"]
     assert rows["ok-cpu"][5:7] == ["cpu", "cpu-fast"] and rows["ok-cpu"][-1] == "ready"
-    assert " ".join(rows["cut-cpu"]).endswith("damaged: model.onnx.data has 1000 bytes, the manifest says "
-                                              f"{(tiny_model / 'model.onnx.data').stat().st_size}")
+    assert " ".join(rows["cut-cpu"]).endswith(
+        f"damaged: model.onnx.data has 1000 bytes, the manifest says {(tiny_model / 'model.onnx.data').stat().st_size}"
+    )
     assert rows["half-cpu"][-1] == "incomplete"
     assert rows["amd-prebuilt"][3] == "2048" and rows["amd-prebuilt"][-1] == "external"
     code, out, _ = call(capsys, "models", "--json")
@@ -165,8 +176,9 @@ def test_unknown_name_is_one_error_with_the_close_names(capsys, store):
     code, out, err = call(capsys, "run", "-m", "smollm3", "Hi")
     lines = err.strip().splitlines()
     assert code == 1 and out == "" and len(lines) == 2, err
-    assert lines[0] == (f"Error: no model named 'smollm3' in {store}; close: smollm2-135m-instruct-cpu, "
-                        "smollm2-135m-instruct-q4_1-cpu")
+    assert lines[0] == (
+        f"Error: no model named 'smollm3' in {store}; close: smollm2-135m-instruct-cpu, smollm2-135m-instruct-q4_1-cpu"
+    )
     assert lines[1].startswith("Fix: `oga-npu models` lists the models")
     code, out, err = call(capsys, "chat", "-m", "nothing-like-it")
     assert code == 1 and "no model named 'nothing-like-it'" in err and "close" not in err
@@ -190,8 +202,11 @@ def test_without_m_several_models_are_listed_exit_2(capsys, store, argv, monkeyp
     lines = err.strip().splitlines()
     assert code == 2 and out == "", err
     assert lines[0] == f"Error: 2 models in {store}; choose one with -m NAME:"
-    assert [ln.split()[:2] for ln in lines[1:4]] == [["a-cpu", "external"], ["b-cpu", "external"],
-                                                     ["c-cpu", "incomplete"]]
+    assert [ln.split()[:2] for ln in lines[1:4]] == [
+        ["a-cpu", "external"],
+        ["b-cpu", "external"],
+        ["c-cpu", "incomplete"],
+    ]
     assert lines[4] == f"Fix: oga-npu {argv[0]} -m a-cpu" + (" PROMPT" if argv[0] == "run" else "")
 
 
@@ -329,8 +344,10 @@ def test_default_folders_of_a_hub_id_and_a_gguf_of_the_same_model_differ(store, 
     plan = prepare(PrepareRequest(source=HUB, dry_run=True))
     assert plan.output == store / "smollm2-135m-instruct-cpu-2"
     assert not any("would stop" in ln or "--force" in ln for ln in plan.plan)
-    assert prepare(PrepareRequest(source=str(gguf), recipe="cpu-fast", dry_run=True)).output == \
-        store / "smollm2-135m-instruct-q4_1-cpu-cpu-fast"
+    assert (
+        prepare(PrepareRequest(source=str(gguf), recipe="cpu-fast", dry_run=True)).output
+        == store / "smollm2-135m-instruct-q4_1-cpu-cpu-fast"
+    )
     # the -2 folder once made from the hub id is found again; another source moves on to -3
     second = store / "smollm2-135m-instruct-cpu-2"
     shutil.copytree(tiny_model, second)

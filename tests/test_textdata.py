@@ -51,8 +51,8 @@ def test_eval_ref_gguf_without_llama_cpp_names_the_extra(tmp_path, monkeypatch):
     import importlib.util
 
     import pytest
-
     from conftest import run_cli
+
     from oga_npu import evaluate
     from oga_npu.errors import OgaNpuError
 

@@ -14,8 +14,14 @@ def test_output_goes_to_log_and_env_is_explicit(tmp_path, monkeypatch):
     monkeypatch.setenv("OGA_NPU_PARENT_ONLY", "parent")
     log = tmp_path / "logs" / "x.log"
     env = tool_env({"OGA_NPU_X": "42"}, base={"PATH": "/usr/bin:/bin"})
-    res = run_tool(py("import os,sys; print('out', os.environ.get('OGA_NPU_X'), os.environ.get('OGA_NPU_PARENT_ONLY'));"
-                      "print('err line', file=sys.stderr)"), env=env, log_path=log)
+    res = run_tool(
+        py(
+            "import os,sys; print('out', os.environ.get('OGA_NPU_X'), os.environ.get('OGA_NPU_PARENT_ONLY'));"
+            "print('err line', file=sys.stderr)"
+        ),
+        env=env,
+        log_path=log,
+    )
     text = log.read_text()
     assert "out 42 None" in text and "err line" in text and "exit code 0" in text
     assert res.tail == ["err line"]
@@ -32,8 +38,12 @@ def test_tool_env_does_not_touch_os_environ(monkeypatch):
 def test_failure_carries_code_tail_and_log(tmp_path):
     log = tmp_path / "t.log"
     with pytest.raises(ToolFailed) as e:
-        run_tool(py("import sys\nfor i in range(30): print(f'line {i}', file=sys.stderr)\nsys.exit(3)"),
-                 name="faketool", log_path=log, version="1.2")
+        run_tool(
+            py("import sys\nfor i in range(30): print(f'line {i}', file=sys.stderr)\nsys.exit(3)"),
+            name="faketool",
+            log_path=log,
+            version="1.2",
+        )
     err = e.value
     assert err.code == 3 and err.log_path == log
     assert err.tail[-1] == "line 29" and len(err.tail) == 20
@@ -78,12 +88,14 @@ def test_tool_progress_reaches_the_reporter_while_the_tool_runs(tmp_path):
 
     from oga_npu.tools import reporting, run_tool
 
-    script = ("import sys, time\n"
-              "for i in range(4):\n"
-              "    sys.stderr.write(f'\\rAWQ: {i*25}%|##  | {i}/4 [00:0{i}<00:0{4-i}, 1.00s/it]'); sys.stderr.flush()\n"
-              "    time.sleep(0.3)\n"
-              "sys.stderr.write('\\rAWQ: 100%|####| 4/4 [00:04<00:00, 1.00s/it]\\n')\n"
-              "print('\\x1b[32m[QUARK-INFO]: Export done\\x1b[0m')\n")
+    script = (
+        "import sys, time\n"
+        "for i in range(4):\n"
+        "    sys.stderr.write(f'\\rAWQ: {i*25}%|##  | {i}/4 [00:0{i}<00:0{4-i}, 1.00s/it]'); sys.stderr.flush()\n"
+        "    time.sleep(0.3)\n"
+        "sys.stderr.write('\\rAWQ: 100%|####| 4/4 [00:04<00:00, 1.00s/it]\\n')\n"
+        "print('\\x1b[32m[QUARK-INFO]: Export done\\x1b[0m')\n"
+    )
     got = []
     t0 = time.monotonic()
     with reporting(lambda msg: got.append((time.monotonic() - t0, msg))):

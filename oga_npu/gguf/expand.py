@@ -38,10 +38,10 @@ from ..workdir import home, link_or_copy, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-EXPAND_ENV = "OGA_NPU_EXPAND"   # 0: load the compact folder (onnxruntime folds the nodes)
+EXPAND_ENV = "OGA_NPU_EXPAND"  # 0: load the compact folder (onnxruntime folds the nodes)
 FORMAT_VERSION = 1
 NODE_PREFIX = "/gguf."
-ALIGN = 4096                     # big tensors start on a page (onnxruntime may map them)
+ALIGN = 4096  # big tensors start on a page (onnxruntime may map them)
 ALIGN_MIN = 1 << 20
 _SKIP = {"oga_npu_manifest.json", "prepare.json", ".lock", "done.json"}  # done.json: a stage's, and the entry's own
 
@@ -94,11 +94,21 @@ def loadable(folder: Path, manifest: dict | None) -> Path:
     try:
         return ensure(folder, manifest["content_hash"])
     except OSError as e:  # a read-only home, a full disk
-        log.warning("could not write the expanded form of %s in %s (%s); loading the compact folder (slower, "
-                    "more memory)", folder.name, cache_root(), e)
+        log.warning(
+            "could not write the expanded form of %s in %s (%s); loading the compact folder (slower, more memory)",
+            folder.name,
+            cache_root(),
+            e,
+        )
     except Exception as e:  # noqa: BLE001 - the compact folder loads whatever went wrong here
-        log.warning("could not expand the GGUF blocks of %s (%s: %s); loading the compact folder (slower, more "
-                    "memory; %s=0 skips this)", folder.name, type(e).__name__, e, EXPAND_ENV)
+        log.warning(
+            "could not expand the GGUF blocks of %s (%s: %s); loading the compact folder (slower, more "
+            "memory; %s=0 skips this)",
+            folder.name,
+            type(e).__name__,
+            e,
+            EXPAND_ENV,
+        )
     return folder
 
 
@@ -112,12 +122,17 @@ def for_stage(model_dir: Path) -> Path | None:
         return None
     owner = model_dir.parent.parent if model_dir.parent.name == STAGES_DIR else model_dir
     try:
-        key = content_hash({p.name: {"sha256": sha256_file(p)} for p in sorted(model_dir.iterdir())
-                            if p.is_file() and p.name != DONE})
+        key = content_hash(
+            {p.name: {"sha256": sha256_file(p)} for p in sorted(model_dir.iterdir()) if p.is_file() and p.name != DONE}
+        )
         return ensure(model_dir, key, owner=owner)
     except Exception as e:  # noqa: BLE001 - validate loads the compact folder then
-        log.warning("could not expand the GGUF blocks of %s (%s: %s); validating the compact folder",
-                    owner.name, type(e).__name__, e)
+        log.warning(
+            "could not expand the GGUF blocks of %s (%s: %s); validating the compact folder",
+            owner.name,
+            type(e).__name__,
+            e,
+        )
         return None
 
 
@@ -156,16 +171,27 @@ def ensure(folder: Path, content_hash: str, owner: Path | None = None) -> Path:
         tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
         try:
             size = expand_folder(folder, tmp)
-            write_json_atomic(tmp / "done.json", {"folder": str((owner or folder).resolve()), "content_hash": content_hash,
-                                                  "format": FORMAT_VERSION, "bytes": size,
-                                                  "seconds": round(time.monotonic() - t0, 2)})
+            write_json_atomic(
+                tmp / "done.json",
+                {
+                    "folder": str((owner or folder).resolve()),
+                    "content_hash": content_hash,
+                    "format": FORMAT_VERSION,
+                    "bytes": size,
+                    "seconds": round(time.monotonic() - t0, 2),
+                },
+            )
             os.replace(tmp, dst)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         # progress, not a problem: stderr without a WARNING prefix
-        print(f"expanded the GGUF blocks of {(owner or folder).name} for loading (once): {round(size / 1e6)} MB "
-              f"in {dst} ({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
+        print(
+            f"expanded the GGUF blocks of {(owner or folder).name} for loading (once): {round(size / 1e6)} MB "
+            f"in {dst} ({time.monotonic() - t0:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
     return dst
 
 
@@ -217,7 +243,7 @@ class _DataWriter:
     """One external data file of the expanded model, appended to tensor by tensor."""
 
     def __init__(self, path: Path):
-        self.f = open(path, "wb")
+        self.f = open(path, "wb")  # noqa: SIM115 - closed by close(), the writer's own exit
         self.pos = 0
         self.copied: dict[tuple, tuple[int, int]] = {}
 

@@ -41,8 +41,11 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
             magic = f.read(4)
             if magic != b"GGUF":
                 lfs = magic == b"vers" and f.read(20).startswith(b"ion https://git-lfs")
-                raise ValueError(f"{path.name} is a git-lfs pointer, not the file" if lfs else
-                                 f"{path.name} is not a GGUF file (it does not start with the bytes GGUF)")
+                raise ValueError(
+                    f"{path.name} is a git-lfs pointer, not the file"
+                    if lfs
+                    else f"{path.name} is not a GGUF file (it does not start with the bytes GGUF)"
+                )
             if read("I") < 2:
                 raise ValueError(f"{path.name} is not a GGUF v2+ file")
             n_tensors, n_kv = read("Q"), read("Q")
@@ -76,5 +79,3 @@ def gguf_header(path: Path) -> tuple[str | None, int]:
     if data_start + end > have:
         raise ValueError(f"{path.name} is truncated: {have:,} bytes, its tensors need {data_start + end:,}")
     return arch, total
-
-

@@ -50,9 +50,9 @@ class BlockForm:
 
     bits: int
     block: int
-    q: np.ndarray        # uint8 [rows, cols]
-    scale: np.ndarray    # float32 [rows, nb]
-    zp: np.ndarray       # uint8 [rows, nb]
+    q: np.ndarray  # uint8 [rows, cols]
+    scale: np.ndarray  # float32 [rows, nb]
+    zp: np.ndarray  # uint8 [rows, nb]
     offset: np.ndarray | None  # float32 [rows, nb], None when all zero
     qtype: str = ""
     # The file's own factors, when known: the graph stores these (the file's size) and
@@ -75,8 +75,9 @@ class BlockForm:
 
     def dequantize(self) -> np.ndarray:
         nb = self.cols // self.block
-        w = (self.q.reshape(self.rows, nb, self.block).astype(np.float32) - self.zp[..., None].astype(np.float32)) \
-            * self.scale[..., None]
+        w = (
+            self.q.reshape(self.rows, nb, self.block).astype(np.float32) - self.zp[..., None].astype(np.float32)
+        ) * self.scale[..., None]
         if self.offset is not None:
             w = w + self.offset[..., None]
         return w.reshape(self.rows, self.cols)
@@ -85,8 +86,19 @@ class BlockForm:
         def rows(a):
             return None if a is None else a[order]
 
-        return BlockForm(self.bits, self.block, self.q[order], self.scale[order], self.zp[order], rows(self.offset),
-                         self.qtype, rows(self.d16), rows(self.sc), rows(self.m16), rows(self.mn))
+        return BlockForm(
+            self.bits,
+            self.block,
+            self.q[order],
+            self.scale[order],
+            self.zp[order],
+            rows(self.offset),
+            self.qtype,
+            rows(self.d16),
+            rows(self.sc),
+            rows(self.m16),
+            rows(self.mn),
+        )
 
     @property
     def factored(self) -> bool:
@@ -98,10 +110,18 @@ class BlockForm:
             raise ValueError(f"cannot narrow {self.bits}-bit block {self.block} to {bits}-bit block {block}")
         rep = self.block // block
         if rep == 1:
-            return BlockForm(bits, block, self.q, self.scale, self.zp, self.offset, self.qtype,
-                             self.d16, self.sc, self.m16, self.mn)
-        return BlockForm(bits, block, self.q, np.repeat(self.scale, rep, 1), np.repeat(self.zp, rep, 1),
-                         None if self.offset is None else np.repeat(self.offset, rep, 1), self.qtype)
+            return BlockForm(
+                bits, block, self.q, self.scale, self.zp, self.offset, self.qtype, self.d16, self.sc, self.m16, self.mn
+            )
+        return BlockForm(
+            bits,
+            block,
+            self.q,
+            np.repeat(self.scale, rep, 1),
+            np.repeat(self.zp, rep, 1),
+            None if self.offset is None else np.repeat(self.offset, rep, 1),
+            self.qtype,
+        )
 
 
 def concat_rows(forms: list[BlockForm]) -> BlockForm:
@@ -110,8 +130,15 @@ def concat_rows(forms: list[BlockForm]) -> BlockForm:
     offs = None
     if any(f.offset is not None for f in forms):
         offs = np.concatenate([f.offset if f.offset is not None else np.zeros_like(f.scale) for f in forms])
-    out = BlockForm(bits, block, np.concatenate([f.q for f in forms]), np.concatenate([f.scale for f in forms]),
-                    np.concatenate([f.zp for f in forms]), offs, "+".join(f.qtype for f in forms))
+    out = BlockForm(
+        bits,
+        block,
+        np.concatenate([f.q for f in forms]),
+        np.concatenate([f.scale for f in forms]),
+        np.concatenate([f.zp for f in forms]),
+        offs,
+        "+".join(f.qtype for f in forms),
+    )
 
     def same(attr):  # factors concatenate when every form has them in the same layout
         arrs = [getattr(f, attr) for f in forms]
@@ -214,8 +241,10 @@ def block_form(raw: np.ndarray, qtype: str, rows: int, cols: int) -> BlockForm:
         form = (8, 16, scale, np.full((n * 16, 1), 32, np.uint8), None, q)
         factors = (h16(b[:, 208:210]), sc.reshape(n, 16).astype(np.int8), None, None)
     else:
-        raise GGUFImportError(f"GGUF type {qtype} has no exact native form here (covered: {', '.join(NATIVE_TYPES)})",
-                              "prepare this file with a Quark recipe instead (--recipe default or cpu-fast)")
+        raise GGUFImportError(
+            f"GGUF type {qtype} has no exact native form here (covered: {', '.join(NATIVE_TYPES)})",
+            "prepare this file with a Quark recipe instead (--recipe default or cpu-fast)",
+        )
     bits, block, scale, zp, off, q = form
     nb = cols // block
     q = np.ascontiguousarray(q.reshape(rows, cols).astype(np.uint8))
@@ -347,15 +376,17 @@ class NameMap:
 
         arch = next((k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == gf.arch), None)
         if arch is None:
-            raise GGUFImportError(f"the gguf package does not know architecture '{gf.arch}'",
-                                  "prepare this file with a Quark recipe (--recipe default)")
+            raise GGUFImportError(
+                f"the gguf package does not know architecture '{gf.arch}'",
+                "prepare this file with a Quark recipe (--recipe default)",
+            )
         self.map = gguf.get_tensor_name_map(arch, n_layers)
         # the processors read head counts by their HF names: the folder's config.json has them
         self.processor = TENSOR_PROCESSORS.get(gf.arch, TensorProcessor)(config=config or gf.hf_config())
         self.gf = gf
 
     def gguf_name(self, hf_name: str) -> str | None:
-        base = hf_name[:-len(".weight")] if hf_name.endswith(".weight") else hf_name
+        base = hf_name[: -len(".weight")] if hf_name.endswith(".weight") else hf_name
         g = self.map.get_name(base)
         if g is None:
             return None
@@ -368,8 +399,10 @@ class NameMap:
         res = self.processor.process(weights=idx, name=gguf_name, tensor_key_mapping={}, parsed_parameters={})
         out = np.asarray(res.weights).reshape(-1)
         if out.shape[0] != rows:
-            raise GGUFImportError(f"{gguf_name}: transformers reshapes it ({rows} rows -> {out.shape[0]})",
-                                  "prepare this file with a Quark recipe (--recipe default)")
+            raise GGUFImportError(
+                f"{gguf_name}: transformers reshapes it ({rows} rows -> {out.shape[0]})",
+                "prepare this file with a Quark recipe (--recipe default)",
+            )
         order = out.astype(np.int64)
         return None if np.array_equal(order, np.arange(rows)) else order
 
@@ -404,9 +437,9 @@ def _packed_hf_name(node_name: str) -> str | None:
 
 @dataclass
 class ImportReport:
-    nodes: dict          # ONNX node -> "Q4_1", "Q4_K+Q4_K+Q6_K", "F32" ...
+    nodes: dict  # ONNX node -> "Q4_1", "Q4_K+Q4_K+Q6_K", "F32" ...
     embedding: str
-    types: dict          # GGUF type -> tensor count
+    types: dict  # GGUF type -> tensor count
     bytes_before: int
     bytes_after: int
 
@@ -414,8 +447,12 @@ class ImportReport:
         kinds: dict[str, int] = {}
         for v in self.nodes.values():
             kinds[v] = kinds.get(v, 0) + 1
-        return {"gguf_types": self.types, "matmuls": kinds, "embedding": self.embedding,
-                "weights_bytes": self.bytes_after}
+        return {
+            "gguf_types": self.types,
+            "matmuls": kinds,
+            "embedding": self.embedding,
+            "weights_bytes": self.bytes_after,
+        }
 
 
 class _Graph:
@@ -500,8 +537,9 @@ def _matmul_nbits(gr: _Graph, node, form: BlockForm, fdt, extra_nodes: list) -> 
     lead = [0] * (_rank(gr, x) - 1)  # keep the leading dims ([batch, sequence] in the builder's graphs)
     extra_nodes += [
         helper.make_node("Reshape", [x, _shape(gr, lead + [nb, form.block])], [p + "/blocks"], name=p + "/Blocks"),
-        helper.make_node("ReduceSum", [p + "/blocks", _shape(gr, [-1])], [p + "/block_sums"], name=p + "/BlockSum",
-                         keepdims=0),
+        helper.make_node(
+            "ReduceSum", [p + "/blocks", _shape(gr, [-1])], [p + "/block_sums"], name=p + "/BlockSum", keepdims=0
+        ),
         helper.make_node("MatMul", [p + "/block_sums", r], [p + "/output_0"], name=p + "/MatMul"),
         helper.make_node("Add", [main, p + "/output_0"], [y], name=p + "/Add"),
     ]
@@ -622,8 +660,9 @@ def _scale_tensor(gr: _Graph, name: str, form: BlockForm, fdt, nodes: list) -> t
     return name, cur
 
 
-def _factor_product(gr: _Graph, name: str, half: np.ndarray, ints: np.ndarray | None, tags: tuple[str, str],
-                    nodes: list) -> str:
+def _factor_product(
+    gr: _Graph, name: str, half: np.ndarray, ints: np.ndarray | None, tags: tuple[str, str], nodes: list
+) -> str:
     """float32 half * ints (the file's fp16 scale or minimum times its small integer factors,
     exact in float32) from stored factors, by folded nodes; the result's tensor name."""
     from onnx import TensorProto, helper
@@ -634,8 +673,10 @@ def _factor_product(gr: _Graph, name: str, half: np.ndarray, ints: np.ndarray | 
     if ints is None:
         return f"{P}/{tags[0]}"
     i = gr.add_init(f"{name}.{tags[1]}", ints)
-    nodes += [helper.make_node("Cast", [i], [f"{P}/{tags[1]}"], name=f"{P}/{tags[1]}", to=TensorProto.FLOAT),
-              helper.make_node("Mul", [f"{P}/{tags[0]}", f"{P}/{tags[1]}"], [f"{P}/product"], name=f"{P}/product")]
+    nodes += [
+        helper.make_node("Cast", [i], [f"{P}/{tags[1]}"], name=f"{P}/{tags[1]}", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{P}/{tags[0]}", f"{P}/{tags[1]}"], [f"{P}/product"], name=f"{P}/product"),
+    ]
     return f"{P}/product"
 
 
@@ -650,8 +691,9 @@ def _zero_points(gr: _Graph, name: str, form: BlockForm, nodes: list) -> str | N
     packed = pack_zero_points(zp, form.bits).reshape(-1)
     if zp.size and (zp == zp.flat[0]).all():
         value = helper.make_tensor("value", TensorProto.UINT8, [1], [int(packed[0])])
-        nodes.append(helper.make_node("ConstantOfShape", [_shape(gr, [packed.size])], [name], name=f"/{name}/fill",
-                                      value=value))
+        nodes.append(
+            helper.make_node("ConstantOfShape", [_shape(gr, [packed.size])], [name], name=f"/{name}/fill", value=value)
+        )
         return name
     return gr.add_init(name, packed)
 
@@ -683,11 +725,19 @@ def _offsets_t(gr: _Graph, name: str, form: BlockForm, fdt, s3: str | None, z: s
             ]
             zu = P + "/zp_all"
             if 2 * nbh != nb:
-                nodes.append(mk("Slice", [zu, _shape(gr, [0]), _shape(gr, [nb]), _shape(gr, [1])], [P + "/zp_cut"],
-                                name=P + "/zp_cut"))
+                nodes.append(
+                    mk(
+                        "Slice",
+                        [zu, _shape(gr, [0]), _shape(gr, [nb]), _shape(gr, [1])],
+                        [P + "/zp_cut"],
+                        name=P + "/zp_cut",
+                    )
+                )
                 zu = P + "/zp_cut"
-        nodes += [mk("Reshape", [zu, _shape(gr, [rows, nd, k])], [P + "/zp3"], name=P + "/zp3"),
-                  mk("Cast", [P + "/zp3"], [P + "/zpf"], name=P + "/zpf", to=TensorProto.FLOAT)]
+        nodes += [
+            mk("Reshape", [zu, _shape(gr, [rows, nd, k])], [P + "/zp3"], name=P + "/zp3"),
+            mk("Cast", [P + "/zp3"], [P + "/zpf"], name=P + "/zpf", to=TensorProto.FLOAT),
+        ]
         zf = P + "/zpf"
     nodes += [
         mk("Mul", [s3, zf], [P + "/sz"], name=P + "/sz"),
@@ -713,7 +763,9 @@ def _scales(gr: _Graph, name: str, scale: np.ndarray, fdt, extra_nodes: list) ->
     if not np.array_equal(half.astype(np.float32), scale):
         return gr.add_init(name, scale.astype(np.float32))
     gr.add_init(name + ".fp16", half)
-    extra_nodes.insert(0, helper.make_node("Cast", [name + ".fp16"], [name], name=f"/{name}/Cast", to=TensorProto.FLOAT))
+    extra_nodes.insert(
+        0, helper.make_node("Cast", [name + ".fp16"], [name], name=f"/{name}/Cast", to=TensorProto.FLOAT)
+    )
     return name
 
 
@@ -729,8 +781,12 @@ def _float_matmul(gr: _Graph, node, w: np.ndarray, fdt) -> None:
 def place(g, node_name: str, extra: list) -> None:
     """Insert the nodes _matmul_nbits made: those of initializers (`/gguf.*`) first, the rest
     after `node_name`."""
-    _rebuild(g, {node_name: [n for n in extra if not n.name.startswith("/gguf.")]}, {},
-             first=[n for n in extra if n.name.startswith("/gguf.")])
+    _rebuild(
+        g,
+        {node_name: [n for n in extra if not n.name.startswith("/gguf.")]},
+        {},
+        first=[n for n in extra if n.name.startswith("/gguf.")],
+    )
 
 
 def _rebuild(g, after: dict, replace: dict, first: list = ()) -> None:
@@ -749,7 +805,6 @@ def _rebuild(g, after: dict, replace: dict, first: list = ()) -> None:
 def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> ImportReport:
     """Rewrite model_file (and its external data) with the GGUF's blocks, in place."""
     import onnx
-    from onnx import helper
 
     model_file = Path(model_file)
     gf = GGUFFile(gguf_path)
@@ -783,8 +838,10 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
             gnames = [names.gguf_name("model.embed_tokens.weight")]  # tied output head
         if None in gnames:
             missing = [h for h, g in zip(hf, gnames) if g is None]
-            raise GGUFImportError(f"{node.name}: no GGUF tensor for {', '.join(missing)}",
-                                  "prepare this file with a Quark recipe (--recipe default)")
+            raise GGUFImportError(
+                f"{node.name}: no GGUF tensor for {', '.join(missing)}",
+                "prepare this file with a Quark recipe (--recipe default)",
+            )
         fdt = gr.float_dtype(node.input[2]) if node.op_type == "MatMulNBits" else np.float32
         parts, floats = [], False
         for g in gnames:
@@ -820,8 +877,9 @@ def import_weights(model_file: Path, gguf_path: Path, hf_config: dict) -> Import
     gr.drop_unused()
     tmp = model_file.with_name(model_file.name + ".gguf_tmp")
     tmp_data = tmp.name + ".data"
-    onnx.save(m, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=tmp_data,
-              size_threshold=1024)
+    onnx.save(
+        m, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=tmp_data, size_threshold=1024
+    )
     # the graph names its data file: rename both into place under the original names
     m2 = onnx.load(str(tmp), load_external_data=False)
     for t in m2.graph.initializer:
@@ -863,13 +921,19 @@ def _import_embedding(gr: _Graph, gf: GGUFFile, names: NameMap, head_form, head_
         return qtype
     if order is not None:
         form = form.take_rows(order)
-    shared = head_node is not None and gbq is not None and \
-        gf.tensors[gname] is gf.tensors.get(names.gguf_name("lm_head.weight") or gname)
+    shared = (
+        head_node is not None
+        and gbq is not None
+        and gf.tensors[gname] is gf.tensors.get(names.gguf_name("lm_head.weight") or gname)
+    )
     if shared and head_form is not None:
         b, s = head_node.input[1], head_node.input[2]
         form = head_form
-        z = head_node.input[3] if len(head_node.input) > 3 and head_node.input[3] else \
-            gr.add_init("gguf.model.embed_tokens.zero_points", pack_zero_points(form.zp, form.bits))
+        z = (
+            head_node.input[3]
+            if len(head_node.input) > 3 and head_node.input[3]
+            else gr.add_init("gguf.model.embed_tokens.zero_points", pack_zero_points(form.zp, form.bits))
+        )
     else:
         b = gr.add_init("gguf.model.embed_tokens.q", pack_codes(form.q, form.bits, form.block))
         s = gr.add_init("gguf.model.embed_tokens.scales", form.scale.astype(fdt).reshape(form.rows, -1))
@@ -880,20 +944,35 @@ def _import_embedding(gr: _Graph, gf: GGUFFile, names: NameMap, head_form, head_
     zp2d = gr.add_init("gguf.model.embed_tokens.zp_2d", np.array([form.rows, -1], np.int64))
     p = "/model/embed_tokens"
     main = out_name if form.offset is None else f"{p}/gguf_main"
-    new = [helper.make_node("Reshape", [b, shape], [f"{p}/gguf_table"], name=f"{p}/gguf_table"),
-           helper.make_node("Reshape", [s, scales2d], [f"{p}/gguf_scales"], name=f"{p}/gguf_scales"),
-           helper.make_node("Reshape", [z, zp2d], [f"{p}/gguf_zp"], name=f"{p}/gguf_zp"),
-           helper.make_node("GatherBlockQuantized", [f"{p}/gguf_table", "input_ids", f"{p}/gguf_scales", f"{p}/gguf_zp"],
-                            [main], name=f"{p}/GatherBlockQuantized", domain="com.microsoft", bits=form.bits,
-                            block_size=form.block, gather_axis=0, quantize_axis=1)]
+    new = [
+        helper.make_node("Reshape", [b, shape], [f"{p}/gguf_table"], name=f"{p}/gguf_table"),
+        helper.make_node("Reshape", [s, scales2d], [f"{p}/gguf_scales"], name=f"{p}/gguf_scales"),
+        helper.make_node("Reshape", [z, zp2d], [f"{p}/gguf_zp"], name=f"{p}/gguf_zp"),
+        helper.make_node(
+            "GatherBlockQuantized",
+            [f"{p}/gguf_table", "input_ids", f"{p}/gguf_scales", f"{p}/gguf_zp"],
+            [main],
+            name=f"{p}/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=form.bits,
+            block_size=form.block,
+            gather_axis=0,
+            quantize_axis=1,
+        ),
+    ]
     if form.offset is not None:
         tab = gr.add_init("gguf.model.embed_tokens.offsets", np.ascontiguousarray(form.offset).astype(fdt))
-        e = gr.add_init(f"gguf.blockexpand.{form.cols}x{form.block}.{np.dtype(fdt).name}",
-                        np.ascontiguousarray(block_sum_matrix(form.cols, form.block).T).astype(fdt))
-        new += [helper.make_node("Gather", [tab, "input_ids"], [f"{p}/gguf_offsets"], name=f"{p}/gguf_offsets"),
-                helper.make_node("MatMul", [f"{p}/gguf_offsets", e], [f"{p}/gguf_offset_rows"],
-                                 name=f"{p}/gguf_offset_rows"),
-                helper.make_node("Add", [main, f"{p}/gguf_offset_rows"], [out_name], name=f"{p}/gguf_offset_add")]
+        e = gr.add_init(
+            f"gguf.blockexpand.{form.cols}x{form.block}.{np.dtype(fdt).name}",
+            np.ascontiguousarray(block_sum_matrix(form.cols, form.block).T).astype(fdt),
+        )
+        new += [
+            helper.make_node("Gather", [tab, "input_ids"], [f"{p}/gguf_offsets"], name=f"{p}/gguf_offsets"),
+            helper.make_node(
+                "MatMul", [f"{p}/gguf_offsets", e], [f"{p}/gguf_offset_rows"], name=f"{p}/gguf_offset_rows"
+            ),
+            helper.make_node("Add", [main, f"{p}/gguf_offset_rows"], [out_name], name=f"{p}/gguf_offset_add"),
+        ]
     # the builder's Reshape feeding its GatherBlockQuantized goes with it (drop_unused cleans inits)
     replace[node.name] = new
     if gbq is not None:

@@ -27,13 +27,13 @@ BUILDER_EP = {"cpu": "cpu", "webgpu": "webgpu", "dml": "dml", "hybrid": "dml", "
 REQUIRED_FILES = ("genai_config.json",)
 
 
-def builder_argv(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path,
-                 fixes: list[str] = (), rai_env=None) -> list[str]:
+def builder_argv(
+    in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path, fixes: list[str] = (), rai_env=None
+) -> list[str]:
     """The builder's command line; with config fixes, the builder runs under this module's
     main(), which applies them to the config object it loads (see oga_npu.architectures).
     With rai_env (oga_npu.ryzenai), the Ryzen AI release's own builder in its env."""
-    args = ["-i", str(in_dir), "-o", str(out_dir), "-p", cfg.precision, "-e", BUILDER_EP[target],
-            "-c", str(cache_dir)]
+    args = ["-i", str(in_dir), "-o", str(out_dir), "-p", cfg.precision, "-e", BUILDER_EP[target], "-c", str(cache_dir)]
     if rai_env is not None:
         return rai_env.builder_argv(args, {**window_options(in_dir), **cfg.extra_options})[0]
     if fixes:
@@ -77,8 +77,16 @@ def resolved_session_options(cfg: BuildConfig) -> dict:
     return out
 
 
-def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Path,
-        env: dict[str, str] | None = None, gguf: Path | None = None, rai_env=None) -> dict:
+def run(
+    in_dir: Path,
+    out_dir: Path,
+    target: str,
+    cfg: BuildConfig,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    gguf: Path | None = None,
+    rai_env=None,
+) -> dict:
     cache = out_dir.parent / (out_dir.name + ".cache")
     fixes = config_fixes(json.loads((in_dir / "config.json").read_text()))
     env = env or tool_env()
@@ -94,15 +102,19 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     missing = [f for f in REQUIRED_FILES if not (out_dir / f).is_file()]
     onnx_files = list(out_dir.glob("*.onnx"))
     if missing or not onnx_files:
-        raise ToolFailed("onnxruntime-genai model builder", argv, 0,
-                         [f"builder exited 0 but wrote no {', '.join(missing) or '*.onnx'} in {out_dir}"], log_path)
+        raise ToolFailed(
+            "onnxruntime-genai model builder",
+            argv,
+            0,
+            [f"builder exited 0 but wrote no {', '.join(missing) or '*.onnx'} in {out_dir}"],
+            log_path,
+        )
     config_path = out_dir / "genai_config.json"
     config = json.loads(config_path.read_text())
     passes = []
     native = None
     if gguf is not None:  # before the other passes: they read the graph this one rewrites
-        native = import_gguf(out_dir / config["model"]["decoder"].get("filename", "model.onnx"), gguf, in_dir,
-                             log_path)
+        native = import_gguf(out_dir / config["model"]["decoder"].get("filename", "model.onnx"), gguf, in_dir, log_path)
         passes.append("gguf_native")
     if cfg.float32_logits:
         model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
@@ -136,8 +148,15 @@ def run(in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, log_path: Pa
     tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
     if tok_class:
         passes.append("tokenizer_class")
-    detail = {"argv": argv, "seconds": round(result.seconds, 2), "session_options": session, "config_fixes": fixes,
-              "graph_passes": passes, "graph_passes_skipped": skipped, "provider": providers_in_config(config)}
+    detail = {
+        "argv": argv,
+        "seconds": round(result.seconds, 2),
+        "session_options": session,
+        "config_fixes": fixes,
+        "graph_passes": passes,
+        "graph_passes_skipped": skipped,
+        "provider": providers_in_config(config),
+    }
     if native is not None:
         detail["gguf_native"] = native
     if rai_env is not None:
@@ -155,8 +174,9 @@ def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path) -> d
 
     t0 = time.monotonic()
     rep = import_weights(model_file, gguf, json.loads((hf_dir / "config.json").read_text()))
-    summary = dict(rep.summary(), gguf=str(gguf), gguf_bytes=gguf.stat().st_size,
-                   seconds=round(time.monotonic() - t0, 2))
+    summary = dict(
+        rep.summary(), gguf=str(gguf), gguf_bytes=gguf.stat().st_size, seconds=round(time.monotonic() - t0, 2)
+    )
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(f"gguf_native: {json.dumps(summary)}\n")
         for node, kind in rep.nodes.items():
@@ -172,8 +192,10 @@ def gguf_of(in_dir: Path) -> Path:
     meta = read_json(in_dir / "oga_npu_source.json") or {}
     p = Path(meta["gguf"]) if meta.get("gguf") else None
     if p is None or not p.is_file():
-        raise RecipeError("the gguf-native recipe needs a .gguf source (this source is an HF model or the file "
-                          "is gone)", "prepare a .gguf file, or pick another recipe (--recipe default)")
+        raise RecipeError(
+            "the gguf-native recipe needs a .gguf source (this source is an HF model or the file is gone)",
+            "prepare a .gguf file, or pick another recipe (--recipe default)",
+        )
     return p
 
 
@@ -182,11 +204,15 @@ def builder_failed(e: ToolFailed) -> ToolFailed:
     cause (an unsupported architecture, a config the builder cannot read), not a re-run."""
     text = " ".join(e.tail)
     if "is not currently supported" in text:
-        e.fix = ("this architecture is not in the onnxruntime-genai 0.18 model builder: use a model of one that is "
-                 "(`oga-npu architectures`)")
+        e.fix = (
+            "this architecture is not in the onnxruntime-genai 0.18 model builder: use a model of one that is "
+            "(`oga-npu architectures`)"
+        )
     else:
-        e.fix = (f"the builder fails the same way on the same input: see {e.log_path} for the cause "
-                 "(`oga-npu architectures` lists what is supported); after fixing it, the re-run keeps finished stages")
+        e.fix = (
+            f"the builder fails the same way on the same input: see {e.log_path} for the cause "
+            "(`oga-npu architectures` lists what is supported); after fixing it, the re-run keeps finished stages"
+        )
     return e
 
 
@@ -206,8 +232,9 @@ def cast_logits_to_float32(model_file: Path, output: str = "logits") -> bool:
     for node in g.node:
         node.output[:] = [inner if o == output else o for o in node.output]
         node.input[:] = [inner if i == output else i for i in node.input]
-    g.node.append(onnx.helper.make_node("Cast", [inner], [output], name="/oga_npu/logits_float32/Cast",
-                                        to=onnx.TensorProto.FLOAT))
+    g.node.append(
+        onnx.helper.make_node("Cast", [inner], [output], name="/oga_npu/logits_float32/Cast", to=onnx.TensorProto.FLOAT)
+    )
     out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     tmp = model_file.with_name(model_file.name + ".tmp")
     onnx.save(m, str(tmp))
@@ -251,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     AutoConfig.from_pretrained = classmethod(from_pretrained)
     saved = sys.argv
-    sys.argv = [BUILDER_MODULE, *argv[split + 1:]]
+    sys.argv = [BUILDER_MODULE, *argv[split + 1 :]]
     try:
         runpy.run_module(BUILDER_MODULE, run_name="__main__", alter_sys=False)
     finally:
@@ -313,10 +340,13 @@ def estimate(ctx, in_dir: Path) -> float | None:
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     rai_env = getattr(ctx, "rai_env", None)
     cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
-    fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() \
-        else []
-    lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"),
-                                          fixes, rai_env))]
+    fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() else []
+    lines = [
+        "$ "
+        + " ".join(
+            builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"), fixes, rai_env)
+        )
+    ]
     if rai_env is not None:
         lines += ["  " + ln for ln in rai_env.build_lines({**window_options(in_dir), **cfg.extra_options}, fixes)]
     elif fixes:

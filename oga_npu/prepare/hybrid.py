@@ -36,8 +36,11 @@ def applies(ctx) -> bool:
 
 def key(ctx) -> dict:
     h = ctx.recipe.hybrid
-    return {"rai": ctx.rai_version, "variant": h.npu_variant if ctx.target == "npu" else None,
-            "max_seq_length": h.max_seq_length}
+    return {
+        "rai": ctx.rai_version,
+        "variant": h.npu_variant if ctx.target == "npu" else None,
+        "max_seq_length": h.max_seq_length,
+    }
 
 
 def new_form(rai_version: str) -> bool:
@@ -53,8 +56,11 @@ def check_release(ctx) -> None:
         return
     rel = release(ctx.rai_version)
     if variant not in rel.npu_variants:
-        raise RecipeError(f"the recipe's npu_variant '{variant}' (model_generate --npu --{variant}) is not in Ryzen AI "
-                          f"{rel.version}; it came with 1.8", "use npu_variant = \"default\" in the recipe, or Ryzen AI 1.8")
+        raise RecipeError(
+            f"the recipe's npu_variant '{variant}' (model_generate --npu --{variant}) is not in Ryzen AI "
+            f"{rel.version}; it came with 1.8",
+            'use npu_variant = "default" in the recipe, or Ryzen AI 1.8',
+        )
 
 
 def argv(ctx, in_dir: Path, out_dir: Path) -> list[str]:
@@ -71,8 +77,9 @@ def argv(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 
 def env_additions(ctx) -> dict[str, str]:
     env = {}
-    if ctx.dd_plugins is not None and (ctx.target == "hybrid" and ctx.recipe.hybrid.compile_ops != "never"
-                                       or ctx.dd_plugins.is_dir()):
+    if ctx.dd_plugins is not None and (
+        ctx.target == "hybrid" and ctx.recipe.hybrid.compile_ops != "never" or ctx.dd_plugins.is_dir()
+    ):
         env["DD_PLUGINS_ROOT"] = str(ctx.dd_plugins)
     return env
 
@@ -80,12 +87,16 @@ def env_additions(ctx) -> dict[str, str]:
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     env = ctx.rai_tool_env(**env_additions(ctx))
     shown = {k: v for k, v in env.items() if k.startswith("DD_PLUGINS")}
-    lines = [f"Ryzen AI {ctx.rai_version} ({ctx.rai_source}) form:",
-             "$ " + " ".join(argv(ctx, in_dir, out_dir)),
-             "  env: " + (", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "no DD_PLUGINS_* set")]
+    lines = [
+        f"Ryzen AI {ctx.rai_version} ({ctx.rai_source}) form:",
+        "$ " + " ".join(argv(ctx, in_dir, out_dir)),
+        "  env: " + (", ".join(f"{k}={v}" for k, v in sorted(shown.items())) or "no DD_PLUGINS_* set"),
+    ]
     if ctx.recipe.hybrid.max_seq_length > 4096:
-        lines.append(f"  then genai_config: hybrid_opt_chunk_context=1, search.chunk_size={CHUNK_SIZE} "
-                     f"(recipe max_seq_length {ctx.recipe.hybrid.max_seq_length} > 4096)")
+        lines.append(
+            f"  then genai_config: hybrid_opt_chunk_context=1, search.chunk_size={CHUNK_SIZE} "
+            f"(recipe max_seq_length {ctx.recipe.hybrid.max_seq_length} > 4096)"
+        )
     return lines
 
 
@@ -98,9 +109,9 @@ def check_output(out_dir: Path) -> tuple[list[str], str | None]:
         cfg = json.loads(cfg_path.read_text())
         so = cfg.get("model", {}).get("decoder", {}).get("session_options", {})
         if any("RyzenAI" in e for e in so.get("provider_options", [])):
-            form = "ryzenai-provider"       # RAI 1.7+
+            form = "ryzenai-provider"  # RAI 1.7+
         elif so.get("custom_ops_library"):
-            form = "custom-ops-library"     # RAI <= 1.6
+            form = "custom-ops-library"  # RAI <= 1.6
         else:
             problems.append("genai_config.json has neither RyzenAI provider options nor custom_ops_library")
     return problems, form
@@ -127,11 +138,18 @@ def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     run_tool(a, name=TOOL, env=env, cwd=out_dir, log_path=log_path, version=ctx.tool_versions.get(TOOL))
     problems, form = check_output(out_dir)
     if problems:
-        raise ToolFailed(TOOL, a, 0, ["exited 0 but the output is not a hybrid model: " + "; ".join(problems)],
-                         log_path)
+        raise ToolFailed(
+            TOOL, a, 0, ["exited 0 but the output is not a hybrid model: " + "; ".join(problems)], log_path
+        )
     long_ctx = apply_long_context(out_dir, ctx.recipe.hybrid.max_seq_length)
     ctx.collect_traces(out_dir, NAME)
-    return {"argv": a, "config_form": form, "rai_version": ctx.rai_version, "rai_source": ctx.rai_source,
-            "env": {k: v for k, v in env.items() if k.startswith("DD_PLUGINS")}, "long_context": long_ctx,
-            "input": "dml folder" if (in_dir / "genai_config.json").is_file() else "quantized folder",
-            **({"rai_env": ctx.rai_env.to_dict()} if ctx.rai_env is not None else {})}
+    return {
+        "argv": a,
+        "config_form": form,
+        "rai_version": ctx.rai_version,
+        "rai_source": ctx.rai_source,
+        "env": {k: v for k, v in env.items() if k.startswith("DD_PLUGINS")},
+        "long_context": long_ctx,
+        "input": "dml folder" if (in_dir / "genai_config.json").is_file() else "quantized folder",
+        **({"rai_env": ctx.rai_env.to_dict()} if ctx.rai_env is not None else {}),
+    }

@@ -35,14 +35,25 @@ def key(ctx) -> dict:
 
 
 def argv(ctx, model_dir: Path) -> list[str]:
-    return [ctx.tool_path(TOOL), "vaiml", "--model-dir", str(model_dir), "--plugin_name",
-            ctx.recipe.hybrid.plugin_name, "--compile", "--ops_type", "bfp16"]
+    return [
+        ctx.tool_path(TOOL),
+        "vaiml",
+        "--model-dir",
+        str(model_dir),
+        "--plugin_name",
+        ctx.recipe.hybrid.plugin_name,
+        "--compile",
+        "--ops_type",
+        "bfp16",
+    ]
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     name = ctx.recipe.hybrid.plugin_name
-    return ["$ " + " ".join(argv(ctx, in_dir)) + f"   (cwd {out_dir})",
-            f"  then check {out_dir / ZIP_DIR / (name + '.zip')} and install it as {ctx.dd_plugins / (name + '.zip')}"]
+    return [
+        "$ " + " ".join(argv(ctx, in_dir)) + f"   (cwd {out_dir})",
+        f"  then check {out_dir / ZIP_DIR / (name + '.zip')} and install it as {ctx.dd_plugins / (name + '.zip')}",
+    ]
 
 
 def check_zip(path: Path) -> list[str]:

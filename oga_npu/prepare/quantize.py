@@ -71,23 +71,28 @@ def quark_template(config: dict, algorithm: str | None):
     except ArchitectureError as e:
         raise SystemExit(f"error: {e.message}") from e
     if name not in LLMTemplate.list_available():
-        LLMTemplate.register_template(LLMTemplate(model_type=name, kv_layers_name=QUARK_KV_LAYERS,
-                                                  q_layer_name="*q_proj", exclude_layers_name=["lm_head"]))
+        LLMTemplate.register_template(
+            LLMTemplate(
+                model_type=name, kv_layers_name=QUARK_KV_LAYERS, q_layer_name="*q_proj", exclude_layers_name=["lm_head"]
+            )
+        )
     template = LLMTemplate.get(name)
     algo_configs = None
     if algorithm == "awq" and awq_layers is not None:
         from quark.torch.quantization.config.config import AWQConfig
 
-        algo_configs = {"awq": AWQConfig(scaling_layers=[dict(x) for x in awq_layers],
-                                         model_decoder_layers="model.layers")}
+        algo_configs = {
+            "awq": AWQConfig(scaling_layers=[dict(x) for x in awq_layers], model_decoder_layers="model.layers")
+        }
     return template, algo_configs
 
 
 # ---------------------------------------------------------------- AWQ clip search
 
 
-def fast_compute_best_clip(self, named_linears, input_feat, n_grid: int = 20, max_shrink: float = 0.5,
-                           n_sample_token: int = 512):
+def fast_compute_best_clip(
+    self, named_linears, input_feat, n_grid: int = 20, max_shrink: float = 0.5, n_sample_token: int = 512
+):
     """Drop-in for quark's AwqProcessor._compute_best_clip (same arguments and result)."""
     import torch
     from quark.torch.utils.accelerate_helper import OffloadParameter
@@ -99,7 +104,7 @@ def fast_compute_best_clip(self, named_linears, input_feat, n_grid: int = 20, ma
         gs = gs if gs is not None and gs > 0 else w.shape[1]
         x = input_feat.reshape(-1, input_feat.shape[-1])
         n = min(x.shape[0], n_sample_token)
-        x = x[0::x.shape[0] // n]
+        x = x[0 :: x.shape[0] // n]
         groups = w.shape[1] // gs
         xg = x.reshape(x.shape[0], groups, gs).transpose(0, 1).to(w.device, w.dtype)  # G, N, gs
         co = w.shape[0]
@@ -108,7 +113,7 @@ def fast_compute_best_clip(self, named_linears, input_feat, n_grid: int = 20, ma
         cb = max(1, min(co, DEFAULT_CLIP_BYTES // max(per_channel, 1)))
         best_all = []
         for b in range(math.ceil(co / cb)):
-            wb = w[b * cb:(b + 1) * cb].reshape(-1, 1, groups, gs)
+            wb = w[b * cb : (b + 1) * cb].reshape(-1, 1, groups, gs)
             org_max = wb.abs().amax(dim=-1, keepdim=True)
             best = org_max.clone()
             min_err = torch.full_like(org_max, 1e9)
@@ -150,9 +155,19 @@ def calibration_batches(tokenizer, text: str, samples: int, seq_len: int):
     return [torch.tensor([chunk]) for chunk in token_chunks(ids, samples, seq_len)]
 
 
-def quantize(in_dir: Path, out_dir: Path, *, scheme: str, algorithm: str, exclude_layers: list[str],
-             calib_text: str | None, samples: int, seq_len: int, device: str = "auto",
-             fast_clip: bool = True) -> dict:
+def quantize(
+    in_dir: Path,
+    out_dir: Path,
+    *,
+    scheme: str,
+    algorithm: str,
+    exclude_layers: list[str],
+    calib_text: str | None,
+    samples: int,
+    seq_len: int,
+    device: str = "auto",
+    fast_clip: bool = True,
+) -> dict:
     """Quantize in_dir into out_dir (which must exist and be empty). Returns stats."""
     import torch
     from quark.torch import ModelQuantizer, export_safetensors
@@ -165,8 +180,7 @@ def quantize(in_dir: Path, out_dir: Path, *, scheme: str, algorithm: str, exclud
     mtype = cfg.model_type
     algo = None if algorithm == "none" else algorithm
     template, algo_configs = quark_template(json.loads((in_dir / "config.json").read_text()), algo)
-    qcfg = template.get_config(scheme=scheme, algorithm=algo, exclude_layers=exclude_layers,
-                               algo_configs=algo_configs)
+    qcfg = template.get_config(scheme=scheme, algorithm=algo, exclude_layers=exclude_layers, algo_configs=algo_configs)
     model = AutoModelForCausalLM.from_pretrained(in_dir, dtype=torch.float32).to(device).eval()
     tok = AutoTokenizer.from_pretrained(in_dir)
     calib = None
@@ -186,9 +200,16 @@ def quantize(in_dir: Path, out_dir: Path, *, scheme: str, algorithm: str, exclud
     qc = json.loads((out_dir / "config.json").read_text()).get("quantization_config", {})
     if qc.get("quant_method") != "quark":
         raise SystemExit("error: Quark's export has no quantization_config.quant_method = quark")
-    return {"device": device, "scheme": scheme, "algorithm": algorithm, "model_type": mtype,
-            "calibration_tokens": samples * seq_len if calib else 0, "load_seconds": round(t_load, 2),
-            "quantize_seconds": round(t_quant, 2), "seconds": round(time.monotonic() - t0, 2)}
+    return {
+        "device": device,
+        "scheme": scheme,
+        "algorithm": algorithm,
+        "model_type": mtype,
+        "calibration_tokens": samples * seq_len if calib else 0,
+        "load_seconds": round(t_load, 2),
+        "quantize_seconds": round(t_quant, 2),
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,10 +222,18 @@ def main(argv: list[str] | None = None) -> int:
         from ..textdata import load_text
 
         calib_text = load_text(spec["calib_text"], part="calibration")  # never the eval part
-    stats = quantize(Path(spec["in_dir"]), Path(spec["out_dir"]), scheme=spec["scheme"],
-                     algorithm=spec["algorithm"], exclude_layers=spec["exclude_layers"], calib_text=calib_text,
-                     samples=spec["samples"], seq_len=spec["seq_len"], device=spec.get("device", "auto"),
-                     fast_clip=spec.get("fast_clip", True))
+    stats = quantize(
+        Path(spec["in_dir"]),
+        Path(spec["out_dir"]),
+        scheme=spec["scheme"],
+        algorithm=spec["algorithm"],
+        exclude_layers=spec["exclude_layers"],
+        calib_text=calib_text,
+        samples=spec["samples"],
+        seq_len=spec["seq_len"],
+        device=spec.get("device", "auto"),
+        fast_clip=spec.get("fast_clip", True),
+    )
     Path(spec["stats"]).write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats), file=sys.stderr)
     return 0
@@ -235,9 +264,18 @@ def key(ctx) -> dict:
 
 def spec(ctx, in_dir: Path, out_dir: Path) -> dict:
     q, c = ctx.recipe.quantize, ctx.recipe.calibration
-    return {"in_dir": str(in_dir), "out_dir": str(out_dir), "scheme": q.scheme, "algorithm": q.algorithm,
-            "exclude_layers": list(q.exclude_layers), "calib_text": ctx.calib_text, "samples": c.samples,
-            "seq_len": c.seq_len, "device": q.device, "stats": str(out_dir / "quantize_stats.json")}
+    return {
+        "in_dir": str(in_dir),
+        "out_dir": str(out_dir),
+        "scheme": q.scheme,
+        "algorithm": q.algorithm,
+        "exclude_layers": list(q.exclude_layers),
+        "calib_text": ctx.calib_text,
+        "samples": c.samples,
+        "seq_len": c.seq_len,
+        "device": q.device,
+        "stats": str(out_dir / "quantize_stats.json"),
+    }
 
 
 def argv(spec_path: Path) -> list[str]:
@@ -260,11 +298,17 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     q, c = ctx.recipe.quantize, ctx.recipe.calibration
-    calib = "no calibration" if q.algorithm == "none" else \
-        f"calibration: {c.samples} x {c.seq_len} tokens of {ctx.calib_text}"
-    return [f"AMD Quark {q.scheme}, algorithm {q.algorithm}, exclude {q.exclude_layers}, {calib}, device {q.device}",
-            "$ " + " ".join(argv(out_dir.parent / f"{NAME}_spec.json")),
-            f"  in:  {in_dir}", f"  out: {out_dir}"]
+    calib = (
+        "no calibration"
+        if q.algorithm == "none"
+        else f"calibration: {c.samples} x {c.seq_len} tokens of {ctx.calib_text}"
+    )
+    return [
+        f"AMD Quark {q.scheme}, algorithm {q.algorithm}, exclude {q.exclude_layers}, {calib}, device {q.device}",
+        "$ " + " ".join(argv(out_dir.parent / f"{NAME}_spec.json")),
+        f"  in:  {in_dir}",
+        f"  out: {out_dir}",
+    ]
 
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
@@ -273,8 +317,13 @@ def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     s = spec(ctx, in_dir, out_dir)
     spec_path = out_dir.parent / f"{NAME}_spec.json"
     spec_path.write_text(json.dumps(s, indent=2))
-    run_tool(argv(spec_path), name="AMD Quark quantize", env=ctx.tool_env(), log_path=log_path,
-             version=ctx.versions.get("amd-quark"))
+    run_tool(
+        argv(spec_path),
+        name="AMD Quark quantize",
+        env=ctx.tool_env(),
+        log_path=log_path,
+        version=ctx.versions.get("amd-quark"),
+    )
     stats = json.loads((out_dir / "quantize_stats.json").read_text())
     spec_path.unlink(missing_ok=True)
     return stats

@@ -9,8 +9,6 @@ Nothing is written into the model's output folder by this stage.
 
 from __future__ import annotations
 
-import contextlib
-
 import logging
 import os
 import re
@@ -33,9 +31,9 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tik
 
 @dataclass(frozen=True)
 class Source:
-    spec: str        # what the user typed
-    kind: str        # hub | folder | gguf
-    name: str        # short name for default output folders
+    spec: str  # what the user typed
+    kind: str  # hub | folder | gguf
+    name: str  # short name for default output folders
 
     def describe(self) -> str:
         return {"hub": "Hugging Face hub id", "folder": "local HF folder", "gguf": "GGUF file"}[self.kind]
@@ -53,27 +51,36 @@ class ResolvedSource:
 def classify(spec: str) -> Source:
     """Decide what SOURCE is without touching the network."""
     p = Path(spec).expanduser()
-    looks_like_path = spec.startswith((".", "/", "~", "\\")) or (len(spec) > 1 and spec[1] == ":") or spec.endswith(".gguf")
+    looks_like_path = (
+        spec.startswith((".", "/", "~", "\\")) or (len(spec) > 1 and spec[1] == ":") or spec.endswith(".gguf")
+    )
     if p.suffix.lower() == ".gguf":
         if not p.is_file():
             raise SourceError(f"GGUF file not found: {spec}", "check the path (oga-npu prepare path/to/model.gguf)")
         try:
             gguf_header(p)  # the header and the file's length: 0.1 s, before anything long
         except (OSError, ValueError) as e:
-            raise SourceError(str(e), "download the .gguf again (an interrupted download or a git-lfs pointer "
-                                      "is not the file; `git lfs pull` fetches the real one)") from e
+            raise SourceError(
+                str(e),
+                "download the .gguf again (an interrupted download or a git-lfs pointer "
+                "is not the file; `git lfs pull` fetches the real one)",
+            ) from e
         return Source(spec, "gguf", _short_name(p.stem))
     if p.is_dir():
         if not (p / "config.json").is_file():
             ggufs = sorted(p.glob("*.gguf"))
             hint = f"; it holds {ggufs[0].name}: pass that file" if ggufs else ""
-            raise SourceError(f"{spec} is a folder without config.json, not a Hugging Face model folder{hint}",
-                              "pass a folder with config.json and safetensors weights, a .gguf file, or a hub id")
+            raise SourceError(
+                f"{spec} is a folder without config.json, not a Hugging Face model folder{hint}",
+                "pass a folder with config.json and safetensors weights, a .gguf file, or a hub id",
+            )
         return Source(spec, "folder", _short_name(p.resolve().name))
     if p.exists():
         raise SourceError(f"{spec} is a file but not a .gguf", "pass a .gguf file, a HF model folder or a hub id")
     if looks_like_path or not HUB_ID.match(spec):
-        raise SourceError(f"source not found: {spec}", "pass an existing folder or .gguf file, or a hub id like org/name")
+        raise SourceError(
+            f"source not found: {spec}", "pass an existing folder or .gguf file, or a hub id like org/name"
+        )
     return Source(spec, "hub", _short_name(spec.split("/")[-1]))
 
 
@@ -86,8 +93,9 @@ def plan(source: Source) -> str:
     if source.kind == "hub":
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
         cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        return (f"download {source.spec} ({', '.join(HUB_PATTERNS)}) into the HF cache ({cache})"
-                + (" [offline: cache only]" if offline else ""))
+        return f"download {source.spec} ({', '.join(HUB_PATTERNS)}) into the HF cache ({cache})" + (
+            " [offline: cache only]" if offline else ""
+        )
     if source.kind == "gguf":
         cache = gguf_cache_dir(Path(source.spec).expanduser().resolve())
         if is_converted(cache):
@@ -145,8 +153,10 @@ def resolve(source: Source) -> ResolvedSource:
             # Two prepares of one GGUF share this cache: the second waits for the first's
             # dequantize, then uses its result.
             def waiting():
-                log.warning("another prepare is dequantizing %s into the shared cache: waiting for it, "
-                            "then using its result", p.name)
+                log.warning(
+                    "another prepare is dequantizing %s into the shared cache: waiting for it, then using its result",
+                    p.name,
+                )
 
             with file_lock(out.with_name(out.name + ".lock"), on_wait=waiting):
                 cached = is_converted(out)
@@ -166,20 +176,28 @@ def download(repo_id: str) -> Path:
     try:
         return Path(hf.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except hfe.GatedRepoError as e:
-        raise HubError(f"{repo_id} is gated (401/403): accept its license on the hub and log in",
-                       "set HF_TOKEN to a token with access (or run `hf auth login`)") from e
+        raise HubError(
+            f"{repo_id} is gated (401/403): accept its license on the hub and log in",
+            "set HF_TOKEN to a token with access (or run `hf auth login`)",
+        ) from e
     except hfe.RepositoryNotFoundError as e:
-        raise HubError(f"{repo_id} was not found on the hub (404), or it is private",
-                       "check the id; for a private repo set HF_TOKEN") from e
+        raise HubError(
+            f"{repo_id} was not found on the hub (404), or it is private",
+            "check the id; for a private repo set HF_TOKEN",
+        ) from e
     except hfe.RevisionNotFoundError as e:
         raise HubError(f"{repo_id}: revision not found", "check the revision") from e
     except (hfe.LocalEntryNotFoundError, hfe.OfflineModeIsEnabled) as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
         if offline:
-            raise HubError(f"{repo_id} is not in the local HF cache and HF_HUB_OFFLINE is set",
-                           "unset HF_HUB_OFFLINE to download it, or pass a local folder or .gguf file") from e
-        raise HubError(f"{repo_id} could not be downloaded: the hub is not reachable and it is not in the cache",
-                       "check the network (or HF_ENDPOINT), or pass a local folder or .gguf file") from e
+            raise HubError(
+                f"{repo_id} is not in the local HF cache and HF_HUB_OFFLINE is set",
+                "unset HF_HUB_OFFLINE to download it, or pass a local folder or .gguf file",
+            ) from e
+        raise HubError(
+            f"{repo_id} could not be downloaded: the hub is not reachable and it is not in the cache",
+            "check the network (or HF_ENDPOINT), or pass a local folder or .gguf file",
+        ) from e
     except hfe.HfHubHTTPError as e:
         raise HubError(f"{repo_id}: hub request failed: {str(e).splitlines()[0]}", "try again later") from e
 
@@ -208,8 +226,10 @@ def dequantize_gguf(gguf: Path, out: Path) -> Path:
             tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:  # transformers raises many types for unsupported archs
         shutil.rmtree(part, ignore_errors=True)
-        raise SourceError(f"transformers cannot load {gguf.name}: {str(e).splitlines()[0]}",
-                          "the GGUF architecture must be one transformers supports (pip install gguf accelerate)") from e
+        raise SourceError(
+            f"transformers cannot load {gguf.name}: {str(e).splitlines()[0]}",
+            "the GGUF architecture must be one transformers supports (pip install gguf accelerate)",
+        ) from e
     # transformers refuses save_pretrained while the GGUF quantizer is attached: the
     # weights are already dequantized, so drop it.
     model.hf_quantizer = None

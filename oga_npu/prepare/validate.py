@@ -34,16 +34,26 @@ def main(argv: list[str] | None = None) -> int:
         # the same checks and provider registration as `oga-npu run`, and the form it will open
         lm = model_mod.load(path, files=for_stage(path))
         raw = lm.chat_template() is None
-        text, last = generate(lm, args.prompt, GenerationOptions(max_tokens=args.max_tokens, temperature=0.0), raw=raw)  # greedy: one answer
+        text, last = generate(
+            lm, args.prompt, GenerationOptions(max_tokens=args.max_tokens, temperature=0.0), raw=raw
+        )  # greedy: one answer
     except OgaNpuError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - native errors: translated, one line
         print(f"error: {model_mod.translate(e, path).message}", file=sys.stderr)
         return 1
-    result = {"prompt": args.prompt, "answer": text, "chat_template": not raw, "provider": last.provider,
-              "generated_tokens": last.generated_tokens, "prompt_tokens": last.prompt_tokens,
-              "ttft_s": last.ttft, "decode_tps": last.decode_tps, "finish_reason": last.finish_reason}
+    result = {
+        "prompt": args.prompt,
+        "answer": text,
+        "chat_template": not raw,
+        "provider": last.provider,
+        "generated_tokens": last.generated_tokens,
+        "prompt_tokens": last.prompt_tokens,
+        "ttft_s": last.ttft,
+        "decode_tps": last.decode_tps,
+        "finish_reason": last.finish_reason,
+    }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result), file=sys.stderr)
     return 0
@@ -73,8 +83,16 @@ def argv(ctx, model_dir: Path, out_dir: Path) -> list[str]:
     from ..tools import python_module_argv
 
     v = ctx.recipe.validate_
-    return python_module_argv("oga_npu.prepare.validate", str(model_dir), "--prompt", v.prompt,
-                              "--max-tokens", str(v.max_tokens), "--out", str(out_dir / RESULT))
+    return python_module_argv(
+        "oga_npu.prepare.validate",
+        str(model_dir),
+        "--prompt",
+        v.prompt,
+        "--max-tokens",
+        str(v.max_tokens),
+        "--out",
+        str(out_dir / RESULT),
+    )
 
 
 def runnable_here(ctx, model_dir: Path) -> tuple[bool, str]:
@@ -88,8 +106,10 @@ def runnable_here(ctx, model_dir: Path) -> tuple[bool, str]:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    return ["$ " + " ".join(argv(ctx, in_dir, out_dir)),
-            "  (skipped with the reason recorded where the target's runtime is not on this machine)"]
+    return [
+        "$ " + " ".join(argv(ctx, in_dir, out_dir)),
+        "  (skipped with the reason recorded where the target's runtime is not on this machine)",
+    ]
 
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
@@ -100,6 +120,11 @@ def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
         result = {"skipped": why}
         (out_dir / RESULT).write_text(json.dumps(result, indent=2))
         return result
-    run_tool(argv(ctx, in_dir, out_dir), name="validate (onnxruntime-genai)", env=ctx.tool_env(),
-             log_path=log_path, version=ctx.versions.get("onnxruntime-genai"))
+    run_tool(
+        argv(ctx, in_dir, out_dir),
+        name="validate (onnxruntime-genai)",
+        env=ctx.tool_env(),
+        log_path=log_path,
+        version=ctx.versions.get("onnxruntime-genai"),
+    )
     return json.loads((out_dir / RESULT).read_text())

@@ -22,33 +22,51 @@ DEFAULT_STREAM_INTERVAL_MS = 30
 # Paths answered without the API key: health, and the chat page and its static files
 # (they hold no data; the page sends the key with its requests).
 PUBLIC_PATHS = ("/health", "/", "/favicon.ico")
-PUBLIC_PREFIXES = ("/web/",)   # the chat page's files (web/): no data in them
+PUBLIC_PREFIXES = ("/web/",)  # the chat page's files (web/): no data in them
 
 
-def create_app(provider, api_key: str | None = None, stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS, *,
-               max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None, host: str = "127.0.0.1",
-               allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = ()):
+def create_app(
+    provider,
+    api_key: str | None = None,
+    stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
+    *,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    metrics_key: str | None = None,
+    host: str = "127.0.0.1",
+    allowed_host: tuple[str, ...] | list[str] = (),
+    cors_origin: tuple[str, ...] | list[str] = (),
+):
     """The FastAPI app. With `api_key` every route but /health and the chat page needs it
     (/metrics takes `metrics_key` too); the Host header must name `host` or an
     `allowed_host` (DNS rebinding); CORS only for `cors_origin`."""
     for name, key in (("--api-key", api_key), ("--metrics-key", metrics_key)):
         if key is not None and not key.strip():
             raise ValueError(f"{name} is empty: give a key, or leave the option out")
-    st = ServerState(provider, api_key=api_key, metrics_key=metrics_key, hosts=allowed_hosts(host, list(allowed_host)),
-                     max_body=int(max_body_mb * 2**20), stream_interval=max(0.0, stream_interval_ms) / 1000)
+    st = ServerState(
+        provider,
+        api_key=api_key,
+        metrics_key=metrics_key,
+        hosts=allowed_hosts(host, list(allowed_host)),
+        max_body=int(max_body_mb * 2**20),
+        stream_interval=max(0.0, stream_interval_ms) / 1000,
+    )
     app = FastAPI(title="oga-npu", docs_url=None, redoc_url=None)
     app.state.server = st
     app.middleware("http")(guard)
-    if cors_origin:   # added after the guard, so it runs first: preflights need no key
+    if cors_origin:  # added after the guard, so it runs first: preflights need no key
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origin), allow_methods=["GET", "POST", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origin),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     for exc, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc, handler)
     app.include_router(routes.router)
-    app.include_router(ollama.router)        # Ollama's /api/* (ollama.py): a translation, same path
-    web.add_routes(app)                       # GET / (the chat page) and /web/*, no key: they hold no data
+    app.include_router(ollama.router)  # Ollama's /api/* (ollama.py): a translation, same path
+    web.add_routes(app)  # GET / (the chat page) and /web/*, no key: they hold no data
     app.add_middleware(serverlog.RequestLog)  # added last: the outermost layer, sees every response
     return app
 
@@ -70,17 +88,28 @@ def door(st: ServerState, request: Request) -> ApiError | None:
     """Host, then key: the refusal for this request, or None."""
     path = request.url.path
     if not host_ok(request.headers.get("host"), st.hosts):
-        return ApiError(400, "the Host header names a host this server does not answer for (serve "
-                             "--allowed-host NAME adds one)", code="invalid_host")
+        return ApiError(
+            400,
+            "the Host header names a host this server does not answer for (serve --allowed-host NAME adds one)",
+            code="invalid_host",
+        )
     if request.method == "OPTIONS" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
         return None
     if path == "/metrics" and st.metrics_key is not None:
         if not key_ok(request.headers, st.metrics_key, st.api_key):
-            return ApiError(401, "missing or wrong metrics key (Authorization: Bearer KEY)",
-                            type_="authentication_error", code="invalid_api_key")
+            return ApiError(
+                401,
+                "missing or wrong metrics key (Authorization: Bearer KEY)",
+                type_="authentication_error",
+                code="invalid_api_key",
+            )
     elif st.api_key is not None and not key_ok(request.headers, st.api_key):
-        return ApiError(401, "missing or wrong API key (Authorization: Bearer KEY)",
-                        type_="authentication_error", code="invalid_api_key")
+        return ApiError(
+            401,
+            "missing or wrong API key (Authorization: Bearer KEY)",
+            type_="authentication_error",
+            code="invalid_api_key",
+        )
     return None
 
 
@@ -98,8 +127,9 @@ async def api_error(request, e: ApiError):
 
 
 async def invalid(request, e: RequestValidationError):
-    return error_response(ApiError(400, str(e.errors()[0].get("msg", "invalid request")), code="invalid_value"),
-                          request.url.path)
+    return error_response(
+        ApiError(400, str(e.errors()[0].get("msg", "invalid request")), code="invalid_value"), request.url.path
+    )
 
 
 async def not_found(request, _e):
@@ -115,5 +145,10 @@ async def crashed(_request, e: Exception):
     return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", type_="server_error"))
 
 
-ERROR_HANDLERS = {ApiError: api_error, RequestValidationError: invalid, 404: not_found, 405: bad_method,
-                  Exception: crashed}
+ERROR_HANDLERS = {
+    ApiError: api_error,
+    RequestValidationError: invalid,
+    404: not_found,
+    405: bad_method,
+    Exception: crashed,
+}

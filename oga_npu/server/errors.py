@@ -12,15 +12,30 @@ RETRY_AFTER_S = 2
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None, **extra):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict | None = None,
+        **extra,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers, self.extra = headers or {}, extra
 
     def body(self) -> dict:
-        return {"error": {"message": scrub_paths(self.message), "type": self.type, "param": self.param,
-                          "code": self.code, **self.extra}}
+        return {
+            "error": {
+                "message": scrub_paths(self.message),
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+                **self.extra,
+            }
+        }
 
 
 def not_supported(what: str, param: str) -> ApiError:
@@ -32,18 +47,25 @@ def from_validation(e: ValidationError) -> ApiError:
     loc = [str(x) for x in err.get("loc", ()) if x != "body"]
     param = ".".join(loc) or None
     if err.get("type") == "extra_forbidden":
-        return ApiError(400, f"unknown field '{param}' (see the support table in the README)", param=param,
-                        code="unknown_field")
+        return ApiError(
+            400, f"unknown field '{param}' (see the support table in the README)", param=param, code="unknown_field"
+        )
     msg = err.get("msg", "invalid request")
     return ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
 
 
 def from_library(e: OgaNpuError, prompt_param: str = "messages", guidance_param: str = "response_format") -> ApiError:
     if isinstance(e, ContextLengthError):
-        return ApiError(400, f"the request needs {e.prompt_tokens} prompt tokens + {e.max_tokens} max_tokens, "
-                             f"more than the model's {e.context}-token context (n_prompt_tokens={e.prompt_tokens}, "
-                             f"n_ctx={e.context})", param=prompt_param, code="context_length_exceeded",
-                        n_prompt_tokens=e.prompt_tokens, n_ctx=e.context)
+        return ApiError(
+            400,
+            f"the request needs {e.prompt_tokens} prompt tokens + {e.max_tokens} max_tokens, "
+            f"more than the model's {e.context}-token context (n_prompt_tokens={e.prompt_tokens}, "
+            f"n_ctx={e.context})",
+            param=prompt_param,
+            code="context_length_exceeded",
+            n_prompt_tokens=e.prompt_tokens,
+            n_ctx=e.context,
+        )
     if isinstance(e, GuidanceError):
         return ApiError(400, e.message, param=guidance_param, code="invalid_schema")
     if isinstance(e, (GenerationError, ChatTemplateError)):
@@ -52,8 +74,13 @@ def from_library(e: OgaNpuError, prompt_param: str = "messages", guidance_param:
 
 
 def busy(model_id: str, waiting: int, max_queue: int) -> ApiError:
-    return ApiError(503, f"{model_id} is busy: {waiting} requests are waiting (--max-queue {max_queue})",
-                    type_="unavailable_error", code="server_busy", headers={"Retry-After": str(RETRY_AFTER_S)})
+    return ApiError(
+        503,
+        f"{model_id} is busy: {waiting} requests are waiting (--max-queue {max_queue})",
+        type_="unavailable_error",
+        code="server_busy",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 def shutting_down() -> ApiError:

@@ -32,8 +32,7 @@ class Refused(Exception):
 
 async def read_body(request, max_bytes: int) -> bytes:
     """The body, refused with 413 past `max_bytes` without reading the rest."""
-    too_big = Refused(413, f"the body is larger than {max_bytes / 2**20:g} MB (serve --max-body-mb)",
-                      "body_too_large")
+    too_big = Refused(413, f"the body is larger than {max_bytes / 2**20:g} MB (serve --max-body-mb)", "body_too_large")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise too_big
@@ -100,16 +99,21 @@ def _check_str(s: str, path: tuple) -> None:
         s.encode("utf-8")
     except UnicodeEncodeError:
         p = _where(path)
-        raise Refused(400, f"{p or 'the body'}: the text is not valid UTF-8 (a lone surrogate such as \\ud800)",
-                      "invalid_value", p) from None
+        raise Refused(
+            400,
+            f"{p or 'the body'}: the text is not valid UTF-8 (a lone surrogate such as \\ud800)",
+            "invalid_value",
+            p,
+        ) from None
 
 
 # ---------------------------------------------------------------- Host header
 
+
 def _host_name(header: str) -> str:
     h = header.strip().lower()
-    if h.startswith("["):                      # [::1]:8000
-        return h[1:h.find("]")] if "]" in h else h
+    if h.startswith("["):  # [::1]:8000
+        return h[1 : h.find("]")] if "]" in h else h
     if h.count(":") == 1:
         return h.split(":", 1)[0]
     return h

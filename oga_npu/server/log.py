@@ -50,8 +50,9 @@ class RequestLog:
             await self.app(scope, receive, send_status)
         finally:
             _current.reset(token)
-            line = format_line(scope["method"], scope["path"], rec["status"], time.perf_counter() - t0, rec["gen"],
-                               rec["error"])
+            line = format_line(
+                scope["method"], scope["path"], rec["status"], time.perf_counter() - t0, rec["gen"], rec["error"]
+            )
             log.log(logging.DEBUG if quiet(scope["path"]) else logging.INFO, "%s", line)
 
 
@@ -75,14 +76,20 @@ def generation_done(model: str, last, exc: BaseException | None) -> None:
         end = f"stopped: {getattr(exc, 'code', None) or type(exc).__name__}"
     else:
         end = "stopped"
-    rec["gen"] = {"model": model, "end": end,
-                  "prompt": last.prompt_tokens if last else None, "cached": last.cached_tokens if last else None,
-                  "completion": last.generated_tokens if last else 0, "ttft": last.ttft if last else None,
-                  "tps": last.decode_tps if last else None}
+    rec["gen"] = {
+        "model": model,
+        "end": end,
+        "prompt": last.prompt_tokens if last else None,
+        "cached": last.cached_tokens if last else None,
+        "completion": last.generated_tokens if last else 0,
+        "ttft": last.ttft if last else None,
+        "tps": last.decode_tps if last else None,
+    }
 
 
-def format_line(method: str, path: str, status: int, seconds: float, gen: dict | None,
-                err: tuple[str | None, str] | None) -> str:
+def format_line(
+    method: str, path: str, status: int, seconds: float, gen: dict | None, err: tuple[str | None, str] | None
+) -> str:
     parts = [f"{method} {path} {status} {seconds:.2f} s"]
     if gen is not None:
         parts.append(gen["model"])
@@ -109,6 +116,6 @@ def setup(level: str = "info") -> None:
     if not any(getattr(h, "_oga_npu_serve", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
-        handler._oga_npu_serve = True   # type: ignore[attr-defined]
+        handler._oga_npu_serve = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False

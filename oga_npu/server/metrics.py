@@ -16,14 +16,29 @@ class Metrics:
         self.requests = Counter("oga_npu_requests", "HTTP requests", ["route", "status"], registry=r)
         self.prompt_tokens = Counter("oga_npu_prompt_tokens", "Prompt tokens", ["model"], registry=r)
         self.completion_tokens = Counter("oga_npu_completion_tokens", "Generated tokens", ["model"], registry=r)
-        self.cached_tokens = Counter("oga_npu_cached_tokens", "Prompt tokens reused from the KV cache", ["model"],
-                                     registry=r)
-        self.ttft = Histogram("oga_npu_ttft_seconds", "Time to first token", ["model"], registry=r,
-                              buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
-        self.decode = Histogram("oga_npu_decode_tokens_per_second", "Decode speed per request", ["model"],
-                                registry=r, buckets=(1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000))
-        self.cancelled = Counter("oga_npu_cancelled_requests", "Generations stopped early (client gone, error, "
-                                 "shutdown)", ["model"], registry=r)
+        self.cached_tokens = Counter(
+            "oga_npu_cached_tokens", "Prompt tokens reused from the KV cache", ["model"], registry=r
+        )
+        self.ttft = Histogram(
+            "oga_npu_ttft_seconds",
+            "Time to first token",
+            ["model"],
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.decode = Histogram(
+            "oga_npu_decode_tokens_per_second",
+            "Decode speed per request",
+            ["model"],
+            registry=r,
+            buckets=(1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000),
+        )
+        self.cancelled = Counter(
+            "oga_npu_cancelled_requests",
+            "Generations stopped early (client gone, error, shutdown)",
+            ["model"],
+            registry=r,
+        )
         self.queue = Gauge("oga_npu_queue_depth", "Requests running or waiting", ["model"], registry=r)
 
     def count_request(self, path: str, status: int) -> None:

@@ -35,9 +35,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +94,13 @@ class ServedModel:
     id: str
     lm: Any
     max_queue: int = DEFAULT_MAX_QUEUE
-    kv_reuse: bool = True                              # False: serve --no-kv-reuse
-    generate: Callable = stream_generate               # the decode loop (tests pass a fake one)
+    kv_reuse: bool = True  # False: serve --no-kv-reuse
+    generate: Callable = stream_generate  # the decode loop (tests pass a fake one)
     queue: DeviceQueue = field(init=False)
     cache: PromptCache | None = field(init=False)
-    executor: ThreadPoolExecutor = field(init=False)   # decodes, one request at a time
-    prep: ThreadPoolExecutor = field(init=False)       # chat template and tokenizer, while another decodes
-    _guidance: tuple[bool, str] | None = field(init=False, default=None)   # (works, why not): probed once
+    executor: ThreadPoolExecutor = field(init=False)  # decodes, one request at a time
+    prep: ThreadPoolExecutor = field(init=False)  # chat template and tokenizer, while another decodes
+    _guidance: tuple[bool, str] | None = field(init=False, default=None)  # (works, why not): probed once
     _probe_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self):
@@ -141,12 +141,23 @@ class ServedModel:
     def info(self) -> dict:
         reuse, why = self.reuse()
         man = self.lm.manifest or {}
-        return {"id": self.id, "object": "model", "created": int(Path(self.lm.path).stat().st_mtime),
-                "owned_by": "oga-npu", "context_length": self.lm.context_length, "provider": self.lm.provider,
-                "decoder": self.lm.decoder, "target": man.get("target"), "recipe": man.get("recipe"),
-                "source": man.get("source"), "hub_id": man.get("hub_id"),
-                "revision": man.get("revision"), "kv_reuse": reuse, "kv_reuse_note": why,
-                **self.guidance_info()}
+        return {
+            "id": self.id,
+            "object": "model",
+            "created": int(Path(self.lm.path).stat().st_mtime),
+            "owned_by": "oga-npu",
+            "context_length": self.lm.context_length,
+            "provider": self.lm.provider,
+            "decoder": self.lm.decoder,
+            "target": man.get("target"),
+            "recipe": man.get("recipe"),
+            "source": man.get("source"),
+            "hub_id": man.get("hub_id"),
+            "revision": man.get("revision"),
+            "kv_reuse": reuse,
+            "kv_reuse_note": why,
+            **self.guidance_info(),
+        }
 
     def guidance_info(self) -> dict:
         """guided_output for /v1/models: the probe's verdict once a request needed it, before
@@ -198,12 +209,12 @@ class Entry:
 
     id: str
     folder: Path
-    facts: dict = field(default_factory=dict)   # size, target, recipe, context_length, ... (for /v1/models)
+    facts: dict = field(default_factory=dict)  # size, target, recipe, context_length, ... (for /v1/models)
     problem: str | None = None
     served: ServedModel | None = None
     last_used: float = 0.0
-    leases: int = 0                               # requests that hold it (see `using`)
-    loading: asyncio.Future | None = None         # its load, while one runs
+    leases: int = 0  # requests that hold it (see `using`)
+    loading: asyncio.Future | None = None  # its load, while one runs
 
     @property
     def loaded(self) -> bool:
@@ -216,8 +227,15 @@ class Entry:
     def info(self) -> dict:
         if self.served is not None:
             return {**self.facts, **self.served.info(), "loaded": True, "loadable": True}
-        out = {"id": self.id, "object": "model", "created": _mtime(self.folder), "owned_by": "oga-npu",
-               **self.facts, "loaded": False, "loadable": self.problem is None}
+        out = {
+            "id": self.id,
+            "object": "model",
+            "created": _mtime(self.folder),
+            "owned_by": "oga-npu",
+            **self.facts,
+            "loaded": False,
+            "loadable": self.problem is None,
+        }
         if self.problem is not None:
             out["not_loadable_reason"] = self.problem
         return out
@@ -247,14 +265,23 @@ def folder_problem(folder: Path) -> str | None:
 class ModelManager:
     """The models a server offers, the loaded ones, loading on demand (see the module docstring)."""
 
-    def __init__(self, entries: list[Entry], max_loaded: int = 1, max_queue: int = DEFAULT_MAX_QUEUE,
-                 provider: str | None = None, fallback: str | None = None, loader=None, kv_reuse: bool = True,
-                 make=None):
+    def __init__(
+        self,
+        entries: list[Entry],
+        max_loaded: int = 1,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        provider: str | None = None,
+        fallback: str | None = None,
+        loader=None,
+        kv_reuse: bool = True,
+        make=None,
+    ):
         ids = [e.id for e in entries]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
-            raise GenerationError(f"two model folders have the same name {dup} (the model id)",
-                                  "rename one of the folders")
+            raise GenerationError(
+                f"two model folders have the same name {dup} (the model id)", "rename one of the folders"
+            )
         self._entries = {e.id: e for e in entries}
         self.max_loaded, self.max_queue, self.kv_reuse = max(1, max_loaded), max_queue, kv_reuse
         self.provider, self.fallback, self._loader, self._make = provider, fallback, loader, make or ServedModel
@@ -278,8 +305,15 @@ class ModelManager:
         listed as not loadable with the reason."""
         entries = []
         for se in store.entries():
-            facts = {"size": se.size, "target": se.target, "recipe": se.recipe, "context_length": se.context,
-                     "params": se.params, "bits": se.bits, "source": se.source}
+            facts = {
+                "size": se.size,
+                "target": se.target,
+                "recipe": se.recipe,
+                "context_length": se.context,
+                "params": se.params,
+                "bits": se.bits,
+                "source": se.source,
+            }
             problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
             entries.append(Entry(se.name, se.path, facts, problem))
         m = cls(entries, **kw)
@@ -296,8 +330,11 @@ class ModelManager:
                 e.served = self._open(e)
             self.ready = True
         except Exception as ex:  # noqa: BLE001 - reported, and the server stops
-            self.error = ex if isinstance(ex, OgaNpuError) else OgaNpuError(f"loading failed: {ex}",
-                                                                             "re-run with OGA_NPU_DEBUG=1")
+            self.error = (
+                ex
+                if isinstance(ex, OgaNpuError)
+                else OgaNpuError(f"loading failed: {ex}", "re-run with OGA_NPU_DEBUG=1")
+            )
             if on_error:
                 on_error(self.error)
 
@@ -308,8 +345,15 @@ class ModelManager:
         t0 = time.perf_counter()
         lm = (self._loader or load)(e.folder, provider=self.provider, fallback=self.fallback)
         sm = self._make(e.id, lm, self.max_queue, self.kv_reuse)
-        log.info("model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s", sm.id, lm.provider,
-                 lm.decoder, lm.context_length, e.folder, time.perf_counter() - t0)
+        log.info(
+            "model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s",
+            sm.id,
+            lm.provider,
+            lm.decoder,
+            lm.context_length,
+            e.folder,
+            time.perf_counter() - t0,
+        )
         return sm
 
     # ------------------------------------------------------------ the API
@@ -327,11 +371,21 @@ class ModelManager:
     def entry_or_error(self, model_id: str) -> Entry:
         e = self._entries.get(model_id)
         if e is None:
-            raise ApiError(404, f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
-                           type_="not_found_error", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
+                type_="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
         if e.problem is not None:
-            raise ApiError(404, f"the model '{model_id}' cannot be loaded: {e.problem}", type_="not_found_error",
-                           param="model", code="model_not_loadable")
+            raise ApiError(
+                404,
+                f"the model '{model_id}' cannot be loaded: {e.problem}",
+                type_="not_found_error",
+                param="model",
+                code="model_not_loadable",
+            )
         return e
 
     async def ensure(self, model_id: str) -> ServedModel:
@@ -339,7 +393,7 @@ class ModelManager:
         The load runs to its end even when the asking client leaves (the next one uses it)."""
         e = self.entry_or_error(model_id)
         e.last_used = time.monotonic()
-        e.leases += 1          # loaded for this caller: not unloaded for another before it resumes
+        e.leases += 1  # loaded for this caller: not unloaded for another before it resumes
         try:
             while e.served is None:
                 if e.loading is None:
@@ -356,7 +410,7 @@ class ModelManager:
         try:
             if self._load_lock is None:
                 self._load_lock = asyncio.Lock()
-            async with self._load_lock:       # one load at a time
+            async with self._load_lock:  # one load at a time
                 if e.served is None:
                     await self._make_room()
                     await self._load(e)
@@ -366,11 +420,12 @@ class ModelManager:
     async def _load(self, e: Entry) -> None:
         try:
             e.served = await asyncio.get_running_loop().run_in_executor(None, self._open, e)
-        except Exception as ex:  # noqa: BLE001 - any failure: listed as not loadable, the request told
+        except Exception as ex:
             e.problem = ex.message if isinstance(ex, OgaNpuError) else f"{type(ex).__name__}: {ex}"
             log.warning("model %s failed to load: %s", e.id, e.problem)
-            raise ApiError(503, f"the model failed to load: {e.problem}", type_="server_error",
-                           code="model_load_failed") from ex
+            raise ApiError(
+                503, f"the model failed to load: {e.problem}", type_="server_error", code="model_load_failed"
+            ) from ex
         e.last_used = time.monotonic()
 
     async def _make_room(self) -> None:
@@ -392,11 +447,20 @@ class ModelManager:
         else:
             e = self._entries.get(model_id)
             if e is None:
-                raise ApiError(404, f"the model '{model_id}' does not exist", type_="not_found_error",
-                               param="model_name", code="model_not_found")
+                raise ApiError(
+                    404,
+                    f"the model '{model_id}' does not exist",
+                    type_="not_found_error",
+                    param="model_name",
+                    code="model_not_found",
+                )
             if e.busy:
-                raise ApiError(409, f"the model '{model_id}' is answering requests; unload it when they are done",
-                               param="model_name", code="model_busy")
+                raise ApiError(
+                    409,
+                    f"the model '{model_id}' is answering requests; unload it when they are done",
+                    param="model_name",
+                    code="model_busy",
+                )
             targets = [e] if e.served is not None else []
         for e in targets:
             await self._unload(e)
@@ -449,8 +513,9 @@ def describe(provider, model_id: str) -> dict:
         return e.info()
     if get is None and model_id in provider.models:
         return {**provider.models[model_id].info(), "loaded": True}
-    raise ApiError(404, f"the model '{model_id}' does not exist", type_="not_found_error", param="model",
-                   code="model_not_found")
+    raise ApiError(
+        404, f"the model '{model_id}' does not exist", type_="not_found_error", param="model", code="model_not_found"
+    )
 
 
 class _Lease:
@@ -478,11 +543,17 @@ def using(provider, model_id: str) -> _Lease:
 def check_ready(provider) -> None:
     """ApiError 503 while the provider is loading its models, or when that failed."""
     if provider.error is not None:
-        raise ApiError(503, f"the model failed to load: {provider.error.message}", type_="server_error",
-                       code="model_load_failed")
+        raise ApiError(
+            503, f"the model failed to load: {provider.error.message}", type_="server_error", code="model_load_failed"
+        )
     if not provider.ready:
-        raise ApiError(503, "the models are still loading", type_="unavailable_error", code="loading",
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        raise ApiError(
+            503,
+            "the models are still loading",
+            type_="unavailable_error",
+            code="loading",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
 
 async def served(provider, model_id: str) -> ServedModel:
@@ -494,6 +565,11 @@ async def served(provider, model_id: str) -> ServedModel:
         return await ensure(model_id)
     sm = provider.models.get(model_id)
     if sm is None:
-        raise ApiError(404, f"the model '{model_id}' does not exist (loaded: {', '.join(provider.models)})",
-                       type_="not_found_error", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model '{model_id}' does not exist (loaded: {', '.join(provider.models)})",
+            type_="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
     return sm

@@ -45,6 +45,7 @@ def is_ollama_path(path: str) -> bool:
 
 # ---------------------------------------------------------------- request models
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -55,8 +56,8 @@ class Options(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, le=INT32)
-    seed: int | None = Field(None, ge=-1, lt=2**31)   # -1: a random seed (what llama.cpp and clients send)
-    num_predict: int | None = Field(None, ge=-2, le=INT32)   # -1: until the context ends, -2: fill it
+    seed: int | None = Field(None, ge=-1, lt=2**31)  # -1: a random seed (what llama.cpp and clients send)
+    num_predict: int | None = Field(None, ge=-2, le=INT32)  # -1: until the context ends, -2: fill it
     stop: Union[str, list[str], None] = None
     repeat_penalty: float | None = Field(None, gt=0, le=100)
     num_ctx: int | None = Field(None, ge=1, le=INT32)
@@ -82,7 +83,7 @@ class _Common(_Strict):
     format: Union[Literal["", "json"], dict, None] = None
     options: Options | None = None
     stream: bool = True
-    keep_alive: Union[str, float, None] = None     # accepted: the router (--max-loaded) decides unloading
+    keep_alive: Union[str, float, None] = None  # accepted: the router (--max-loaded) decides unloading
     think: Union[bool, str, None] = None
 
 
@@ -103,12 +104,13 @@ class OllamaGenerate(_Common):
 
 class OllamaModel(_Strict):
     model: str | None = None
-    name: str | None = None        # the old field name
+    name: str | None = None  # the old field name
     verbose: bool | None = None
     _no_tag = field_validator("model", "name")(classmethod(lambda cls, v: _untagged(v)))
 
 
 # ---------------------------------------------------------------- Ollama -> the server's requests
+
 
 def _refuse_common(req: _Common) -> None:
     if req.think:
@@ -119,14 +121,24 @@ def _sampling(req: _Common) -> dict:
     """The OpenAI-side fields for the options: temperature, ..., max_tokens."""
     o = req.options or Options()
     out: dict[str, Any] = {"model": req.model, "stream": req.stream}
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("seed", "seed"),
-                         ("repetition_penalty", "repeat_penalty"), ("stop", "stop")):
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("seed", "seed"),
+        ("repetition_penalty", "repeat_penalty"),
+        ("stop", "stop"),
+    ):
         v = getattr(o, theirs)
         if v is not None and not (theirs == "seed" and v == -1):
             out[ours] = v
     if o.num_predict == 0:
-        raise ApiError(400, "options.num_predict: 0 generates nothing (give a positive count, or -1)",
-                       param="options.num_predict", code="invalid_value")
+        raise ApiError(
+            400,
+            "options.num_predict: 0 generates nothing (give a positive count, or -1)",
+            param="options.num_predict",
+            code="invalid_value",
+        )
     if o.num_predict is not None and o.num_predict > 0:
         out["max_tokens"] = o.num_predict
     return out
@@ -178,10 +190,12 @@ def generate_request(req: OllamaGenerate) -> ChatRequest | CompletionRequest:
             raise not_supported("format with raw", "format")
         if req.system:
             raise not_supported("system with raw (put it in the prompt)", "system")
-        return _build(CompletionRequest, {**_sampling(req), "prompt": req.prompt,
-                                          "max_tokens": _sampling(req).get("max_tokens")})
-    msgs = ([{"role": "system", "content": req.system}] if req.system else []) + [{"role": "user",
-                                                                                     "content": req.prompt}]
+        return _build(
+            CompletionRequest, {**_sampling(req), "prompt": req.prompt, "max_tokens": _sampling(req).get("max_tokens")}
+        )
+    msgs = ([{"role": "system", "content": req.system}] if req.system else []) + [
+        {"role": "user", "content": req.prompt}
+    ]
     fields = {**_sampling(req), "messages": msgs}
     rf = _format(req.format)
     if rf is not None:
@@ -190,6 +204,7 @@ def generate_request(req: OllamaGenerate) -> ChatRequest | CompletionRequest:
 
 
 # ---------------------------------------------------------------- events -> Ollama objects
+
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
@@ -206,19 +221,28 @@ def done_reason(ev: GenerationEvent | None) -> str:
 def stats(last: GenerationEvent | None, started: float, load_s: float) -> dict:
     """Ollama's counts and durations (ns): prompt_eval = the prefill up to the first token,
     eval = the tokens after it at the measured decode speed."""
-    out = {"done_reason": done_reason(last), "total_duration": ns(time.perf_counter() - started),
-           "load_duration": ns(load_s), "prompt_eval_count": 0, "prompt_eval_duration": 0,
-           "eval_count": 0, "eval_duration": 0}
+    out = {
+        "done_reason": done_reason(last),
+        "total_duration": ns(time.perf_counter() - started),
+        "load_duration": ns(load_s),
+        "prompt_eval_count": 0,
+        "prompt_eval_duration": 0,
+        "eval_count": 0,
+        "eval_duration": 0,
+    }
     if last is not None:
         decode = (last.generated_tokens - 1) / last.decode_tps if last.decode_tps else 0.0
-        out.update(prompt_eval_count=last.prompt_tokens, prompt_eval_duration=ns(last.ttft),
-                   eval_count=last.generated_tokens, eval_duration=ns(decode))
+        out.update(
+            prompt_eval_count=last.prompt_tokens,
+            prompt_eval_duration=ns(last.ttft),
+            eval_count=last.generated_tokens,
+            eval_duration=ns(decode),
+        )
     return out
 
 
 def chat_piece(model: str, text: str) -> dict:
-    return {"model": model, "created_at": now_iso(), "message": {"role": "assistant", "content": text},
-            "done": False}
+    return {"model": model, "created_at": now_iso(), "message": {"role": "assistant", "content": text}, "done": False}
 
 
 def generate_piece(model: str, text: str) -> dict:
@@ -285,12 +309,18 @@ def ollama_body(e: ApiError) -> dict:
 
 # ---------------------------------------------------------------- model descriptions
 
+
 def _details(info: dict) -> dict:
     params = info.get("params")
     bits = info.get("bits")
-    return {"parent_model": "", "format": "onnx", "family": info.get("architecture") or "",
-            "families": None, "parameter_size": _param_size(params),
-            "quantization_level": _quant(bits)}
+    return {
+        "parent_model": "",
+        "format": "onnx",
+        "family": info.get("architecture") or "",
+        "families": None,
+        "parameter_size": _param_size(params),
+        "quantization_level": _quant(bits),
+    }
 
 
 def _param_size(params) -> str:
@@ -324,22 +354,39 @@ def _modified(info: dict) -> str:
 
 
 def tag(info: dict) -> dict:
-    return {"name": info["id"], "model": info["id"], "modified_at": _modified(info), "size": info.get("size") or 0,
-            "details": _details(info)}
+    return {
+        "name": info["id"],
+        "model": info["id"],
+        "modified_at": _modified(info),
+        "size": info.get("size") or 0,
+        "details": _details(info),
+    }
 
 
 def show(info: dict) -> dict:
     ctx = info.get("context_length")
-    model_info = {"general.architecture": info.get("architecture") or "", "general.parameter_count": info.get("params"),
-                  "oga_npu.context_length": ctx, "oga_npu.target": info.get("target"),
-                  "oga_npu.recipe": info.get("recipe"), "oga_npu.loaded": info.get("loaded")}
+    model_info = {
+        "general.architecture": info.get("architecture") or "",
+        "general.parameter_count": info.get("params"),
+        "oga_npu.context_length": ctx,
+        "oga_npu.target": info.get("target"),
+        "oga_npu.recipe": info.get("recipe"),
+        "oga_npu.loaded": info.get("loaded"),
+    }
     caps = ["completion"]
-    return {"modelfile": "", "parameters": f"num_ctx {ctx}" if ctx else "", "template": "",
-            "details": _details(info), "model_info": model_info, "capabilities": caps,
-            "modified_at": _modified(info)}
+    return {
+        "modelfile": "",
+        "parameters": f"num_ctx {ctx}" if ctx else "",
+        "template": "",
+        "details": _details(info),
+        "model_info": model_info,
+        "capabilities": caps,
+        "modified_at": _modified(info),
+    }
 
 
 # ---------------------------------------------------------------- routes
+
 
 def _st(request: Request):
     return request.app.state.server
@@ -361,8 +408,13 @@ async def tags(request: Request):
 
 @router.get("/api/ps")
 async def ps(request: Request):
-    return {"models": [{**tag(i), "expires_at": None, "size_vram": 0, "context_length": i.get("context_length")}
-                       for i in infos(_st(request).provider) if i.get("loaded")]}
+    return {
+        "models": [
+            {**tag(i), "expires_at": None, "size_vram": 0, "context_length": i.get("context_length")}
+            for i in infos(_st(request).provider)
+            if i.get("loaded")
+        ]
+    }
 
 
 @router.post("/api/show")
@@ -390,11 +442,14 @@ async def answer(st, req: OllamaChat | OllamaGenerate, make_piece):
     """Translate, then the same path as the OpenAI routes: lease (load), plan, queue, decode."""
     started = time.perf_counter()
     empty = (not req.messages) if isinstance(req, OllamaChat) else (not req.prompt)
-    inner = chat_request(req) if not empty and isinstance(req, OllamaChat) else (
-        generate_request(req) if not empty else None)
+    inner = (
+        chat_request(req)
+        if not empty and isinstance(req, OllamaChat)
+        else (generate_request(req) if not empty else None)
+    )
     try:
         return await _answer(st, req, make_piece, started, inner)
-    except ApiError as e:   # the OpenAI field names plan.py uses -> Ollama's
+    except ApiError as e:  # the OpenAI field names plan.py uses -> Ollama's
         if e.param == "response_format":
             e.param, e.message = "format", e.message.replace("response_format", "format")
         raise
@@ -405,12 +460,12 @@ async def _answer(st, req, make_piece, started: float, inner):
     async with using(st.provider, req.model) as sm:
         load_s = time.perf_counter() - started
         piece = partial(make_piece, sm.id)
-        if inner is None:   # Ollama: an empty prompt/messages loads the model and answers done
+        if inner is None:  # Ollama: an empty prompt/messages loads the model and answers done
             out = dict(piece(""), done=True, done_reason="load")
             return out
         if isinstance(inner, ChatRequest):
             guided, why_not = (False, "")
-            if plan.wants_guidance(inner):   # the probe (once per model) in the prep thread, as for /v1
+            if plan.wants_guidance(inner):  # the probe (once per model) in the prep thread, as for /v1
                 guided, why_not = await worker.in_prep(sm, sm.guidance_support)
             p = plan.chat_plan(inner, guided, why_not)
             build, errors = partial(plan.chat_inputs, sm.lm, p, inner), p.errors
@@ -433,8 +488,13 @@ def _fitted(num_ctx, limit, build, inner):
         if num_ctx is None:
             return ids, opts
         if num_ctx > limit:
-            raise ApiError(400, f"options.num_ctx {num_ctx} is larger than the model's {limit}-token context",
-                           param="options.num_ctx", code="context_length_exceeded", n_ctx=limit)
+            raise ApiError(
+                400,
+                f"options.num_ctx {num_ctx} is larger than the model's {limit}-token context",
+                param="options.num_ctx",
+                code="context_length_exceeded",
+                n_ctx=limit,
+            )
         if len(ids) + opts.max_tokens > num_ctx:
             if given is None and len(ids) < num_ctx:
                 from dataclasses import replace
@@ -442,4 +502,5 @@ def _fitted(num_ctx, limit, build, inner):
                 return ids, replace(opts, max_tokens=num_ctx - len(ids))
             raise ContextLengthError(len(ids), opts.max_tokens, num_ctx)
         return ids, opts
+
     return run

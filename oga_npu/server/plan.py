@@ -23,21 +23,24 @@ DEFAULT_MAX_TOKENS = 4096
 
 @dataclass
 class ChatPlan:
-    messages: list[dict]                     # for the chat template
-    guidance: tuple[str, str] | None         # (kind, grammar) for onnxruntime-genai's llguidance
-    tool_call: bool | str                    # True: a call; "auto": one if it starts with '{'; False: text
+    messages: list[dict]  # for the chat template
+    guidance: tuple[str, str] | None  # (kind, grammar) for onnxruntime-genai's llguidance
+    tool_call: bool | str  # True: a call; "auto": one if it starts with '{'; False: text
 
     def errors(self, e: OgaNpuError) -> ApiError:
         return from_library(e, "messages", "tools" if self.tool_call else "response_format")
 
 
-def options(req: Sampling, max_tokens: int | None, lm, n_prompt: int, guidance=None,
-            prompt_param: str = "messages") -> GenerationOptions:
+def options(
+    req: Sampling, max_tokens: int | None, lm, n_prompt: int, guidance=None, prompt_param: str = "messages"
+) -> GenerationOptions:
     if req.n != 1:
         raise not_supported("n other than 1", "n")
     if req.presence_penalty or req.frequency_penalty:
-        raise not_supported("presence_penalty/frequency_penalty (use repetition_penalty)",
-                            "presence_penalty" if req.presence_penalty else "frequency_penalty")
+        raise not_supported(
+            "presence_penalty/frequency_penalty (use repetition_penalty)",
+            "presence_penalty" if req.presence_penalty else "frequency_penalty",
+        )
     stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if any(not s for s in stops):
         raise ApiError(400, "stop strings must not be empty", param="stop")
@@ -48,13 +51,17 @@ def options(req: Sampling, max_tokens: int | None, lm, n_prompt: int, guidance=N
         if limit - n_prompt < 1:
             raise from_library(ContextLengthError(n_prompt, 1, limit), prompt_param)
         max_tokens = min(limit - n_prompt, DEFAULT_MAX_TOKENS)
-    kw: dict[str, Any] = {"max_tokens": max_tokens, "stop": tuple(stops), "guidance": guidance,
-                          "ignore_eos": req.ignore_eos}
+    kw: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "stop": tuple(stops),
+        "guidance": guidance,
+        "ignore_eos": req.ignore_eos,
+    }
     for name in ("temperature", "top_p", "top_k", "seed", "repetition_penalty"):
         v = getattr(req, name)
         if v is not None:
             kw[name] = v
-    opts = resolve_options(GenerationOptions(**kw), lm)   # unset sampling fields: the model's defaults
+    opts = resolve_options(GenerationOptions(**kw), lm)  # unset sampling fields: the model's defaults
     try:
         opts.validate()
         check_fits(lm, n_prompt, max_tokens)
@@ -77,9 +84,18 @@ def tool_schema(tools: list[Tool], choice) -> dict:
         tools = [t for t in tools if t.function.name == name]
         if not tools:
             raise ApiError(400, f"tool_choice names '{name}', which is not in tools", param="tool_choice")
-    variants = [{"type": "object", "properties": {"name": {"const": t.function.name},
-                                                  "arguments": t.function.parameters or {"type": "object"}},
-                 "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    variants = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t.function.name},
+                "arguments": t.function.parameters or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
@@ -104,12 +120,15 @@ def response_format_guidance(req: ChatRequest, guided: bool, why_not: str = "") 
     if rf.type == "json_object":
         return schema_guidance({"type": "object"})
     if rf.json_schema is None:
-        raise ApiError(400, "response_format json_schema needs a json_schema object",
-                       param="response_format.json_schema")
+        raise ApiError(
+            400, "response_format json_schema needs a json_schema object", param="response_format.json_schema"
+        )
     return schema_guidance(rf.json_schema.schema_ or {"type": "object"})
 
 
-def add_tools(req: ChatRequest, msgs: list[dict], guided: bool, why_not: str = "") -> tuple[tuple[str, str], bool | str]:
+def add_tools(
+    req: ChatRequest, msgs: list[dict], guided: bool, why_not: str = ""
+) -> tuple[tuple[str, str], bool | str]:
     """The tools as a system note and a grammar: (guidance, tool_call)."""
     if not guided:
         raise not_supported(f"tools ({why_not or NO_GUIDANCE})", "tools")
@@ -117,12 +136,16 @@ def add_tools(req: ChatRequest, msgs: list[dict], guided: bool, why_not: str = "
     listing = json.dumps([t.function.model_dump(exclude_none=True) for t in req.tools])
     if req.tool_choice in (None, "auto"):
         guidance, tool_call = auto_grammar(schema), "auto"
-        note = ("You can call these functions. To call one, answer with only the call as JSON "
-                f'{{"name": ..., "arguments": {{...}}}}; otherwise answer in words.\nFunctions: {listing}')
+        note = (
+            "You can call these functions. To call one, answer with only the call as JSON "
+            f'{{"name": ..., "arguments": {{...}}}}; otherwise answer in words.\nFunctions: {listing}'
+        )
     else:
         guidance, tool_call = schema_guidance(schema), True
-        note = ("You can call these functions. Answer with one call as JSON "
-                f'{{"name": ..., "arguments": {{...}}}}.\nFunctions: {listing}')
+        note = (
+            "You can call these functions. Answer with one call as JSON "
+            f'{{"name": ..., "arguments": {{...}}}}.\nFunctions: {listing}'
+        )
     if msgs and msgs[0]["role"] == "system":
         msgs[0] = {"role": "system", "content": msgs[0]["content"] + "\n\n" + note}
     else:
@@ -145,7 +168,7 @@ def chat_plan(req: ChatRequest, guided: bool, why_not: str = "") -> ChatPlan:
     guidance = response_format_guidance(req, guided, why_not)
     tool_call: bool | str = False
     if req.tools and req.tool_choice != "none":
-        if guidance:   # (set only when guided)
+        if guidance:  # (set only when guided)
             raise not_supported("response_format together with tools", "response_format")
         guidance, tool_call = add_tools(req, msgs, guided, why_not)
     elif req.tool_choice not in (None, "none", "auto") and not req.tools:

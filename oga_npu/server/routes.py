@@ -35,8 +35,9 @@ async def body_of(request: Request, model_cls, max_body: int):
     ctype = request.headers.get("content-type", "")
     try:
         if not is_json_type(ctype):
-            raise Refused(400, f"Content-Type must be application/json (got '{ctype[:100] or 'none'}')",
-                          "invalid_content_type")
+            raise Refused(
+                400, f"Content-Type must be application/json (got '{ctype[:100] or 'none'}')", "invalid_content_type"
+            )
         obj = parse_json(await read_body(request, max_body))
     except Refused as e:
         raise ApiError(e.status, e.message, param=e.param, code=e.code) from None
@@ -86,9 +87,9 @@ async def chat_completions(request: Request):
 
 
 async def chat_answer(st: ServerState, req: ChatRequest):
-    async with using(st.provider, req.model) as sm:   # loaded (waits for a load) until the queue holds it
+    async with using(st.provider, req.model) as sm:  # loaded (waits for a load) until the queue holds it
         guided, why_not = (False, "")
-        if plan.wants_guidance(req):   # the probe (once per model) runs in the prep thread, off the loop
+        if plan.wants_guidance(req):  # the probe (once per model) runs in the prep thread, off the loop
             guided, why_not = await worker.in_prep(sm, sm.guidance_support)
         p = plan.chat_plan(req, guided, why_not)
         run = await worker.begin(st, sm, partial(plan.chat_inputs, sm.lm, p, req), req.cache_prompt, p.errors)
@@ -107,8 +108,9 @@ async def completions(request: Request):
 async def completion_answer(st: ServerState, req: CompletionRequest):
     prompt = plan.completion_prompt(req)
     async with using(st.provider, req.model) as sm:
-        run = await worker.begin(st, sm, partial(plan.completion_inputs, sm.lm, prompt, req), req.cache_prompt,
-                                 plan.completion_errors)
+        run = await worker.begin(
+            st, sm, partial(plan.completion_inputs, sm.lm, prompt, req), req.cache_prompt, plan.completion_errors
+        )
     if req.stream:
         return stream.completion_sse(run, sm.id, include_usage(req))
     return await stream.completion_whole(run, sm.id)
@@ -152,17 +154,23 @@ async def unload_model(request: Request):
     if unload is None:
         raise ApiError(400, "this server's models cannot be unloaded", code="not_supported")
     done = await unload(req.model_name)
-    return {"status": "success", "message": f"unloaded: {', '.join(done) or 'nothing (none loaded)'}",
-            "unloaded": done}
+    return {"status": "success", "message": f"unloaded: {', '.join(done) or 'nothing (none loaded)'}", "unloaded": done}
 
 
 @router.get("/v1/stats")
 async def stats(request: Request):
     st = state_of(request)
-    return {"last_request": st.last,
-            "models": {i: {"queue_depth": sm.queue.depth, "kv_cache": vars(sm.cache.stats) if sm.cache else None,
-                           **dict(zip(("kv_reuse", "kv_reuse_note"), sm.reuse()))}
-                       for i, sm in loaded(st).items()}}
+    return {
+        "last_request": st.last,
+        "models": {
+            i: {
+                "queue_depth": sm.queue.depth,
+                "kv_cache": vars(sm.cache.stats) if sm.cache else None,
+                **dict(zip(("kv_reuse", "kv_reuse_note"), sm.reuse())),
+            }
+            for i, sm in loaded(st).items()
+        },
+    }
 
 
 @router.get("/health")

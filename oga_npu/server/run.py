@@ -12,34 +12,64 @@ from .http import DEFAULT_MAX_BODY_MB
 from .models import DEFAULT_MAX_QUEUE, ModelManager
 
 
-def serve(folders: list[Path] | None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_queue: int = DEFAULT_MAX_QUEUE, provider: str | None = None, fallback: str | None = None,
-          log_level: str = "info", stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
-          max_body_mb: float = DEFAULT_MAX_BODY_MB, metrics_key: str | None = None,
-          allowed_host: tuple[str, ...] | list[str] = (), cors_origin: tuple[str, ...] | list[str] = (),
-          kv_reuse: bool = True, models_dir: Path | None = None, max_loaded: int = 1, loader=None) -> int:
+def serve(
+    folders: list[Path] | None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    provider: str | None = None,
+    fallback: str | None = None,
+    log_level: str = "info",
+    stream_interval_ms: float = DEFAULT_STREAM_INTERVAL_MS,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    metrics_key: str | None = None,
+    allowed_host: tuple[str, ...] | list[str] = (),
+    cors_origin: tuple[str, ...] | list[str] = (),
+    kv_reuse: bool = True,
+    models_dir: Path | None = None,
+    max_loaded: int = 1,
+    loader=None,
+) -> int:
     """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]. `folders`:
     these models, loaded at start; none: every model of the store (`models_dir`), on demand.
     `loader` replaces model.load (the CLI's speculative decoding attaches its drafter there)."""
     import uvicorn
 
     serverlog.setup(log_level)
-    models = manager(folders, models_dir, max_loaded=max_loaded, max_queue=max_queue, provider=provider,
-                     fallback=fallback, kv_reuse=kv_reuse, loader=loader)
+    models = manager(
+        folders,
+        models_dir,
+        max_loaded=max_loaded,
+        max_queue=max_queue,
+        provider=provider,
+        fallback=fallback,
+        kv_reuse=kv_reuse,
+        loader=loader,
+    )
     try:
-        app = create_app(models, api_key, stream_interval_ms, max_body_mb=max_body_mb, metrics_key=metrics_key,
-                         host=host, allowed_host=allowed_host, cors_origin=cors_origin)
+        app = create_app(
+            models,
+            api_key,
+            stream_interval_ms,
+            max_body_mb=max_body_mb,
+            metrics_key=metrics_key,
+            host=host,
+            allowed_host=allowed_host,
+            cors_origin=cors_origin,
+        )
     except ValueError as e:
         raise GenerationError(str(e), "pass a non-empty key (or set OGA_NPU_API_KEY), or leave --api-key out") from e
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
-                            access_log=False)
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, access_log=False
+    )
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):
-            app.state.server.stopping = True   # open streams end with an error event, then [DONE]
+            app.state.server.stopping = True  # open streams end with an error event, then [DONE]
             super().handle_exit(sig, frame)
             stopped.append(sig)
-            self._captured_signals.clear()   # a clean stop exits 0 instead of re-raising the signal
+            self._captured_signals.clear()  # a clean stop exits 0 instead of re-raising the signal
 
     server = Server(config)
     failed: list[OgaNpuError] = []
@@ -52,8 +82,12 @@ def serve(folders: list[Path] | None, host: str = "127.0.0.1", port: int = 8000,
 
     if folders:
         models.start(on_error)
-    print(f"oga-npu serve: http://{host}:{port}/v1 ({banner(models, bool(folders), max_loaded)}); "
-          f"chat page: http://{host}:{port}/", file=sys.stderr, flush=True)
+    print(
+        f"oga-npu serve: http://{host}:{port}/v1 ({banner(models, bool(folders), max_loaded)}); "
+        f"chat page: http://{host}:{port}/",
+        file=sys.stderr,
+        flush=True,
+    )
     server.run()
     if stopped:
         print("oga-npu serve: stopped", file=sys.stderr, flush=True)
@@ -70,15 +104,17 @@ def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelM
         for f in folders:
             rep = check_folder(Path(f), deep=False)
             if not rep.ok:
-                raise ModelFolderError(f"{f} cannot be served: " + "; ".join(rep.problems),
-                                       "pass a folder made by `oga-npu prepare`")
+                raise ModelFolderError(
+                    f"{f} cannot be served: " + "; ".join(rep.problems), "pass a folder made by `oga-npu prepare`"
+                )
         return ModelManager.preloaded(folders, **{k: v for k, v in kw.items() if k != "max_loaded"})
     store = ModelStore(models_dir)
     models = ModelManager.from_store(store, **kw)
     if not any(e.problem is None for e in models.entries()):
         listing = "".join(f"\n  {e.id}: {e.problem}" for e in models.entries())
-        raise ModelNotFoundError(f"no model in {store.root} can be served{listing}",
-                                 "make one: oga-npu prepare SOURCE, or pass -m DIR")
+        raise ModelNotFoundError(
+            f"no model in {store.root} can be served{listing}", "make one: oga-npu prepare SOURCE, or pass -m DIR"
+        )
     return models
 
 
@@ -87,5 +123,6 @@ def banner(models: ModelManager, preload: bool, max_loaded: int) -> str:
     if preload:
         return f"models: {names}; loading, /health says when ready"
     skipped = [e.id for e in models.entries() if e.problem is not None]
-    return (f"models: {names}, loaded on demand, at most {max_loaded} at a time"
-            + (f"; not loadable: {', '.join(skipped)} (see /v1/models)" if skipped else ""))
+    return f"models: {names}, loaded on demand, at most {max_loaded} at a time" + (
+        f"; not loadable: {', '.join(skipped)} (see /v1/models)" if skipped else ""
+    )

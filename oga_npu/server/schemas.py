@@ -11,7 +11,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-INT32 = 2**31 - 1          # the largest count or id any numeric field takes
+INT32 = 2**31 - 1  # the largest count or id any numeric field takes
 
 
 class _Strict(BaseModel):
@@ -55,8 +55,12 @@ class Message(_Strict):
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         if self.content is None and self.tool_calls:
-            return json.dumps([{"name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}
-                               for c in self.tool_calls])
+            return json.dumps(
+                [
+                    {"name": c.function.name, "arguments": json.loads(c.function.arguments or "{}")}
+                    for c in self.tool_calls
+                ]
+            )
         return self.content or ""
 
 
@@ -100,10 +104,10 @@ class Sampling(_Strict):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=INT32)        # extension (llama.cpp, vLLM)
-    repetition_penalty: float | None = Field(None, gt=0, le=100)   # extension
-    ignore_eos: bool = False                               # extension (llama.cpp, vLLM): benchmarks
-    cache_prompt: bool = True                              # extension (llama.cpp): false = full prefill
+    top_k: int | None = Field(None, ge=0, le=INT32)  # extension (llama.cpp, vLLM)
+    repetition_penalty: float | None = Field(None, gt=0, le=100)  # extension
+    ignore_eos: bool = False  # extension (llama.cpp, vLLM): benchmarks
+    cache_prompt: bool = True  # extension (llama.cpp): false = full prefill
     seed: int | None = Field(None, ge=0, lt=2**31)
     stop: Union[str, list[str], None] = None
     stream: bool = False

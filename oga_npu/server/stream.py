@@ -39,8 +39,12 @@ class Stream(StreamingResponse):
 
 def usage(ev: GenerationEvent | None) -> dict:
     p, c, k = (ev.prompt_tokens, ev.generated_tokens, ev.cached_tokens) if ev else (0, 0, 0)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "prompt_tokens_details": {"cached_tokens": k}}
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": k},
+    }
 
 
 def finish(ev: GenerationEvent, tool_call: bool) -> str:
@@ -61,8 +65,13 @@ def tool_calls(text: str) -> list[dict] | None:
         return None
     if not isinstance(obj, dict) or "name" not in obj:
         return None
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-             "function": {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}}]
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))},
+        }
+    ]
 
 
 class Envelope:
@@ -72,8 +81,13 @@ class Envelope:
         self.id, self.created, self.model = f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model
 
     def __call__(self, obj: str, choice: dict | None, usage_: dict | None = None) -> dict:
-        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-               "choices": [] if usage_ else [choice]}
+        out = {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": [] if usage_ else [choice],
+        }
         if usage_:
             out["usage"] = usage_
         return out
@@ -87,8 +101,10 @@ def chat_chunk(env: Envelope) -> Callable:
             delta = {"tool_calls": tool_calls}
         else:
             delta = {"content": text} if text is not None else {}
-        return env("chat.completion.chunk", {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason},
-                   usage)
+        return env(
+            "chat.completion.chunk", {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}, usage
+        )
+
     return chunk
 
 
@@ -96,14 +112,19 @@ def completion_chunk(env: Envelope) -> Callable:
     def chunk(text, reason, first=False, usage=None, tool_calls=None):
         if first:
             return None
-        return env("text_completion", {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason},
-                   usage)
+        return env(
+            "text_completion", {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}, usage
+        )
+
     return chunk
 
 
 def sse_response(run: Started, make_chunk: Callable, include_usage: bool, tool_call: bool | str) -> Stream:
-    return Stream(body(run, make_chunk, include_usage, tool_call), media_type="text/event-stream",
-                  headers={"Cache-Control": "no-cache"})
+    return Stream(
+        body(run, make_chunk, include_usage, tool_call),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 async def body(run: Started, make_chunk: Callable, include_usage: bool, tool_call: bool | str):
@@ -135,7 +156,7 @@ async def body(run: Started, make_chunk: Callable, include_usage: bool, tool_cal
                 yield sse(chunk)
     except ApiError as e:
         yield sse(e.body())
-    except Exception as e:  # noqa: BLE001 - the stream has started: report in band
+    except Exception as e:
         log.exception("stream failed")
         yield sse(ApiError(500, f"{type(e).__name__}: {e}", type_="server_error").body())
     finally:
@@ -143,8 +164,9 @@ async def body(run: Started, make_chunk: Callable, include_usage: bool, tool_cal
     yield "data: [DONE]\n\n"
 
 
-def ending(last: GenerationEvent, make_chunk: Callable, held: str, tool_call: bool | str,
-           include_usage: bool) -> list[dict]:
+def ending(
+    last: GenerationEvent, make_chunk: Callable, held: str, tool_call: bool | str, include_usage: bool
+) -> list[dict]:
     """The chunks after the text: a held-back tool call (or its text), the finish, usage."""
     out = []
     calls = None
@@ -184,18 +206,29 @@ async def chat_whole(run: Started, model: str, tool_call: bool | str) -> dict:
             message = {"role": "assistant", "content": None, "tool_calls": calls}
         else:
             reason = "stop"
-    return {"id": env.id, "object": "chat.completion", "created": env.created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
-            "usage": usage(last)}
+    return {
+        "id": env.id,
+        "object": "chat.completion",
+        "created": env.created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+        "usage": usage(last),
+    }
 
 
 async def completion_whole(run: Started, model: str) -> dict:
     env = Envelope("cmpl", model)
     text, last = await collect(run)
-    return {"id": env.id, "object": "text_completion", "created": env.created, "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None,
-                         "finish_reason": finish(last, False) if last else "stop"}],
-            "usage": usage(last)}
+    return {
+        "id": env.id,
+        "object": "text_completion",
+        "created": env.created,
+        "model": model,
+        "choices": [
+            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish(last, False) if last else "stop"}
+        ],
+        "usage": usage(last),
+    }
 
 
 def chat_sse(run: Started, model: str, include_usage: bool, tool_call: bool | str) -> Stream:

@@ -37,7 +37,7 @@ class Started:
     """A generation past its first event."""
 
     events: AsyncIterator[GenerationEvent]
-    first: GenerationEvent | None          # None: it ended before any event
+    first: GenerationEvent | None  # None: it ended before any event
 
 
 async def in_prep(sm: ServedModel, fn, *args):
@@ -46,8 +46,13 @@ async def in_prep(sm: ServedModel, fn, *args):
     return await asyncio.get_running_loop().run_in_executor(sm.prep, fn, *args)
 
 
-async def begin(st: ServerState, sm: ServedModel, build: Callable, reuse: bool = True,
-                errors: Callable[[OgaNpuError], ApiError] = from_library) -> Started:
+async def begin(
+    st: ServerState,
+    sm: ServedModel,
+    build: Callable,
+    reuse: bool = True,
+    errors: Callable[[OgaNpuError], ApiError] = from_library,
+) -> Started:
     """build() -> (token ids, options) in the prep thread, then the generation up to its first event."""
     try:
         ids, opts = await in_prep(sm, build)
@@ -65,11 +70,18 @@ async def begin(st: ServerState, sm: ServedModel, build: Callable, reuse: bool =
     return Started(gen, first)
 
 
-def produce(sm: ServedModel, ids: list[int], opts: GenerationOptions, reuse: bool, put: Callable,
-            stop: threading.Event, st: ServerState) -> None:
+def produce(
+    sm: ServedModel,
+    ids: list[int],
+    opts: GenerationOptions,
+    reuse: bool,
+    put: Callable,
+    stop: threading.Event,
+    st: ServerState,
+) -> None:
     """The worker thread: each event, then None (done), or the exception, through `put`."""
     try:
-        if stop.is_set():   # cancelled before its turn came
+        if stop.is_set():  # cancelled before its turn came
             put(None)
             return
         if not reuse and sm.cache is not None:
@@ -95,17 +107,22 @@ async def acquire(st: ServerState, sm: ServedModel) -> None:
     st.metrics.queue.labels(sm.id).set(sm.queue.depth)
 
 
-async def events(st: ServerState, sm: ServedModel, ids: list[int], opts: GenerationOptions, reuse: bool = True,
-                 errors: Callable[[OgaNpuError], ApiError] = from_library) -> AsyncIterator[GenerationEvent]:
+async def events(
+    st: ServerState,
+    sm: ServedModel,
+    ids: list[int],
+    opts: GenerationOptions,
+    reuse: bool = True,
+    errors: Callable[[OgaNpuError], ApiError] = from_library,
+) -> AsyncIterator[GenerationEvent]:
     """stream_generate in the model's worker thread, its events batched by `st.stream_interval`."""
     await acquire(st, sm)
     loop = asyncio.get_running_loop()
     box: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
-    sm.executor.submit(produce, sm, ids, opts, reuse, lambda x: loop.call_soon_threadsafe(box.put_nowait, x),
-                       stop, st)
+    sm.executor.submit(produce, sm, ids, opts, reuse, lambda x: loop.call_soon_threadsafe(box.put_nowait, x), stop, st)
     last = None
-    held: GenerationEvent | None = None   # text not yet sent (tokens faster than the interval)
+    held: GenerationEvent | None = None  # text not yet sent (tokens faster than the interval)
     sent_at = 0.0
     try:
         while True:

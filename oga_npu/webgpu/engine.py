@@ -36,9 +36,9 @@ from ..errors import GenerationError, ModelLoadError, ProviderError
 from .graphpass import HISTORY, HISTORY_OUTPUT, NEXT_TOKEN, STEP_INPUT, STEP_OUTPUT
 
 ENGINE_FILE = "model.engine.onnx"
-DEFAULT_CHAIN = 8          # greedy runs queued per read-back
-MIN_CAPACITY = 4096        # KV buffer length allocated at least (grown on demand)
-DECODER_ENV = "OGA_NPU_DECODER"   # auto (default) | oga | direct
+DEFAULT_CHAIN = 8  # greedy runs queued per read-back
+MIN_CAPACITY = 4096  # KV buffer length allocated at least (grown on demand)
+DECODER_ENV = "OGA_NPU_DECODER"  # auto (default) | oga | direct
 
 
 def decoder_choice() -> str:
@@ -97,9 +97,11 @@ class DirectEngine:
                 raise ProviderError(f"direct decoding does not run on {provider}", f"unset {DECODER_ENV}")
         except (ProviderError, ModelLoadError):
             raise
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/RuntimeError
-            raise ModelLoadError(f"onnxruntime could not open {file}: {str(e).strip().splitlines()[0][:300]}",
-                                 f"re-run prepare for this folder, or set {DECODER_ENV}=oga") from e
+        except Exception as e:
+            raise ModelLoadError(
+                f"onnxruntime could not open {file}: {str(e).strip().splitlines()[0][:300]}",
+                f"re-run prepare for this folder, or set {DECODER_ENV}=oga",
+            ) from e
         ins = {i.name: i.type for i in self.sess.get_inputs()}
         outs = {o.name: o.type for o in self.sess.get_outputs()}
         for name in (STEP_INPUT, HISTORY, "past_key_values.0.key"):
@@ -160,7 +162,7 @@ class DirectEngine:
             b.bind_ortvalue_output(present, v)  # past_present_share_buffer: written in place
         b.bind_ortvalue_output("logits", self.d_logits)
         b.bind_ortvalue_output(NEXT_TOKEN, self.d_next)
-        b.bind_ortvalue_output(STEP_OUTPUT, self.d_step)       # the next run's input
+        b.bind_ortvalue_output(STEP_OUTPUT, self.d_step)  # the next run's input
         b.bind_ortvalue_output(HISTORY_OUTPUT, self.d_history)  # scattered in place
         return b
 
@@ -182,9 +184,11 @@ class DirectEngine:
     def _run(self, binding, options) -> None:
         try:
             self.sess.run_with_iobinding(binding, options)
-        except Exception as e:  # noqa: BLE001
-            raise GenerationError(f"onnxruntime failed during decoding: {str(e).strip().splitlines()[0][:300]}",
-                                  f"re-run with OGA_NPU_DEBUG=1; {DECODER_ENV}=oga uses onnxruntime-genai instead") from e
+        except Exception as e:
+            raise GenerationError(
+                f"onnxruntime failed during decoding: {str(e).strip().splitlines()[0][:300]}",
+                f"re-run with OGA_NPU_DEBUG=1; {DECODER_ENV}=oga uses onnxruntime-genai instead",
+            ) from e
 
     def next_token(self) -> int:
         return int(self.download(self.d_next, self.h_next).reshape(-1)[0])
@@ -194,20 +198,28 @@ class DirectEngine:
 
     def history(self, start: int, n: int) -> list[int]:
         h = self.download(self.d_history, self.h_history)
-        return [int(x) for x in h[0, start:start + n]]
+        return [int(x) for x in h[0, start : start + n]]
 
     def generator(self, max_length: int, sampler: "Sampler | None" = None) -> "DirectGenerator":
         if max_length > self.capacity:
-            raise GenerationError(f"max length {max_length} exceeds this engine's {self.capacity}",
-                                  "load the model again (the engine grows on demand)")
+            raise GenerationError(
+                f"max length {max_length} exceeds this engine's {self.capacity}",
+                "load the model again (the engine grows on demand)",
+            )
         return DirectGenerator(self, max_length, sampler)
 
 
 class Sampler:
     """Temperature / top-k / top-p sampling and a repetition penalty on host logits."""
 
-    def __init__(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 repetition_penalty: float = 1.0, seed: int | None = None):
+    def __init__(
+        self,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int | None = None,
+    ):
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
@@ -225,7 +237,7 @@ class Sampler:
         # Candidates: all ids, or the top k. Then, for top_p, the fewest of them (most likely
         # first) whose mass reaches top_p, found by partial sorts of growing size (a full
         # sort of a 128k vocabulary costs milliseconds a token).
-        ids = None if not self.top_k or self.top_k >= x.size else np.argpartition(x, -self.top_k)[-self.top_k:]
+        ids = None if not self.top_k or self.top_k >= x.size else np.argpartition(x, -self.top_k)[-self.top_k :]
         z = x if ids is None else x[ids]
         p = np.exp((z - z.max()) / self.temperature)
         if self.top_p < 1.0:
@@ -236,7 +248,7 @@ class Sampler:
                 top = top[np.argsort(-p[top])]
                 cum = np.cumsum(p[top], dtype=np.float64)
                 if cum[-1] >= goal or m == p.size:
-                    keep = top[:min(int(np.searchsorted(cum, goal)) + 1, top.size)]
+                    keep = top[: min(int(np.searchsorted(cum, goal)) + 1, top.size)]
                     break
                 m = m * 16 if m * 16 < p.size // 2 else p.size  # then one full sort (2-3 ms at 128k)
             ids = keep if ids is None else ids[keep]
@@ -253,7 +265,7 @@ class Sampler:
         u = self.rng.random() * cb[-1]
         b = min(int(np.searchsorted(cb, u, side="right")), cb.size - 1)
         u -= cb[b - 1] if b else 0.0
-        chunk = q[b * block:(b + 1) * block]
+        chunk = q[b * block : (b + 1) * block]
         i = int(np.searchsorted(np.cumsum(chunk, dtype=np.float64), u, side="right"))
         last = int(np.flatnonzero(chunk)[-1])  # rounding: never land on a zero-weight entry
         return b * block + min(i, last)
@@ -265,9 +277,9 @@ class DirectGenerator:
     def __init__(self, engine: DirectEngine, max_length: int, sampler: Sampler | None):
         self.e = engine
         self.max_length = max_length
-        self.sampler = sampler          # None: greedy, chained on the device
-        self.total = 0                  # tokens whose KV is (or is queued to be) in the cache
-        self.length = 0                 # prompt + generated tokens
+        self.sampler = sampler  # None: greedy, chained on the device
+        self.total = 0  # tokens whose KV is (or is queued to be) in the cache
+        self.length = 0  # prompt + generated tokens
         self.queue: deque[int] = deque()
         self.current: int | None = None
         self.seen: set[int] = set()
@@ -280,8 +292,10 @@ class DirectGenerator:
         if not ids:
             raise GenerationError("the prompt is empty", "give a prompt with some text")
         if len(ids) >= self.max_length:
-            raise GenerationError(f"the prompt ({len(ids)} tokens) does not fit max length {self.max_length}",
-                                  "shorten the prompt or lower --max-tokens")
+            raise GenerationError(
+                f"the prompt ({len(ids)} tokens) does not fit max length {self.max_length}",
+                "shorten the prompt or lower --max-tokens",
+            )
         self.e.prefill(ids)
         self.total = self.length = len(ids)
         self.seen.update(ids)
@@ -296,13 +310,13 @@ class DirectGenerator:
         if self.is_done():
             raise GenerationError("the generator is done", "start a new generation")
         e = self.e
-        if self.current is None:               # the prefill's token
+        if self.current is None:  # the prefill's token
             tok = e.next_token() if self.sampler is None else self.sampler(e.logits(), self.seen)
-        elif self.sampler is not None:         # one run per token, sampled on the host
+        elif self.sampler is not None:  # one run per token, sampled on the host
             self.total += 1
             e.decode(self.current, self.total)
             tok = self.sampler(e.logits(), self.seen)
-        else:                                  # greedy: queue runs, read the history once
+        else:  # greedy: queue runs, read the history once
             if not self.queue:
                 k = min(e.chain, self.max_length - self.length)
                 first = self.total + 1

@@ -77,8 +77,15 @@ def adapters() -> list[Adapter]:
     for d in ort.get_ep_devices():
         if d.ep_name == EP_NAME:
             hw = d.device
-            out.append(Adapter(str(hw.vendor), str(hw.type).split(".")[-1], dict(hw.metadata),
-                               int(getattr(hw, "vendor_id", 0) or 0), int(getattr(hw, "device_id", 0) or 0)))
+            out.append(
+                Adapter(
+                    str(hw.vendor),
+                    str(hw.type).split(".")[-1],
+                    dict(hw.metadata),
+                    int(getattr(hw, "vendor_id", 0) or 0),
+                    int(getattr(hw, "device_id", 0) or 0),
+                )
+            )
     return out
 
 

@@ -38,9 +38,9 @@ def _consumers(g, name: str) -> list:
 
 def fuse_step_input(m) -> None:
     """Replace input_ids + attention_mask by one float32 input `step` (in place)."""
+    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-    import numpy as np
 
     g = m.graph
     inputs = {i.name: i for i in g.input}
@@ -73,11 +73,19 @@ def fuse_step_input(m) -> None:
     # float32, not int32: the WebGPU EP slices float tensors only (an int32 Slice fell back to
     # the CPU, which rules out graph capture); ids and lengths below 2**24 are exact in float32.
     nodes = [
-        helper.make_node("Slice", [STEP_INPUT, const(f"{p}/zero", [0]), const(f"{p}/minus1", [-1]),
-                                   const(f"{p}/axis1", [1])], [f"{p}/ids_f"], name=f"{p}/ids"),
+        helper.make_node(
+            "Slice",
+            [STEP_INPUT, const(f"{p}/zero", [0]), const(f"{p}/minus1", [-1]), const(f"{p}/axis1", [1])],
+            [f"{p}/ids_f"],
+            name=f"{p}/ids",
+        ),
         helper.make_node("Cast", [f"{p}/ids_f"], [f"{p}/ids"], to=onnx.TensorProto.INT32, name=f"{p}/ids_int"),
-        helper.make_node("Slice", [STEP_INPUT, f"{p}/minus1", const(f"{p}/end", [2**31 - 1]), f"{p}/axis1"],
-                         [f"{p}/total_2d"], name=f"{p}/total"),
+        helper.make_node(
+            "Slice",
+            [STEP_INPUT, f"{p}/minus1", const(f"{p}/end", [2**31 - 1]), f"{p}/axis1"],
+            [f"{p}/total_2d"],
+            name=f"{p}/total",
+        ),
         helper.make_node("Squeeze", [f"{p}/total_2d", f"{p}/axis1"], [f"{p}/total_f"], name=f"{p}/squeeze"),
         helper.make_node("Cast", [f"{p}/total_f"], [total], to=onnx.TensorProto.INT32, name=f"{p}/total_int"),
     ]
@@ -96,9 +104,9 @@ def fuse_step_input(m) -> None:
 
 def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
     """Add output `next_token` int32 [1,1]: the first index of the max of the last logits."""
+    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-    import numpy as np
 
     g = m.graph
     if not any(o.name == "logits" for o in g.output):
@@ -116,35 +124,71 @@ def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
 
     nodes = []
     # the last position's logits as float32 [V] (batch 1)
-    nodes.append(helper.make_node("Gather", ["logits", init(f"{p}/last", np.array(-1, np.int64))], [f"{p}/l3"],
-                                  axis=1, name=f"{p}/gather"))  # [B, V]
+    nodes.append(
+        helper.make_node(
+            "Gather", ["logits", init(f"{p}/last", np.array(-1, np.int64))], [f"{p}/l3"], axis=1, name=f"{p}/gather"
+        )
+    )  # [B, V]
     nodes.append(helper.make_node("Cast", [f"{p}/l3"], [f"{p}/lf"], to=onnx.TensorProto.FLOAT, name=f"{p}/cast"))
     flat = f"{p}/lf"
-    nodes.append(helper.make_node("Reshape", [flat, init(f"{p}/flat_shape", np.array([-1], np.int64))],
-                                  [f"{p}/flat"], name=f"{p}/flatten"))
+    nodes.append(
+        helper.make_node(
+            "Reshape", [flat, init(f"{p}/flat_shape", np.array([-1], np.int64))], [f"{p}/flat"], name=f"{p}/flatten"
+        )
+    )
     cur = f"{p}/flat"
     if padded != vocab_size:
-        nodes.append(helper.make_node(
-            "Concat", [cur, init(f"{p}/pad", np.full(padded - vocab_size, -np.finfo(np.float32).max, np.float32))],
-            [f"{p}/padded"], axis=0, name=f"{p}/pad"))
+        nodes.append(
+            helper.make_node(
+                "Concat",
+                [cur, init(f"{p}/pad", np.full(padded - vocab_size, -np.finfo(np.float32).max, np.float32))],
+                [f"{p}/padded"],
+                axis=0,
+                name=f"{p}/pad",
+            )
+        )
         cur = f"{p}/padded"
     shape = init(f"{p}/grid_shape", np.array([rows, chunk], np.int64))
     nodes += [
         helper.make_node("Reshape", [cur, shape], [f"{p}/grid"], name=f"{p}/grid"),
-        helper.make_node("ReduceMax", [f"{p}/grid", init(f"{p}/ax1", np.array([1], np.int64))],
-                         [f"{p}/rowmax"], keepdims=1, name=f"{p}/rowmax"),
-        helper.make_node("ReduceMax", [f"{p}/rowmax", init(f"{p}/ax0", np.array([0], np.int64))],
-                         [f"{p}/max"], keepdims=1, name=f"{p}/max"),
+        helper.make_node(
+            "ReduceMax",
+            [f"{p}/grid", init(f"{p}/ax1", np.array([1], np.int64))],
+            [f"{p}/rowmax"],
+            keepdims=1,
+            name=f"{p}/rowmax",
+        ),
+        helper.make_node(
+            "ReduceMax",
+            [f"{p}/rowmax", init(f"{p}/ax0", np.array([0], np.int64))],
+            [f"{p}/max"],
+            keepdims=1,
+            name=f"{p}/max",
+        ),
         helper.make_node("Equal", [f"{p}/grid", f"{p}/max"], [f"{p}/is_max"], name=f"{p}/eq"),
-        helper.make_node("Where", [f"{p}/is_max", init(f"{p}/iota", np.arange(padded, dtype=np.float32).reshape(rows, chunk)),
-                                   init(f"{p}/big", np.array(float(padded), np.float32))],
-                         [f"{p}/cand"], name=f"{p}/where"),
+        helper.make_node(
+            "Where",
+            [
+                f"{p}/is_max",
+                init(f"{p}/iota", np.arange(padded, dtype=np.float32).reshape(rows, chunk)),
+                init(f"{p}/big", np.array(float(padded), np.float32)),
+            ],
+            [f"{p}/cand"],
+            name=f"{p}/where",
+        ),
         helper.make_node("ReduceMin", [f"{p}/cand", f"{p}/ax1"], [f"{p}/rowmin"], keepdims=1, name=f"{p}/rowmin"),
         helper.make_node("ReduceMin", [f"{p}/rowmin", f"{p}/ax0"], [f"{p}/min_raw"], keepdims=1, name=f"{p}/min_raw"),
         # NaN logits match no maximum: keep the id inside the vocabulary all the same
-        helper.make_node("Clip", [f"{p}/min_raw", init(f"{p}/first_id", np.array(0.0, np.float32)),
-                                  init(f"{p}/last_id", np.array(float(vocab_size - 1), np.float32))],
-                         [f"{p}/min"], name=f"{p}/clip"),
+        helper.make_node(
+            "Clip",
+            [
+                f"{p}/min_raw",
+                init(f"{p}/first_id", np.array(0.0, np.float32)),
+                init(f"{p}/last_id", np.array(float(vocab_size - 1), np.float32)),
+            ],
+            [f"{p}/min"],
+            name=f"{p}/clip",
+        ),
         helper.make_node("Cast", [f"{p}/min"], [NEXT_TOKEN], to=onnx.TensorProto.INT32, name=f"{p}/to_int"),
     ]
     g.node.extend(nodes)
@@ -160,9 +204,9 @@ def chain_greedy(m) -> None:
     position (the total length), so the host reads the tokens of several steps at once.
     Needs fuse_step_input and add_greedy_token first. The writes to the shared buffers are
     the graph's last nodes (they depend on the token), after every read of `step`."""
+    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
-    import numpy as np
 
     g = m.graph
     names = {o for n in g.node for o in n.output}
@@ -175,16 +219,24 @@ def chain_greedy(m) -> None:
         return name
 
     token = "/oga_npu/greedy/min"  # float [1,1]
-    g.node.extend([
-        helper.make_node("Reshape", ["/oga_npu/step/total_f", init(f"{p}/shape11", np.array([1, 1], np.int64))],
-                         [f"{p}/total"], name=f"{p}/total"),
-        helper.make_node("Add", [f"{p}/total", init(f"{p}/one", np.array(1.0, np.float32))], [f"{p}/total1"],
-                         name=f"{p}/total1"),
-        helper.make_node("Concat", [token, f"{p}/total1"], [STEP_OUTPUT], axis=1, name=f"{p}/step_next"),
-        helper.make_node("Cast", [f"{p}/total"], [f"{p}/pos"], to=onnx.TensorProto.INT32, name=f"{p}/pos"),
-        helper.make_node("ScatterElements", [HISTORY, f"{p}/pos", token], [HISTORY_OUTPUT], axis=1,
-                         name=f"{p}/history"),
-    ])
+    g.node.extend(
+        [
+            helper.make_node(
+                "Reshape",
+                ["/oga_npu/step/total_f", init(f"{p}/shape11", np.array([1, 1], np.int64))],
+                [f"{p}/total"],
+                name=f"{p}/total",
+            ),
+            helper.make_node(
+                "Add", [f"{p}/total", init(f"{p}/one", np.array(1.0, np.float32))], [f"{p}/total1"], name=f"{p}/total1"
+            ),
+            helper.make_node("Concat", [token, f"{p}/total1"], [STEP_OUTPUT], axis=1, name=f"{p}/step_next"),
+            helper.make_node("Cast", [f"{p}/total"], [f"{p}/pos"], to=onnx.TensorProto.INT32, name=f"{p}/pos"),
+            helper.make_node(
+                "ScatterElements", [HISTORY, f"{p}/pos", token], [HISTORY_OUTPUT], axis=1, name=f"{p}/history"
+            ),
+        ]
+    )
     hist = helper.make_tensor_value_info(HISTORY, onnx.TensorProto.FLOAT, [1, "history_length"])
     g.input.append(hist)
     g.output.append(helper.make_tensor_value_info(STEP_OUTPUT, onnx.TensorProto.FLOAT, [1, 2]))

@@ -11,8 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-ENV_KEYS = ("DD_PLUGINS_ROOT", "DD_PLUGINS_TRACING", "RYZEN_AI_INSTALLATION_PATH", "CONDA_DEFAULT_ENV", "CONDA_PREFIX",
-            "PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+ENV_KEYS = (
+    "DD_PLUGINS_ROOT",
+    "DD_PLUGINS_TRACING",
+    "RYZEN_AI_INSTALLATION_PATH",
+    "CONDA_DEFAULT_ENV",
+    "CONDA_PREFIX",
+    "PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+)
 
 
 def start(tool: str) -> list[str]:
@@ -20,8 +29,18 @@ def start(tool: str) -> list[str]:
     log = os.environ.get("OGA_NPU_FAKE_LOG")
     if log:
         with open(log, "a") as f:
-            f.write(json.dumps({"tool": tool, "argv": argv, "cwd": os.getcwd(), "exe": os.environ.get("FAKE_EXE"),
-                                "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ}}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "tool": tool,
+                        "argv": argv,
+                        "cwd": os.getcwd(),
+                        "exe": os.environ.get("FAKE_EXE"),
+                        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+                    }
+                )
+                + "\n"
+            )
     if argv and argv[0] in ("--version", "-v"):
         print(f"{tool} version {os.environ.get('FAKE_TOOL_VERSION', '1.6.0')}")
         sys.exit(0)

@@ -12,7 +12,7 @@ from oga_npu.generate import GenerationEvent
 
 
 class FakeLM:
-    decoder = "fake"          # not "oga": no guided output probe
+    decoder = "fake"  # not "oga": no guided output probe
     provider = "cpu"
     context_length = 64
     hybrid_limit = None
@@ -26,11 +26,17 @@ class FakeDecoder:
     `permits`, each token takes one (so a test can close a stream mid-way and see where the
     worker stopped)."""
 
-    def __init__(self, n: int = 5, gate: threading.Event | None = None, fail_at: int | None = None,
-                 error: BaseException | None = None, permits: threading.Semaphore | None = None):
+    def __init__(
+        self,
+        n: int = 5,
+        gate: threading.Event | None = None,
+        fail_at: int | None = None,
+        error: BaseException | None = None,
+        permits: threading.Semaphore | None = None,
+    ):
         self.n, self.gate, self.fail_at, self.error, self.permits = n, gate, fail_at, error, permits
-        self.produced: list[int] = []     # tokens yielded, per call: the count
-        self.closed = threading.Event()   # the generator was closed (the worker's `it.close()`)
+        self.produced: list[int] = []  # tokens yielded, per call: the count
+        self.closed = threading.Event()  # the generator was closed (the worker's `it.close()`)
 
     def __call__(self, lm, ids, opts, cache=None):
         self.produced.append(0)
@@ -44,8 +50,14 @@ class FakeDecoder:
                     raise self.error
                 self.produced[-1] += 1
                 last = i == self.n - 1
-                yield GenerationEvent(text=chr(ord("a") + i), token=i, prompt_tokens=len(ids), generated_tokens=i + 1,
-                                      finish_reason="length" if last else None, ttft=0.01 if i == 0 else None,
-                                      decode_tps=100.0 if last else None)
+                yield GenerationEvent(
+                    text=chr(ord("a") + i),
+                    token=i,
+                    prompt_tokens=len(ids),
+                    generated_tokens=i + 1,
+                    finish_reason="length" if last else None,
+                    ttft=0.01 if i == 0 else None,
+                    decode_tps=100.0 if last else None,
+                )
         finally:
             self.closed.set()

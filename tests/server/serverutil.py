@@ -33,7 +33,7 @@ class ServerProcess:
         argv = [sys.executable, "-m", "oga_npu", "serve", "--port", str(self.port)]
         for m in models:
             argv += ["-m", str(m)]
-        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"oga-npu-serve-{self.port}.log", "w+")
+        self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"oga-npu-serve-{self.port}.log", "w+")  # noqa: SIM115 - the server's log, closed by stop()
         self.proc = subprocess.Popen([*argv, *args], stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
 
     def wait_ready(self, timeout: float = 120) -> list[int]:
@@ -55,9 +55,12 @@ class ServerProcess:
         raise TimeoutError(f"server not ready in {timeout}s: {self.output()}")
 
     def post(self, path: str, body: bytes | str | dict, headers: dict | None = None) -> tuple[int, dict, dict]:
-        data = json.dumps(body).encode() if isinstance(body, dict) else (body.encode() if isinstance(body, str) else body)
-        req = urllib.request.Request(self.base + path, data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+        data = (
+            json.dumps(body).encode() if isinstance(body, dict) else (body.encode() if isinstance(body, str) else body)
+        )
+        req = urllib.request.Request(
+            self.base + path, data=data, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, json.loads(r.read())

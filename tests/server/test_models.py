@@ -58,8 +58,9 @@ def folder(root: Path, name: str, request: bool = False) -> Path:
     """A model folder check_folder(deep=False) accepts (external: not made by prepare)."""
     d = root / name
     d.mkdir(parents=True)
-    (d / "genai_config.json").write_text(json.dumps({"model": {"context_length": 256,
-                                                               "decoder": {"filename": "model.onnx"}}}))
+    (d / "genai_config.json").write_text(
+        json.dumps({"model": {"context_length": 256, "decoder": {"filename": "model.onnx"}}})
+    )
     (d / "model.onnx").write_bytes(b"x")
     (d / "tokenizer.json").write_text("{}")
     if request:  # prepare started it and never finished: incomplete
@@ -70,11 +71,13 @@ def folder(root: Path, name: str, request: bool = False) -> Path:
 def on_demand(tmp_path, names=("a-cpu", "b-cpu", "c-cpu"), max_loaded=1, loader=None) -> ModelManager:
     for n in names:
         folder(tmp_path / "store", n)
-    return ModelManager.from_store(ModelStore(tmp_path / "store"), max_loaded=max_loaded, loader=loader or Loader(),
-                                   kv_reuse=False)
+    return ModelManager.from_store(
+        ModelStore(tmp_path / "store"), max_loaded=max_loaded, loader=loader or Loader(), kv_reuse=False
+    )
 
 
 # ---------------------------------------------------------------- serve -m: preloaded
+
 
 def test_preloaded_folders_load_in_the_background_and_are_served_by_folder_name(tmp_path):
     a, b = folder(tmp_path, "a-cpu"), folder(tmp_path, "b-cpu")
@@ -113,6 +116,7 @@ def test_two_folders_with_one_name_are_refused(tmp_path):
 
 # ---------------------------------------------------------------- serve: the store on demand
 
+
 def test_the_store_is_listed_unloaded_and_a_broken_folder_is_not_loadable(tmp_path):
     root = tmp_path / "store"
     folder(root, "a-cpu")
@@ -125,13 +129,15 @@ def test_the_store_is_listed_unloaded_and_a_broken_folder_is_not_loadable(tmp_pa
     rows = {d["id"]: d for d in listing(m)}
     assert rows["a-cpu"]["loaded"] is False and rows["a-cpu"]["loadable"] is True
     assert rows["a-cpu"]["context_length"] == 256 and rows["a-cpu"]["size"] > 0
-    assert rows["broken-cpu"]["loadable"] is False and "model.onnx is missing" in rows["broken-cpu"]["not_loadable_reason"]
+    assert (
+        rows["broken-cpu"]["loadable"] is False and "model.onnx is missing" in rows["broken-cpu"]["not_loadable_reason"]
+    )
     assert rows["half-cpu"]["loadable"] is False and rows["half-cpu"]["not_loadable_reason"]
     for name in ("broken-cpu", "half-cpu"):
         with pytest.raises(ApiError) as e:
             asyncio.run(m.ensure(name))
         assert e.value.status == 404 and e.value.code == "model_not_loadable"
-    assert loader.calls == []   # never tried
+    assert loader.calls == []  # never tried
 
 
 def test_a_request_loads_its_model_and_the_least_recently_used_is_unloaded_and_freed(tmp_path):
@@ -141,13 +147,13 @@ def test_a_request_loads_its_model_and_the_least_recently_used_is_unloaded_and_f
     async def go():
         await m.ensure("a-cpu")
         await m.ensure("b-cpu")
-        await m.ensure("a-cpu")            # a is now the more recent
-        await m.ensure("c-cpu")            # unloads b
+        await m.ensure("a-cpu")  # a is now the more recent
+        await m.ensure("c-cpu")  # unloads b
         return set(m.models)
 
     assert asyncio.run(go()) == {"a-cpu", "c-cpu"}
     assert loader.calls == ["a-cpu", "b-cpu", "c-cpu"]
-    assert loader.alive("b-cpu") == 0 and loader.alive("a-cpu") == 1   # no reference to b's model is left
+    assert loader.alive("b-cpu") == 0 and loader.alive("a-cpu") == 1  # no reference to b's model is left
     assert [d["loaded"] for d in listing(m)] == [True, False, True]
 
 
@@ -189,7 +195,7 @@ def test_a_model_with_a_queued_request_is_not_unloaded(tmp_path):
 
     async def go():
         sm = await m.ensure("a-cpu")
-        await sm.queue.acquire()            # a generation runs (worker.events holds the queue)
+        await sm.queue.acquire()  # a generation runs (worker.events holds the queue)
         b = asyncio.ensure_future(m.ensure("b-cpu"))
         await asyncio.sleep(0.2)
         held = (sorted(m.models), b.done())
@@ -219,8 +225,8 @@ def test_load_and_unload_for_clients_that_manage_models(tmp_path):
         await m.load("a-cpu")
         await m.load("c-cpu")
         one = await m.unload("a-cpu")
-        again = await m.unload("a-cpu")     # not loaded: nothing to do
-        rest = await m.unload()             # every idle one
+        again = await m.unload("a-cpu")  # not loaded: nothing to do
+        rest = await m.unload()  # every idle one
         with pytest.raises(ApiError) as e:
             await m.unload("nope")
         return one, again, rest, e.value.status
@@ -244,7 +250,7 @@ def test_unloading_stops_the_model_threads(tmp_path):
 
     async def go():
         sm: ServedModel = await m.ensure("a-cpu")
-        await asyncio.get_running_loop().run_in_executor(sm.executor, lambda: None)   # its thread started
+        await asyncio.get_running_loop().run_in_executor(sm.executor, lambda: None)  # its thread started
         await m.ensure("b-cpu")
         return sm
 

@@ -22,7 +22,7 @@ def store(tiny_model, tmp_path_factory):
         shutil.copytree(tiny_model, root / name)
     manifest = json.loads((root / "bad-cpu" / MANIFEST).read_text())
     victim = next(f for f in manifest["files"] if f.endswith(".json") and f != MANIFEST)
-    with open(root / "bad-cpu" / victim, "a") as f:      # its size no longer matches the manifest
+    with open(root / "bad-cpu" / victim, "a") as f:  # its size no longer matches the manifest
         f.write(" ")
     return root
 
@@ -36,8 +36,10 @@ def server(store):
 
 
 def chat(server, model: str) -> tuple[int, dict]:
-    status, _, body = server.post("/v1/chat/completions", {"model": model, "max_tokens": 4, "temperature": 0,
-                                                            "messages": [{"role": "user", "content": "Hi"}]})
+    status, _, body = server.post(
+        "/v1/chat/completions",
+        {"model": model, "max_tokens": 4, "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]},
+    )
     return status, body
 
 
@@ -58,7 +60,7 @@ def test_every_model_is_listed_unloaded_and_the_damaged_one_is_not_loadable(serv
     assert ms["one-cpu"]["target"] == "cpu" and ms["one-cpu"]["recipe"] == "cpu-fast"
     assert ms["one-cpu"]["size"] > 0 and ms["one-cpu"]["context_length"] > 0
     assert ms["bad-cpu"]["loadable"] is False and ms["bad-cpu"]["not_loadable_reason"]
-    assert server.get("/health")[0] == 200     # up before any model is loaded
+    assert server.get("/health")[0] == 200  # up before any model is loaded
     status, body = chat(server, "bad-cpu")
     assert status == 404 and body["error"]["code"] == "model_not_loadable"
     assert "model bad-cpu ready" not in server.output()
@@ -86,19 +88,21 @@ def test_load_and_unload_routes_and_memory_comes_back(server):
         return body["unloaded"]
 
     unload()
-    empty = rss(server)                          # the runtime warm, no model loaded
+    empty = rss(server)  # the runtime warm, no model loaded
     load("one-cpu")
-    models(server)                               # as after each switch below
+    models(server)  # as after each switch below
     one = rss(server)
-    for name in ["two-cpu", "one-cpu"] * 3:       # each load unloads the other
+    for name in ["two-cpu", "one-cpu"] * 3:  # each load unloads the other
         load(name)
         assert [m for m, v in models(server).items() if v["loaded"]] == [name]
     after_switches = rss(server)
     assert unload("one-cpu") == ["one-cpu"]
     freed = rss(server)
-    print(f"RSS: none loaded {empty / 2**20:.1f} MiB, one model {one / 2**20:.1f} MiB, after 6 switches "
-          f"{after_switches / 2**20:.1f} MiB, unloaded again {freed / 2**20:.1f} MiB")
-    model = one - empty                          # one model's memory (the tiny one: ~25 MiB here)
+    print(
+        f"RSS: none loaded {empty / 2**20:.1f} MiB, one model {one / 2**20:.1f} MiB, after 6 switches "
+        f"{after_switches / 2**20:.1f} MiB, unloaded again {freed / 2**20:.1f} MiB"
+    )
+    model = one - empty  # one model's memory (the tiny one: ~25 MiB here)
     assert model > 0
     # within 10% of one model's RSS after six switches (a model kept per switch: +150 MiB)
     assert after_switches - one <= 0.1 * one
@@ -116,11 +120,11 @@ def test_ollama_client_through_the_router(server):
     ollama = pytest.importorskip("ollama", reason="ollama is in the dev extra: pip install -e .[dev]")
     client = ollama.Client(host=server.base, timeout=120)
     tags = {m.model: m for m in client.list().models}
-    assert set(tags) == {"one-cpu", "two-cpu"} and tags["one-cpu"].size > 0     # bad-cpu is not loadable
-    client.generate(model="one-cpu", prompt="")            # Ollama's way to load: an empty prompt
+    assert set(tags) == {"one-cpu", "two-cpu"} and tags["one-cpu"].size > 0  # bad-cpu is not loadable
+    client.generate(model="one-cpu", prompt="")  # Ollama's way to load: an empty prompt
     r = client.chat(model="two-cpu", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 3})
     assert r.model == "two-cpu" and r.eval_count == 3 and r.load_duration > 0
-    assert [m.model for m in client.ps().models] == ["two-cpu"]               # --max-loaded 1
+    assert [m.model for m in client.ps().models] == ["two-cpu"]  # --max-loaded 1
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="bad-cpu", messages=[{"role": "user", "content": "Hi"}])
     assert e.value.status_code == 404 and "bad-cpu" in e.value.error

@@ -31,8 +31,9 @@ def model_id(tiny_model):
 
 
 def _chat(client, model_id, content, **kw):
-    return client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": content}],
-                                          temperature=kw.pop("temperature", 0), **kw)
+    return client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": content}], temperature=kw.pop("temperature", 0), **kw
+    )
 
 
 def _stream_text(stream):
@@ -47,10 +48,10 @@ def test_models_health_and_metrics(server, client, model_id):
     info = models[0].model_dump()
     assert info["provider"] == "cpu" and info["context_length"] == 512 and info["kv_reuse"] is True
     assert info["recipe"] == "cpu-fast" and info["target"] == "cpu"
-    assert info["hub_id"] is None and info["revision"] is None     # a local folder, not a hub model
-    assert server.get("/health")[0] == 200            # no key needed for health
+    assert info["hub_id"] is None and info["revision"] is None  # a local folder, not a hub model
+    assert server.get("/health")[0] == 200  # no key needed for health
     _chat(client, model_id, "count tokens", max_tokens=3)
-    assert server.get("/metrics")[0] == 401           # the key opens /metrics too (fault case 44)
+    assert server.get("/metrics")[0] == 401  # the key opens /metrics too (fault case 44)
     code, text = server.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert code == 200
     assert f'oga_npu_completion_tokens_total{{model="{model_id}"}}' in text
@@ -73,11 +74,11 @@ def test_chat_non_streaming_and_streaming_agree(client, model_id):
     assert c.finish_reason == "length" and r.usage.completion_tokens == 12
     assert r.usage.total_tokens == r.usage.prompt_tokens + 12
     chunks, text = _stream_text(_chat(client, model_id, "Tell me a story.", max_tokens=12, stream=True))
-    assert text == c.message.content                  # temperature 0: same answer both ways
+    assert text == c.message.content  # temperature 0: same answer both ways
     assert chunks[0].choices[0].delta.role == "assistant"
     assert len({ch.id for ch in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-")
     assert chunks[-1].choices[0].finish_reason == "length"
-    assert all(ch.usage is None for ch in chunks)     # no usage chunk unless asked
+    assert all(ch.usage is None for ch in chunks)  # no usage chunk unless asked
 
 
 def test_fast_tokens_are_sent_together_and_the_text_is_the_same(client, model_id):
@@ -85,8 +86,17 @@ def test_fast_tokens_are_sent_together_and_the_text_is_the_same(client, model_id
     so 40 tokens come in a few chunks, the first at once; the text equals the whole answer.
     (test_server_lifecycle runs a server with --stream-interval 0: a chunk per token.)"""
     whole = _chat(client, model_id, "Group these.", max_tokens=40, extra_body={"ignore_eos": True})
-    chunks, text = _stream_text(_chat(client, model_id, "Group these.", max_tokens=40, stream=True,
-                                      extra_body={"ignore_eos": True}, stream_options={"include_usage": True}))
+    chunks, text = _stream_text(
+        _chat(
+            client,
+            model_id,
+            "Group these.",
+            max_tokens=40,
+            stream=True,
+            extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True},
+        )
+    )
     assert text == whole.choices[0].message.content
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert chunks[-1].usage.completion_tokens == 40
@@ -94,8 +104,9 @@ def test_fast_tokens_are_sent_together_and_the_text_is_the_same(client, model_id
 
 
 def test_include_usage_chunk(client, model_id):
-    chunks, text = _stream_text(_chat(client, model_id, "Usage please.", max_tokens=5, stream=True,
-                                      stream_options={"include_usage": True}))
+    chunks, text = _stream_text(
+        _chat(client, model_id, "Usage please.", max_tokens=5, stream=True, stream_options={"include_usage": True})
+    )
     last = chunks[-1]
     assert last.choices == [] and last.usage.completion_tokens == 5
     assert last.usage.prompt_tokens_details.cached_tokens >= 0
@@ -106,20 +117,23 @@ def test_include_usage_chunk(client, model_id):
 def test_list_of_text_parts_equals_string_content(client, model_id):
     a = _chat(client, model_id, "two parts", max_tokens=6).choices[0].message.content
     b = client.chat.completions.create(
-        model=model_id, temperature=0, max_completion_tokens=6,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "two "}, {"type": "text", "text": "parts"}]}])
+        model=model_id,
+        temperature=0,
+        max_completion_tokens=6,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "two "}, {"type": "text", "text": "parts"}]}],
+    )
     assert b.choices[0].message.content == a
 
 
 def test_stop_strings_end_the_answer_before_them(client, model_id):
     full = _chat(client, model_id, "Say many words.", max_tokens=24).choices[0].message.content
-    stop = full[len(full) // 2: len(full) // 2 + 3]
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip()
     r = _chat(client, model_id, "Say many words.", max_tokens=24, stop=[stop, "\u2603never"])
-    assert r.choices[0].message.content == full[:full.index(stop)]
+    assert r.choices[0].message.content == full[: full.index(stop)]
     assert r.choices[0].finish_reason == "stop"
     _, streamed = _stream_text(_chat(client, model_id, "Say many words.", max_tokens=24, stop=stop, stream=True))
-    assert streamed == full[:full.index(stop)]
+    assert streamed == full[: full.index(stop)]
 
 
 def test_seed_repeats_and_sampling_differs_without_it(client, model_id):
@@ -135,19 +149,32 @@ def test_seed_repeats_and_sampling_differs_without_it(client, model_id):
 def test_second_turn_reports_cached_tokens(client, model_id):
     msgs = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "First turn here."}]
     r1 = client.chat.completions.create(model=model_id, messages=msgs, temperature=0, max_tokens=8)
-    msgs += [{"role": "assistant", "content": r1.choices[0].message.content},
-             {"role": "user", "content": "Second turn."}]
+    msgs += [
+        {"role": "assistant", "content": r1.choices[0].message.content},
+        {"role": "user", "content": "Second turn."},
+    ]
     r2 = client.chat.completions.create(model=model_id, messages=msgs, temperature=0, max_tokens=8)
     cached = r2.usage.prompt_tokens_details.cached_tokens
     assert r1.usage.prompt_tokens - 1 <= cached < r2.usage.prompt_tokens
 
 
 def test_json_schema_answer_parses_and_validates(client, model_id):
-    schema = {"type": "object", "additionalProperties": False, "required": ["answer", "count"],
-              "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
-                             "count": {"type": "integer", "minimum": 0, "maximum": 9}}}
-    r = _chat(client, model_id, "Answer in JSON.", max_tokens=40,
-              response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["answer", "count"],
+        "properties": {
+            "answer": {"type": "string", "enum": ["yes", "no"]},
+            "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        },
+    }
+    r = _chat(
+        client,
+        model_id,
+        "Answer in JSON.",
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
     obj = json.loads(r.choices[0].message.content)
     assert set(obj) == {"answer", "count"} and obj["answer"] in ("yes", "no") and 0 <= obj["count"] <= 9
     assert r.choices[0].finish_reason == "stop"
@@ -159,10 +186,21 @@ def test_json_schema_answer_parses_and_validates(client, model_id):
 
 
 def test_required_tool_call_in_the_openai_shape(client, model_id):
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "Weather of a city",
-        "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
-                       "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather of a city",
+                "parameters": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["city"],
+                    "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                },
+            },
+        }
+    ]
     r = _chat(client, model_id, "Weather in Paris?", max_tokens=40, tools=tools, tool_choice="required")
     call = r.choices[0].message.tool_calls[0]
     assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
@@ -172,9 +210,20 @@ def test_required_tool_call_in_the_openai_shape(client, model_id):
 def test_auto_tool_choice_is_a_call_or_text_and_streams_the_same(client, model_id):
     """tool_choice auto (the default with tools): the grammar allows one valid call, or text
     that does not start with '{'; greedy, the streamed answer equals the whole one."""
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
-                                              "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["city"],
+                    "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                },
+            },
+        }
+    ]
     for prompt in ("Weather in Paris?", "Tell me a joke.", "Call get_weather for Rome."):
         r = _chat(client, model_id, prompt, max_tokens=24, tools=tools)
         c = r.choices[0]
@@ -190,8 +239,9 @@ def test_auto_tool_choice_is_a_call_or_text_and_streams_the_same(client, model_i
             assert text == c.message.content
 
 
-@pytest.mark.parametrize("extra, param", [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
-                                          ({"presence_penalty": 0.5}, "presence_penalty")])
+@pytest.mark.parametrize(
+    "extra, param", [({"n": 2}, "n"), ({"logprobs": True}, "logprobs"), ({"presence_penalty": 0.5}, "presence_penalty")]
+)
 def test_unsupported_features_are_400_not_ignored(client, model_id, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
         _chat(client, model_id, "hi", max_tokens=3, **extra)
@@ -210,7 +260,7 @@ def test_context_exceeded_names_both_counts(client, model_id):
     body = e.value.body
     assert body["code"] == "context_length_exceeded" and body["n_ctx"] == 512 and 0 < body["n_prompt_tokens"] < 100
     assert f"n_prompt_tokens={body['n_prompt_tokens']}" in body["message"] and "n_ctx=512" in body["message"]
-    with pytest.raises(openai.BadRequestError) as e:     # without max_tokens: the prompt alone is too long
+    with pytest.raises(openai.BadRequestError) as e:  # without max_tokens: the prompt alone is too long
         _chat(client, model_id, "word " * 600)
     assert e.value.body["code"] == "context_length_exceeded" and e.value.body["n_prompt_tokens"] > 512
 
@@ -218,28 +268,39 @@ def test_context_exceeded_names_both_counts(client, model_id):
 def test_completions_route(client, model_id):
     r = client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=7, temperature=0)
     assert r.choices[0].text and r.usage.completion_tokens == 7 and r.choices[0].finish_reason == "length"
-    s = list(client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=7, temperature=0,
-                                       stream=True))
+    s = list(
+        client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=7, temperature=0, stream=True)
+    )
     assert "".join(c.choices[0].text for c in s if c.choices) == r.choices[0].text
 
 
-@pytest.mark.parametrize("body, ctype, param", [
-    ("{", "application/json", None),                                  # invalid JSON
-    ("[1, 2]", "application/json", None),                             # not an object
-    ('{"model": "m", "messages": []}', "text/plain", None),           # wrong Content-Type
-    ('{"model": "%s"}', "application/json", "messages"),              # messages missing
-    ('{"model": "%s", "messages": []}', "application/json", "messages"),
-    ('{"model": "%s", "messages": "hi"}', "application/json", "messages"),
-    ('{"model": "%s", "messages": [{"role": "wizard", "content": "x"}]}', "application/json", "messages.0.role"),
-    ('{"model": "%s", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "application/json",
-     "max_tokens"),
-    ('{"model": "%s", "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}', "application/json", "top_p"),
-    ('{"model": "%s", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}', "application/json",
-     "frobnicate"),
-])
+@pytest.mark.parametrize(
+    "body, ctype, param",
+    [
+        ("{", "application/json", None),  # invalid JSON
+        ("[1, 2]", "application/json", None),  # not an object
+        ('{"model": "m", "messages": []}', "text/plain", None),  # wrong Content-Type
+        ('{"model": "%s"}', "application/json", "messages"),  # messages missing
+        ('{"model": "%s", "messages": []}', "application/json", "messages"),
+        ('{"model": "%s", "messages": "hi"}', "application/json", "messages"),
+        ('{"model": "%s", "messages": [{"role": "wizard", "content": "x"}]}', "application/json", "messages.0.role"),
+        (
+            '{"model": "%s", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
+            "application/json",
+            "max_tokens",
+        ),
+        ('{"model": "%s", "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}', "application/json", "top_p"),
+        (
+            '{"model": "%s", "messages": [{"role": "user", "content": "x"}], "frobnicate": 1}',
+            "application/json",
+            "frobnicate",
+        ),
+    ],
+)
 def test_bad_bodies_are_400_in_the_openai_shape(server, model_id, body, ctype, param):
-    code, _, out = server.post("/v1/chat/completions", body.replace("%s", model_id),
-                               {"Content-Type": ctype, "Authorization": f"Bearer {KEY}"})
+    code, _, out = server.post(
+        "/v1/chat/completions", body.replace("%s", model_id), {"Content-Type": ctype, "Authorization": f"Bearer {KEY}"}
+    )
     assert code == 400, out
     assert out["error"]["type"] == "invalid_request_error" and out["error"]["message"]
     assert out["error"]["param"] == param
@@ -263,12 +324,21 @@ def test_disconnect_mid_stream_stops_it_and_the_next_request_is_served(server, c
     before = _metric(server, "oga_npu_completion_tokens_total")
     # whole-vocabulary sampling (top_k 0) costs ~12 ms a token: the stream is still running when
     # the client leaves (greedy, the tiny model's 460 tokens take 0.2 s)
-    stream = _chat(client, model_id, "A very long answer please.", max_tokens=460, stream=True, temperature=1.0,
-                   top_p=1.0, seed=1, extra_body={"top_k": 0, "ignore_eos": True})
+    stream = _chat(
+        client,
+        model_id,
+        "A very long answer please.",
+        max_tokens=460,
+        stream=True,
+        temperature=1.0,
+        top_p=1.0,
+        seed=1,
+        extra_body={"top_k": 0, "ignore_eos": True},
+    )
     for i, _chunk in enumerate(stream):
         if i == 2:
             break
-    stream.close()                                         # the client goes away
+    stream.close()  # the client goes away
     t0 = time.monotonic()
     r = _chat(client, model_id, "Next one.", max_tokens=4)
     assert r.choices[0].message.content and time.monotonic() - t0 < 10
@@ -277,7 +347,7 @@ def test_disconnect_mid_stream_stops_it_and_the_next_request_is_served(server, c
         time.sleep(0.05)
     assert _metric(server, "oga_npu_cancelled_requests_total") >= 1
     generated = _metric(server, "oga_npu_completion_tokens_total") - before - 4
-    assert 2 <= generated < 400                            # stopped long before its 460 tokens
+    assert 2 <= generated < 400  # stopped long before its 460 tokens
 
 
 def test_eight_concurrent_requests_are_whole_and_unmixed(client, model_id):
@@ -311,10 +381,20 @@ def test_auto_grammar_call_branch_gives_only_valid_calls(tiny_model):
 
     from oga_npu.server.plan import auto_grammar as _auto_grammar
 
-    schema = {"type": "object", "additionalProperties": False, "required": ["name", "arguments"], "properties": {
-        "name": {"const": "get_weather"},
-        "arguments": {"type": "object", "additionalProperties": False, "required": ["city"],
-                      "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}}}}}
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "arguments"],
+        "properties": {
+            "name": {"const": "get_weather"},
+            "arguments": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["city"],
+                "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            },
+        },
+    }
     kind, grammar = _auto_grammar(schema)
     assert "start: call | text" in grammar
     grammar = grammar.replace("start: call | text", "start: call")

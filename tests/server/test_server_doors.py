@@ -29,8 +29,9 @@ class _App:
         from oga_npu.server import create_app
 
         self.port = free_port()
-        self.srv = uvicorn.Server(uvicorn.Config(create_app(_Ready(), **kw), host="127.0.0.1", port=self.port,
-                                                 log_level="error"))
+        self.srv = uvicorn.Server(
+            uvicorn.Config(create_app(_Ready(), **kw), host="127.0.0.1", port=self.port, log_level="error")
+        )
         self.th = threading.Thread(target=self.srv.run, daemon=True)
         self.th.start()
         for _ in range(200):
@@ -90,8 +91,10 @@ def test_metrics_key_opens_metrics_only(app):
     assert app.request("GET", "/v1/models", headers=m)[0] == 401
 
 
-@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
-                                   "text/json", "application/jsonx", ""])
+@pytest.mark.parametrize(
+    "ctype",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "text/json", "application/jsonx", ""],
+)
 def test_json_routes_take_only_application_json(app, ctype):
     headers = {"Authorization": f"Bearer {KEY}"}
     if ctype:
@@ -101,19 +104,25 @@ def test_json_routes_take_only_application_json(app, ctype):
 
 
 def test_application_json_with_charset_is_accepted(app):
-    code, _, data = app.request("POST", "/v1/chat/completions", b'{"model": "m", "messages": []}',
-                                {**AUTH, "Content-Type": "application/json; charset=utf-8"})
-    assert code == 400 and _err(data)["param"] == "messages"      # past the door, refused for its content
+    code, _, data = app.request(
+        "POST",
+        "/v1/chat/completions",
+        b'{"model": "m", "messages": []}',
+        {**AUTH, "Content-Type": "application/json; charset=utf-8"},
+    )
+    assert code == 400 and _err(data)["param"] == "messages"  # past the door, refused for its content
 
 
 def test_a_declared_50_mb_body_is_413_before_it_is_sent(app):
     """Only the headers and 10 bytes go out: the answer comes without the server waiting for the rest."""
     s = socket.create_connection(("127.0.0.1", app.port), timeout=20)
     try:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 52428800\r\n\r\n{\"model\":")
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + KEY.encode() + b'\r\nContent-Length: 52428800\r\n\r\n{"model":'
+        )
         got = b""
-        while b'"body_too_large"' not in got:   # the headers and the body may come in two reads
+        while b'"body_too_large"' not in got:  # the headers and the body may come in two reads
             part = s.recv(65536)
             if not part:
                 break
@@ -128,24 +137,35 @@ def test_a_declared_50_mb_body_is_413_before_it_is_sent(app):
 def test_a_chunked_body_past_the_limit_is_413(app):
     c = http.client.HTTPConnection("127.0.0.1", app.port, timeout=20)
     big = b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * (2 * 2**20) + b'"}]}'
-    c.request("POST", "/v1/chat/completions", body=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
-              headers={**AUTH}, encode_chunked=True)
+    c.request(
+        "POST",
+        "/v1/chat/completions",
+        body=iter([big[i : i + 65536] for i in range(0, len(big), 65536)]),
+        headers={**AUTH},
+        encode_chunked=True,
+    )
     r = c.getresponse()
     assert r.status == 413 and _err(r.read())["code"] == "body_too_large"
     c.close()
 
 
-@pytest.mark.parametrize("body, code, param", [
-    (b"[" * 100_000 + b"]" * 100_000, "too_deep", None),                        # the RecursionError 500
-    (b'{"model": "m", "messages": [], "x": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}", "too_deep", "x.a.a"),
-    (b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "invalid_value", "model"),
-    (b'{"model": "m", "messages": [{"role": "user", "content": "a\\udc00"}]}', "invalid_value",
-     "messages.0.content"),
-    (b'{"model": "m", "messages": [], "temperature": NaN}', "invalid_value", "temperature"),
-    (b'{"model": "m", "messages": [], "temperature": 1e309}', "invalid_value", "temperature"),
-    (b'{"model": "m", "messages": [], "top_p": -Infinity}', "invalid_value", "top_p"),
-    (b'{"model": "m", "messages": [], "seed": 1' + b"0" * 30 + b"}", "invalid_value", "seed"),
-])
+@pytest.mark.parametrize(
+    "body, code, param",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "too_deep", None),  # the RecursionError 500
+        (b'{"model": "m", "messages": [], "x": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}", "too_deep", "x.a.a"),
+        (b'{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', "invalid_value", "model"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": "a\\udc00"}]}',
+            "invalid_value",
+            "messages.0.content",
+        ),
+        (b'{"model": "m", "messages": [], "temperature": NaN}', "invalid_value", "temperature"),
+        (b'{"model": "m", "messages": [], "temperature": 1e309}', "invalid_value", "temperature"),
+        (b'{"model": "m", "messages": [], "top_p": -Infinity}', "invalid_value", "top_p"),
+        (b'{"model": "m", "messages": [], "seed": 1' + b"0" * 30 + b"}", "invalid_value", "seed"),
+    ],
+)
 def test_hostile_json_is_400_naming_the_field(app, body, code, param):
     status, _, data = app.request("POST", "/v1/chat/completions", body, AUTH)
     err = _err(data)
@@ -161,9 +181,15 @@ def test_the_host_header_must_name_this_server(app):
 
 
 def test_no_cors_unless_asked(app):
-    code, headers, _ = app.request("OPTIONS", "/v1/chat/completions", headers={
-        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+    code, headers, _ = app.request(
+        "OPTIONS",
+        "/v1/chat/completions",
+        headers={
+            "Origin": "http://evil.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert "access-control-allow-origin" not in headers
     _, headers, _ = app.request("GET", "/health", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in headers
@@ -172,12 +198,21 @@ def test_no_cors_unless_asked(app):
 def test_cors_origin_and_allowed_host_open_what_they_name():
     a = _App(api_key=KEY, cors_origin=["http://app.example"], allowed_host=["box.lan"])
     try:
-        code, headers, _ = a.request("OPTIONS", "/v1/chat/completions", headers={
-            "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"})
+        code, headers, _ = a.request(
+            "OPTIONS",
+            "/v1/chat/completions",
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
         assert code == 200 and headers["access-control-allow-origin"] == "http://app.example"
-        _, headers, _ = a.request("OPTIONS", "/v1/chat/completions", headers={
-            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        _, headers, _ = a.request(
+            "OPTIONS",
+            "/v1/chat/completions",
+            headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        )
         assert headers.get("access-control-allow-origin") != "http://evil.example"
         assert a.request("GET", "/health", headers={"Host": "box.lan:8000"})[0] == 200
         assert a.request("GET", "/v1/models", headers={"Host": "box.lan", "Authorization": f"Bearer {KEY}"})[0] == 200

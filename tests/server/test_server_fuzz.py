@@ -19,21 +19,80 @@ from hypothesis import strategies as st  # noqa: E402
 # OGA_NPU_FUZZ_EXAMPLES=N: more examples, new ones each run (a longer hunt by hand)
 EXAMPLES = int(os.environ.get("OGA_NPU_FUZZ_EXAMPLES", "60"))
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=20) | st.sampled_from(["\ud800", "a\udfff b", "<|im_end|>", "", " ", "user",
-                                                    "assistant", "json_schema", "function", "text"]))
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=12) | st.sampled_from(
-                               ["role", "content", "type", "text", "schema", "json_schema", "function",
-                                "name", "arguments", "parameters", "tool_calls"]), inner, max_size=4),
-                           max_leaves=20)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(
+        ["\ud800", "a\udfff b", "<|im_end|>", "", " ", "user", "assistant", "json_schema", "function", "text"]
+    )
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(
+        st.text(max_size=12)
+        | st.sampled_from(
+            [
+                "role",
+                "content",
+                "type",
+                "text",
+                "schema",
+                "json_schema",
+                "function",
+                "name",
+                "arguments",
+                "parameters",
+                "tool_calls",
+            ]
+        ),
+        inner,
+        max_size=4,
+    ),
+    max_leaves=20,
+)
 
-CHAT_KEYS = ["messages", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "n",
-             "presence_penalty", "frequency_penalty", "repetition_penalty", "response_format", "tools",
-             "tool_choice", "logprobs", "top_logprobs", "model", "ignore_eos", "cache_prompt", "user"]
-COMPLETION_KEYS = ["prompt", "temperature", "top_p", "top_k", "seed", "stop", "stream", "echo", "suffix",
-                   "logprobs", "model", "n", "cache_prompt"]
+CHAT_KEYS = [
+    "messages",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "top_logprobs",
+    "model",
+    "ignore_eos",
+    "cache_prompt",
+    "user",
+]
+COMPLETION_KEYS = [
+    "prompt",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "stream",
+    "echo",
+    "suffix",
+    "logprobs",
+    "model",
+    "n",
+    "cache_prompt",
+]
 
 
 def _mutated(base: dict, keys: list[str]):
@@ -55,8 +114,9 @@ def _send(server, path: str, body) -> tuple[int, dict | None]:
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(server.base + path, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        server.base + path, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, None
@@ -73,9 +133,13 @@ def _check(server, path, body):
         assert "/tmp" not in err["error"]["message"], err
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="OGA_NPU_FUZZ_EXAMPLES" not in os.environ,
-                database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize="OGA_NPU_FUZZ_EXAMPLES" not in os.environ,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def test_kv_reuse_is_off(server, tiny_model):
@@ -102,9 +166,10 @@ def test_fuzz_chat(server, tiny_model):
 
 
 def test_fuzz_messages(server, tiny_model):
-    msg = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "developer"])},
-                                optional={"content": json_values, "tool_calls": json_values, "name": json_values,
-                                          "tool_call_id": json_values})
+    msg = st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant", "tool", "developer"])},
+        optional={"content": json_values, "tool_calls": json_values, "name": json_values, "tool_call_id": json_values},
+    )
 
     @FUZZ
     @given(msgs=st.lists(msg, min_size=1, max_size=4))

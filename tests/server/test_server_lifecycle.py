@@ -11,7 +11,7 @@ import urllib.request
 
 import openai
 import pytest
-from serverutil import running, free_port
+from serverutil import free_port, running
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,24 @@ def _long_stream(server, model_id, max_tokens=460):
     vocabulary (top_k 0, top_p 1) costs onnxruntime-genai a sort of the 49k logits per token:
     about 12 ms a token here, so the stream is still running seconds later (greedy, the tiny
     model's 460 tokens take 0.2 s, less than the other requests of a test take to arrive)."""
-    req = urllib.request.Request(server.base + "/v1/chat/completions", method="POST",
-                                 headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"model": model_id, "stream": True, "max_tokens": max_tokens,
-                                                  "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 1,
-                                                  "ignore_eos": True, "messages": [
-                                                      {"role": "user", "content": "A long answer."}]}).encode())
+    req = urllib.request.Request(
+        server.base + "/v1/chat/completions",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+        data=json.dumps(
+            {
+                "model": model_id,
+                "stream": True,
+                "max_tokens": max_tokens,
+                "temperature": 1.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "seed": 1,
+                "ignore_eos": True,
+                "messages": [{"role": "user", "content": "A long answer."}],
+            }
+        ).encode(),
+    )
     return urllib.request.urlopen(req, timeout=60)
 
 
@@ -45,12 +57,14 @@ def test_past_the_queue_limit_the_answer_is_503_with_retry_after(server, tiny_mo
     model_id = tiny_model.name
     resp = _long_stream(server, model_id)
     ev = _events(resp)
-    next(ev)                                           # the first request is running
+    next(ev)  # the first request is running
     out: list[tuple[int, dict]] = []
 
     def ask():
-        code, headers, body = server.post("/v1/chat/completions", {
-            "model": model_id, "max_tokens": 4, "messages": [{"role": "user", "content": "queued"}]})
+        code, headers, body = server.post(
+            "/v1/chat/completions",
+            {"model": model_id, "max_tokens": 4, "messages": [{"role": "user", "content": "queued"}]},
+        )
         out.append((code, headers, body))
 
     threads = [threading.Thread(target=ask) for _ in range(2)]
@@ -58,7 +72,7 @@ def test_past_the_queue_limit_the_answer_is_503_with_retry_after(server, tiny_mo
         t.start()
     for t in threads:
         t.join(60)
-    rest = list(ev)                                    # the running stream is not disturbed
+    rest = list(ev)  # the running stream is not disturbed
     assert rest[-1] == "[DONE]" and json.loads(rest[-2])["choices"][0]["finish_reason"] == "length"
     codes = sorted(c for c, _, _ in out)
     assert codes == [200, 503], out
@@ -70,9 +84,17 @@ def test_past_the_queue_limit_the_answer_is_503_with_retry_after(server, tiny_mo
 
 def test_stream_interval_0_sends_a_chunk_per_token(server, tiny_model):
     client = openai.OpenAI(base_url=server.base + "/v1", api_key="x", max_retries=0, timeout=60)
-    chunks = list(client.chat.completions.create(
-        model=tiny_model.name, messages=[{"role": "user", "content": "One by one."}], max_tokens=40, temperature=0,
-        stream=True, extra_body={"ignore_eos": True}, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=tiny_model.name,
+            messages=[{"role": "user", "content": "One by one."}],
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True},
+        )
+    )
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert chunks[-1].usage.completion_tokens == 40
     # a token whose bytes end inside a UTF-8 character is held back until the character is whole

@@ -74,11 +74,19 @@ def browser(chromium):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--disable-extensions", "--window-size=1280,860", "--lang=en-US"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--window-size=1280,860",
+        "--lang=en-US",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)   # a given driver: no download
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)  # a given driver: no download
     driver.set_script_timeout(30)
     try:
         yield driver
@@ -88,14 +96,16 @@ def browser(chromium):
 
 # ---------------------------------------------------------------- helpers
 
+
 def wait(driver, cond, timeout: float = 60, what: str = "the page"):
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: cond())
     except Exception as e:
-        raise AssertionError(f"waited {timeout}s for {what}; page text:\n{driver.find_element('tag name', 'body').text[-2000:]}"
-                             ) from e
+        raise AssertionError(
+            f"waited {timeout}s for {what}; page text:\n{driver.find_element('tag name', 'body').text[-2000:]}"
+        ) from e
 
 
 def find(driver, css: str):
@@ -108,7 +118,7 @@ def find_all(driver, css: str):
 
 def open_page(driver, server, key: str | None = KEY):
     """The page with an empty localStorage (but for the API key), models listed."""
-    driver.get(server.base + "/web/icon.svg")   # this origin, without running the page
+    driver.get(server.base + "/web/icon.svg")  # this origin, without running the page
     driver.execute_script("localStorage.clear();")
     if key:
         driver.execute_script("localStorage.setItem('oga-npu.apiKey', JSON.stringify(arguments[0]));", key)
@@ -153,8 +163,14 @@ def answers(driver):
 
 def wait_answered(driver, n: int, timeout: float = 60):
     """Until the page shows n answers and none is still generating; returns the last one."""
-    wait(driver, lambda: len(answers(driver)) == n and not find_all(driver, ".msg.assistant .pending")
-         and not find(driver, "#stop").is_displayed(), timeout, f"answer {n}")
+    wait(
+        driver,
+        lambda: len(answers(driver)) == n
+        and not find_all(driver, ".msg.assistant .pending")
+        and not find(driver, "#stop").is_displayed(),
+        timeout,
+        f"answer {n}",
+    )
     return answers(driver)[-1]
 
 
@@ -188,6 +204,7 @@ def wait_log(server, pattern: str, since: int = 0, timeout: float = 10) -> str:
 
 # ---------------------------------------------------------------- without a browser
 
+
 def test_the_page_is_served_without_the_key_with_a_strict_policy(server):
     with urllib.request.urlopen(server.base + "/", timeout=10) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
@@ -195,12 +212,12 @@ def test_the_page_is_served_without_the_key_with_a_strict_policy(server):
         html = r.read().decode()
     assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert r.headers["X-Content-Type-Options"] == "nosniff"
-    for src in re.findall(r'(?:src|href)="(/[^"]*)"', html):   # every file the page loads: served, no key
+    for src in re.findall(r'(?:src|href)="(/[^"]*)"', html):  # every file the page loads: served, no key
         assert server.get(src)[0] == 200, src
-    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)   # nothing from another site
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # nothing from another site
     assert server.get("/web/nothing.js")[0] == 404
     assert server.get("/web/__init__.py")[0] == 404
-    assert server.get("/v1/models")[0] == 401        # the data still needs the key
+    assert server.get("/v1/models")[0] == 401  # the data still needs the key
 
 
 def test_page_scripts_build_nodes_never_html():
@@ -214,36 +231,53 @@ def test_page_scripts_build_nodes_never_html():
 def test_log_lines_say_when_a_model_is_ready_and_one_line_per_request(server, models):
     for m in models:
         wait_log(server, rf"INFO: +model {m.name} ready: cpu, oga decoder, context 512, loaded from .* in [0-9.]+ s$")
-    code, _, body = server.post("/v1/chat/completions", {"model": models[1].name, "max_tokens": 5, "messages": [
-        {"role": "user", "content": "log me"}]}, headers=AUTH)
+    code, _, body = server.post(
+        "/v1/chat/completions",
+        {"model": models[1].name, "max_tokens": 5, "messages": [{"role": "user", "content": "log me"}]},
+        headers=AUTH,
+    )
     assert code == 200
     p = body["usage"]["prompt_tokens"]
-    wait_log(server, rf"INFO: +POST /v1/chat/completions 200 [0-9.]+ s \| {models[1].name} \| prompt {p} tokens "
-                     r"\(\d+ cached\) \| completion 5 tokens \(length\) \| TTFT \d+ ms \| [0-9.]+ tok/s$")
-    assert server.post("/v1/chat/completions", {"model": models[0].name, "max_tokens": 600, "messages": [
-        {"role": "user", "content": "too long"}]}, headers=AUTH)[0] == 400
+    wait_log(
+        server,
+        rf"INFO: +POST /v1/chat/completions 200 [0-9.]+ s \| {models[1].name} \| prompt {p} tokens "
+        r"\(\d+ cached\) \| completion 5 tokens \(length\) \| TTFT \d+ ms \| [0-9.]+ tok/s$",
+    )
+    assert (
+        server.post(
+            "/v1/chat/completions",
+            {"model": models[0].name, "max_tokens": 600, "messages": [{"role": "user", "content": "too long"}]},
+            headers=AUTH,
+        )[0]
+        == 400
+    )
     wait_log(server, r"INFO: +POST /v1/chat/completions 400 [0-9.]+ s \| context_length_exceeded: the request needs")
     assert server.get("/v1/models")[0] == 401
     wait_log(server, r"INFO: +GET /v1/models 401 [0-9.]+ s \| invalid_api_key: ")
     server.get("/health")
     server.get("/")
-    assert not re.search(r"GET /health|GET / ", server_log(server))   # pollers and page files: DEBUG only
+    assert not re.search(r"GET /health|GET / ", server_log(server))  # pollers and page files: DEBUG only
 
 
 def test_the_log_line_says_how_a_generation_ended():
     """serverlog in process: a finish reason, a client gone, a shutdown, an error before any token."""
     import asyncio
 
-    from oga_npu.server import log as serverlog
     from oga_npu.generate import GenerationEvent
+    from oga_npu.server import log as serverlog
     from oga_npu.server.errors import ApiError
 
     ev = GenerationEvent("x", 5, 12, 7, "length", 0.0421, None, 88.04, cached_tokens=9)
-    cases = [(ev, None, "(length)"), (GenerationEvent("x", 5, 12, 7, None, 0.0421, None, 88.04), GeneratorExit(),
-                                       "(stopped: client gone)"),
-             (GenerationEvent("x", 5, 12, 7, None, 0.0421), asyncio.CancelledError(), "(stopped: client gone)"),
-             (GenerationEvent("x", 5, 12, 7, None, 0.0421), ApiError(503, "down", code="shutting_down"),
-              "(stopped: shutting_down)")]
+    cases = [
+        (ev, None, "(length)"),
+        (GenerationEvent("x", 5, 12, 7, None, 0.0421, None, 88.04), GeneratorExit(), "(stopped: client gone)"),
+        (GenerationEvent("x", 5, 12, 7, None, 0.0421), asyncio.CancelledError(), "(stopped: client gone)"),
+        (
+            GenerationEvent("x", 5, 12, 7, None, 0.0421),
+            ApiError(503, "down", code="shutting_down"),
+            "(stopped: shutting_down)",
+        ),
+    ]
     for last, exc, end in cases:
         rec = {"status": 200, "gen": None, "error": None}
         token = serverlog._current.set(rec)
@@ -257,16 +291,19 @@ def test_the_log_line_says_how_a_generation_ended():
     rec = {"status": 200, "gen": None, "error": None}
     token = serverlog._current.set(rec)
     try:
-        serverlog.generation_done("m", None, GeneratorExit())   # gone before the first token
+        serverlog.generation_done("m", None, GeneratorExit())  # gone before the first token
         serverlog.error("server_busy", "m is busy")
     finally:
         serverlog._current.reset(token)
-    assert serverlog.format_line("POST", "/v1/completions", 503, 0.004, rec["gen"], rec["error"]) == \
-        "POST /v1/completions 503 0.00 s | m | completion 0 tokens (stopped: client gone) | server_busy: m is busy"
-    serverlog.generation_done("m", ev, None)              # outside a request: nothing to do, no error
+    assert (
+        serverlog.format_line("POST", "/v1/completions", 503, 0.004, rec["gen"], rec["error"])
+        == "POST /v1/completions 503 0.00 s | m | completion 0 tokens (stopped: client gone) | server_busy: m is busy"
+    )
+    serverlog.generation_done("m", ev, None)  # outside a request: nothing to do, no error
 
 
 # ---------------------------------------------------------------- in the browser
+
 
 def test_the_page_asks_for_the_api_key_and_keeps_it(browser, server, models):
     open_page(browser, server, key=None)
@@ -274,8 +311,11 @@ def test_the_page_asks_for_the_api_key_and_keeps_it(browser, server, models):
     assert "needs an API key" in dialog.text
     find(browser, "#key-input").send_keys("wrong-key")
     find(browser, "#key-save").click()
-    wait(browser, lambda: "refused" in find(browser, "#key-message").text and find(browser, "#key-dialog").is_displayed(),
-         what="the refused-key message")
+    wait(
+        browser,
+        lambda: "refused" in find(browser, "#key-message").text and find(browser, "#key-dialog").is_displayed(),
+        what="the refused-key message",
+    )
     find(browser, "#key-input").send_keys(KEY)
     find(browser, "#key-save").click()
     wait(browser, lambda: find(browser, "#server-state").get_attribute("data-state") == "ready", what="models")
@@ -300,14 +340,14 @@ def test_an_answer_streams_in_with_its_stats_and_enter_sends(browser, server, mo
     box.send_keys("line one")
     box.send_keys(Keys.SHIFT, Keys.ENTER)
     box.send_keys("line two")
-    assert not answers(browser)                       # Shift+Enter: a new line, nothing sent
+    assert not answers(browser)  # Shift+Enter: a new line, nothing sent
     box.send_keys(Keys.ENTER)
     wait(browser, lambda: find(browser, "#stop").is_displayed(), what="the stop button")
     answer = wait_answered(browser, 1)
     assert find(browser, ".msg.user .bubble").text == "line one\nline two"
     seen = browser.execute_script("return window.__seen")
     partial = sorted({n for n in seen if n > 0})
-    assert len(partial) >= 2, seen                    # text appeared piece by piece before the end
+    assert len(partial) >= 2, seen  # text appeared piece by piece before the end
     assert answer.find_element("css selector", ".body").text.strip()
     stats = answer.find_element("css selector", ".stats").text
     assert "40 tokens" in stats and re.search(r"TTFT \d+ ms", stats) and re.search(r"[0-9.]+ tok/s", stats), stats
@@ -315,7 +355,7 @@ def test_an_answer_streams_in_with_its_stats_and_enter_sends(browser, server, mo
     assert "hit the token limit" in answer.text
     last = get_json(server, "/v1/stats")["last_request"]
     assert last["model"] == models[0].name and last["completion_tokens"] == 40 and last["finish_reason"] == "length"
-    assert f"{last['decode_tokens_per_s']:.1f} tok/s" in stats, (stats, last)   # the server's own timing
+    assert f"{last['decode_tokens_per_s']:.1f} tok/s" in stats, (stats, last)  # the server's own timing
     # the next turn starts with the first one: the server reuses its KV cache, the page says so
     send(browser, "and a third line")
     stats = wait_answered(browser, 2).find_element("css selector", ".stats").text
@@ -326,7 +366,7 @@ def test_an_answer_streams_in_with_its_stats_and_enter_sends(browser, server, mo
 def test_stop_ends_the_answer_and_the_server_stops_generating(browser, server, models):
     model = models[0].name
     open_page(browser, server)
-    settings(browser, **SLOW)                          # no max tokens: the rest of the context, ~470 tokens
+    settings(browser, **SLOW)  # no max tokens: the rest of the context, ~470 tokens
     before = metric(server, "oga_npu_cancelled_requests_total", model)
     mark = len(server_log(server))
     send(browser, "A long answer, please.")
@@ -340,7 +380,7 @@ def test_stop_ends_the_answer_and_the_server_stops_generating(browser, server, m
     assert metric(server, "oga_npu_cancelled_requests_total", model) == before + 1
     line = wait_log(server, rf"POST /v1/chat/completions 200 .* \| {model} \| .*stopped: client gone.*$", mark)
     n = int(re.search(r"completion (\d+) tokens", line).group(1))
-    assert 0 < n < 400, line                          # stopped early, not run to the end of the context
+    assert 0 < n < 400, line  # stopped early, not run to the end of the context
     assert get_json(server, "/v1/stats")["models"][model]["queue_depth"] == 0
     # the stopped answer stays, with Regenerate; the server takes the next request at once
     click(browser, ".msg.assistant .regenerate")
@@ -377,9 +417,12 @@ def test_regenerate_new_chat_and_conversations_kept_in_the_browser(browser, serv
     assert "You answer in five words." in find(browser, ".system-note").text
     lines = len(re.findall(r"POST /v1/chat/completions 200", server_log(server)))
     click(browser, ".msg.assistant .regenerate")
-    wait(browser, lambda: len(re.findall(r"POST /v1/chat/completions 200", server_log(server))) == lines + 1,
-         what="the regenerated request's log line")
-    wait_answered(browser, 1)                         # replaced, not added
+    wait(
+        browser,
+        lambda: len(re.findall(r"POST /v1/chat/completions 200", server_log(server))) == lines + 1,
+        what="the regenerated request's log line",
+    )
+    wait_answered(browser, 1)  # replaced, not added
     assert len(find_all(browser, ".msg.user")) == 1
     find(browser, "#new-chat").click()
     assert not answers(browser) and find(browser, ".empty")
@@ -390,7 +433,7 @@ def test_regenerate_new_chat_and_conversations_kept_in_the_browser(browser, serv
     stored = browser.execute_script("return JSON.parse(localStorage.getItem('oga-npu.chats'))")
     assert {c["title"] for c in stored} == {"first chat", "second chat"}
     assert next(c for c in stored if c["title"] == "first chat")["system"] == "You answer in five words."
-    browser.refresh()                                 # kept across a reload
+    browser.refresh()  # kept across a reload
     wait(browser, lambda: [e.text for e in find_all(browser, ".chat-open")] == titles, what="the chat list")
     assert find(browser, ".msg.user .bubble").text == "second chat"
     find_all(browser, ".chat-open")[1].click()
@@ -401,23 +444,35 @@ def test_regenerate_new_chat_and_conversations_kept_in_the_browser(browser, serv
 def test_errors_are_said_in_words(browser, server, models):
     model = models[0].name
     open_page(browser, server)
-    send(browser, "word " * 600)                      # more than the 512-token context
+    send(browser, "word " * 600)  # more than the 512-token context
     error = wait_answered(browser, 1).find_element("css selector", ".error").text
     assert "too long for the model" in error and "512 tokens" in error, error
     # busy: another client's request is generating, and --max-queue 0 lets none wait
     find(browser, "#new-chat").click()
-    req = urllib.request.Request(server.base + "/v1/chat/completions", method="POST",
-                                 headers={"Content-Type": "application/json", **AUTH},
-                                 data=json.dumps({"model": model, "stream": True, "max_tokens": 460, "temperature": 1.0,
-                                                  "top_k": 0, "top_p": 1.0, "ignore_eos": True, "messages": [
-                                                      {"role": "user", "content": "a long one"}]}).encode())
+    req = urllib.request.Request(
+        server.base + "/v1/chat/completions",
+        method="POST",
+        headers={"Content-Type": "application/json", **AUTH},
+        data=json.dumps(
+            {
+                "model": model,
+                "stream": True,
+                "max_tokens": 460,
+                "temperature": 1.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "ignore_eos": True,
+                "messages": [{"role": "user", "content": "a long one"}],
+            }
+        ).encode(),
+    )
     before = metric(server, "oga_npu_cancelled_requests_total", model)
     with urllib.request.urlopen(req, timeout=60) as other:
-        other.readline()                              # it is running
+        other.readline()  # it is running
         send(browser, "hello")
         error = wait_answered(browser, 1).find_element("css selector", ".error").text
     assert "busy" in error, error
-    deadline = time.monotonic() + 10                  # the other stream, closed, is stopped
+    deadline = time.monotonic() + 10  # the other stream, closed, is stopped
     while metric(server, "oga_npu_cancelled_requests_total", model) == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert metric(server, "oga_npu_cancelled_requests_total", model) == before + 1
@@ -433,10 +488,12 @@ def test_errors_are_said_in_words(browser, server, models):
     assert not answer.find_elements("css selector", ".error") and "4 tokens" in answer.text
 
 
-MALICIOUS = ('Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> '
-             '[click](javascript:window.__pwned=3) [ok](https://example.org/a_b)\n\n'
-             '```html\n<b onmouseover="window.__pwned=4">bold?</b>\n```\n\n'
-             '- **bold** and `<i>code</i>`\n- second\n\n| a | b |\n|---|---|\n| <u>1</u> | 2 |\n')
+MALICIOUS = (
+    'Look: <img src=x onerror="window.__pwned=1"> and <script>window.__pwned=2</script> '
+    "[click](javascript:window.__pwned=3) [ok](https://example.org/a_b)\n\n"
+    '```html\n<b onmouseover="window.__pwned=4">bold?</b>\n```\n\n'
+    "- **bold** and `<i>code</i>`\n- second\n\n| a | b |\n|---|---|\n| <u>1</u> | 2 |\n"
+)
 
 
 def test_html_in_an_answer_is_shown_as_text_never_run(browser, server, models):
@@ -444,15 +501,27 @@ def test_html_in_an_answer_is_shown_as_text_never_run(browser, server, models):
     stand-in for fetch that streams SSE chunks exactly as the server frames them; the page's
     own parsing and rendering handle it."""
     open_page(browser, server)
-    browser.get_log("browser")                        # (earlier tests' entries)
+    browser.get_log("browser")  # (earlier tests' entries)
     chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-    chunks += [{"choices": [{"index": 0, "delta": {"content": MALICIOUS[i:i + 17]}, "finish_reason": None}]}
-               for i in range(0, len(MALICIOUS), 17)]
-    chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-               {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 30, "total_tokens": 39,
-                                         "prompt_tokens_details": {"cached_tokens": 0}}}]
+    chunks += [
+        {"choices": [{"index": 0, "delta": {"content": MALICIOUS[i : i + 17]}, "finish_reason": None}]}
+        for i in range(0, len(MALICIOUS), 17)
+    ]
+    chunks += [
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 30,
+                "total_tokens": 39,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
+        },
+    ]
     sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    browser.execute_script("""
+    browser.execute_script(
+        """
         const real = window.fetch, body = arguments[0];
         window.fetch = (url, opts) => {
           if (!String(url).endsWith('/v1/chat/completions')) return real(url, opts);
@@ -462,7 +531,9 @@ def test_html_in_an_answer_is_shown_as_text_never_run(browser, server, models):
             for (let i = 0; i < bytes.length; i += 50) c.enqueue(bytes.slice(i, i + 50));   // split anywhere
             c.close(); }});
           return Promise.resolve(new Response(stream, {status: 200, headers: {'Content-Type': 'text/event-stream'}}));
-        };""", sse)
+        };""",
+        sse,
+    )
     send(browser, "show me some html")
     answer = wait_answered(browser, 1)
     body = answer.find_element("css selector", ".body")
@@ -474,20 +545,37 @@ def test_html_in_an_answer_is_shown_as_text_never_run(browser, server, models):
     assert find(browser, ".code-block code").text == '<b onmouseover="window.__pwned=4">bold?</b>'
     assert find(browser, ".code-block .code-lang").text == "html"
     links = {a.text: a.get_attribute("href") for a in body.find_elements("tag name", "a")}
-    assert links == {"ok": "https://example.org/a_b"}        # the javascript: link is text only
+    assert links == {"ok": "https://example.org/a_b"}  # the javascript: link is text only
     assert [e.text for e in body.find_elements("css selector", "li strong")] == ["bold"]
     assert [e.text for e in body.find_elements("css selector", "li code")] == ["<i>code</i>"]
     assert [e.text for e in body.find_elements("css selector", "td")] == ["<u>1</u>", "2"]
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-    assert not errors, errors                         # no script error, no blocked (CSP) resource
+    assert not errors, errors  # no script error, no blocked (CSP) resource
 
 
 def test_screenshot_script(browser, server, models, tmp_path):
     """scripts/web_screenshot.py (what made docs/web-chat.png) against this server."""
     out = tmp_path / "chat.png"
-    r = subprocess.run([sys.executable, str(REPO / "scripts" / "web_screenshot.py"), "--url", server.base,
-                        "--api-key", KEY, "--out", str(out), "--max-tokens", "24", "--system", "Be brief.",
-                        "Hello!"], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "web_screenshot.py"),
+            "--url",
+            server.base,
+            "--api-key",
+            KEY,
+            "--out",
+            str(out),
+            "--max-tokens",
+            "24",
+            "--system",
+            "Be brief.",
+            "Hello!",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

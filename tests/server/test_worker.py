@@ -56,7 +56,7 @@ def test_every_token_arrives_and_the_generation_is_recorded():
 
 def test_tokens_faster_than_the_interval_are_sent_together_first_at_once():
     sm = served(FakeDecoder(6))
-    st = state(sm, interval=60.0)     # no chunk is due but the first and the finishing one
+    st = state(sm, interval=60.0)  # no chunk is due but the first and the finishing one
 
     async def go():
         run = await worker.begin(st, sm, build)
@@ -77,15 +77,15 @@ def test_a_closed_stream_stops_the_worker_within_a_token_and_frees_the_queue():
     async def go():
         run = await worker.begin(st, sm, build)
         await run.events.__anext__()
-        await run.events.aclose()          # the client went away; the worker waits for a 4th permit
+        await run.events.aclose()  # the client went away; the worker waits for a 4th permit
         for _ in range(100):
             permits.release()
         assert await asyncio.to_thread(dec.closed.wait, 10)
         dec.permits, dec.n = None, 5
-        return await drain(st, sm)         # the next request runs at once
+        return await drain(st, sm)  # the next request runs at once
 
     events = asyncio.run(go())
-    assert dec.produced[0] <= 4, dec.produced   # the token in hand, then it stopped
+    assert dec.produced[0] <= 4, dec.produced  # the token in hand, then it stopped
     assert "".join(ev.text for ev in events) == "abcde" and sm.queue.depth == 0
     assert 'oga_npu_cancelled_requests_total{model="fake"} 1.0' in st.metrics.text().decode()
 
@@ -99,11 +99,11 @@ def test_past_max_queue_waiting_the_answer_is_busy_with_retry_after():
         first = asyncio.ensure_future(drain(st, sm))
         while sm.queue.running == 0:
             await asyncio.sleep(0.01)
-        second = asyncio.ensure_future(drain(st, sm))   # waits
+        second = asyncio.ensure_future(drain(st, sm))  # waits
         while sm.queue.waiting == 0:
             await asyncio.sleep(0.01)
         with pytest.raises(ApiError) as e:
-            await drain(st, sm)                       # one too many
+            await drain(st, sm)  # one too many
         gate.set()
         return e.value, await first, await second
 
