@@ -21,7 +21,7 @@ from oga_npu.errors import PreflightError, ProviderError
 
 RELEASES = ("1.6", "1.7", "1.7.1", "1.8")
 HYBRID_RECIPE = (
-    (Path(__file__).resolve().parent.parent / "recipes" / "cpu-fast.toml").read_text()
+    (Path(__file__).resolve().parent.parent / "oga_npu" / "recipes" / "cpu-fast.toml").read_text()
     + """
 [build.hybrid]
 precision = "int4"
