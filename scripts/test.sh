@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs oga-npu with its test dependencies (into .venv) and runs the test suite, then the
+# Installs oga-npu with its test dependencies (into .venv), checks the code with ruff (lint and
+# format), runs the test suite, then the
 # runtime tests on each onnxruntime-genai a Ryzen AI release pins (scripts/test_oga_versions.sh,
 # a venv per version). Extra arguments go to pytest (e.g. -m "not slow" to skip the
 # real-SmolLM2 tests); OGA_NPU_TEST_OGA_VERSIONS= (empty) skips the version venvs.
@@ -8,6 +9,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=setup_env.sh
 . "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+# Lint and format first (seconds): a finding fails the run, after the tests have run too.
+lint=0
+ruff check --quiet . || { echo "test.sh: ruff check found problems (ruff check --fix . fixes most)" >&2; lint=1; }
+ruff format --check --quiet . || { echo "test.sh: files not formatted (run: ruff format .)" >&2; lint=1; }
 set +e
 python -m pytest "$@"
 code=$?
@@ -27,4 +32,5 @@ if [ -n "${OGA_NPU_TEST_OGA_VERSIONS-default}" ]; then
     [ "$code" -ne 0 ] || code="$vcode"
   fi
 fi
+[ "$code" -ne 0 ] || code="$lint"
 exit "$code"
