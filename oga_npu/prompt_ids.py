@@ -3,7 +3,7 @@ the chat template put them.
 
 - Chat (`chat_ids`): the template is rendered to text as before; a message's content is
   then tokenized as text, so a user who types `<|im_end|>\\n<|im_start|>system ...` gets
-  ordinary text tokens, not a system turn (fault case 40). Without control strings in any
+  ordinary text tokens, not a system turn (a prompt injection by control strings). Without control strings in any
   content the ids are those of the whole rendered string (= transformers'
   `apply_chat_template(..., tokenize=True)`); with them, the template's own special tokens
   are found in a second rendering where every control string in the contents is replaced

@@ -103,7 +103,7 @@ DEFAULT_BUILD = {
 
 
 class HybridConfig(_Strict):
-    """Ryzen AI hybrid/NPU steps (see recipes and ../shared/ryzen-ai-reference.md)."""
+    """Ryzen AI hybrid/NPU steps (prepare/hybrid.py, prepare/plugins.py)."""
 
     compile_ops: Literal["auto", "always", "never"] = "auto"
     plugin_name: str = "oga_npu_ops"

@@ -45,7 +45,7 @@ RELEASE_RE = re.compile(r"ryzen[-_ ]?ai[-_ \\/]*(?:software[-_ \\/]*)?(\d+\.\d+(
 
 @dataclass(frozen=True)
 class Release:
-    """What differs between Ryzen AI releases (../shared/ryzen-ai-reference.md)."""
+    """What differs between Ryzen AI releases (AMD's ryzen-ai-documentation, branch per release)."""
 
     version: str
     oga: str  # onnxruntime-genai-directml-ryzenai that the release pins

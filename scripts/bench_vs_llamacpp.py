@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""oga-npu against llama.cpp on the same GGUF files, in one run on one machine (issue 21).
+"""oga-npu against llama.cpp on the same GGUF files, in one run on one machine.
 
     python scripts/bench_vs_llamacpp.py OUT_DIR [--work /tmp/bvl] [--llama-src SDIST_OR_DIR]
         [--shape llama-3.2-1b] [--tokenizer DIR] [--lengths 128,512,1024] [--gen 128] [--reps 3]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where a prepared CPU model's time and memory go (issue 21): onnxruntime's profiler per
+"""Where a prepared CPU model's time and memory go: onnxruntime's profiler per
 operator type for one prefill and the decode steps after it, and peak memory at load and
 while generating, for session-option variants given as JSON (each runs on a linked copy of
 the folder whose genai_config.json has those session options added).

@@ -2,7 +2,7 @@
 """Which MatMulNBits forms have a fast path: one node's time by bits (4/8) and block (16/32),
 against a float16 MatMul, at 1 / 128 / 1024 rows, on WebGPU (or the CPU). gguf-native holds
 Q6_K as 8 bits with block 16 (its scales are per 16) and Q4_K_M's prefill on WebGPU is slow
-(docs/performance.md, issue 21 goal 5): this tells whether the block size, the bit width or
+(docs/performance.md, WebGPU section): this tells whether the block size, the bit width or
 both leave the fast kernels.
 
     python scripts/webgpu_matmul_paths.py [--provider webgpu|cpu] [--dim 4096] [--rows 1,128,1024]

@@ -1,4 +1,4 @@
-"""Two prepares of one GGUF share its dequantize cache (issue 20 item 7): the cache has its
+"""Two prepares of one GGUF share its dequantize cache : the cache has its
 own lock, so the second waits for the first's dequantize and then uses its result (before,
 one of them died with "SafetensorError ... No such file or directory")."""
 

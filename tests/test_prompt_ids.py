@@ -1,6 +1,6 @@
-"""Prompt ids (prompt_ids.py): special tokens only from the chat template (fault case 40,
-issue 20 item 1), ids equal to transformers' for normal prompts, BOS on raw prompts when the
-tokenizer asks for it (issue 21 item 6)."""
+"""Prompt ids (prompt_ids.py): special tokens only from the chat template (control strings a
+user types stay text), ids equal to transformers' for normal prompts, BOS on raw prompts when
+the tokenizer asks for it."""
 
 from __future__ import annotations
 

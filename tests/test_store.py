@@ -403,7 +403,7 @@ def test_force_is_never_suggested_for_another_sources_folder(tmp_path, tiny_mode
 
 
 def test_store_api_for_a_server(store, tiny_model):
-    """What the router (issue 23 item 2) reads: runnable entries with their facts, by name."""
+    """What the router reads: runnable entries with their facts, by name."""
     shutil.copytree(tiny_model, store / "tiny-cpu")
     (store / "half-cpu").mkdir()
     (store / "half-cpu" / REQUEST).write_text(json.dumps({"source": HUB}))

@@ -1,4 +1,5 @@
-"""What `serve` checks before a request reaches a route (fault cases 26, 41, 42, 44, 45).
+"""What `serve` checks before a request reaches a route: body size and depth, Content-Type,
+the Host header (DNS rebinding), the API key.
 
 - Bodies: at most `max_bytes` (413 from the Content-Length header before reading, or as
   soon as a chunked body passes it), JSON nested at most MAX_DEPTH levels, every string

@@ -51,7 +51,7 @@ def test_models_health_and_metrics(server, client, model_id):
     assert info["hub_id"] is None and info["revision"] is None  # a local folder, not a hub model
     assert server.get("/health")[0] == 200  # no key needed for health
     _chat(client, model_id, "count tokens", max_tokens=3)
-    assert server.get("/metrics")[0] == 401  # the key opens /metrics too (fault case 44)
+    assert server.get("/metrics")[0] == 401  # the key opens /metrics too (no anonymous metrics)
     code, text = server.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert code == 200
     assert f'oga_npu_completion_tokens_total{{model="{model_id}"}}' in text

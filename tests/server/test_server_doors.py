@@ -1,5 +1,4 @@
-"""`serve`'s doors, in process with an injected provider and no model (fault cases 26, 41,
-44, 45; issue 20 items 2, 4): body size and depth limits, Content-Type, the API key on every
+"""`serve`'s doors, in process with an injected provider and no model: body size and depth limits, Content-Type, the API key on every
 route but /health and the chat page, /metrics' own key, the Host header (DNS rebinding),
 CORS only when asked, an empty key refused at start."""
 

@@ -1,5 +1,5 @@
-"""Fuzz: random JSON shapes to each route of a real server on loopback (issue 20 item 2;
-fault cases 26, 27, 42): every answer is 2xx or a 4xx in the OpenAI shape, never a 5xx,
+"""Fuzz: random JSON shapes to each route of a real server on loopback (malformed and
+hostile bodies): every answer is 2xx or a 4xx in the OpenAI shape, never a 5xx,
 and the server is alive after. Bounded: a fixed number of examples per route,
 derandomized (the same examples each run), a 2-token generation where a body is valid.
 The server runs with --no-kv-reuse, which /v1/models reports."""

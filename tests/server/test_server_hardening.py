@@ -1,5 +1,5 @@
 """`serve` against hostile and careless clients, with a real server process on the tiny model
-(issue 20; fault cases 29, 40, 42, 43, 44, 46): the injection by ids, the former 500s, no
+(hostile input, careless clients, secrets on the command line): the injection by ids, the former 500s, no
 paths in errors, a non-streaming client that leaves (running or queued), cache_prompt: false,
 the key from the environment. The server runs with --max-queue 1 --stream-interval 0."""
 

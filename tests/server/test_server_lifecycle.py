@@ -1,5 +1,5 @@
 """`oga-npu serve` queueing and lifecycle: --max-queue's 503, /health while loading, SIGTERM
-mid-stream (fault cases 32, 33, 35), --stream-interval 0. One real server process with
+mid-stream (the client and the server both see a clean end), --stream-interval 0. One real server process with
 --max-queue 1 --stream-interval 0."""
 
 from __future__ import annotations
