@@ -8,7 +8,7 @@ import errno
 import pytest
 from conftest import call
 
-from oga_npu import cli
+from oga_npu.cli._output import StageProgress
 
 
 @pytest.mark.parametrize(
@@ -130,9 +130,9 @@ def test_stage_progress_plain_lines_keep_coming(capsys, monkeypatch):
     at least every EVERY_S seconds, with the stage's latest progress and the estimate."""
     import time
 
-    monkeypatch.setattr(cli.StageProgress, "FIRST_S", 0.1)
-    monkeypatch.setattr(cli.StageProgress, "EVERY_S", 0.2)
-    p = cli.StageProgress(tty=False)
+    monkeypatch.setattr(StageProgress, "FIRST_S", 0.1)
+    monkeypatch.setattr(StageProgress, "EVERY_S", 0.2)
+    p = StageProgress(tty=False)
     p("start", "source", 1, 4, "dequantize x.gguf")
     p("skip", "source", 1, 4, "/cache/x (cached)")
     p("start", "quantize", 2, 4, "estimate about 3 min")

@@ -293,7 +293,9 @@ def test_rm_removes_a_store_model_and_nothing_else(capsys, tmp_path, store, tiny
 
 def test_rm_asks_on_a_terminal(store, tiny_model, monkeypatch):
     shutil.copytree(tiny_model, store / "tiny-cpu")
-    monkeypatch.setattr(cli, "_stdin_tty", lambda: True)
+    from oga_npu.cli import models as models_cmd  # rm looks stdin_tty up there
+
+    monkeypatch.setattr(models_cmd, "stdin_tty", lambda: True)
     r = CliRunner().invoke(cli.app, ["rm", "tiny-cpu"], input="n\n")
     assert r.exit_code == 1 and "Remove tiny-cpu (" in r.output and (store / "tiny-cpu" / MANIFEST).is_file()
     r = CliRunner().invoke(cli.app, ["rm", "tiny-cpu"], input="y\n")

@@ -1,0 +1,92 @@
+"""The model store: `oga-npu models` (the table), `rm` (a prepared folder removed), `trace`
+(what a prepare run did)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._cli_utils import AsJson, stdin_tty
+
+Root = Annotated[Optional[Path], typer.Argument(metavar="[DIR]", help="Folder to list (default: the model store).")]
+Where = Annotated[bool, typer.Option("--where", help="Print only the model store's folder.")]
+RmName = Annotated[
+    str, typer.Argument(metavar="NAME", help="A model's name in the store (or the path of a model folder).")
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+OutsideStore = Annotated[bool, typer.Option("--outside-store", help="Allow a model folder outside the store.")]
+TraceSpec = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME|DIR",
+        help="A model made by prepare (ideally with --trace): its name in the store or its folder.",
+    ),
+]
+
+
+def models(root: Root = None, as_json: AsJson = False, where: Where = False) -> None:
+    """List the model store: parameters, bits, context, size, target, recipe, state."""
+    from ..store import ModelStore, format_params
+
+    store = ModelStore(root)
+    if where:
+        print(store.root)
+        return
+    rows = store.entries()
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
+        return
+    print(f"store: {store.root} ({store.origin})" if root is None else f"models in {store.root}", file=sys.stderr)
+    if not rows:
+        print(f"no models in {store.root} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
+        return
+    w = max([len(r.name) for r in rows] + [len("NAME")])
+    q = max([len(r.quality_line()) for r in rows] + [len("PERPLEXITY (REFERENCES)")])
+    print(
+        f"{'NAME':<{w}}  {'PARAMS':>6}  {'BITS':<5} {'CONTEXT':>7}  {'SIZE':>9}  {'TARGET':<7} {'RECIPE':<12} "
+        f"{'PERPLEXITY (REFERENCES)':<{q}}  STATE"
+    )
+    for r in rows:
+        print(
+            f"{r.name:<{w}}  {format_params(r.params):>6}  {r.bits or '-':<5} {r.context or '-':>7}  "
+            f"{r.size_mb:>7.1f}MB  {r.target or '-':<7} {r.recipe or '-':<12} {r.quality_line():<{q}}  "
+            f"{r.state_line()}"
+        )
+
+
+def rm_cmd(model: RmName, yes: Yes = False, outside_store: OutsideStore = False) -> None:
+    """Remove a prepared model from the store (only folders made by `oga-npu prepare`)."""
+    from ..store import ModelStore, disk_usage
+
+    store = ModelStore()
+    entry = store.removal(model, outside=outside_store)
+    what = (
+        f"{entry.name} ({entry.path}, {entry.reason})"
+        if entry.state == "link"
+        else f"{entry.name} ({entry.path}, {disk_usage(entry.path) / 1e6:.1f} MB, {entry.state})"
+    )
+    if not yes and stdin_tty():
+        if not typer.confirm(f"Remove {what}?", default=False, err=True):
+            print("nothing was removed", file=sys.stderr)
+            raise typer.Exit(1)
+    freed = store.remove(entry)
+    print(f"removed {entry.path}" + (f" ({freed / 1e6:.1f} MB freed)" if entry.state != "link" else " (the link only)"))
+
+
+def trace(spec: TraceSpec, as_json: AsJson = False) -> None:
+    """Summarise a prepare run: commands, exit codes, durations, plugin zip, node counts."""
+    from dataclasses import asdict
+
+    from ..errors import ModelFolderError
+    from ..store import ModelStore
+    from ..trace import render, summarize
+
+    model = ModelStore().resolve(spec)
+    if not model.is_dir():
+        raise ModelFolderError(f"{model} is not a folder", "pass a model folder made by `oga-npu prepare`")
+    s = summarize(model)
+    print(json.dumps(asdict(s), indent=2) if as_json else render(s))
