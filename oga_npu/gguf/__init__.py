@@ -8,5 +8,6 @@
 - `write`: GGUF files written from tensors (requantization for tests and scripts).
 
 Path: prepare -> build stage -> native.import_weights -> validate -> expand.ensure;
-load -> expand.loadable -> the cached entry.
+load -> model.check (expand.wanted, expand.finished_entry: reads only) -> model.make_files
+(expand.make, when the entry is missing) -> model.open on the cached entry.
 """
