@@ -30,6 +30,7 @@ from .graph import Graph, float_matmul, hf_names_for_node, matmul_nbits, merge_g
 from .reader import GGUFFile, NameMap
 
 
+@dataclass
 class ImportReport:
     nodes: dict  # ONNX node -> "Q4_1", "Q4_K+Q4_K+Q6_K", "F32" ...
     embedding: str
