@@ -262,6 +262,44 @@ def stream_generate(
     opts = resolve_options(options, lm)
     opts.validate()
     t_start = time.perf_counter()
+    ids = _encode_prompt(lm, prompt, raw, chat_template)
+    run = _Run(lm, opts, len(ids), t_start)
+    check_fits(lm, len(ids), opts.max_tokens)
+
+    guard.phase("generating with", lm.path, lm.provider)
+    gen = None
+    if cache is not None:
+        try:
+            gen, run.cached = cache.acquire(ids, opts, lambda i, n: _oga_generator(og, lm, i, opts, n))
+        except OgaNpuError:
+            raise
+        except Exception as e:
+            raise translate(e, lm.path) from e
+    if gen is None:
+        gen = _direct_generator(lm, ids, opts) if lm.engine is not None else _oga_generator(og, lm, ids, opts)
+    try:
+        yield from run.decode(gen)
+        run.ok = True
+    except OgaNpuError:
+        raise
+    except Exception as e:
+        raise translate(e, lm.path) from e
+    finally:
+        if cache is not None:
+            cache.release(gen, run.ok)
+        del gen
+        guard.phase("after generating with", lm.path, lm.provider)
+    if run.finish == "stop_string":  # its event was the last one
+        return
+    rest, hit = run.stops.push(run.detok.flush())
+    tail = rest + ("" if hit else run.stops.flush())
+    yield run.event(tail, None, "stop_string" if hit else run.finish)
+
+
+def _encode_prompt(
+    lm: LoadedModel, prompt: str | Messages | list[int], raw: bool, chat_template: str | None
+) -> list[int]:
+    """The token ids of a prompt string (chat template applied unless raw), a message list or ids."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise GenerationError("the prompt is empty", "give a prompt with some text")
@@ -274,88 +312,71 @@ def stream_generate(
         ids = [int(t) for t in prompt]  # type: ignore[union-attr]
     if not ids:
         raise GenerationError("the prompt is empty", "give a prompt with some text")
-    t_tokenized = time.perf_counter()
-    n_prompt = len(ids)
-    check_fits(lm, n_prompt, opts.max_tokens)
+    return ids
 
-    guard.phase("generating with", lm.path, lm.provider)
-    gen, cached = None, 0
-    if cache is not None:
-        try:
-            gen, cached = cache.acquire(ids, opts, lambda i, n: _oga_generator(og, lm, i, opts, n))
-        except OgaNpuError:
-            raise
-        except Exception as e:
-            raise translate(e, lm.path) from e
-    if gen is None:
-        gen = _direct_generator(lm, ids, opts) if lm.engine is not None else _oga_generator(og, lm, ids, opts)
-    ok = False
 
-    eos = set(lm.eos_token_ids)
-    detok = _Detokenizer(lm.tokenizer)
-    stops = _StopFilter(opts.stop)
-    n_gen = 0
-    t_first = None
-    finish = None
-    tps = {}
+class _Run:
+    """One generation's decoding: its text (detokenized, stop strings held back), counts and
+    timings, and whether stopping now leaves the generator's sequence consistent (`ok`, for
+    the prompt cache)."""
 
-    def event(text: str, token: int | None, reason: str | None) -> GenerationEvent:
-        now = time.perf_counter()
-        ttft = (t_first - t_start) if t_first else None
+    def __init__(self, lm: LoadedModel, opts: GenerationOptions, n_prompt: int, t_start: float) -> None:
+        self.lm, self.opts, self.n_prompt = lm, opts, n_prompt
+        self.t_start, self.t_tokenized = t_start, time.perf_counter()
+        self.t_first: float | None = None
+        self.n_gen = 0
+        self.cached = 0
+        self.ok = False
+        self.finish: str | None = None
+        self.detok = _Detokenizer(lm.tokenizer)
+        self.stops = _StopFilter(opts.stop)
+
+    def decode(self, gen) -> Iterator[GenerationEvent]:
+        """An event per token until eos, max_tokens, the generator's end or a stop string
+        (`finish` says which)."""
+        eos = set(self.lm.eos_token_ids)
+        while True:
+            if gen.is_done():
+                self.finish = "length" if self.n_gen >= self.opts.max_tokens else "stop"
+                return
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+            self.n_gen += 1
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            if token in eos and not self.opts.ignore_eos:
+                self.finish = "stop"
+                return
+            delta, hit = self.stops.push(self.detok.add(token))
+            self.ok = True  # stopping between tokens (a closed stream) leaves a consistent sequence
+            if hit:
+                self.finish = "stop_string"
+                yield self.event(delta, token, "stop_string")
+                return
+            yield self.event(delta, token, None)
+            self.ok = False
+            if self.n_gen >= self.opts.max_tokens:
+                self.finish = "length"
+                return
+
+    def event(self, text: str, token: int | None, reason: str | None) -> GenerationEvent:
+        now, t_first, n_gen = time.perf_counter(), self.t_first, self.n_gen
+        ttft = (t_first - self.t_start) if t_first else None
         dec = (n_gen - 1) / (now - t_first) if t_first and n_gen > 1 and now > t_first else None
-        tps.update(ttft=ttft, decode_tps=dec)
         return GenerationEvent(
             text,
             token,
-            n_prompt,
+            self.n_prompt,
             n_gen,
             reason,
             ttft,
-            (n_prompt / ttft) if ttft else None,
+            (self.n_prompt / ttft) if ttft else None,
             dec,
-            lm.provider,
-            {"tokenize_s": t_tokenized - t_start},
-            lm.decoder,
-            cached,
+            self.lm.provider,
+            {"tokenize_s": self.t_tokenized - self.t_start},
+            self.lm.decoder,
+            self.cached,
         )
-
-    try:
-        while True:
-            if gen.is_done():
-                finish = "length" if n_gen >= opts.max_tokens else "stop"
-                break
-            gen.generate_next_token()
-            token = int(gen.get_next_tokens()[0])
-            n_gen += 1
-            if t_first is None:
-                t_first = time.perf_counter()
-            if token in eos and not opts.ignore_eos:
-                finish = "stop"
-                break
-            delta, hit = stops.push(detok.add(token))
-            if hit:
-                ok = True
-                yield event(delta, token, "stop_string")
-                return
-            ok = True  # stopping between tokens (a closed stream) leaves a consistent sequence
-            yield event(delta, token, None)
-            ok = False
-            if n_gen >= opts.max_tokens:
-                finish = "length"
-                break
-        ok = True
-    except OgaNpuError:
-        raise
-    except Exception as e:
-        raise translate(e, lm.path) from e
-    finally:
-        if cache is not None:
-            cache.release(gen, ok)
-        del gen
-        guard.phase("after generating with", lm.path, lm.provider)
-    rest, hit = stops.push(detok.flush())
-    tail = rest + ("" if hit else stops.flush())
-    yield event(tail, None, "stop_string" if hit else finish)
 
 
 def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions, max_length: int | None = None):

@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import guard
@@ -51,7 +51,8 @@ KNOWN_ERRORS: list[tuple[str, str, str]] = [
     (
         r"Unknown provider name '?(\w+)'?",
         "this onnxruntime-genai build does not know the model's execution provider",
-        "install the runtime the model was built for (Ryzen AI's OGA for RyzenAI models), or re-run prepare for --target cpu",
+        "install the runtime the model was built for (Ryzen AI's OGA for RyzenAI models), "
+        "or re-run prepare for --target cpu",
     ),
     (
         r"invalid unordered_map<K, T> key",
@@ -97,7 +98,7 @@ def is_lfs_pointer(path: Path) -> bool:
     try:
         if path.stat().st_size > 1024:
             return False
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             return f.read(len(LFS_MAGIC)) == LFS_MAGIC
     except OSError:
         return False
@@ -394,24 +395,59 @@ def missing_model_fix(path: Path) -> str:
     return f"{lead}`oga-npu models` lists the prepared models (in {models_dir()}); `oga-npu prepare SOURCE` makes one"
 
 
-def load(
-    path: str | Path,
-    provider: str | None = None,
-    fallback: str | None = None,
-    decoder: str | None = None,
-    files: Path | None = None,
-) -> LoadedModel:
-    """Check and open a model folder. provider=None keeps what genai_config.json says;
-    decoder=None follows OGA_NPU_DECODER (auto: direct for webgpu models that have
-    model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA)."""
+@dataclass
+class CheckedFolder:
+    """What `check` found: a model folder that can be opened, and how. Made without writing
+    anything (the GGUF expanded form it needs is made by `make_files` when missing)."""
+
+    path: Path
+    config: dict
+    manifest: dict | None
+    runtime: object  # capabilities.Runtime: the onnxruntime-genai that opens it
+    provider: str  # the provider that runs it (after an explicit --fallback cpu)
+    decoder: str  # the decoder asked for: "direct", "oga" or "auto"
+    direct: bool  # whether decoding bypasses OGA's Generator (model.engine.onnx)
+    files: Path  # the folder the runtime opens: `path`, or its finished expanded form
+    expand_key: str | None = None  # the cache key of a gguf-native folder's expanded form, when missing
+
+    @property
+    def configured_provider(self) -> str:
+        return configured_providers(self.config)[0]
+
+
+def check(
+    path: str | Path, provider: str | None = None, fallback: str | None = None, decoder: str | None = None
+) -> CheckedFolder:
+    """Everything `load` refuses before opening a folder, and the provider, decoder and files
+    it would open it with. Raises the errors `load` raises; never writes anything."""
+    from .capabilities import check_folder_runtime, require_runtime
+    from .gguf import expand
+
     path = Path(path)
     require_exists(path)
-    guard.phase("checking", path)
     state = require_ready(path)  # sizes, mtimes and small files' hashes against the manifest
-    from .capabilities import check_folder_runtime, require_runtime
-
-    require_runtime()
+    runtime = require_runtime()
     check_folder_runtime(state)  # built for a newer OGA than this one: say so, not "invalid dimensions"
+    config = _checked_config(path)
+    wanted = choose_provider(config, provider, fallback, state.manifest)
+    choice, direct = _decoder_choice(path, wanted, decoder)
+    key = expand.wanted(state.manifest)  # a gguf-native folder opens its expanded form, in the cache
+    entry = expand.finished_entry(key) if key else None
+    return CheckedFolder(
+        path,
+        config,
+        state.manifest,
+        runtime,
+        wanted,
+        choice,
+        direct,
+        files=entry or path,
+        expand_key=key if key and entry is None else None,
+    )
+
+
+def _checked_config(path: Path) -> dict:
+    """genai_config.json of a folder with every file it needs, and a KV cache onnxruntime runs."""
     rep = check_folder(path)
     if not rep.ok:
         raise ModelFolderError(
@@ -428,6 +464,12 @@ def load(
             f"its context ({context}): onnxruntime cannot run it",
             "re-run prepare for it with --force (this version builds such models without one)",
         )
+    return config
+
+
+def choose_provider(config: dict, provider: str | None, fallback: str | None, manifest: dict | None) -> str:
+    """The provider asked for (else the folder's), when available here; cpu only when
+    `fallback="cpu"` says so."""
     wanted = (provider or configured_providers(config)[0]).lower()
     if wanted not in PROVIDERS:
         raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")
@@ -435,38 +477,54 @@ def load(
     if ok and wanted == "ryzenai":  # on Linux: NPU-only models, once AMD's setup is done (oga_npu.ryzenai)
         from .ryzenai import runtime_problem
 
-        why = runtime_problem(config, state.manifest) or ""
+        why = runtime_problem(config, manifest) or ""
         ok = not why
-    if not ok:
-        if fallback != "cpu":
-            raise ProviderError(
-                f"provider {wanted} is not available: {why}",
-                "install it, or pass --fallback cpu to run on the CPU instead (slower)",
-            )
-        log.warning("provider %s is not available (%s); falling back to cpu as asked", wanted, why)
-        wanted = "cpu"
-    guard.phase("loading", path, wanted)
+    if ok:
+        return wanted
+    if fallback != "cpu":
+        raise ProviderError(
+            f"provider {wanted} is not available: {why}",
+            "install it, or pass --fallback cpu to run on the CPU instead (slower)",
+        )
+    log.warning("provider %s is not available (%s); falling back to cpu as asked", wanted, why)
+    return "cpu"
 
-    import onnxruntime_genai as og
 
-    from .gguf.expand import loadable
+def _decoder_choice(path: Path, provider: str, decoder: str | None) -> tuple[str, bool]:
+    """(the decoder asked for, whether the direct engine decodes)."""
     from .webgpu import engine as eng
 
-    # a gguf-native folder: its blocks expanded once, in the cache (prepare's validate passes the entry)
-    files = files or loadable(path, state.manifest)
     choice = decoder or eng.decoder_choice()
-    direct = eng.engine_available(path) and (choice == "direct" or (choice == "auto" and wanted == "webgpu"))
-    if choice == "direct" and not eng.engine_available(path):
+    available = eng.engine_available(path)
+    direct = available and (choice == "direct" or (choice == "auto" and provider == "webgpu"))
+    if choice == "direct" and not available:
         raise ProviderError(
             f"{path} has no {eng.ENGINE_FILE} for direct decoding",
             f"re-run prepare --target webgpu for it, or unset {eng.DECODER_ENV}",
         )
-    if direct and wanted not in ("webgpu", "cpu"):
-        direct = False
+    return choice, direct and provider in ("webgpu", "cpu")
 
+
+def make_files(state: CheckedFolder) -> CheckedFolder:
+    """`state` with the folder the runtime opens made: a gguf-native folder's expanded form,
+    written once into the cache when `check` found it missing (the compact folder, with a
+    warning, when it cannot be)."""
+    if state.expand_key is None:
+        return state
+    from .gguf import expand
+
+    return replace(state, files=expand.make(state.path, state.expand_key), expand_key=None)
+
+
+def open(state: CheckedFolder) -> LoadedModel:  # model.open, as io.open (the builtin is not used here)
+    """Open a checked folder with onnxruntime-genai on `state.provider` (and the direct
+    engine when `state.direct`)."""
+    import onnxruntime_genai as og
+
+    path, wanted = state.path, state.provider
     try:
-        ogc = og.Config(str(files))
-        if wanted != configured_providers(config)[0]:
+        ogc = og.Config(str(state.files))
+        if wanted != state.configured_provider:
             ogc.clear_providers()
             if wanted != "cpu":
                 ogc.append_provider(OGA_PROVIDER_NAME[wanted])
@@ -483,7 +541,7 @@ def load(
         except Exception as e:
             raise translate(e, path) from e
 
-    model = None if direct else open_oga()
+    model = None if state.direct else open_oga()
     try:
         tokenizer = og.Tokenizer(model if model is not None else ogc)
     except Exception as e:  # OGA raises RuntimeError with native messages
@@ -492,20 +550,42 @@ def load(
         path,
         model,
         tokenizer,
-        config,
+        state.config,
         wanted,
         state.manifest,
         _open_oga=open_oga,
-        files=files if files != path else None,
+        files=state.files if state.files != path else None,
     )
-    if direct:
+    if state.direct:
         try:
             lm.direct_engine(0)
         except (ModelLoadError, ProviderError) as e:
-            if choice == "direct":
+            if state.decoder == "direct":
                 raise
             log.warning("direct decoding is off for %s (%s); onnxruntime-genai decodes instead", path, e)
-    guard.phase("after loading", path, wanted)
+    return lm
+
+
+def load(
+    path: str | Path,
+    provider: str | None = None,
+    fallback: str | None = None,
+    decoder: str | None = None,
+    files: Path | None = None,
+) -> LoadedModel:
+    """Check and open a model folder. provider=None keeps what genai_config.json says;
+    decoder=None follows OGA_NPU_DECODER (auto: direct for webgpu models that have
+    model.engine.onnx), "oga" never opens the direct engine (eval scores with OGA).
+    `files` is the folder the runtime opens in `path`'s place (prepare's validate passes
+    the expanded form it made)."""
+    path = Path(path)
+    require_exists(path)
+    guard.phase("checking", path)
+    state = check(path, provider, fallback, decoder)
+    guard.phase("loading", path, state.provider)
+    state = replace(state, files=files, expand_key=None) if files else make_files(state)
+    lm = open(state)
+    guard.phase("after loading", path, state.provider)
     release_heap()
     return lm
 

@@ -113,6 +113,111 @@ def python_module_argv(module: str, *args: str, python: str | None = None) -> li
     return [python or sys.executable, "-m", module, *args]
 
 
+class _Output:
+    """A child's stdout and stderr, read by two threads: appended to the log, each frame
+    summarized for the reporter, stderr's last lines kept (`tail`) for the error message."""
+
+    def __init__(self, log, tail_lines: int, report) -> None:
+        self.log = log
+        self.report = report
+        self.tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, proc: subprocess.Popen) -> None:
+        self.threads = [
+            threading.Thread(target=self.pump, args=(proc.stdout, False), daemon=True),
+            threading.Thread(target=self.pump, args=(proc.stderr, True), daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+    def pump(self, stream, is_err: bool) -> None:
+        # Read what is there, not whole lines: tqdm redraws a line with \r and writes its
+        # newline only at the end, so its frames reach the reporter as they come.
+        frames = _Frames(self, is_err)
+        read = getattr(stream, "read1", stream.read)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads
+        for chunk in iter(lambda: read(65536), b""):
+            text = decoder.decode(chunk)
+            if self.log is not None:
+                with self.lock:
+                    self.log.write(text)
+                    self.log.flush()
+            frames.feed(text)
+        frames.frame_done()
+        frames.line_done()
+        stream.close()
+
+
+class _Frames:
+    """One stream's frames (text up to a carriage return or a newline) as they come: each one
+    summarized for the reporter; of stderr, the last non-blank frame of each line goes to the tail."""
+
+    def __init__(self, out: _Output, is_err: bool) -> None:
+        self.out, self.is_err = out, is_err
+        self.buf, self.last = "", ""  # the unterminated frame; the newest non-blank frame of this line
+
+    def feed(self, text: str) -> None:
+        for piece in re.split(r"([\r\n])", text):
+            if piece == "\r":
+                self.frame_done()
+            elif piece == "\n":
+                self.frame_done()
+                self.line_done()
+            else:
+                self.buf += piece
+
+    def frame_done(self) -> None:
+        if self.buf.strip():
+            self.last = self.buf
+            if self.out.report is not None:
+                summary = summarize_output(self.buf)
+                if summary:
+                    self.out.report(summary)
+        self.buf = ""
+
+    def line_done(self) -> None:
+        if self.is_err and self.last.strip():  # tqdm: only the last frame of a line in the tail
+            self.out.tail.append(self.last)
+        self.last = ""
+
+
+def _open_log(log_path: Path | None, argv: list[str], cwd: Path | None):
+    """The stage log, opened for appending, headed by the command line (None: no log)."""
+    if log_path is None:
+        return None
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - run_tool closes it on every exit
+    log.write(f"$ {' '.join(argv)}\n")
+    if cwd:
+        log.write(f"# cwd: {cwd}\n")
+    log.flush()
+    return log
+
+
+def _popen(argv: list[str], name: str, cwd: Path | None, env: dict[str, str] | None, log) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=str(cwd) if cwd else None,
+            env=env if env is not None else tool_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as e:
+        if log:
+            log.close()
+        raise ToolNotFound(
+            f"{name} could not be started: {e.strerror}: {argv[0]}", f"install {name} or put it on PATH"
+        ) from e
+
+
 def run_tool(
     argv: list[str],
     *,
@@ -129,107 +234,35 @@ def run_tool(
     Ctrl+C terminates the child and raises StageInterrupted.
     """
     name = name or Path(argv[0]).name
-    tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
-    log = None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 - closed on every exit below
-        log.write(f"$ {' '.join(argv)}\n")
-        if cwd:
-            log.write(f"# cwd: {cwd}\n")
-        log.flush()
-    lock = threading.Lock()
-
-    report = _reporter.get()
-
-    def pump(stream, is_err: bool) -> None:
-        # Read what is there, not whole lines: tqdm redraws a line with \r and writes its
-        # newline only at the end, so its frames reach the reporter as they come.
-        buf, last = "", ""  # the unterminated frame; the newest non-blank frame of this line
-
-        def frame_done() -> None:
-            nonlocal buf, last
-            if buf.strip():
-                last = buf
-                if report is not None:
-                    summary = summarize_output(buf)
-                    if summary:
-                        report(summary)
-            buf = ""
-
-        read = getattr(stream, "read1", stream.read)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character split across reads
-        for chunk in iter(lambda: read(65536), b""):
-            text = decoder.decode(chunk)
-            if log is not None:
-                with lock:
-                    log.write(text)
-                    log.flush()
-            for piece in re.split(r"([\r\n])", text):
-                if piece == "\r":
-                    frame_done()
-                elif piece == "\n":
-                    frame_done()
-                    if is_err and last.strip():  # tqdm: only the last frame of a line in the tail
-                        tail.append(last)
-                    last = ""
-                else:
-                    buf += piece
-        frame_done()
-        if is_err and last.strip():
-            tail.append(last)
-        stream.close()
-
+    log = _open_log(log_path, argv, cwd)
+    out = _Output(log, tail_lines, _reporter.get())
     start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=str(cwd) if cwd else None,
-            env=env if env is not None else tool_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except FileNotFoundError as e:
-        if log:
-            log.close()
-        raise ToolNotFound(
-            f"{name} could not be started: {e.strerror}: {argv[0]}", f"install {name} or put it on PATH"
-        ) from e
-    threads = [
-        threading.Thread(target=pump, args=(proc.stdout, False), daemon=True),
-        threading.Thread(target=pump, args=(proc.stderr, True), daemon=True),
-    ]
-    for t in threads:
-        t.start()
+    proc = _popen(argv, name, cwd, env, log)
+    out.start(proc)
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        for t in threads:
-            t.join(5)
+        out.join(5)
         if log:
             log.close()
-        raise ToolTimeout(
-            name, argv, -1, list(tail) + [f"timed out after {timeout:.0f} s"], log_path, version
-        ) from None
+        tail = list(out.tail) + [f"timed out after {timeout:.0f} s"]
+        raise ToolTimeout(name, argv, -1, tail, log_path, version) from None
     except KeyboardInterrupt:
         _stop(proc)
-        for t in threads:
-            t.join(5)
+        out.join(5)
         if log:
             log.write("# interrupted by Ctrl+C\n")
             log.close()
         raise StageInterrupted(f"{name} interrupted", "re-run the same command to resume") from None
-    for t in threads:
-        t.join()
+    out.join()
     seconds = time.monotonic() - start
     if log:
         log.write(f"# exit code {code} after {seconds:.1f} s\n")
         log.close()
     if code != 0:
-        raise ToolFailed(name, argv, code, list(tail), log_path, version)
-    return ToolResult(argv=argv, code=code, seconds=seconds, tail=list(tail), log_path=log_path)
+        raise ToolFailed(name, argv, code, list(out.tail), log_path, version)
+    return ToolResult(argv=argv, code=code, seconds=seconds, tail=list(out.tail), log_path=log_path)
 
 
 def _stop(proc: subprocess.Popen) -> None:

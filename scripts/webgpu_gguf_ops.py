@@ -49,7 +49,7 @@ def session(model, provider: str):
 def matmul_model(form, fdt, accuracy_level=4):
     from onnx import TensorProto, helper
 
-    from oga_npu.gguf import native as gn
+    from oga_npu.gguf import graph as gg
 
     et = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
     m = helper.make_model(
@@ -76,10 +76,10 @@ def matmul_model(form, fdt, accuracy_level=4):
         )
     )
     node = m.graph.node[0]
-    gr = gn._Graph(m)
+    gr = gg.Graph(m)
     extra: list = []
-    gn._matmul_nbits(gr, node, form, fdt, extra)
-    gn.place(m.graph, node.name, extra)
+    gg.matmul_nbits(gr, node, form, fdt, extra)
+    gg.place(m.graph, node.name, extra)
     return m
 
 
@@ -87,7 +87,8 @@ def gather_model(form, fdt):
     """The embedding subgraph gguf_native writes, on its own."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from oga_npu.gguf import native as gn
+    from oga_npu.gguf import embedding as ge
+    from oga_npu.gguf import graph as gg
 
     et = TensorProto.FLOAT16 if fdt == np.float16 else TensorProto.FLOAT
     g = helper.make_graph(
@@ -100,7 +101,7 @@ def gather_model(form, fdt):
     # a stand-in builder graph: a plain Gather on a float table, replaced by the pass
     m.graph.initializer.append(numpy_helper.from_array(np.zeros((form.rows, form.cols), fdt), "table"))
     m.graph.node.append(helper.make_node("Gather", ["table", "input_ids"], ["y"], name="/model/embed_tokens/Gather"))
-    gr = gn._Graph(m)
+    gr = gg.Graph(m)
     replace: dict = {}
 
     the_form = form
@@ -118,8 +119,8 @@ def gather_model(form, fdt):
         def row_order(self, name, rows):
             return None
 
-    gn._import_embedding(gr, _GF(), _Names(), None, None, replace)
-    gn._rebuild(m.graph, {}, replace)
+    ge.import_embedding(gr, _GF(), _Names(), None, None, replace)
+    gg.rebuild(m.graph, {}, replace)
     gr.drop_unused()
     return m
 
@@ -127,7 +128,7 @@ def gather_model(form, fdt):
 def main() -> int:
     import gguf
 
-    from oga_npu.gguf import native as gn
+    from oga_npu.gguf import blocks as gb
     from oga_npu.gguf import write as gw
 
     ap = argparse.ArgumentParser()
@@ -141,7 +142,7 @@ def main() -> int:
         w = rng.standard_normal((rows, cols)).astype(np.float32) * 0.05
         raw = gw.quantize(w, qt)
         ref_w = gguf.dequantize(raw, gguf.GGMLQuantizationType[qt]).reshape(rows, cols).astype(np.float64)
-        form = gn.block_form(raw, qt, rows, cols)
+        form = gb.block_form(raw, qt, rows, cols)
         for fdt in (np.float32, np.float16):
             x = rng.standard_normal((1, 7, cols)).astype(fdt)
             ref = x.astype(np.float64) @ ref_w.T

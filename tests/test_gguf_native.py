@@ -9,7 +9,8 @@ import pytest
 gguf = pytest.importorskip("gguf")
 ort = pytest.importorskip("onnxruntime")
 
-from oga_npu.gguf import native as gn  # noqa: E402
+from oga_npu.gguf import blocks as gb  # noqa: E402
+from oga_npu.gguf import graph as gg  # noqa: E402
 
 ROWS, COLS = 48, 512  # COLS: a multiple of the K-quants' super-block of 256
 
@@ -34,7 +35,7 @@ def _random_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
     return b.reshape(rows, -1)
 
 
-def _matmul_session(form: gn.BlockForm, accuracy_level: int, optimized=None, model_out=None):
+def _matmul_session(form: gb.BlockForm, accuracy_level: int, optimized=None, model_out=None):
     import onnx
     from onnx import TensorProto, helper
 
@@ -61,10 +62,10 @@ def _matmul_session(form: gn.BlockForm, accuracy_level: int, optimized=None, mod
     )
     m.graph.node.append(node)
     node = m.graph.node[0]  # protobuf copies on append
-    gr = gn._Graph(m)
+    gr = gg.Graph(m)
     extra: list = []
-    gn._matmul_nbits(gr, node, form, np.float32, extra)
-    gn.place(m.graph, node.name, extra)
+    gg.matmul_nbits(gr, node, form, np.float32, extra)
+    gg.place(m.graph, node.name, extra)
     onnx.checker.check_model(m)
     if model_out is not None:
         model_out.append(m)
@@ -92,7 +93,7 @@ def test_block_type_through_onnxruntime_equals_gguf_dequantized_product(qtype, t
     rng = np.random.default_rng(ALL_TYPES.index(qtype))
     raw = _random_blocks(qtype, ROWS, COLS, rng)
     ref_w = gguf.dequantize(raw, gguf.GGMLQuantizationType[qtype]).reshape(ROWS, COLS)
-    form = gn.block_form(raw, qtype, ROWS, COLS)
+    form = gb.block_form(raw, qtype, ROWS, COLS)
     assert (form.bits, form.block) == EXPECT[qtype]
     assert form.q.max() < (1 << form.bits)
     # the form's values are the file's values (float rounding of scale*zp + offset only)
@@ -122,16 +123,16 @@ def test_block_type_through_onnxruntime_equals_gguf_dequantized_product(qtype, t
 
 def test_packed_rows_of_different_types_share_one_form():
     rng = np.random.default_rng(7)
-    a = gn.block_form(_random_blocks("Q4_K", 16, 256, rng), "Q4_K", 16, 256)
-    b = gn.block_form(_random_blocks("Q6_K", 8, 256, rng), "Q6_K", 8, 256)
-    both = gn.concat_rows([a, b])
+    a = gb.block_form(_random_blocks("Q4_K", 16, 256, rng), "Q4_K", 16, 256)
+    b = gb.block_form(_random_blocks("Q6_K", 8, 256, rng), "Q6_K", 8, 256)
+    both = gb.concat_rows([a, b])
     assert (both.bits, both.block) == (8, 16)
     np.testing.assert_allclose(both.dequantize(), np.concatenate([a.dequantize(), b.dequantize()]), atol=1e-7)
 
 
 def test_unsupported_type_names_the_quark_recipe():
-    with pytest.raises(gn.GGUFImportError, match="Q2_K") as e:
-        gn.block_form(np.zeros((1, 84), np.uint8), "Q2_K", 1, 256)
+    with pytest.raises(gb.GGUFImportError, match="Q2_K") as e:
+        gb.block_form(np.zeros((1, 84), np.uint8), "Q2_K", 1, 256)
     assert "--recipe default" in e.value.fix
 
 

@@ -27,7 +27,8 @@ PROMPT = PROMPTS[0]
 @pytest.fixture(scope="module")
 def full_logits_model(tmp_path_factory, tiny_hf, session_home) -> Path:
     d = tmp_path_factory.mktemp("spec")
-    text = (REPO / "oga_npu" / "recipes" / "builder-int4.toml").read_text().replace("prune_lm_head = true", "prune_lm_head = false")
+    recipe_text = (REPO / "oga_npu" / "recipes" / "builder-int4.toml").read_text()
+    text = recipe_text.replace("prune_lm_head = true", "prune_lm_head = false")
     recipe = d / "builder-int4-full.toml"
     recipe.write_text(text)
     out = d / "tiny-full"

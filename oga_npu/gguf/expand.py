@@ -85,14 +85,32 @@ def remove_entries(content_hash: str) -> int:
     return freed
 
 
+def wanted(manifest: dict | None) -> str | None:
+    """The cache key of the expanded form a prepared folder is opened from (its content hash),
+    or None: not gguf-native, or expansion off."""
+    if not enabled() or not is_gguf_native(manifest) or not (manifest or {}).get("content_hash"):
+        return None
+    return manifest["content_hash"]
+
+
+def finished_entry(content_hash: str) -> Path | None:
+    """The finished cache entry under `content_hash`, or None (missing or damaged); reads only."""
+    dst = entry_dir(content_hash)
+    return dst if _finished(dst) else None
+
+
 def loadable(folder: Path, manifest: dict | None) -> Path:
     """The folder onnxruntime-genai should open for `folder`: its expanded form (made here when
     missing) for a gguf-native model, else `folder` itself. Never fails: when the cache cannot
     be written, one warning and the compact folder."""
-    if not enabled() or not is_gguf_native(manifest) or not (manifest or {}).get("content_hash"):
-        return folder
+    key = wanted(manifest)
+    return make(folder, key) if key else folder
+
+
+def make(folder: Path, content_hash: str) -> Path:
+    """`ensure`, or `folder` itself with one warning when the expanded form cannot be made."""
     try:
-        return ensure(folder, manifest["content_hash"])
+        return ensure(folder, content_hash)
     except OSError as e:  # a read-only home, a full disk
         log.warning(
             "could not write the expanded form of %s in %s (%s); loading the compact folder (slower, more memory)",
