@@ -74,7 +74,8 @@ def test_devices_json_here_reports_no_npu_and_cpu():
 
 
 def test_devices_lists_webgpu_adapters(monkeypatch):
-    from oga_npu import doctor, webgpu
+    from oga_npu import doctor
+    from oga_npu.webgpu import ep as webgpu
 
     monkeypatch.setattr(webgpu, "available", lambda: (True, ""))
     # as seen on the lent H200: onnxruntime gave an empty vendor string, the PCI ids name it

@@ -366,7 +366,8 @@ def test_doctor_does_not_say_dml_runs_on_linux(copy):
 
 def test_webgpu_runs_only_when_a_session_gets_an_adapter(monkeypatch, tmp_path):
     """An adapter listed in-process is not enough (the loader may fail on the first session)."""
-    from oga_npu import doctor, webgpu
+    from oga_npu import doctor
+    from oga_npu.webgpu import ep as webgpu
 
     monkeypatch.setattr(webgpu, "library_path", lambda: str(tmp_path / "libwebgpu_ep.so"))
     monkeypatch.setattr(webgpu, "vulkan_loader_present", lambda: True)

@@ -1,8 +1,10 @@
 """`oga-npu serve`'s log lines on stderr, like llama-server's: one when a model is ready (in
 models.py's loader), and one per request when it is over:
 
-    INFO:     POST /v1/chat/completions 200 0.42 s | tiny-cpu | prompt 25 tokens (20 cached) | completion 12 tokens (length) | TTFT 31 ms | 352.1 tok/s
-    INFO:     POST /v1/chat/completions 200 1.03 s | tiny-cpu | prompt 25 tokens (0 cached) | completion 57 tokens (stopped: client gone) | TTFT 30 ms | 60.2 tok/s
+    INFO:     POST /v1/chat/completions 200 0.42 s | tiny-cpu | prompt 25 tokens (20 cached) \
+        | completion 12 tokens (length) | TTFT 31 ms | 352.1 tok/s
+    INFO:     POST /v1/chat/completions 200 1.03 s | tiny-cpu | prompt 25 tokens (0 cached) \
+        | completion 57 tokens (stopped: client gone) | TTFT 30 ms | 60.2 tok/s
     INFO:     POST /v1/chat/completions 400 0.01 s | context_length_exceeded: the request needs ...
 
 `RequestLog` is a plain ASGI middleware: it sees the status a response starts with and

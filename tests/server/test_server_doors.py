@@ -1,6 +1,6 @@
-"""`serve`'s doors, in process with an injected provider and no model: body size and depth limits, Content-Type, the API key on every
-route but /health and the chat page, /metrics' own key, the Host header (DNS rebinding),
-CORS only when asked, an empty key refused at start."""
+"""`serve`'s doors, in process with an injected provider and no model: body size and depth
+limits, Content-Type, the API key on every route but /health and the chat page, /metrics' own
+key, the Host header (DNS rebinding), CORS only when asked, an empty key refused at start."""
 
 from __future__ import annotations
 
