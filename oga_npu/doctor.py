@@ -292,13 +292,30 @@ def _probe(model: Path, prov: str, rep: DoctorReport) -> None:
 
 
 def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
-    from .model import check_folder, configured_providers, missing_model_fix
-    from .workdir import folder_state, resume_command
+    from .model import check_folder, missing_model_fix
+    from .workdir import folder_state
 
     if not model.exists():
         rep.problems.append(Problem(f"{model} does not exist", missing_model_fix(model)))
         return
     st = folder_state(model, verify="full")
+    _check_manifest(model, st, rep)
+    folder = check_folder(model)
+    for p in folder.problems:
+        fix = (
+            "run `git lfs pull` in the model's repository"
+            if "git-lfs" in p
+            else ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
+        )
+        rep.problems.append(Problem(f"{model}: {p}", fix))
+    if folder.config:
+        _check_provider(model, folder, st, rep)
+
+
+def _check_manifest(model: Path, st, rep: DoctorReport) -> None:
+    """The folder against its manifest (state, sizes, hashes)."""
+    from .workdir import resume_command
+
     if st.state == "incomplete":
         rep.problems.append(
             Problem(
@@ -322,55 +339,55 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
             else f"{model}: manifest matches every file's size; {len(unhashed)} big files have no hash "
             "(prepared by an older oga-npu: re-run prepare with --force to hash them)"
         )
-    folder = check_folder(model)
-    for p in folder.problems:
-        fix = (
-            "run `git lfs pull` in the model's repository"
-            if "git-lfs" in p
-            else ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
-        )
-        rep.problems.append(Problem(f"{model}: {p}", fix))
-    from .capabilities import runtime_mismatch
 
-    if folder.config:
-        prov = configured_providers(folder.config)[0]
-        ok, why = runnable(prov)
-        if not ok:
+
+def _check_provider(model: Path, folder, st, rep: DoctorReport) -> None:
+    """The folder's provider here: runnable, probed, decoding path, runtime versions."""
+    from .capabilities import runtime_mismatch
+    from .model import configured_providers
+
+    prov = configured_providers(folder.config)[0]
+    ok, why = runnable(prov)
+    if not ok:
+        rep.problems.append(
+            Problem(
+                f"{model}: provider {prov} cannot run on this machine: {why}",
+                f"run it where {prov} is available, or re-run prepare with --target cpu",
+            )
+        )
+    elif st.state not in ("incomplete", "damaged") and not folder.problems and not runtime_mismatch(st):
+        _probe(model, prov, rep)  # (a folder for a newer runtime is reported below, not probed)
+    if prov == "webgpu":
+        from .webgpu.engine import ENGINE_FILE, engine_available
+
+        rep.checks.append(
+            f"{model}: decoding direct ({ENGINE_FILE}, greedy steps chained on the GPU)"
+            if engine_available(model)
+            else f"{model}: decoding through onnxruntime-genai's Generator (no {ENGINE_FILE}: "
+            "re-run prepare --target webgpu for direct decoding)"
+        )
+    _check_versions(model, st, prov, rep)
+
+
+def _check_versions(model: Path, st, prov: str, rep: DoctorReport) -> None:
+    """The installed runtime against what the folder needs (and a Ryzen AI release's pin)."""
+    from .capabilities import base_version, folder_min_oga, installed_runtime, runtime_mismatch
+
+    rt = installed_runtime()
+    now = rt.version
+    need = folder_min_oga(st.manifest)
+    bad = runtime_mismatch(st)
+    if bad:
+        rep.problems.append(Problem(*bad))
+    elif need and now:
+        rep.checks.append(f"{model}: needs onnxruntime-genai {need} or newer; {rt.describe()} is installed")
+    rai = ((st.manifest or {}).get("stages", {}).get("hybrid", {}).get("detail", {}) or {}).get("rai_version")
+    if prov == "ryzenai":
+        pin = RAI_OGA_PINS.get(rai or "", None)
+        if pin and now and base_version(now) != pin:
             rep.problems.append(
                 Problem(
-                    f"{model}: provider {prov} cannot run on this machine: {why}",
-                    f"run it where {prov} is available, or re-run prepare with --target cpu",
+                    f"{model} is a Ryzen AI {rai} model; that release pins onnxruntime-genai {pin}, {now} is installed",
+                    f"run it in Ryzen AI {rai}'s conda env (onnxruntime-genai {pin})",
                 )
             )
-        elif st.state not in ("incomplete", "damaged") and not folder.problems and not runtime_mismatch(st):
-            _probe(model, prov, rep)  # (a folder for a newer runtime is reported below, not probed)
-        if prov == "webgpu":
-            from .webgpu.engine import ENGINE_FILE, engine_available
-
-            rep.checks.append(
-                f"{model}: decoding direct ({ENGINE_FILE}, greedy steps chained on the GPU)"
-                if engine_available(model)
-                else f"{model}: decoding through onnxruntime-genai's Generator (no {ENGINE_FILE}: "
-                "re-run prepare --target webgpu for direct decoding)"
-            )
-        from .capabilities import base_version, folder_min_oga, installed_runtime
-
-        rt = installed_runtime()
-        now = rt.version
-        need = folder_min_oga(st.manifest)
-        bad = runtime_mismatch(st)
-        if bad:
-            rep.problems.append(Problem(*bad))
-        elif need and now:
-            rep.checks.append(f"{model}: needs onnxruntime-genai {need} or newer; {rt.describe()} is installed")
-        rai = ((st.manifest or {}).get("stages", {}).get("hybrid", {}).get("detail", {}) or {}).get("rai_version")
-        if prov == "ryzenai":
-            pin = RAI_OGA_PINS.get(rai or "", None)
-            if pin and now and base_version(now) != pin:
-                rep.problems.append(
-                    Problem(
-                        f"{model} is a Ryzen AI {rai} model; that release pins onnxruntime-genai "
-                        f"{pin}, {now} is installed",
-                        f"run it in Ryzen AI {rai}'s conda env (onnxruntime-genai {pin})",
-                    )
-                )

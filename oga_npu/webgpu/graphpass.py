@@ -104,7 +104,6 @@ def fuse_step_input(m) -> None:
 
 def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
     """Add output `next_token` int32 [1,1]: the first index of the max of the last logits."""
-    import numpy as np
     import onnx
     from onnx import helper, numpy_helper
 
@@ -114,14 +113,27 @@ def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 18:
         raise GraphPassError(f"opset {opset} < 18 (ReduceMax/ReduceMin take axes as an input from 18)")
-    rows = math.ceil(vocab_size / chunk)
-    padded = rows * chunk
     p = "/oga_npu/greedy"
 
     def init(name, arr):
         g.initializer.append(numpy_helper.from_array(arr, name))
         return name
 
+    cur, rows, padded, nodes = _last_logits_padded(p, init, vocab_size, chunk)
+    nodes += _first_argmax(p, init, cur, rows, chunk, padded, vocab_size)
+    g.node.extend(nodes)
+    g.output.append(helper.make_tensor_value_info(NEXT_TOKEN, onnx.TensorProto.INT32, [1, 1]))
+
+
+def _last_logits_padded(p: str, init, vocab_size: int, chunk: int):
+    """Nodes: the last position's logits as float32 [V] (batch 1), padded to a multiple of
+    `chunk` with the lowest float. Returns (output name, rows, padded length, nodes)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    rows = math.ceil(vocab_size / chunk)
+    padded = rows * chunk
     nodes = []
     # the last position's logits as float32 [V] (batch 1)
     nodes.append(
@@ -148,8 +160,18 @@ def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
             )
         )
         cur = f"{p}/padded"
+    return cur, rows, padded, nodes
+
+
+def _first_argmax(p: str, init, cur: str, rows: int, chunk: int, padded: int, vocab_size: int) -> list:
+    """Nodes: the first index of the maximum of `cur` ([padded] float32) as int32 [1,1], found
+    over a [rows, chunk] grid (two small reductions instead of one over the vocabulary)."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
     shape = init(f"{p}/grid_shape", np.array([rows, chunk], np.int64))
-    nodes += [
+    return [
         helper.make_node("Reshape", [cur, shape], [f"{p}/grid"], name=f"{p}/grid"),
         helper.make_node(
             "ReduceMax",
@@ -191,8 +213,6 @@ def add_greedy_token(m, vocab_size: int, chunk: int = 256) -> None:
         ),
         helper.make_node("Cast", [f"{p}/min"], [NEXT_TOKEN], to=onnx.TensorProto.INT32, name=f"{p}/to_int"),
     ]
-    g.node.extend(nodes)
-    g.output.append(helper.make_tensor_value_info(NEXT_TOKEN, onnx.TensorProto.INT32, [1, 1]))
 
 
 def chain_greedy(m) -> None:
