@@ -318,9 +318,9 @@ def prepare(req: PrepareRequest, progress: Progress = _noop) -> PrepareResult:
             s.check_release(probe)
     names = [s.NAME for s in stages]
     if "build" in names:  # options the target runtime cannot run are left out, and prepare says so
-        from .capabilities import builder_options_for
+        from .prepare import build
 
-        notes += builder_options_for(recipe.build_for(req.target).extra_options, oga_version)[1]
+        notes += build.options(probe).left_out
     if req.from_stage and req.from_stage not in names:
         raise RecipeError(f"unknown stage '{req.from_stage}' for --from", f"use one of: {', '.join(names)}")
 
@@ -521,7 +521,7 @@ def folder_requirement(ctx: StageContext) -> str:
     from .capabilities import RAI_OGA_PINS, min_oga_for, older
     from .prepare import build
 
-    need = min_oga_for(build.options_for(ctx)) if build.applies(ctx) else min_oga_for({})
+    need = min_oga_for(build.options(ctx).cfg.extra_options) if build.applies(ctx) else min_oga_for({})
     pin = RAI_OGA_PINS.get(ctx.rai_version) if ctx.target in ("hybrid", "npu") else None
     return pin if pin and older(need, pin) else need
 
