@@ -303,8 +303,8 @@ def prepare(
     from .errors import StageInterrupted
 
     try:  # typer turns a bare KeyboardInterrupt into a silent exit 130: say what happened
-        from .pipeline import PrepareRequest
-        from .pipeline import prepare as do_prepare
+        from .prepare import PrepareRequest
+        from .prepare import prepare as do_prepare
 
         req = PrepareRequest(
             source=source,
