@@ -10,7 +10,7 @@ from ._version import __version__
 from .errors import OgaNpuError
 from .generate import GenerationEvent, GenerationOptions, generate, stream_generate
 from .model import LoadedModel, check_folder, load
-from .pipeline import PrepareRequest, PrepareResult, prepare
+from .prepare import PrepareRequest, PrepareResult, prepare
 from .recipe import Recipe, load_recipe
 from .store import ModelEntry, ModelStore
 

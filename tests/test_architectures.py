@@ -304,7 +304,7 @@ REFUSED_CASES = [
 
 def test_every_refused_cell_is_refused_by_prepare_before_any_stage(tmp_path, test_recipes, monkeypatch):
     """prepare raises ArchitectureError for every refused cell, before any tool runs or any write."""
-    from oga_npu import pipeline
+    from oga_npu.prepare import PrepareRequest, prepare
 
     def no_tools(*a, **k):
         raise AssertionError("a tool ran for a refused combination")
@@ -323,9 +323,7 @@ def test_every_refused_cell_is_refused_by_prepare_before_any_stage(tmp_path, tes
             seen_archs.add(arch.name)
         out = tmp_path / "out" / f"{arch.name}-{recipe}-{target}"
         with pytest.raises(ArchitectureError) as e:
-            pipeline.prepare(
-                pipeline.PrepareRequest(str(src), target=target, recipe=str(test_recipes[recipe]), output=out)
-            )
+            prepare(PrepareRequest(str(src), target=target, recipe=str(test_recipes[recipe]), output=out))
         assert arch.support(recipe, target).how in e.value.message
         assert e.value.fix
         assert not out.exists()
@@ -383,12 +381,12 @@ def test_builder_failure_fix_does_not_promise_a_rerun_works():
 
 
 def _prepare_and_run(arch, recipe, tmp_path, tiny_models, test_recipes):
-    from oga_npu import pipeline
+    from oga_npu.prepare import PrepareRequest, prepare
 
     src = tiny_models(arch)
     before = _digest(src)
     out = tmp_path / f"{arch.name}-{recipe}"
-    res = pipeline.prepare(pipeline.PrepareRequest(str(src), recipe=str(test_recipes[recipe]), output=out))
+    res = prepare(PrepareRequest(str(src), recipe=str(test_recipes[recipe]), output=out))
     assert _digest(src) == before, "prepare changed the user's folder"
     validate = res.manifest["stages"]["validate"]["detail"]
     assert validate["generated_tokens"] > 0 and validate["provider"] == "cpu"
@@ -463,7 +461,7 @@ def test_gguf_of_a_builderless_architecture_is_refused_from_its_header(tmp_path)
     """The GGUF header's general.architecture is checked before the (slow) dequantization."""
     import gguf
 
-    from oga_npu import pipeline
+    from oga_npu.prepare import PrepareRequest, prepare
 
     path = tmp_path / "olmo2-tiny.gguf"
     w = gguf.GGUFWriter(str(path), "olmo2")
@@ -474,7 +472,7 @@ def test_gguf_of_a_builderless_architecture_is_refused_from_its_header(tmp_path)
     w.close()
     out = tmp_path / "models" / "olmo2"
     with pytest.raises(ArchitectureError) as e:
-        pipeline.prepare(pipeline.PrepareRequest(str(path), recipe="cpu-fast", output=out))
+        prepare(PrepareRequest(str(path), recipe="cpu-fast", output=out))
     assert "olmo2" in e.value.message.lower()
     import os
 

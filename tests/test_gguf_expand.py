@@ -16,7 +16,7 @@ def native(tmp_path_factory, session_home) -> Path:
     prepared with gguf-native and no expanded form yet."""
     from gguf_models import write_gguf
 
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
 
     tmp = tmp_path_factory.mktemp("expand")
     with pytest.MonkeyPatch.context() as mp:
@@ -183,7 +183,7 @@ def test_prepare_makes_the_expanded_form(native, home, capsys):
     """Also when the folder is already prepared (made before this cache existed): `prepare`
     leaves the model ready for a quick first load."""
     from oga_npu.model import load
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
 
     prepare(PrepareRequest(str(native.parent / "llama-Q4_K_M.gguf"), output=native))
     entry = _entry(home)
@@ -198,7 +198,7 @@ def test_a_fresh_prepare_validates_the_expanded_form(native, tmp_path, home, cap
     import json
 
     from oga_npu.model import load
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
 
     out = tmp_path / "fresh"
     prepare(PrepareRequest(str(native.parent / "llama-Q4_K_M.gguf"), output=out))

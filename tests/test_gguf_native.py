@@ -182,7 +182,7 @@ def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path):
 
     from gguf_models import write_gguf
 
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
     from oga_npu.prepare.source import gguf_cache_dir
 
     src = write_gguf(

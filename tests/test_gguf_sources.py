@@ -66,7 +66,7 @@ precision = "fp32"
 
 def _prepare(source: Path, out: Path, recipe: str, home: Path) -> Path:
     """The real pipeline, in process (session fixtures cannot use the per-test home)."""
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OGA_NPU_HOME", str(home))

@@ -218,15 +218,16 @@ def test_case2_offline_prepare_looks_up_no_name(tiny_model, netguard, tmp_path):
 
 
 def test_case5_versions_checked_in_dry_run_and_shown_by_doctor(monkeypatch, tiny_hf):
-    from oga_npu import doctor, pipeline
+    from oga_npu import doctor, versions
+    from oga_npu.prepare import PrepareRequest, prepare
 
     rep = doctor.doctor()
     for name in ("onnx", "numpy", "protobuf"):
         assert any(c.startswith(f"{name} {version(name)} (expected >=") for c in rep.checks), rep.checks
-    real = pipeline.installed_versions()
-    monkeypatch.setattr(pipeline, "installed_versions", lambda: {**real, "onnx": "1.10.0", "numpy": "1.21.0"})
+    real = versions.installed_versions()
+    monkeypatch.setattr(versions, "installed_versions", lambda: {**real, "onnx": "1.10.0", "numpy": "1.21.0"})
     with pytest.raises(VersionError) as e:
-        pipeline.prepare(pipeline.PrepareRequest(str(tiny_hf), recipe="cpu-fast", dry_run=True))
+        prepare(PrepareRequest(str(tiny_hf), recipe="cpu-fast", dry_run=True))
     assert "onnx: expected >=1.17,<2, found 1.10.0" in e.value.message
     assert "numpy: expected >=1.26,<3, found 1.21.0" in e.value.message
     rep = doctor.doctor()
@@ -237,7 +238,7 @@ def test_case5_versions_checked_in_dry_run_and_shown_by_doctor(monkeypatch, tiny
 
 
 def test_case7_gguf_cache_and_output_checked_up_front(tmp_path, monkeypatch):
-    from oga_npu import pipeline
+    from oga_npu.prepare import PrepareRequest, prepare
 
     gguf = smollm2_gguf()
     home = tmp_path / "home"
@@ -246,7 +247,7 @@ def test_case7_gguf_cache_and_output_checked_up_front(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=300_000_000))
     t0 = time.monotonic()
     with pytest.raises(DiskFullError) as e:
-        pipeline.prepare(pipeline.PrepareRequest(str(gguf), recipe="cpu-fast", output=tmp_path / "out"))
+        prepare(PrepareRequest(str(gguf), recipe="cpu-fast", output=tmp_path / "out"))
     assert "the GGUF cache" in e.value.message and "the output" in e.value.message
     assert "OGA_NPU_HOME" in e.value.fix
     assert not (home / "gguf").exists() and time.monotonic() - t0 < 30  # refused before dequantizing
@@ -254,8 +255,7 @@ def test_case7_gguf_cache_and_output_checked_up_front(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("how", ["oserror", "tool"])
 def test_case7_disk_full_mid_stage_is_one_line_and_keeps_the_stage(tiny_hf, tmp_path, monkeypatch, how):
-    from oga_npu import pipeline
-    from oga_npu.prepare import quantize
+    from oga_npu.prepare import PrepareRequest, prepare, quantize
 
     def full(ctx, in_dir, out_dir, log_path):
         (out_dir / "model-00001.safetensors").write_bytes(b"half")
@@ -276,7 +276,7 @@ def test_case7_disk_full_mid_stage_is_one_line_and_keeps_the_stage(tiny_hf, tmp_
     monkeypatch.setattr(quantize, "run_stage", full)
     out = tmp_path / "out"
     with pytest.raises(DiskFullError) as e:
-        pipeline.prepare(pipeline.PrepareRequest(str(tiny_hf), recipe="cpu-fast", output=out))
+        prepare(PrepareRequest(str(tiny_hf), recipe="cpu-fast", output=out))
     assert "\n" not in e.value.message and "during quantize" in e.value.message
     assert "Traceback" not in e.value.message and "re-run the same command" in e.value.fix
     assert (out / "stages" / "quantize.partial" / "model-00001.safetensors").is_file()
@@ -384,8 +384,7 @@ def test_webgpu_runs_only_when_a_session_gets_an_adapter(monkeypatch, tmp_path):
 
 def test_ctrl_c_in_the_source_step_is_interrupted_not_an_import_error(tiny_hf, tmp_path, monkeypatch):
     """transformers imports lazily: Ctrl+C there surfaced as its ImportError (or numpy's)."""
-    from oga_npu import pipeline
-    from oga_npu.prepare import source
+    from oga_npu.prepare import PrepareRequest, prepare, source
 
     def resolve(src):
         try:
@@ -397,5 +396,5 @@ def test_ctrl_c_in_the_source_step_is_interrupted_not_an_import_error(tiny_hf, t
 
     monkeypatch.setattr(source, "resolve", resolve)
     with pytest.raises(StageInterrupted, match="interrupted during source"):
-        pipeline.prepare(pipeline.PrepareRequest(str(tiny_hf), recipe="cpu-fast", output=tmp_path / "o"))
+        prepare(PrepareRequest(str(tiny_hf), recipe="cpu-fast", output=tmp_path / "o"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -71,8 +71,9 @@ def test_wheel_lists_recipes_and_plans_from_an_empty_directory(installed, tmp_pa
 def test_default_output_names_let_recipes_run_in_any_order(tmp_path, tiny_model, tiny_hf, monkeypatch):
     """quickstart.sh passes no --output: a default-recipe folder and a cpu-fast one get
     different names, so either order works (a ready folder is never overwritten)."""
-    from oga_npu.pipeline import PrepareRequest, default_output, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
     from oga_npu.prepare import source as source_mod
+    from oga_npu.prepare.request import default_output
 
     assert (
         "--output" not in (REPO / "scripts" / "quickstart.sh").read_text().split("oga-npu prepare", 1)[1].split("\n")[0]

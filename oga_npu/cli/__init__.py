@@ -6,7 +6,7 @@ A command goes argv -> main -> error boundary -> command module -> one library c
 - `_errors.py`: the error boundary: usage errors (exit 2, with a hint for the common slips),
   library errors as `Error: ...` and `Fix: ...` (exit 1; 130 for Ctrl+C), the rest "unexpected";
 - the commands, one module per group, each a thin layer over one library call:
-  `prepare.py` (pipeline.prepare), `generate.py` (run, chat), `serve.py` (server.serve),
+  `prepare.py` (prepare.prepare), `generate.py` (run, chat), `serve.py` (server.serve),
   `bench.py` (bench, bench compare, bench plot), `eval.py` (perplexity),
   `models.py` (models, rm, trace), `system.py` (devices, doctor, hello, env, recipes, architectures);
 - `_cli_utils.py`: the options shared by several commands (declared once), -m resolved to a

@@ -1,4 +1,4 @@
-"""`oga-npu prepare`: a PrepareRequest from the options, pipeline.prepare with stage progress,
+"""`oga-npu prepare`: a PrepareRequest from the options, prepare.prepare with stage progress,
 the model folder on stdout (the plan with --dry-run)."""
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ def prepare(
     from ..errors import StageInterrupted
 
     try:  # typer turns a bare KeyboardInterrupt into a silent exit 130: say what happened
-        from ..pipeline import PrepareRequest
-        from ..pipeline import prepare as do_prepare
+        from ..prepare import PrepareRequest
+        from ..prepare import prepare as do_prepare
 
         req = PrepareRequest(
             source=source,

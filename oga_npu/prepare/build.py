@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..architectures import config_fixes
@@ -27,24 +28,60 @@ BUILDER_EP = {"cpu": "cpu", "webgpu": "webgpu", "dml": "dml", "hybrid": "dml", "
 REQUIRED_FILES = ("genai_config.json",)
 
 
-def builder_argv(
-    in_dir: Path, out_dir: Path, target: str, cfg: BuildConfig, cache_dir: Path, fixes: list[str] = (), rai_env=None
-) -> list[str]:
+def builder_argv(in_dir: Path, out_dir: Path, target: str, opts: BuildOptions, cache_dir: Path, fixes=()) -> list[str]:
     """The builder's command line; with config fixes, the builder runs under this module's
     main(), which applies them to the config object it loads (see oga_npu.architectures).
-    With rai_env (oga_npu.ryzenai), the Ryzen AI release's own builder in its env."""
+    With opts.rai_env (oga_npu.ryzenai), the Ryzen AI release's own builder in its env."""
+    cfg = opts.builder_cfg
     args = ["-i", str(in_dir), "-o", str(out_dir), "-p", cfg.precision, "-e", BUILDER_EP[target], "-c", str(cache_dir)]
-    if rai_env is not None:
-        return rai_env.builder_argv(args, {**window_options(in_dir), **cfg.extra_options})[0]
+    if opts.rai_env is not None:
+        return opts.rai_env.builder_argv(args, opts.extra(in_dir))[0]
     if fixes:
         argv = python_module_argv(SHIM_MODULE, *[x for f in fixes for x in ("--fix", f)], "--", *args)
     else:
         argv = python_module_argv(BUILDER_MODULE, *args)
-    extra = {**window_options(in_dir), **cfg.extra_options}
+    extra = opts.extra(in_dir)
     if extra:
         argv.append("--extra_options")
         argv += [f"{k}={_opt(v)}" for k, v in sorted(extra.items())]
     return argv
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The build stage's effective options for one target, worked out in one place
+    (`options(ctx)`): the stage key, the plan's lines, the run, prepare's notes and the
+    folder's runtime requirement all read them."""
+
+    recipe_cfg: BuildConfig  # the recipe's build config for the target
+    cfg: BuildConfig  # the same with only the builder options the target runtime can run
+    left_out: tuple[str, ...]  # a note per builder option the target runtime cannot run
+    session: dict  # genai_config.json session_options += this ("auto" threads resolved)
+    rai_env: object | None = None  # oga_npu.ryzenai.RaiEnv whose own builder runs (-e dml)
+
+    @property
+    def builder_cfg(self) -> BuildConfig:
+        """What the builder is given: in a Ryzen AI env the recipe's own options (the env
+        chooses, and records, which of them its builder leaves out)."""
+        return self.recipe_cfg if self.rai_env is not None else self.cfg
+
+    def extra(self, in_dir: Path) -> dict:
+        """--extra_options: what the model's sliding window needs, then the recipe's."""
+        return {**window_options(in_dir), **self.builder_cfg.extra_options}
+
+    def fixes(self, in_dir: Path) -> list[str]:
+        """The config fixes (oga_npu.architectures) for the model in in_dir/config.json."""
+        return config_fixes(json.loads((Path(in_dir) / "config.json").read_text()))
+
+
+def options(ctx) -> BuildOptions:
+    from ..capabilities import builder_options_for
+
+    recipe_cfg = ctx.recipe.build_for(ctx.target)
+    kept, left_out = builder_options_for(recipe_cfg.extra_options, getattr(ctx, "oga_version", ""))
+    cfg = recipe_cfg if kept == recipe_cfg.extra_options else recipe_cfg.model_copy(update={"extra_options": kept})
+    rai_env = getattr(ctx, "rai_env", None) if BUILDER_EP[ctx.target] == "dml" else None
+    return BuildOptions(recipe_cfg, cfg, tuple(left_out), resolved_session_options(cfg), rai_env)
 
 
 def window_options(in_dir: Path) -> dict:
@@ -78,30 +115,53 @@ def resolved_session_options(cfg: BuildConfig) -> dict:
 
 
 def run(
-    in_dir: Path,
-    out_dir: Path,
-    target: str,
-    cfg: BuildConfig,
-    log_path: Path,
-    env: dict[str, str] | None = None,
-    gguf: Path | None = None,
-    rai_env=None,
+    in_dir: Path, out_dir: Path, target: str, opts: BuildOptions, log_path: Path, env=None, gguf: Path | None = None
 ) -> dict:
     cache = out_dir.parent / (out_dir.name + ".cache")
-    fixes = config_fixes(json.loads((in_dir / "config.json").read_text()))
+    fixes = opts.fixes(in_dir)
     env = env or tool_env()
+    rai_env = opts.rai_env
     if rai_env is not None:  # its Python and builder; our fixes are for the 0.18 builder (RaiEnv.build_detail)
         env = rai_env.child_env(env)
-    argv = builder_argv(in_dir, out_dir, target, cfg, cache, [] if rai_env else fixes, rai_env)
+    argv = builder_argv(in_dir, out_dir, target, opts, cache, [] if rai_env else fixes)
     try:
         result = run_tool(argv, name="onnxruntime-genai model builder", env=env, log_path=log_path)
     except ToolFailed as e:
         raise builder_failed(e) from e
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+    _check_written(out_dir, argv, log_path)
+    config_path = out_dir / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
+    passes, skipped, native = _graph_passes(model_file, config, opts.builder_cfg, gguf, in_dir, log_path)
+    _finish_config(config_path, config, opts.session, passes)
+    from ..capabilities import fix_tokenizer_config
+
+    tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
+    if tok_class:
+        passes.append("tokenizer_class")
+    detail = {
+        "argv": argv,
+        "seconds": round(result.seconds, 2),
+        "session_options": opts.session,
+        "config_fixes": fixes,
+        "graph_passes": passes,
+        "graph_passes_skipped": skipped,
+        "provider": providers_in_config(config),
+    }
+    if native is not None:
+        detail["gguf_native"] = native
+    if rai_env is not None:
+        detail.update(rai_env.build_detail(opts.extra(in_dir), fixes))
+    if tok_class:
+        detail["tokenizer_class"] = tok_class
+    return detail
+
+
+def _check_written(out_dir: Path, argv: list[str], log_path: Path) -> None:
     missing = [f for f in REQUIRED_FILES if not (out_dir / f).is_file()]
-    onnx_files = list(out_dir.glob("*.onnx"))
-    if missing or not onnx_files:
+    if missing or not list(out_dir.glob("*.onnx")):
         raise ToolFailed(
             "onnxruntime-genai model builder",
             argv,
@@ -109,22 +169,19 @@ def run(
             [f"builder exited 0 but wrote no {', '.join(missing) or '*.onnx'} in {out_dir}"],
             log_path,
         )
-    config_path = out_dir / "genai_config.json"
-    config = json.loads(config_path.read_text())
-    passes = []
-    native = None
+
+
+def _graph_passes(model_file: Path, config: dict, cfg: BuildConfig, gguf, in_dir: Path, log_path: Path):
+    """(passes run, passes skipped with why, the gguf_native summary or None) on the built model."""
+    passes, skipped, native = [], {}, None
     if gguf is not None:  # before the other passes: they read the graph this one rewrites
-        native = import_gguf(out_dir / config["model"]["decoder"].get("filename", "model.onnx"), gguf, in_dir, log_path)
+        native = import_gguf(model_file, gguf, in_dir, log_path)
         passes.append("gguf_native")
-    if cfg.float32_logits:
-        model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
-        if cast_logits_to_float32(model_file):
-            passes.append("float32_logits")
-    skipped = {}
+    if cfg.float32_logits and cast_logits_to_float32(model_file):
+        passes.append("float32_logits")
     if cfg.direct_decode:
         from ..webgpu.graphpass import GraphPassError, engine_graph
 
-        model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
         try:
             engine_graph(model_file, int(config["model"]["vocab_size"]))
             passes.append("direct_decode")
@@ -132,7 +189,11 @@ def run(
             skipped["direct_decode"] = str(e)
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(f"direct_decode skipped: {e}\n")
-    session = resolved_session_options(cfg)
+    return passes, skipped, native
+
+
+def _finish_config(config_path: Path, config: dict, session: dict, passes: list[str]) -> None:
+    """genai_config.json: the session options added, an unused sliding window removed."""
     sw = config["model"]["decoder"].get("sliding_window")
     if sw is not None and not sw.get("layers"):
         # The builder gave no layer a window (its graph attends to everything), yet this asks
@@ -143,27 +204,6 @@ def run(
         config["model"]["decoder"].setdefault("session_options", {}).update(session)
     if session or "no_unused_sliding_window" in passes:
         config_path.write_text(json.dumps(config, indent=4) + "\n")
-    from ..capabilities import fix_tokenizer_config
-
-    tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
-    if tok_class:
-        passes.append("tokenizer_class")
-    detail = {
-        "argv": argv,
-        "seconds": round(result.seconds, 2),
-        "session_options": session,
-        "config_fixes": fixes,
-        "graph_passes": passes,
-        "graph_passes_skipped": skipped,
-        "provider": providers_in_config(config),
-    }
-    if native is not None:
-        detail["gguf_native"] = native
-    if rai_env is not None:
-        detail.update(rai_env.build_detail({**window_options(in_dir), **cfg.extra_options}, fixes))
-    if tok_class:
-        detail["tokenizer_class"] = tok_class
-    return detail
 
 
 def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path) -> dict:
@@ -293,7 +333,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# ---------------------------------------------------------------- stage protocol (see oga_npu.pipeline)
+# ---------------------------------------------------------------- stage protocol (see oga_npu.prepare)
 
 NAME = "build"
 PRODUCES_MODEL = True
@@ -305,27 +345,13 @@ def applies(ctx) -> bool:
     return not (ctx.target == "npu" or (ctx.target == "hybrid" and ctx.recipe.hybrid.compile_ops == "never"))
 
 
-def config_for(ctx) -> BuildConfig:
-    """The recipe's build config with only the builder options the target runtime
-    (ctx.oga_version, see capabilities.target_oga_version) can run."""
-    cfg = ctx.recipe.build_for(ctx.target)
-    kept = options_for(ctx)
-    return cfg if kept == cfg.extra_options else cfg.model_copy(update={"extra_options": kept})
-
-
-def options_for(ctx) -> dict:
-    from ..capabilities import builder_options_for
-
-    return builder_options_for(ctx.recipe.build_for(ctx.target).extra_options, getattr(ctx, "oga_version", ""))[0]
-
-
 def key(ctx) -> dict:
-    cfg = config_for(ctx)
-    k = {"ep": BUILDER_EP[ctx.target], **cfg.model_dump(mode="json"), "session": resolved_session_options(cfg)}
+    opts = options(ctx)
+    k = {"ep": BUILDER_EP[ctx.target], **opts.cfg.model_dump(mode="json"), "session": opts.session}
     if ctx.recipe.quantize.engine == "gguf":
         k["gguf_native"] = 1
-    if getattr(ctx, "rai_env", None) is not None:
-        k["builder"] = ctx.rai_env.builder_id
+    if opts.rai_env is not None:
+        k["builder"] = opts.rai_env.builder_id
     return k
 
 
@@ -338,22 +364,17 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    rai_env = getattr(ctx, "rai_env", None)
-    cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
-    fixes = config_fixes(json.loads((in_dir / "config.json").read_text())) if (in_dir / "config.json").is_file() else []
-    lines = [
-        "$ "
-        + " ".join(
-            builder_argv(in_dir, out_dir, ctx.target, cfg, out_dir.parent / (out_dir.name + ".cache"), fixes, rai_env)
-        )
-    ]
-    if rai_env is not None:
-        lines += ["  " + ln for ln in rai_env.build_lines({**window_options(in_dir), **cfg.extra_options}, fixes)]
+    opts = options(ctx)
+    fixes = opts.fixes(in_dir) if (in_dir / "config.json").is_file() else []
+    cache = out_dir.parent / (out_dir.name + ".cache")
+    lines = ["$ " + " ".join(builder_argv(in_dir, out_dir, ctx.target, opts, cache, fixes))]
+    if opts.rai_env is not None:
+        lines += ["  " + ln for ln in opts.rai_env.build_lines(opts.extra(in_dir), fixes)]
     elif fixes:
         lines.append(f"  the builder reads the config with fixes (in memory, the folder is not changed): {fixes}")
-    session = resolved_session_options(cfg)
-    if session:
-        lines.append(f"  then genai_config.json session_options += {session}")
+    if opts.session:
+        lines.append(f"  then genai_config.json session_options += {opts.session}")
+    cfg = opts.builder_cfg
     if cfg.float32_logits:
         lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
     if ctx.recipe.quantize.engine == "gguf":
@@ -365,7 +386,4 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
-    rai_env = getattr(ctx, "rai_env", None) if BUILDER_EP[ctx.target] == "dml" else None
-    # in a Ryzen AI env the env's builder options are chosen (and the dropped ones recorded) by rai_env
-    cfg = ctx.recipe.build_for(ctx.target) if rai_env is not None else config_for(ctx)
-    return run(in_dir, out_dir, ctx.target, cfg, log_path, ctx.tool_env(), gguf, rai_env)
+    return run(in_dir, out_dir, ctx.target, options(ctx), log_path, ctx.tool_env(), gguf)

@@ -140,11 +140,21 @@ def peek_config(source: Source) -> dict | None:
     return json.loads(Path(found).read_text()) if isinstance(found, str) else None
 
 
+def local_key(source: Source) -> str | None:
+    """The key `resolve` gives a local source, known without resolving it (None: a hub id,
+    whose key names the revision the download finds)."""
+    p = Path(source.spec).expanduser().resolve()
+    if source.kind == "folder":
+        return "folder:" + folder_fingerprint(p)
+    if source.kind == "gguf":
+        return "gguf:" + gguf_cache_dir(p).name
+    return None
+
+
 def resolve(source: Source) -> ResolvedSource:
     start = time.monotonic()
     if source.kind == "folder":
-        p = Path(source.spec).expanduser().resolve()
-        return ResolvedSource(source, p, "folder:" + folder_fingerprint(p))
+        return ResolvedSource(source, Path(source.spec).expanduser().resolve(), local_key(source))
     if source.kind == "gguf":
         p = Path(source.spec).expanduser().resolve()
         out = gguf_cache_dir(p)
@@ -162,7 +172,7 @@ def resolve(source: Source) -> ResolvedSource:
                 cached = is_converted(out)
                 if not cached:
                     dequantize_gguf(p, out)
-        return ResolvedSource(source, out, "gguf:" + out.name, time.monotonic() - start, cached)
+        return ResolvedSource(source, out, local_key(source), time.monotonic() - start, cached)
     path = download(source.spec)
     return ResolvedSource(source, path, f"hub:{source.spec}@{path.name}", time.monotonic() - start)
 

@@ -63,7 +63,7 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# ---------------------------------------------------------------- stage protocol (see oga_npu.pipeline)
+# ---------------------------------------------------------------- stage protocol (see oga_npu.prepare)
 
 NAME = "validate"
 PRODUCES_MODEL = False
