@@ -219,3 +219,21 @@ def test_models_lists_state(tmp_path, tiny_model):
     rows = {ln.split()[0].split("/")[-1]: ln for ln in r.stdout.splitlines()[1:]}
     assert rows["ok-cpu"].endswith("ready") and "cpu-fast" in rows["ok-cpu"]
     assert rows["broken-cpu"].endswith("incomplete")
+
+
+def test_hub_source_records_its_revision(tmp_path, tiny_hf, monkeypatch):
+    """A hub id prepares from the snapshot huggingface_hub returns (its folder is named by the
+    commit) and the manifest records the repo and that revision (it used to stop at the
+    manifest, after every stage had run)."""
+    import shutil
+
+    import huggingface_hub
+
+    from oga_npu.prepare import PrepareRequest, prepare
+
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "0123456789abcdef"
+    shutil.copytree(tiny_hf, snap)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(snap))
+    res = prepare(PrepareRequest("org/tiny", recipe="cpu-fast", output=tmp_path / "out"))
+    assert res.manifest["hub_id"] == "org/tiny" and res.manifest["revision"] == "0123456789abcdef"
+    assert folder_state(tmp_path / "out").state == "ready"

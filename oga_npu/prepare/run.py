@@ -193,7 +193,7 @@ def _manifest(plan: Plan, ctx: StageContext, resolved, final_key: str, model_dir
         "source_key": resolved.key,
         # where the same weights come from for another runtime (vLLM, transformers)
         "hub_id": src.spec if hub else None,
-        "revision": resolved.path.name if hub else None,
+        "revision": resolved.hf_dir.name if hub else None,  # a snapshot folder is named by its commit
         "chat_template": read_chat_template(model_dir),
         "recipe": ctx.recipe.name,
         "recipe_config": ctx.recipe.model_dump(mode="json", by_alias=True),
