@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OgaNpuError
-from .model import LoadedModel, translate
+from .model import LoadedModel
+from .runtime_errors import translate
 
 DEFAULT_WINDOW = 512
 DEFAULT_WINDOWS = 8

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from . import guard
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, GuidanceError, OgaNpuError
-from .model import LoadedModel, translate
+from .model import LoadedModel
+from .runtime_errors import translate
 
 Messages = Sequence[dict]
 

@@ -187,7 +187,7 @@ def attach(lm, spec: Speculation | None) -> None:
         return
     import onnxruntime_genai as og
 
-    from .model import translate
+    from .runtime_errors import translate
     from .workdir import home
 
     comp = compose_draft(Path(lm.files_path), spec.draft_dir, home() / "speculative")

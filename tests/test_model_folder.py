@@ -7,7 +7,8 @@ import pytest
 from conftest import run_cli
 
 from oga_npu.errors import IncompleteModelError, ModelFolderError, ProviderError
-from oga_npu.model import check_folder, load, translate
+from oga_npu.model import check_folder, load
+from oga_npu.runtime_errors import translate
 from oga_npu.workdir import MANIFEST
 
 
