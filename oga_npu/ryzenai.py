@@ -506,3 +506,12 @@ def doctor_checks(model_config: dict | None = None) -> list[Check]:
             )
         )
     return checks
+
+
+def plugins_root(manifest: dict | None) -> Path | None:
+    """Where a compiled-op model's operator plugins are (the plugins stage's dd_plugins folder,
+    recorded in the manifest), for DD_PLUGINS_ROOT wherever the model runs; None when the
+    model was prepared without the op-compile flow or the folder is gone."""
+    detail = (((manifest or {}).get("stages") or {}).get("plugins") or {}).get("detail") or {}
+    root = detail.get("dd_plugins_root")
+    return Path(root) if isinstance(root, str) and Path(root).is_dir() else None
