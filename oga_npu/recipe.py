@@ -108,7 +108,10 @@ class HybridConfig(_Strict):
     compile_ops: Literal["auto", "always", "never"] = "auto"
     plugin_name: str = "oga_npu_ops"
     max_seq_length: int = Field(4096, ge=128)
+    # model_generate --npu --<variant> (Ryzen AI 1.7.1+); "default": --basic there (AMD's "safe
+    # default for new or untested models"), the plain `--npu ... --optimize decode` of 1.6/1.7
     npu_variant: Literal["default", "full_fusion", "token_fusion", "basic", "eager"] = "default"
+    mem_optimize: bool = False  # model_generate --mem_optimize (1.7.1+: "16 GB laptop configurations")
 
     @field_validator("plugin_name")
     @classmethod

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import PreflightError
+from .ryzenai_releases import RELEASES, Release, release, vtuple
 
 DEFAULT_RELEASE_HINT = "ryzen-ai-1.8.0"
 # AMD's onnxruntime-genai first: the distribution whose builder and runtime a release uses.
@@ -43,31 +44,6 @@ ENV_FIX = (
 RELEASE_RE = re.compile(r"ryzen[-_ ]?ai[-_ \\/]*(?:software[-_ \\/]*)?(\d+\.\d+(?:\.\d+)?)", re.I)
 
 
-@dataclass(frozen=True)
-class Release:
-    """What differs between Ryzen AI releases (AMD's ryzen-ai-documentation, branch per release)."""
-
-    version: str
-    oga: str  # onnxruntime-genai-directml-ryzenai that the release pins
-    io_flags: bool  # model_generate --input/--output (1.7.1+) instead of <out> <in>
-    npu_variants: tuple[str, ...] = ()  # model_generate --npu --<variant> (1.8)
-    benchmark_one_length: bool = False  # model_benchmark: one -l value, no --prompt_file with -l (1.8)
-    linux_npu: bool = False  # NPU-only models run on Linux (1.8)
-
-
-RELEASES = {
-    "1.6": Release("1.6", "0.9.2", io_flags=False),
-    "1.7": Release("1.7", "0.11.2", io_flags=False),
-    "1.7.1": Release("1.7.1", "0.11.2", io_flags=True),
-    "1.8": Release(
-        "1.8",
-        "0.14.0",
-        io_flags=True,
-        npu_variants=("full_fusion", "token_fusion", "basic", "eager"),
-        benchmark_one_length=True,
-        linux_npu=True,
-    ),
-}
 # onnxruntime-genai 0.18 renamed the builder's int4_* options; 0.14 and older know only the old names.
 OLD_BUILDER_NAMES = {
     "accuracy_level": "int4_accuracy_level",
@@ -80,32 +56,6 @@ OLD_BUILDER_NAMES = {
 RENAMED_IN = (0, 18)
 # Builder options and the first onnxruntime-genai that knows them.
 BUILDER_OPTION_SINCE = {"windowed_kv_cache": (0, 18), "enable_dml_graph": (0, 18), "prune_lm_head": (0, 14)}
-
-
-def vtuple(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
-
-
-def release(version: str) -> Release:
-    """The release's rules: "1.8.0" is 1.8, "1.7.2" follows 1.7.1; a release newer than the
-    ones listed gets the newest one's rules."""
-    t = vtuple(version)
-    if len(t) < 2:
-        raise PreflightError(f"'{version}' is not a Ryzen AI release", "pass --rai-version 1.6, 1.7, 1.7.1 or 1.8")
-    if t < (1, 6):
-        raise PreflightError(
-            f"Ryzen AI {version} is older than 1.6, the first release with the flow oga-npu runs",
-            "install Ryzen AI Software 1.6 or newer",
-        )
-    key = "1.7.1" if (1, 7, 1) <= t < (1, 8) else f"{t[0]}.{t[1]}"
-    if key in RELEASES:
-        return RELEASES[key]
-    newest = max(RELEASES.values(), key=lambda r: vtuple(r.version))
-    if t > vtuple(newest.version):
-        return Release(
-            key, newest.oga, newest.io_flags, newest.npu_variants, newest.benchmark_one_length, newest.linux_npu
-        )
-    raise PreflightError(f"unknown Ryzen AI release {version}", "pass --rai-version 1.6, 1.7, 1.7.1 or 1.8")
 
 
 def host_os() -> str:

@@ -2,7 +2,7 @@
 
 For each stage: the commands with exit code and duration (from logs/<stage>.log), the
 plugin zip's contents, and how the model's nodes split by op type and domain before
-(the build stage's graph) and after hybrid generation (model_jit.onnx), counted from the
+(the build stage's graph) and after hybrid generation (the graph genai_config.json names), counted from the
 graphs themselves.
 """
 
@@ -79,7 +79,7 @@ def summarize(model_dir: Path) -> TraceSummary:
                 s.plugin_entries = [f"{i.filename} ({i.file_size} B)" for i in zf.infolist()]
     for label, folder, name in (
         ("before (build)", stage_dir(model_dir, "build"), None),
-        ("after (hybrid)", stage_dir(model_dir, "hybrid"), "model_jit.onnx"),
+        ("after (hybrid)", stage_dir(model_dir, "hybrid"), None),
     ):
         if not folder.is_dir():
             continue

@@ -13,12 +13,18 @@ from rai_env import make_rai_env
 from oga_npu.workdir import MANIFEST, folder_state
 
 
-def fake_env(tmp_path, **extra) -> dict:
+def fake_env(tmp_path, release="1.6", **extra) -> dict:
     """The active conda env is a fake Ryzen AI env with no release in its name (--rai-version
-    or CONDA_DEFAULT_ENV tell it; else its onnxruntime-genai pin: 1.6); the host is taken for
-    Windows, where model_generate runs."""
+    or CONDA_DEFAULT_ENV tell oga-npu) and 1.6's packages (so the quantize and build stages of
+    the base folder stay valid); its fake tools keep the rules of `release` (FAKE_TOOL_VERSION).
+    The host is taken for Windows, where model_generate runs."""
     rai = make_rai_env(tmp_path, "1.6", name="rai-env")
-    env = {"CONDA_PREFIX": str(rai), "OGA_NPU_HOST_OS": "Windows", "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl")}
+    env = {
+        "FAKE_TOOL_VERSION": f"{release}.0",
+        "CONDA_PREFIX": str(rai),
+        "OGA_NPU_HOST_OS": "Windows",
+        "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl"),
+    }
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -87,6 +93,8 @@ def test_exact_argv_and_environment_16(hybrid_base):
         "--compile",
         "--ops_type",
         "bfp16",
+        "--context_length",
+        "4096",
     ]
     assert onnx_utils["env"]["DD_PLUGINS_TRACING"] == "1"
     (mg,) = calls(root, "model_generate")
@@ -97,15 +105,8 @@ def test_exact_argv_and_environment_16(hybrid_base):
     assert not (out / "model_generate_trace.json").exists()  # traces are kept in logs, not in the model
 
 
-@pytest.mark.parametrize(
-    "how,form",
-    [
-        (["--rai-version", "1.7.1"], "new"),
-        (["--rai-version", "1.8"], "new"),
-        (["--rai-version", "1.7"], "old"),
-    ],
-)
-def test_release_forms(tmp_path, hybrid_base, how, form):
+@pytest.mark.parametrize("release,form", [("1.7.1", "new"), ("1.8", "new"), ("1.7", "old")])
+def test_release_forms(tmp_path, hybrid_base, release, form):
     root, base = hybrid_base
     out = tmp_path / "m"
     shutil.copytree(base, out)
@@ -121,8 +122,9 @@ def test_release_forms(tmp_path, hybrid_base, how, form):
         "--skip-device-check",
         "--from",
         "hybrid",
-        *how,
-        env=fake_env(tmp_path),
+        "--rai-version",
+        release,
+        env=fake_env(tmp_path, release),
         cwd=root,
     )
     assert r.returncode == 0, r.stderr
@@ -157,7 +159,7 @@ def test_release_from_conda_env_name(tmp_path, hybrid_base):
         "--skip-device-check",
         "--from",
         "hybrid",
-        env=fake_env(tmp_path, CONDA_DEFAULT_ENV="ryzen-ai-1.7.1"),
+        env=fake_env(tmp_path, "1.7.1", CONDA_DEFAULT_ENV="ryzen-ai-1.7.1"),
         cwd=root,
     )
     assert r.returncode == 0, r.stderr
@@ -189,6 +191,7 @@ def test_failing_tool_one_line_then_resume(tmp_path, hybrid_base):
         *args,
         env=fake_env(
             tmp_path,
+            "1.8",
             FAKE_MODEL_GENERATE_EXIT=3,
             FAKE_MODEL_GENERATE_STDERR="loading model\\nERROR: partition failed: op X",
         ),
@@ -203,7 +206,7 @@ def test_failing_tool_one_line_then_resume(tmp_path, hybrid_base):
     r = run_cli("run", "-m", str(out), "hi")
     assert r.returncode == 1 and "incomplete" in r.stderr
     # the re-run resumes at the failed stage
-    r = run_cli(*args[:-4], "--rai-version", "1.8", env=fake_env(tmp_path), cwd=root)
+    r = run_cli(*args[:-4], "--rai-version", "1.8", env=fake_env(tmp_path, "1.8"), cwd=root)
     assert r.returncode == 0, r.stderr
     assert "[5/6] hybrid … done" in r.stderr and "[3/6] build … already done" in r.stderr
     assert folder_state(out).state == "ready"
@@ -229,7 +232,7 @@ def test_tool_exit_0_without_output_is_a_failure(tmp_path, hybrid_base):
         env=fake_env(tmp_path, FAKE_MODEL_GENERATE_BROKEN=1),
         cwd=root,
     )
-    assert r.returncode == 1 and "model_jit.onnx is missing" in r.stderr
+    assert r.returncode == 1 and "model_jit.onnx (model.decoder.filename in genai_config.json) is missing" in r.stderr
 
 
 def test_without_tools_fails_fast_and_writes_nothing(tmp_path, tiny_hf):
@@ -311,7 +314,11 @@ def test_npu_target_uses_model_generate_npu(tmp_path, tiny_hf):
     )
     assert r.returncode == 0, r.stderr
     (mg,) = calls(tmp_path, "model_generate")
-    assert mg["argv"] == ["--npu", str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")]
+    # the 1.6 form (oga_model_prepare.rst@1.6): model_generate --npu <out> <in> --optimize decode
+    part, quant = str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")
+    assert mg["argv"] == ["--npu", part, quant, "--optimize", "decode"]
+    cfg = json.loads((out / "genai_config.json").read_text())
+    assert (out / cfg["model"]["decoder"]["filename"]).is_file()  # the NPU graph is not model_jit.onnx
     assert calls(tmp_path, "onnx_utils") == []  # no plugin compile for NPU-only
 
 
@@ -320,7 +327,7 @@ def test_trace_summary(hybrid_base):
     r = run_cli("trace", str(out))
     assert r.returncode == 0, r.stderr
     assert "[plugins] exit 0" in r.stdout and "[hybrid] exit 0" in r.stdout
-    assert "oga_npu_ops/ops.json" in r.stdout
+    assert "oga_npu_ops/oga_npu_ops.json" in r.stdout
     assert "logs/hybrid/model_generate_trace.json" in r.stdout
     line = next(ln for ln in r.stdout.splitlines() if "com.amd:MatMulNBits" in ln)
     before, after = (int(x) for x in line.split()[-2:])

@@ -154,6 +154,8 @@ def test_hybrid_runs_each_stage_in_the_release_env(tmp_path, hybrid_base, tiny_h
         "--compile",
         "--ops_type",
         "bfp16",
+        "--context_length",
+        "4096",
     ]
     part, build = str(stages / "hybrid.partial"), str(stages / "build")
     if release in ("1.7.1", "1.8"):
@@ -243,7 +245,14 @@ def test_hybrid_without_operator_compilation_hands_model_generate_the_quantized_
 
 
 @pytest.mark.parametrize(
-    "release,variant,ok", [("1.8", "full_fusion", True), ("1.7.1", "full_fusion", False), ("1.6", "default", True)]
+    "release,variant,ok",
+    [
+        ("1.8", "full_fusion", True),
+        ("1.7.1", "full_fusion", True),  # the variants are documented from 1.7.1 (oga_model_prepare.rst@1.7.1)
+        ("1.7.1", "default", True),  # --basic: "safe default for new or untested models"
+        ("1.7", "full_fusion", False),
+        ("1.6", "default", True),
+    ],
 )
 def test_npu_variant_per_release(tmp_path, hybrid_base, release, variant, ok):
     recipe = tmp_path / "npu.toml"
@@ -252,15 +261,18 @@ def test_npu_variant_per_release(tmp_path, hybrid_base, release, variant, ok):
     out, r = from_base(hybrid_base, tmp_path, "npu", recipe, env, "hybrid")
     log = tmp_path / "fake.jsonl"
     if not ok:
-        assert r.returncode == 1 and f"not in Ryzen AI {release}" in r.stderr
+        assert r.returncode == 1 and f"not in Ryzen AI {release}" in r.stderr and "came with 1.7.1" in r.stderr
         assert not (out / "stages" / "hybrid.partial").exists() and calls(log, "model_generate") == []
         return
     assert r.returncode == 0, r.stderr
     (mg,) = calls(log, "model_generate")
     part, quant = str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")
-    expected = {"1.8": ["--npu", "--full_fusion", "--input", quant, "--output", part], "1.6": ["--npu", part, quant]}[
-        release
-    ]
+    flag = "--basic" if variant == "default" else f"--{variant}"
+    expected = {
+        "1.8": ["--npu", flag, "--input", quant, "--output", part],
+        "1.7.1": ["--npu", flag, "--input", quant, "--output", part],
+        "1.6": ["--npu", part, quant, "--optimize", "decode"],
+    }[release]
     assert mg["argv"] == expected and mg["exe"] == str(env / "bin" / "model_generate")
 
 
