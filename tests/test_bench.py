@@ -10,7 +10,8 @@ import time
 import pytest
 from conftest import FAKE_TOOLS, REPO, run_cli
 
-from oga_npu.bench import BenchRecord, parse_model_benchmark
+from oga_npu.bench import BenchRecord
+from oga_npu.model_benchmark import parse_model_benchmark
 
 
 def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
