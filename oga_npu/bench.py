@@ -102,6 +102,10 @@ class BenchRecord:
     decode_tps_std: float | None = None
     e2e_avg_s: float | None = None
     e2e_std_s: float | None = None
+    e2e_p50_s: float | None = None
+    sampling_avg_ms: float | None = None  # model_benchmark's `Token sampling` (the first token's)
+    sampling_p50_ms: float | None = None
+    sampling_std_ms: float | None = None
     tokenize_ms: float | None = None
     peak_rss_mb: float | None = None
     skipped: str | None = None
@@ -442,138 +446,3 @@ def plot(runs: dict[str, list[BenchRecord]], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-# ---------------------------------------------------------------- AMD's model_benchmark
-
-MB_LEN_RE = re.compile(r"Prompt Number of Tokens:\s*(\d+)")
-MB_GEN_RE = re.compile(r"tokens to generate:\s*(\d+)")
-MB_FIELD_RE = re.compile(r"^\s*(avg|p50|stddev) \((us|tokens/s|ms)\):\s*([\d.]+)")
-MB_N_RE = re.compile(r"^\s*n:\s*(\d+)")
-MB_PEAK_RE = re.compile(r"Peak working set size \(bytes\):\s*(\d+)")
-
-
-def model_benchmark_argvs(
-    tool: str, model: Path, cfg: BenchConfig, prompt_file: Path, rai_version: str
-) -> list[list[str]]:
-    """model_benchmark's command lines for the release: one call with the list of lengths
-    and the prompt file (1.6-1.7.1), or one call per length without it (1.8 makes
-    --prompt_file and -l mutually exclusive and takes one length)."""
-    from .ryzenai import release
-
-    tail = ["-g", str(cfg.gen_tokens), "-r", str(cfg.reps), "-w", str(cfg.warmups), "--verbose"]
-    if release(rai_version).benchmark_one_length:
-        return [[tool, "-i", str(model), "-l", str(n), *tail] for n in cfg.lengths]
-    return [[tool, "-i", str(model), "-f", str(prompt_file), "-l", ", ".join(str(n) for n in cfg.lengths), *tail]]
-
-
-def parse_model_benchmark(text: str, model: str, meta: dict | None = None) -> list[BenchRecord]:
-    """Parse model_benchmark's per-length blocks into BenchRecords."""
-    recs: list[BenchRecord] = []
-    cur: BenchRecord | None = None
-    section = None
-    for line in text.splitlines():
-        m = MB_LEN_RE.search(line)
-        if m:
-            cur = BenchRecord(
-                model,
-                (meta or {}).get("provider", "ryzenai"),
-                int(m.group(1)),
-                0,
-                source="model_benchmark",
-                meta=dict(meta or {}),
-            )
-            recs.append(cur)
-            section = None
-            continue
-        if cur is None:
-            continue
-        m = MB_GEN_RE.search(line)
-        if m:
-            cur.gen_tokens = int(m.group(1))
-        if line.startswith("Prompt processing"):
-            section = "prefill"
-        elif line.startswith("Token generation"):
-            section = "decode"
-        elif line.startswith("Token sampling"):
-            section = "sampling"
-        elif line.startswith("E2E generation"):
-            section = "e2e"
-            for key, _unit, val in re.findall(r"(avg|p50|stddev) \((ms)\):\s*([\d.]+)", line):
-                if key == "avg":
-                    cur.e2e_avg_s = float(val) / 1e3
-                elif key == "stddev":
-                    cur.e2e_std_s = float(val) / 1e3
-        m = MB_PEAK_RE.search(line)
-        if m:
-            cur.peak_rss_mb = int(m.group(1)) / 1e6
-        m = MB_FIELD_RE.match(line)
-        if m:
-            key, unit, val = m.group(1), m.group(2), float(m.group(3))
-            if section == "prefill":
-                if unit == "us":
-                    attr = {"avg": "ttft_avg_ms", "p50": "ttft_p50_ms", "stddev": "ttft_std_ms"}[key]
-                    setattr(cur, attr, val / 1e3)
-                elif key == "avg":
-                    cur.prefill_tps = val
-            elif section == "decode":
-                if unit == "tokens/s" and key == "avg":
-                    cur.decode_tps_avg = val
-                elif unit == "us" and val > 0:
-                    if key == "p50":
-                        cur.decode_tps_p50 = 1e6 / val
-                    elif key == "avg" and cur.decode_tps_avg is None:
-                        cur.decode_tps_avg = 1e6 / val
-                    elif key == "stddev":
-                        cur.meta["decode_std_us"] = val
-            elif section == "e2e" and unit == "ms":
-                if key == "avg":
-                    cur.e2e_avg_s = val / 1e3
-                elif key == "stddev":
-                    cur.e2e_std_s = val / 1e3
-        m = MB_N_RE.match(line)
-        if m and section == "prefill":
-            cur.reps = int(m.group(1))
-    for r in recs:
-        if r.decode_tps_avg and "decode_std_us" in r.meta and r.decode_tps_avg > 0:
-            per_token_us = 1e6 / r.decode_tps_avg
-            r.decode_tps_std = r.decode_tps_avg * r.meta.pop("decode_std_us") / per_token_us
-    return recs
-
-
-def run_model_benchmark(
-    model: Path,
-    cfg: BenchConfig,
-    text: str,
-    log_dir: Path,
-    rai_version: str | None = None,
-    meta: dict | None = None,
-    rai_env: Path | None = None,
-) -> list[BenchRecord]:
-    """AMD's model_benchmark, from the Ryzen AI env (oga_npu.ryzenai) when there is one, else
-    from PATH / RYZEN_AI_INSTALLATION_PATH / the conda env, in the form of the release."""
-    from .devices import INSTALL_HINT, detect_rai_version, find_rai_tool
-    from .errors import ToolNotFound
-    from .ryzenai import find_env, release
-    from .tools import run_tool, tool_env
-    from .workdir import require_ready
-
-    require_ready(model)  # a folder changed since prepare is refused here as in load()
-    env = find_env(rai_env, rai_version)
-    tool = env.tool("model_benchmark") if env is not None else find_rai_tool("model_benchmark")
-    if tool is None:
-        where = f"the Ryzen AI env {env.prefix}" if env is not None else "PATH, RYZEN_AI_INSTALLATION_PATH, conda env"
-        raise ToolNotFound(f"model_benchmark not found ({where})", INSTALL_HINT)
-    rai = env.release.version if env is not None else release(detect_rai_version(rai_version)[0]).version
-    log_dir.mkdir(parents=True, exist_ok=True)
-    prompt_file = log_dir / "amd_genai_prompt.txt"
-    prompt_file.write_text(text, encoding="utf-8")
-    log = log_dir / "model_benchmark.log"
-    if log.exists():
-        log.unlink()
-    child_env = env.child_env(tool_env()) if env is not None else tool_env()
-    for argv in model_benchmark_argvs(tool, model, cfg, prompt_file, rai):
-        run_tool(argv, name="model_benchmark", env=child_env, log_path=log)
-    return parse_model_benchmark(
-        log.read_text(encoding="utf-8", errors="replace"), str(model), {**(meta or {}), "rai_version": rai}
-    )

@@ -131,12 +131,17 @@ def find_npus() -> list[NPU]:
 
 
 def tool_search_path() -> str:
-    """PATH plus the Ryzen AI install's and the conda env's tool folders."""
+    """PATH plus the Ryzen AI install's and the conda env's tool folders. AMD puts
+    model_benchmark in `LLM\\example` (Windows, under RYZEN_AI_INSTALLATION_PATH) or
+    `LLM/examples` (Linux, under the venv) (ryzen-ai-documentation hybrid_oga.rst, llm_linux.rst)."""
     dirs = [os.environ.get("PATH", "")]
     rai = os.environ.get("RYZEN_AI_INSTALLATION_PATH")
     if rai:
-        for sub in ("bin", "Scripts", "", "deployment", "utils"):
+        for sub in ("bin", "Scripts", "", "deployment", "utils", "LLM/example", "LLM/examples"):
             dirs.append(str(Path(rai) / sub))
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        dirs.append(str(Path(venv) / "LLM" / "examples"))
     conda = os.environ.get("CONDA_PREFIX")
     if conda:
         for sub in ("Scripts", "bin", "Library/bin"):
@@ -201,49 +206,91 @@ def machine_report() -> MachineReport:
 # ---------------------------------------------------------------- xrt-smi (NPU firmware, driver, power mode)
 
 PMODES = ("default", "powersaver", "balanced", "performance", "turbo")
-POWER_RE = re.compile(r"power\s*mode\s*:\s*(\w+)", re.I)
-FW_RE = re.compile(r"(?:NPU\s+)?firmware\s+version\s*:\s*([\w.\-]+)", re.I)
+# `examine --report platform`: "  Power Mode             : Default" (xrt_smi.rst 1.8), lower case
+# with a trailing space in XRT's ReportRyzenPlatform.cpp
+POWER_RE = re.compile(r"^\s*power\s*mode\s*:\s*(\w+)", re.I | re.M)
+# plain `examine`: "  NPU Firmware Version : 1.0.7.97", "  NPU Driver Version   : 32.0.203.257" (Windows),
+# "  amdxdna              : 2.20.0_20250617, e7233301..." (Linux), "  Version              : 2.19.0"
+FW_RE = re.compile(r"^\s*NPU\s+firmware\s+version\s*:\s*([\w.\-/]+)", re.I | re.M)
+DRIVER_RE = re.compile(r"^\s*(?:NPU\s+Driver\s+Version|amdxdna)\s*:\s*([^,\s]+)", re.I | re.M)
 XRT_VER_RE = re.compile(r"^\s*version\s*:\s*([\w.\-]+)", re.I | re.M)
 
 
-def xrt_examine() -> dict | None:
-    """Firmware, driver and power mode from `xrt-smi examine` (JSON form when it works)."""
+def _known(v) -> str | None:
+    return None if v in (None, "", "N/A") else str(v)
+
+
+def parse_xrt_json(data: dict) -> dict:
+    """xrt-smi's host JSON (`examine -f JSON -o FILE`): system.host.xrt.{version, drivers[]},
+    system.host.devices[] (XRT ReportHost.cpp; xrt_smi.rst 1.8 sample). It has no power mode."""
+    host = (data.get("system") or {}).get("host") or {}
+    xrt = host.get("xrt") or {}
+    drivers = [d for d in xrt.get("drivers") or [] if isinstance(d, dict) and _known(d.get("version"))]
+    devices = [
+        {
+            "name": d.get("name"),
+            "bdf": d.get("bdf"),
+            "device_class": d.get("device_class"),
+            "firmware": _known(d.get("firmware_version")),
+        }
+        for d in host.get("devices") or []
+        if isinstance(d, dict)
+    ]
+    info = {
+        "xrt_version": _known(xrt.get("version")),
+        "driver": drivers[0].get("name") if drivers else None,
+        "driver_version": drivers[0]["version"] if drivers else None,
+        "devices": devices,
+    }
+    if devices:
+        info.update(firmware=devices[0]["firmware"], device=devices[0]["name"], bdf=devices[0]["bdf"])
+    return info
+
+
+def parse_xrt_text(text: str) -> dict:
+    """Plain `xrt-smi examine`: XRT version, NPU driver version, NPU firmware version."""
+    found = {
+        k: rx.search(text)
+        for k, rx in (("xrt_version", XRT_VER_RE), ("driver_version", DRIVER_RE), ("firmware", FW_RE))
+    }
+    return {k: _known(m.group(1)) for k, m in found.items() if m}
+
+
+def parse_power_mode(text: str) -> str | None:
+    """`examine --report platform`'s Power Mode, lower case (as configure --pmode takes it)."""
+    m = POWER_RE.search(text)
+    return m.group(1).lower() if m else None
+
+
+def _xrt_json(tool: str) -> dict:
     import json
     import tempfile
 
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "xrt.json"  # a new file: xrt-smi refuses an existing one without --force
+        code, _, _ = capture([tool, "examine", "-f", "JSON", "-o", str(out)], timeout=30)
+        if code != 0 or not out.is_file():
+            return {}
+        try:
+            return parse_xrt_json(json.loads(out.read_text(encoding="utf-8", errors="replace")))
+        except (ValueError, AttributeError):
+            return {}
+
+
+def xrt_examine() -> dict | None:
+    """XRT version, NPU driver and firmware from `xrt-smi examine` (its JSON, else its text),
+    the power mode from `xrt-smi examine --report platform`; None without xrt-smi."""
     tool = find_rai_tool("xrt-smi")
     if tool is None:
         return None
-    info: dict = {"path": tool}
-    with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "xrt.json"
-        code, _, _ = capture([tool, "examine", "-f", "JSON", "-o", str(out)], timeout=30)
-        if code == 0 and out.is_file():
-            try:
-                data = json.loads(out.read_text())
-                xrt = data.get("system", {}).get("host", {}).get("xrt", {})
-                info["xrt_version"] = xrt.get("version")
-                info["driver_version"] = xrt.get("driver_version")
-                devs = data.get("devices", [])
-                if devs:
-                    info["firmware"] = devs[0].get("firmware_version")
-                    info["power_mode"] = (devs[0].get("power_mode") or "").lower() or None
-                    info["device"] = devs[0].get("name")
-            except ValueError:
-                pass
-    if not info.get("power_mode") or not info.get("firmware"):
-        code, out_text, err = capture([tool, "examine", "--report", "platform"], timeout=30)
-        text = out_text + err
+    info: dict = {"path": tool, **_xrt_json(tool)}
+    if not (info.get("driver_version") and info.get("firmware") and info.get("xrt_version")):
+        code, out, err = capture([tool, "examine"], timeout=30)
         if code == 0:
-            m = POWER_RE.search(text)
-            if m and not info.get("power_mode"):
-                info["power_mode"] = m.group(1).lower()
-            m = FW_RE.search(text)
-            if m and not info.get("firmware"):
-                info["firmware"] = m.group(1)
-            m = XRT_VER_RE.search(text)
-            if m and not info.get("xrt_version"):
-                info["xrt_version"] = m.group(1)
+            for k, v in parse_xrt_text(out + err).items():
+                info[k] = info.get(k) or v
+    code, out, err = capture([tool, "examine", "--report", "platform"], timeout=30)
+    info["power_mode"] = parse_power_mode(out + err) if code == 0 else None
     return info
 
 

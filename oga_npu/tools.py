@@ -91,6 +91,14 @@ def tool_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = 
     return env
 
 
+def path_prepend(env: dict[str, str], key: str, dirs: list[Path]) -> dict[str, str]:
+    """A copy of env with dirs first on the search-path variable `key` (PATH, LD_LIBRARY_PATH;
+    Windows spells PATH in any case: the key already there is kept)."""
+    key = next((k for k in env if k.upper() == key.upper()), key)
+    old = env.get(key, "")
+    return tool_env({key: os.pathsep.join([*map(str, dirs), *([old] if old else [])])}, base=env)
+
+
 def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 

@@ -10,7 +10,8 @@ import time
 import pytest
 from conftest import FAKE_TOOLS, REPO, run_cli
 
-from oga_npu.bench import BenchRecord, parse_model_benchmark
+from oga_npu.bench import BenchRecord
+from oga_npu.model_benchmark import parse_model_benchmark
 
 
 def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
@@ -260,3 +261,26 @@ def test_plot_ticks_are_plain_lengths_and_legends_name_the_runs(tmp_path, monkey
     for ax in fig.axes:
         assert [t.get_text() for t in ax.get_xticklabels()] == ["128", "256", "512"]
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["AWQ run", "smol-fast"]
+
+
+def test_model_benchmark_from_amds_install_folder(tmp_path, tiny_model):
+    """Windows: %RYZEN_AI_INSTALLATION_PATH%\\LLM\\example\\model_benchmark.exe, run with the install's
+    deployment\\ first on PATH (ryzen-ai-documentation hybrid_oga.rst 1.6-1.8); its log parsed,
+    the 2048-token TTFT printed as 2.048e+06 us read as 2048 ms."""
+    root = tmp_path / "RyzenAI" / "1.8.0"
+    exe = root / "LLM" / "example" / "model_benchmark.exe"
+    exe.parent.mkdir(parents=True)
+    (root / "deployment").mkdir()
+    exe.write_text(
+        f'#!/bin/sh\nFAKE_TOOL_VERSION=1.8.0 exec "{sys.executable}" "{FAKE_TOOLS / "model_benchmark"}" "$@"\n'
+    )
+    exe.chmod(0o755)
+    log, j = tmp_path / "f.jsonl", tmp_path / "mb.jsonl"
+    env = {"OGA_NPU_HOST_OS": "Windows", "RYZEN_AI_INSTALLATION_PATH": str(root), "OGA_NPU_FAKE_LOG": str(log)}
+    r = run_cli("bench", "-m", str(tiny_model), "--model-benchmark", "-l", "2048", "-g", "8", "--json", str(j), env=env)
+    assert r.returncode == 0, r.stderr
+    (call,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert call["argv"][:4] == ["-i", str(tiny_model), "-l", "2048"]
+    assert call["env"]["PATH"].split(os.pathsep)[0] == str(root / "deployment")
+    (rec,) = [json.loads(x) for x in j.read_text().splitlines()]
+    assert rec["ttft_avg_ms"] == pytest.approx(2048.0) and rec["meta"]["rai_version"] == "1.8"

@@ -98,8 +98,14 @@ def test_devices_with_fake_strix_and_xrt_smi(tmp_path):
     r = run_cli("devices", "--json", env=env)
     d = json.loads(r.stdout)
     assert d["npus"][0]["name"] == "Strix"
-    assert d["xrt_smi"]["firmware"] == "1.1.2.65" and d["xrt_smi"]["power_mode"] == "balanced"
-    assert d["xrt_smi"]["driver_version"] == "2.19.0"
+    # read from the real layout: system.host.xrt.drivers[], system.host.devices[]; power mode
+    # from `examine --report platform` (the fake plays Linux: amdxdna, firmware 255.0.1.5)
+    x = d["xrt_smi"]
+    assert x["firmware"] == "255.0.1.5" and x["power_mode"] == "balanced" and x["xrt_version"] == "2.20.0"
+    assert (x["driver"], x["driver_version"]) == ("amdxdna", "2.20.0_20250617") and x["bdf"] == "0000:c5:00.1"
+    # as the Windows host (xrt_smi.rst 1.8 sample): the NPU Driver's version
+    d = json.loads(run_cli("devices", "--json", env=dict(env, OGA_NPU_HOST_OS="Windows")).stdout)
+    assert (d["xrt_smi"]["driver_version"], d["xrt_smi"]["firmware"]) == ("32.0.203.257", "1.0.7.97")
 
 
 def test_pmode_turbo_runs_xrt_smi_configure(tmp_path):

@@ -90,7 +90,8 @@ def bench(
 
 def _model_benchmark(model, cfg, text, sink, provider, rai_version, rai_env) -> list:
     """AMD's model_benchmark on the folder, its records added to the sink."""
-    from ..bench import record_metadata, run_model_benchmark
+    from ..bench import record_metadata
+    from ..model_benchmark import run_model_benchmark
     from ..workdir import folder_content_hash
 
     recs = run_model_benchmark(

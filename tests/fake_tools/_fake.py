@@ -18,13 +18,16 @@ ENV_KEYS = (
     "CONDA_DEFAULT_ENV",
     "CONDA_PREFIX",
     "PATH",
+    "LD_LIBRARY_PATH",
+    "RYZENAI_EP_PATH",
     "PYTHONPATH",
     "PYTHONHOME",
     "VIRTUAL_ENV",
 )
 
 
-def start(tool: str) -> list[str]:
+def start(tool: str, version_flag: bool = True) -> list[str]:
+    """Log the call, answer `--version`/`-v` (unless the tool does: version_flag=False), fail on request."""
     argv = sys.argv[1:]
     log = os.environ.get("OGA_NPU_FAKE_LOG")
     if log:
@@ -41,7 +44,7 @@ def start(tool: str) -> list[str]:
                 )
                 + "\n"
             )
-    if argv and argv[0] in ("--version", "-v"):
+    if version_flag and argv and argv[0] in ("--version", "-v"):
         print(f"{tool} version {os.environ.get('FAKE_TOOL_VERSION', '1.6.0')}")
         sys.exit(0)
     key = tool.upper().replace("-", "_")
