@@ -44,6 +44,7 @@ from typing import Any
 from ..errors import GenerationError, OgaNpuError
 from ..generate import stream_generate
 from ..kvcache import PromptCache, reuse_support
+from . import watch
 from .errors import RETRY_AFTER_S, ApiError
 from .http import known_path
 
@@ -215,6 +216,8 @@ class Entry:
     last_used: float = 0.0
     leases: int = 0  # requests that hold it (see `using`)
     loading: asyncio.Future | None = None  # its load, while one runs
+    weights: dict = field(default_factory=dict)  # {file: (size, mtime)} at load (watch.py)
+    crashes: list = field(default_factory=list)  # when its worker process died (monotonic)
 
     @property
     def loaded(self) -> bool:
@@ -275,6 +278,8 @@ class ModelManager:
         loader=None,
         kv_reuse: bool = True,
         make=None,
+        workers: bool = False,
+        max_restarts: int | None = None,
     ):
         ids = [e.id for e in entries]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -285,6 +290,8 @@ class ModelManager:
         self._entries = {e.id: e for e in entries}
         self.max_loaded, self.max_queue, self.kv_reuse = max(1, max_loaded), max_queue, kv_reuse
         self.provider, self.fallback, self._loader, self._make = provider, fallback, loader, make or ServedModel
+        self.workers = workers  # each loaded model in its own process (procworker.py)
+        self.max_restarts = max_restarts or watch.MAX_RESTARTS
         self.error: OgaNpuError | None = None
         self.ready = False
         self._load_lock: asyncio.Lock | None = None
@@ -343,8 +350,23 @@ class ModelManager:
         from ..model import load
 
         t0 = time.perf_counter()
-        lm = (self._loader or load)(e.folder, provider=self.provider, fallback=self.fallback)
-        sm = self._make(e.id, lm, self.max_queue, self.kv_reuse)
+        e.weights = watch.weights(e.folder)
+        if self.workers:
+            from .procworker import ProcessModel
+
+            sm = ProcessModel.start(
+                e.id,
+                e.folder,
+                self.provider,
+                self.fallback,
+                self._loader,
+                max_queue=self.max_queue,
+                kv_reuse=self.kv_reuse,
+            )
+            lm = sm.lm
+        else:
+            lm = (self._loader or load)(e.folder, provider=self.provider, fallback=self.fallback)
+            sm = self._make(e.id, lm, self.max_queue, self.kv_reuse)
         log.info(
             "model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s",
             sm.id,
@@ -392,6 +414,7 @@ class ModelManager:
         """The loaded model; loads it first (unloading the least recently used idle ones).
         The load runs to its end even when the asking client leaves (the next one uses it)."""
         e = self.entry_or_error(model_id)
+        await self._check(e)
         e.last_used = time.monotonic()
         e.leases += 1  # loaded for this caller: not unloaded for another before it resumes
         try:
@@ -405,6 +428,27 @@ class ModelManager:
         finally:
             e.leases -= 1
         return e.served
+
+    async def _check(self, e: Entry) -> None:
+        """Before a request: a crashed worker dropped (restarted by the load that follows, within
+        the limit); weights changed on disk: the model unloaded and refused (watch.py)."""
+        sm = e.served
+        dead = sm is not None and getattr(sm, "dead", None) is not None
+        why = watch.changed(e.weights, e.folder) if sm is not None and e.weights else None
+        if why is not None:
+            e.problem = watch.weights_problem(e.id, why)
+            log.error("model %s: %s", e.id, e.problem)
+            if dead or not e.busy:
+                await self._unload(e)
+            raise watch.changed_error(e.id, e.problem)
+        if dead:
+            e.served = None
+            e.crashes = [*watch.recent(e.crashes), time.monotonic()]
+            await asyncio.get_running_loop().run_in_executor(None, release_memory, sm)
+        if e.served is None:
+            refusal = watch.restart_refusal(e.id, watch.recent(e.crashes), self.max_restarts)
+            if refusal is not None:
+                raise refusal
 
     async def _bring_in(self, e: Entry) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from . import log as serverlog
 from .app import DEFAULT_STREAM_INTERVAL_MS, create_app
 from .http import DEFAULT_MAX_BODY_MB
 from .models import DEFAULT_MAX_QUEUE, ModelManager
+
+WORKERS_ENV = "OGA_NPU_SERVE_WORKERS"  # "0": models load in the server process (no worker processes)
 
 
 def serve(
@@ -46,6 +49,7 @@ def serve(
         fallback=fallback,
         kv_reuse=kv_reuse,
         loader=loader,
+        workers=os.environ.get(WORKERS_ENV, "1") != "0",
     )
     try:
         app = create_app(
