@@ -45,7 +45,7 @@ from ..errors import GenerationError, OgaNpuError
 from ..generate import stream_generate
 from ..kvcache import PromptCache, reuse_support
 from . import watch
-from .errors import RETRY_AFTER_S, ApiError
+from .errors import ApiError
 from .http import known_path
 
 log = logging.getLogger("oga_npu.server")
@@ -278,7 +278,7 @@ class ModelManager:
         loader=None,
         kv_reuse: bool = True,
         make=None,
-        workers: bool = False,
+        spawn=None,
         max_restarts: int | None = None,
     ):
         ids = [e.id for e in entries]
@@ -290,7 +290,7 @@ class ModelManager:
         self._entries = {e.id: e for e in entries}
         self.max_loaded, self.max_queue, self.kv_reuse = max(1, max_loaded), max_queue, kv_reuse
         self.provider, self.fallback, self._loader, self._make = provider, fallback, loader, make or ServedModel
-        self.workers = workers  # each loaded model in its own process (procworker.py)
+        self._spawn = spawn  # procworker.ProcessModel.start: each loaded model in its own process
         self.max_restarts = max_restarts or watch.MAX_RESTARTS
         self.error: OgaNpuError | None = None
         self.ready = False
@@ -351,10 +351,8 @@ class ModelManager:
 
         t0 = time.perf_counter()
         e.weights = watch.weights(e.folder)
-        if self.workers:
-            from .procworker import ProcessModel
-
-            sm = ProcessModel.start(
+        if self._spawn is not None:
+            sm = self._spawn(
                 e.id,
                 e.folder,
                 self.provider,
@@ -539,81 +537,7 @@ def trim_heap() -> None:
             pass
 
 
-def listing(provider) -> list[dict]:
-    """/v1/models: every model the provider offers, loaded or not (none while preloading)."""
-    if not provider.ready:
-        return []
-    if hasattr(provider, "entries"):
-        return [e.info() for e in provider.entries()]
-    return [{**sm.info(), "loaded": True} for sm in provider.models.values()]
+# the lookups the routes use (lookup.py), here too for the callers that import them from models
+from .lookup import check_ready, describe, listing, served, using  # noqa: E402
 
-
-def describe(provider, model_id: str) -> dict:
-    """/v1/models/{id}: one model's entry, without loading it."""
-    check_ready(provider)
-    get = getattr(provider, "get", None)
-    e = get(model_id) if get else None
-    if e is not None:
-        return e.info()
-    if get is None and model_id in provider.models:
-        return {**provider.models[model_id].info(), "loaded": True}
-    raise ApiError(
-        404, f"the model '{model_id}' does not exist", type_="not_found_error", param="model", code="model_not_found"
-    )
-
-
-class _Lease:
-    def __init__(self, provider, model_id: str):
-        self.provider, self.model_id, self.entry = provider, model_id, None
-
-    async def __aenter__(self) -> ServedModel:
-        sm = await served(self.provider, self.model_id)
-        get = getattr(self.provider, "get", None)
-        self.entry = get(self.model_id) if get else None
-        if self.entry is not None:
-            self.entry.leases += 1
-        return sm
-
-    async def __aexit__(self, *exc) -> None:
-        if self.entry is not None:
-            self.entry.leases -= 1
-
-
-def using(provider, model_id: str) -> _Lease:
-    """`async with using(provider, id) as sm`: the model, loaded, kept loaded inside the block."""
-    return _Lease(provider, model_id)
-
-
-def check_ready(provider) -> None:
-    """ApiError 503 while the provider is loading its models, or when that failed."""
-    if provider.error is not None:
-        raise ApiError(
-            503, f"the model failed to load: {provider.error.message}", type_="server_error", code="model_load_failed"
-        )
-    if not provider.ready:
-        raise ApiError(
-            503,
-            "the models are still loading",
-            type_="unavailable_error",
-            code="loading",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-
-
-async def served(provider, model_id: str) -> ServedModel:
-    """The model a request names, loaded and ready to queue on; ApiError (503 loading or
-    failed, 404 unknown or not loadable) otherwise."""
-    check_ready(provider)
-    ensure = getattr(provider, "ensure", None)
-    if ensure is not None:
-        return await ensure(model_id)
-    sm = provider.models.get(model_id)
-    if sm is None:
-        raise ApiError(
-            404,
-            f"the model '{model_id}' does not exist (loaded: {', '.join(provider.models)})",
-            type_="not_found_error",
-            param="model",
-            code="model_not_found",
-        )
-    return sm
+__all__ = ["check_ready", "describe", "listing", "served", "using"]

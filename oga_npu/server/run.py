@@ -49,7 +49,6 @@ def serve(
         fallback=fallback,
         kv_reuse=kv_reuse,
         loader=loader,
-        workers=os.environ.get(WORKERS_ENV, "1") != "0",
     )
     try:
         app = create_app(
@@ -103,6 +102,9 @@ def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelM
     from ..errors import ModelFolderError, ModelNotFoundError
     from ..model import check_folder
     from ..store import ModelStore
+    from .procworker import ProcessModel
+
+    kw.setdefault("spawn", ProcessModel.start if os.environ.get(WORKERS_ENV, "1") != "0" else None)
 
     if folders:
         for f in folders:
