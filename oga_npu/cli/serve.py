@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -177,6 +178,9 @@ def _loader(speculative, draft_model, draft_tokens):
     from .. import speculative as spec_mod
 
     spec_mod.parse(speculative, draft_model, draft_tokens)  # a bad flag fails before the server starts
-    return lambda f, provider=None, fallback=None: load_speculative(
-        f, provider, fallback, speculative, draft_model, draft_tokens
-    )
+    return partial(_load_with_drafter, spec=(speculative, draft_model, draft_tokens))
+
+
+def _load_with_drafter(f, provider=None, fallback=None, *, spec):
+    """model.load with the drafter attached: module-level, so a model worker process gets it pickled."""
+    return load_speculative(f, provider, fallback, *spec)

@@ -6,6 +6,10 @@ A thin layer in rooms; a chat request goes route -> plan -> models -> worker -> 
 - `schemas.py`: the request bodies (pydantic); `errors.py`: ApiError, the OpenAI error shape;
 - `plan.py`: request -> messages, guidance, `GenerationOptions`;
 - `models.py`: the served models, each with its device queue (one request at a time);
+- `lookup.py`: the listing, one model's entry, `using` (loaded and leased for a request);
+- `procworker.py`, `child.py`: each loaded model in its own worker process (a crash there
+  fails only its requests; reloaded on the next one); `watch.py`: the checks before each
+  request (worker alive, restarts per minute, weights unchanged since load);
 - `worker.py`: the decode loop in the model's thread, tokens handed to the event loop;
 - `stream.py`: OpenAI envelopes, usage, SSE framing, whole answers;
 - `ollama.py`: Ollama's API (/api/chat, /api/generate, ...) as a translation onto the above;

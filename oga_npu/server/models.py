@@ -44,7 +44,8 @@ from typing import Any
 from ..errors import GenerationError, OgaNpuError
 from ..generate import stream_generate
 from ..kvcache import PromptCache, reuse_support
-from .errors import RETRY_AFTER_S, ApiError
+from . import watch
+from .errors import ApiError
 from .http import known_path
 
 log = logging.getLogger("oga_npu.server")
@@ -215,6 +216,8 @@ class Entry:
     last_used: float = 0.0
     leases: int = 0  # requests that hold it (see `using`)
     loading: asyncio.Future | None = None  # its load, while one runs
+    weights: dict = field(default_factory=dict)  # {file: (size, mtime)} at load (watch.py)
+    crashes: list = field(default_factory=list)  # when its worker process died (monotonic)
 
     @property
     def loaded(self) -> bool:
@@ -275,6 +278,8 @@ class ModelManager:
         loader=None,
         kv_reuse: bool = True,
         make=None,
+        spawn=None,
+        max_restarts: int | None = None,
     ):
         ids = [e.id for e in entries]
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -285,6 +290,8 @@ class ModelManager:
         self._entries = {e.id: e for e in entries}
         self.max_loaded, self.max_queue, self.kv_reuse = max(1, max_loaded), max_queue, kv_reuse
         self.provider, self.fallback, self._loader, self._make = provider, fallback, loader, make or ServedModel
+        self._spawn = spawn  # procworker.ProcessModel.start: each loaded model in its own process
+        self.max_restarts = max_restarts or watch.MAX_RESTARTS
         self.error: OgaNpuError | None = None
         self.ready = False
         self._load_lock: asyncio.Lock | None = None
@@ -343,8 +350,21 @@ class ModelManager:
         from ..model import load
 
         t0 = time.perf_counter()
-        lm = (self._loader or load)(e.folder, provider=self.provider, fallback=self.fallback)
-        sm = self._make(e.id, lm, self.max_queue, self.kv_reuse)
+        e.weights = watch.weights(e.folder)
+        if self._spawn is not None:
+            sm = self._spawn(
+                e.id,
+                e.folder,
+                self.provider,
+                self.fallback,
+                self._loader,
+                max_queue=self.max_queue,
+                kv_reuse=self.kv_reuse,
+            )
+            lm = sm.lm
+        else:
+            lm = (self._loader or load)(e.folder, provider=self.provider, fallback=self.fallback)
+            sm = self._make(e.id, lm, self.max_queue, self.kv_reuse)
         log.info(
             "model %s ready: %s, %s decoder, context %d, loaded from %s in %.1f s",
             sm.id,
@@ -392,6 +412,7 @@ class ModelManager:
         """The loaded model; loads it first (unloading the least recently used idle ones).
         The load runs to its end even when the asking client leaves (the next one uses it)."""
         e = self.entry_or_error(model_id)
+        await self._check(e)
         e.last_used = time.monotonic()
         e.leases += 1  # loaded for this caller: not unloaded for another before it resumes
         try:
@@ -405,6 +426,27 @@ class ModelManager:
         finally:
             e.leases -= 1
         return e.served
+
+    async def _check(self, e: Entry) -> None:
+        """Before a request: a crashed worker dropped (restarted by the load that follows, within
+        the limit); weights changed on disk: the model unloaded and refused (watch.py)."""
+        sm = e.served
+        dead = sm is not None and getattr(sm, "dead", None) is not None
+        why = watch.changed(e.weights, e.folder) if sm is not None and e.weights else None
+        if why is not None:
+            e.problem = watch.weights_problem(e.id, why)
+            log.error("model %s: %s", e.id, e.problem)
+            if dead or not e.busy:
+                await self._unload(e)
+            raise watch.changed_error(e.id, e.problem)
+        if dead:
+            e.served = None
+            e.crashes = [*watch.recent(e.crashes), time.monotonic()]
+            await asyncio.get_running_loop().run_in_executor(None, release_memory, sm)
+        if e.served is None:
+            refusal = watch.restart_refusal(e.id, watch.recent(e.crashes), self.max_restarts)
+            if refusal is not None:
+                raise refusal
 
     async def _bring_in(self, e: Entry) -> None:
         try:
@@ -495,81 +537,7 @@ def trim_heap() -> None:
             pass
 
 
-def listing(provider) -> list[dict]:
-    """/v1/models: every model the provider offers, loaded or not (none while preloading)."""
-    if not provider.ready:
-        return []
-    if hasattr(provider, "entries"):
-        return [e.info() for e in provider.entries()]
-    return [{**sm.info(), "loaded": True} for sm in provider.models.values()]
+# the lookups the routes use (lookup.py), here too for the callers that import them from models
+from .lookup import check_ready, describe, listing, served, using  # noqa: E402
 
-
-def describe(provider, model_id: str) -> dict:
-    """/v1/models/{id}: one model's entry, without loading it."""
-    check_ready(provider)
-    get = getattr(provider, "get", None)
-    e = get(model_id) if get else None
-    if e is not None:
-        return e.info()
-    if get is None and model_id in provider.models:
-        return {**provider.models[model_id].info(), "loaded": True}
-    raise ApiError(
-        404, f"the model '{model_id}' does not exist", type_="not_found_error", param="model", code="model_not_found"
-    )
-
-
-class _Lease:
-    def __init__(self, provider, model_id: str):
-        self.provider, self.model_id, self.entry = provider, model_id, None
-
-    async def __aenter__(self) -> ServedModel:
-        sm = await served(self.provider, self.model_id)
-        get = getattr(self.provider, "get", None)
-        self.entry = get(self.model_id) if get else None
-        if self.entry is not None:
-            self.entry.leases += 1
-        return sm
-
-    async def __aexit__(self, *exc) -> None:
-        if self.entry is not None:
-            self.entry.leases -= 1
-
-
-def using(provider, model_id: str) -> _Lease:
-    """`async with using(provider, id) as sm`: the model, loaded, kept loaded inside the block."""
-    return _Lease(provider, model_id)
-
-
-def check_ready(provider) -> None:
-    """ApiError 503 while the provider is loading its models, or when that failed."""
-    if provider.error is not None:
-        raise ApiError(
-            503, f"the model failed to load: {provider.error.message}", type_="server_error", code="model_load_failed"
-        )
-    if not provider.ready:
-        raise ApiError(
-            503,
-            "the models are still loading",
-            type_="unavailable_error",
-            code="loading",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-
-
-async def served(provider, model_id: str) -> ServedModel:
-    """The model a request names, loaded and ready to queue on; ApiError (503 loading or
-    failed, 404 unknown or not loadable) otherwise."""
-    check_ready(provider)
-    ensure = getattr(provider, "ensure", None)
-    if ensure is not None:
-        return await ensure(model_id)
-    sm = provider.models.get(model_id)
-    if sm is None:
-        raise ApiError(
-            404,
-            f"the model '{model_id}' does not exist (loaded: {', '.join(provider.models)})",
-            type_="not_found_error",
-            param="model",
-            code="model_not_found",
-        )
-    return sm
+__all__ = ["check_ready", "describe", "listing", "served", "using"]

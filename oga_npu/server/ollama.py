@@ -480,27 +480,28 @@ async def _answer(st, req, make_piece, started: float, inner):
 
 
 def _fitted(num_ctx, limit, build, inner):
-    """build() with num_ctx applied (see fit_num_ctx); num_predict unset lets num_ctx cap it."""
+    """build() with num_ctx applied (see fit_num_ctx); num_predict unset lets num_ctx cap it.
+    A partial, not a closure: a model worker process gets it pickled (procworker.py)."""
     given = (inner.max_completion_tokens or inner.max_tokens) if isinstance(inner, ChatRequest) else inner.max_tokens
+    return partial(_run_fitted, num_ctx, limit, build, given)
 
-    def run():
-        ids, opts = build()
-        if num_ctx is None:
-            return ids, opts
-        if num_ctx > limit:
-            raise ApiError(
-                400,
-                f"options.num_ctx {num_ctx} is larger than the model's {limit}-token context",
-                param="options.num_ctx",
-                code="context_length_exceeded",
-                n_ctx=limit,
-            )
-        if len(ids) + opts.max_tokens > num_ctx:
-            if given is None and len(ids) < num_ctx:
-                from dataclasses import replace
 
-                return ids, replace(opts, max_tokens=num_ctx - len(ids))
-            raise ContextLengthError(len(ids), opts.max_tokens, num_ctx)
+def _run_fitted(num_ctx, limit, build, given):
+    ids, opts = build()
+    if num_ctx is None:
         return ids, opts
+    if num_ctx > limit:
+        raise ApiError(
+            400,
+            f"options.num_ctx {num_ctx} is larger than the model's {limit}-token context",
+            param="options.num_ctx",
+            code="context_length_exceeded",
+            n_ctx=limit,
+        )
+    if len(ids) + opts.max_tokens > num_ctx:
+        if given is None and len(ids) < num_ctx:
+            from dataclasses import replace
 
-    return run
+            return ids, replace(opts, max_tokens=num_ctx - len(ids))
+        raise ContextLengthError(len(ids), opts.max_tokens, num_ctx)
+    return ids, opts

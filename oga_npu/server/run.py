@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from . import log as serverlog
 from .app import DEFAULT_STREAM_INTERVAL_MS, create_app
 from .http import DEFAULT_MAX_BODY_MB
 from .models import DEFAULT_MAX_QUEUE, ModelManager
+
+WORKERS_ENV = "OGA_NPU_SERVE_WORKERS"  # "0": models load in the server process (no worker processes)
 
 
 def serve(
@@ -99,6 +102,9 @@ def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelM
     from ..errors import ModelFolderError, ModelNotFoundError
     from ..model import check_folder
     from ..store import ModelStore
+    from .procworker import ProcessModel
+
+    kw.setdefault("spawn", ProcessModel.start if os.environ.get(WORKERS_ENV, "1") != "0" else None)
 
     if folders:
         for f in folders:

@@ -55,7 +55,7 @@ async def begin(
 ) -> Started:
     """build() -> (token ids, options) in the prep thread, then the generation up to its first event."""
     try:
-        ids, opts = await in_prep(sm, build)
+        ids, opts = await in_prep(sm, getattr(sm, "build", _call), build)  # a worker process: there
     except OgaNpuError as e:
         raise errors(e) from e
     gen = events(st, sm, ids, opts, reuse, errors)
@@ -68,6 +68,10 @@ async def begin(
         await gen.aclose()
         raise
     return Started(gen, first)
+
+
+def _call(fn):
+    return fn()
 
 
 def produce(
@@ -120,7 +124,8 @@ async def events(
     loop = asyncio.get_running_loop()
     box: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
-    sm.executor.submit(produce, sm, ids, opts, reuse, lambda x: loop.call_soon_threadsafe(box.put_nowait, x), stop, st)
+    run = getattr(sm, "produce", produce)  # a worker process (procworker.py): relayed from there
+    sm.executor.submit(run, sm, ids, opts, reuse, lambda x: loop.call_soon_threadsafe(box.put_nowait, x), stop, st)
     last = None
     held: GenerationEvent | None = None  # text not yet sent (tokens faster than the interval)
     sent_at = 0.0

@@ -50,7 +50,9 @@ def models(server) -> dict:
 
 
 def rss(server) -> int:
-    return psutil.Process(server.proc.pid).memory_info().rss
+    """The server's resident memory and its model workers' (each loaded model is a process)."""
+    proc = psutil.Process(server.proc.pid)
+    return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
 
 
 def test_every_model_is_listed_unloaded_and_the_damaged_one_is_not_loadable(server):
