@@ -28,6 +28,7 @@ GGUF_NATIVE_RECIPE = "gguf-native"
 GGUF_NATIVE_TARGETS = ("cpu", "webgpu")
 Target = Literal["cpu", "webgpu", "dml", "hybrid", "npu"]
 DEFAULT_RECIPE = "default"
+AMD_TARGETS = ("hybrid", "npu")  # AMD's model_generate reads the quantized folder
 QUARK_GROUP_SIZES = (128, 64, 32)
 
 
@@ -47,13 +48,31 @@ class QuantizeConfig(_Strict):
     group_size: Literal[32, 64, 128] = 128
     # awq and gptq need calibration text; none = plain rounding to the nearest level.
     algorithm: Literal["awq", "gptq", "none"] = "awq"
-    exclude_layers: list[str] = Field(default_factory=lambda: ["lm_head"])
+    # Layers left unquantized. Unset: per target (exclude_for): cpu/webgpu/dml keep lm_head in
+    # full precision; hybrid/npu quantize it, as AMD does (`--exclude_layers []`).
+    exclude_layers: list[str] | None = None
+    # The dtype Quark loads the model in (AMD's `--data_type`). auto: float32 for cpu/webgpu/dml;
+    # for hybrid/npu what AMD names per checkpoint: bfloat16 for a bf16 one, else float16.
+    data_type: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # Where to run Quark: auto = CUDA when torch sees a GPU, else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @property
     def scheme(self) -> str:
         return f"{self.dtype}_wo_{self.group_size}"
+
+    def exclude_for(self, target: str) -> list[str]:
+        if self.exclude_layers is not None:
+            return list(self.exclude_layers)
+        return [] if target in AMD_TARGETS else ["lm_head"]
+
+    def data_type_for(self, target: str, checkpoint_dtype: str | None) -> str:
+        """checkpoint_dtype: config.json's dtype/torch_dtype (None when it says nothing)."""
+        if self.data_type != "auto":
+            return self.data_type
+        if target not in AMD_TARGETS:
+            return "float32"
+        return "bfloat16" if checkpoint_dtype == "bfloat16" else "float16"
 
 
 class CalibrationConfig(_Strict):

@@ -7,6 +7,7 @@
 # `pip install -e ".[ryzenai]" pytest`, which must install no onnxruntime* over it (checked). For
 # 0.14.0 a stub distribution named onnxruntime-genai-directml-ryzenai stands in for AMD's.
 #   OGA_NPU_TEST_OGA_VERSIONS   versions to test (default: "0.9.2 0.11.2 0.14.0")
+#   OGA_NPU_TEST_BUILDERS       builder versions for scripts/test_builders.sh (empty: skip it)
 #   OGA_NPU_VERSION_VENVS       where the venvs and folders live (default: .venv-oga; reused
 #                               while pyproject.toml and the sources they are built from match)
 set -euo pipefail
@@ -80,4 +81,6 @@ for v in $VERSIONS; do
   dist=onnxruntime-genai; [ "$v" != "0.14.0" ] || dist=onnxruntime-genai-directml-ryzenai
   OGA_NPU_EXPECT_OGA="$v" OGA_NPU_EXPECT_DIST="$dist" run_pytest "$venv/bin/python" tests/test_oga_runtime.py tests/oga_versions_check.py
 done
+# 4. The real model builders of each release read the quantized folder (scripts/test_builders.sh).
+[ -z "${OGA_NPU_TEST_BUILDERS-default}" ] || OGA_NPU_ENV_READY=1 OGA_NPU_MAIN_PY="$MAIN_PY" bash scripts/test_builders.sh
 echo "test_oga_versions: runtime tests passed on onnxruntime-genai $VERSIONS and the recipe folders on $("$MAIN_PY" -c 'import onnxruntime_genai as o; print(o.__version__)')" >&2

@@ -81,6 +81,18 @@ def test_hybrid_with_fakes_makes_a_ready_folder(hybrid_base):
     assert "RYZENAI_EP_PATH" in m["stages"]["validate"]["detail"]["skipped"]  # not run here, and says why
 
 
+def test_hybrid_quantizes_as_amd_does_and_records_it(hybrid_base):
+    # AMD (oga_model_prepare.rst 1.6-1.8): --exclude_layers [], --data_type float16 for an fp32
+    # checkpoint; the folder AMD's builder reads carries the legacy RoPE keys (builder_compat)
+    _, out = hybrid_base
+    d = json.loads((out / MANIFEST).read_text())["stages"]["quantize"]["detail"]
+    assert d["exclude_layers"] == [] and d["data_type"] == "float16" and d["strict_rope"] is True
+    assert (d["algorithm"], d["calibration"], d["group_size"]) == ("none", None, 32)
+    qcfg = json.loads((out / "stages" / "quantize" / "config.json").read_text())
+    assert "lm_head" not in json.dumps(qcfg["quantization_config"].get("exclude", []))
+    assert qcfg["rope_theta"] == qcfg["rope_parameters"]["rope_theta"]
+
+
 def test_exact_argv_and_environment_16(hybrid_base):
     root, out = hybrid_base
     (onnx_utils,) = calls(root, "onnx_utils")

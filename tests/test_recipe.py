@@ -75,3 +75,29 @@ def test_auto_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     assert build.resolved_session_options(cfg) == {"intra_op_num_threads": 2}
     monkeypatch.setattr(build.os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
     assert build.resolved_session_options(cfg) == {"intra_op_num_threads": 16}
+
+
+def test_exclude_layers_and_data_type_are_per_target_unless_the_recipe_says():
+    for name in ("default", "cpu-fast"):
+        q = load_recipe(name).quantize
+        assert q.exclude_layers is None and q.data_type == "auto"
+        for target in ("cpu", "webgpu", "dml"):  # today's behaviour: lm_head in full precision, fp32 load
+            assert q.exclude_for(target) == ["lm_head"]
+            assert q.data_type_for(target, "bfloat16") == "float32"
+        for target in ("hybrid", "npu"):  # AMD: --exclude_layers [], --data_type per checkpoint
+            assert q.exclude_for(target) == []
+            assert q.data_type_for(target, "bfloat16") == "bfloat16"
+            assert q.data_type_for(target, "float16") == q.data_type_for(target, "float32") == "float16"
+            assert q.data_type_for(target, None) == "float16"
+
+
+def test_recipe_exclude_layers_and_data_type_win(tmp_path):
+    p = tmp_path / "r.toml"
+    p.write_text('[quantize]\nexclude_layers = ["lm_head"]\ndata_type = "float32"\n')
+    q = load_recipe(str(p)).quantize
+    assert q.exclude_for("hybrid") == ["lm_head"] and q.data_type_for("npu", "bfloat16") == "float32"
+    p.write_text("[quantize]\nexclude_layers = []\n")
+    assert load_recipe(str(p)).quantize.exclude_for("cpu") == []
+    p.write_text('[quantize]\ndata_type = "int8"\n')
+    with pytest.raises(RecipeError, match="quantize.data_type"):
+        load_recipe(str(p))

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..devices import detect_rai_version
 from ..errors import DiskFullError, OutputExistsError, PreflightError, RecipeError, VersionError
 from ..gguf.header import gguf_header
-from ..recipe import Recipe, fitting_group_size
+from ..recipe import AMD_TARGETS, Recipe, fitting_group_size
 from ..versions import REQUIRED_VERSIONS
 from . import source as source_mod
 
@@ -76,6 +76,12 @@ def check_architecture(config: dict | None, recipe: Recipe, target: str, notes: 
     if config is None:
         return False
     arch, cell = check(config, recipe, target)
+    if target in AMD_TARGETS:  # AMD's builder (0.9.2-0.14.0) reads the quantized folder
+        from .builder_compat import refusal
+
+        err = refusal(config)
+        if err is not None:
+            raise err
     if cell.status == UNTESTED:
         notes.append(
             f"{arch.hf_architectures[0]} with recipe {recipe.name} for {target} is not verified here ({cell.how})"

@@ -167,8 +167,12 @@ def quantize(
     seq_len: int,
     device: str = "auto",
     fast_clip: bool = True,
+    data_type: str = "float32",
+    strict_rope: bool = False,
 ) -> dict:
-    """Quantize in_dir into out_dir (which must exist and be empty). Returns stats."""
+    """Quantize in_dir into out_dir (which must exist and be empty). Returns stats.
+    data_type: the dtype Quark loads the model in (AMD's --data_type). strict_rope: refuse a RoPE
+    AMD's builders cannot read (hybrid/npu) instead of leaving it to onnxruntime-genai 0.18."""
     import torch
     from quark.torch import ModelQuantizer, export_safetensors
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -181,7 +185,7 @@ def quantize(
     algo = None if algorithm == "none" else algorithm
     template, algo_configs = quark_template(json.loads((in_dir / "config.json").read_text()), algo)
     qcfg = template.get_config(scheme=scheme, algorithm=algo, exclude_layers=exclude_layers, algo_configs=algo_configs)
-    model = AutoModelForCausalLM.from_pretrained(in_dir, dtype=torch.float32).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(in_dir, dtype=getattr(torch, data_type)).to(device).eval()
     tok = AutoTokenizer.from_pretrained(in_dir)
     calib = None
     if algo is not None:
@@ -193,14 +197,10 @@ def quantize(
     t_quant = time.monotonic() - t0 - t_load
     model = quantizer.freeze(model)
     export_safetensors(model, str(out_dir), custom_mode="quark")
-    tok.save_pretrained(out_dir)
-    for extra in ("generation_config.json", "chat_template.jinja"):
-        if (in_dir / extra).is_file() and not (out_dir / extra).exists():
-            (out_dir / extra).write_bytes((in_dir / extra).read_bytes())
-    qc = json.loads((out_dir / "config.json").read_text()).get("quantization_config", {})
-    if qc.get("quant_method") != "quark":
-        raise SystemExit("error: Quark's export has no quantization_config.quant_method = quark")
+    compat = finish_folder(in_dir, out_dir, tok, strict_rope)
     return {
+        "builder_compat": compat,
+        "data_type": data_type,
         "device": device,
         "scheme": scheme,
         "algorithm": algorithm,
@@ -210,6 +210,24 @@ def quantize(
         "quantize_seconds": round(t_quant, 2),
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def finish_folder(in_dir: Path, out_dir: Path, tok, strict_rope: bool) -> dict:
+    """The tokenizer and the files Quark does not copy, then the keys AMD's builders read
+    (builder_compat: the last write to config.json). Returns what builder_compat changed."""
+    from .builder_compat import BuilderCompatError, fix_folder
+
+    tok.save_pretrained(out_dir)
+    for extra in ("generation_config.json", "chat_template.jinja"):
+        if (in_dir / extra).is_file() and not (out_dir / extra).exists():
+            (out_dir / extra).write_bytes((in_dir / extra).read_bytes())
+    qc = json.loads((out_dir / "config.json").read_text()).get("quantization_config", {})
+    if qc.get("quant_method") != "quark":
+        raise SystemExit("error: Quark's export has no quantization_config.quant_method = quark")
+    try:
+        return fix_folder(out_dir, strict=strict_rope)
+    except BuilderCompatError as e:
+        raise SystemExit(f"error: {e.message}\nfix: {e.fix}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         seq_len=spec["seq_len"],
         device=spec.get("device", "auto"),
         fast_clip=spec.get("fast_clip", True),
+        data_type=spec.get("data_type", "float32"),
+        strict_rope=spec.get("strict_rope", False),
     )
     Path(spec["stats"]).write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats), file=sys.stderr)
@@ -253,9 +273,47 @@ def applies(ctx) -> bool:
     return ctx.recipe.quantize.engine == "quark"
 
 
+def checkpoint_dtype(in_dir: Path | None) -> str | None:
+    """The checkpoint's dtype as its config.json says (dtype, or transformers 4's torch_dtype)."""
+    p = in_dir / "config.json" if in_dir is not None else None
+    if p is None or not p.is_file():
+        return None
+    cfg = json.loads(p.read_text())
+    cfg = cfg.get("text_config", cfg) if "dtype" not in cfg and "torch_dtype" not in cfg else cfg
+    return cfg.get("dtype") or cfg.get("torch_dtype")
+
+
+def settings(ctx, in_dir: Path | None = None) -> dict:
+    """What this stage quantizes with, resolved for the target (recorded in the stage's detail,
+    hence the manifest, and shown by a dry run). Without in_dir (or before the source is there)
+    an auto data type for hybrid/npu reads 'per checkpoint'."""
+    from ..recipe import AMD_TARGETS
+
+    q, c = ctx.recipe.quantize, ctx.recipe.calibration
+    dtype = q.data_type_for(ctx.target, checkpoint_dtype(in_dir))
+    if q.data_type == "auto" and ctx.target in AMD_TARGETS and (in_dir is None or not in_dir.is_dir()):
+        dtype = "per checkpoint (bf16: bfloat16, else float16)"
+    calib = None
+    if q.algorithm != "none":
+        calib = {"text": ctx.calib_text, "samples": c.samples, "seq_len": c.seq_len}
+    return {
+        "scheme": q.scheme,
+        "algorithm": q.algorithm,
+        "group_size": q.group_size,
+        "exclude_layers": q.exclude_for(ctx.target),
+        "data_type": dtype,
+        "calibration": calib,
+        "strict_rope": ctx.target in AMD_TARGETS,
+    }
+
+
 def key(ctx) -> dict:
+    from ..recipe import AMD_TARGETS
+
     q = ctx.recipe.quantize
-    k = {"scheme": q.scheme, "algorithm": q.algorithm, "exclude": q.exclude_layers}
+    k = {"scheme": q.scheme, "algorithm": q.algorithm, "exclude": q.exclude_for(ctx.target)}
+    if q.data_type != "auto" or ctx.target in AMD_TARGETS:  # auto for cpu/webgpu/dml: float32, as before
+        k["data_type"] = q.data_type if q.data_type != "auto" else "auto-amd"
     if q.algorithm != "none":
         c = ctx.recipe.calibration
         k.update(samples=c.samples, seq_len=c.seq_len, text=ctx.calib_key)
@@ -264,12 +322,15 @@ def key(ctx) -> dict:
 
 def spec(ctx, in_dir: Path, out_dir: Path) -> dict:
     q, c = ctx.recipe.quantize, ctx.recipe.calibration
+    st = settings(ctx, in_dir)
     return {
         "in_dir": str(in_dir),
         "out_dir": str(out_dir),
         "scheme": q.scheme,
         "algorithm": q.algorithm,
-        "exclude_layers": list(q.exclude_layers),
+        "exclude_layers": st["exclude_layers"],
+        "data_type": st["data_type"],
+        "strict_rope": st["strict_rope"],
         "calib_text": ctx.calib_text,
         "samples": c.samples,
         "seq_len": c.seq_len,
@@ -297,14 +358,12 @@ def estimate(ctx, in_dir: Path) -> float | None:
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
-    q, c = ctx.recipe.quantize, ctx.recipe.calibration
-    calib = (
-        "no calibration"
-        if q.algorithm == "none"
-        else f"calibration: {c.samples} x {c.seq_len} tokens of {ctx.calib_text}"
-    )
+    q, st = ctx.recipe.quantize, settings(ctx, in_dir)
+    c = st["calibration"]
+    calib = "no calibration" if c is None else f"calibration: {c['samples']} x {c['seq_len']} tokens of {c['text']}"
     return [
-        f"AMD Quark {q.scheme}, algorithm {q.algorithm}, exclude {q.exclude_layers}, {calib}, device {q.device}",
+        f"AMD Quark {st['scheme']}, algorithm {st['algorithm']}, exclude {st['exclude_layers']}, "
+        f"data type {st['data_type']}, {calib}, device {q.device}",
         "$ " + " ".join(argv(out_dir.parent / f"{NAME}_spec.json")),
         f"  in:  {in_dir}",
         f"  out: {out_dir}",
@@ -326,4 +385,4 @@ def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     )
     stats = json.loads((out_dir / "quantize_stats.json").read_text())
     spec_path.unlink(missing_ok=True)
-    return stats
+    return {**stats, **settings(ctx, in_dir)}
