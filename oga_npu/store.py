@@ -326,18 +326,31 @@ class ModelStore:
         e = self.find(s)  # a name, or the hub id a model was prepared from
         if e is not None:
             return e.path
+        self._refuse_ambiguous(s)  # a prefix of several names, or the hub id several were prepared from
         if _looks_like_path(s) or p.exists():
             return p  # loading it says what is wrong with it (a missing path: "did you mean")
         close = self.close_names(s)
         near = f"; close: {', '.join(close)}" if close else ""
-        sources = [e for e in self.entries(facts=False) if e.source == s]
-        if len(sources) > 1:
-            near = f"; prepared from it: {', '.join(e.name for e in sources)}"
         raise ModelNotFoundError(
             f"no model named '{s}' in {self.root}{near}",
             "`oga-npu models` lists the models; `oga-npu prepare SOURCE` makes one "
             "(a folder elsewhere: -m path/to/folder)",
         )
+
+    def _refuse_ambiguous(self, name: str) -> None:
+        """A name that fits several models (a prefix of several, or the hub id several were
+        prepared from): ModelChoiceError (exit 2) listing them."""
+        runnable = [e for e in self.entries(facts=False) if e.runnable]
+        for what, fits in (
+            ("prepared from it", [e for e in runnable if e.source and e.source == name]),
+            ("whose names start with it", [e for e in runnable if e.name.lower().startswith(name.lower())]),
+        ):
+            if len(fits) > 1:
+                listing = "\n".join(f"  {e.name}" for e in fits)
+                raise ModelChoiceError(
+                    f"'{name}' is ambiguous in {self.root}: {len(fits)} models {what}:\n{listing}",
+                    f"name one: -m {fits[0].name}",
+                )
 
     def only_model(self, command: str = "run") -> ModelEntry:
         """The model to use when none is named: the store's only runnable one. Otherwise

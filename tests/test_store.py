@@ -184,6 +184,23 @@ def test_unknown_name_is_one_error_with_the_close_names(capsys, store):
     assert code == 1 and "no model named 'nothing-like-it'" in err and "close" not in err
 
 
+def test_an_ambiguous_name_lists_the_models_it_fits(capsys, store):
+    """A prefix of several models (or the hub id several were prepared from) is ambiguous, not unknown."""
+    external(store, "smollm2-135m-instruct-cpu")
+    external(store, "smollm2-135m-instruct-q4_1-cpu")
+    external(store, "qwen3-0.6b-cpu")
+    code, out, err = call(capsys, "run", "-m", "smollm2", "Hi")
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "", err
+    assert lines[0] == f"Error: 'smollm2' is ambiguous in {store}: 2 models whose names start with it:"
+    assert [ln.strip() for ln in lines[1:3]] == ["smollm2-135m-instruct-cpu", "smollm2-135m-instruct-q4_1-cpu"]
+    assert lines[3] == "Fix: name one: -m smollm2-135m-instruct-cpu"
+    for name in ("smollm2-135m-instruct-cpu", "smollm2-135m-instruct-q4_1-cpu"):
+        (store / name / MANIFEST).write_text(json.dumps({"source": HUB, "files": {}, "source_kind": "hub"}))
+    with pytest.raises(ModelChoiceError, match="2 models prepared from it"):
+        ModelStore().resolve(HUB)
+
+
 def test_without_m_an_empty_store_says_how_to_make_a_model(capsys, tmp_path):
     code, out, err = call(capsys, "run", "Hi")
     assert code == 1 and f"Error: no models in {tmp_path / 'models'}" in err and "oga-npu prepare SOURCE" in err
