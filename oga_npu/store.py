@@ -22,9 +22,20 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import disk_usage
 from .errors import LockedError, ModelChoiceError, ModelFolderError, ModelNotFoundError, OutputExistsError
 from .hf_folder import safetensors_params
-from .workdir import LOCK, MANIFEST, _pid_alive, folder_state, models_dir_origin, published_files, read_json, unpublish
+from .workdir import (
+    LOCK,
+    MANIFEST,
+    REQUEST,
+    _pid_alive,
+    folder_state,
+    models_dir_origin,
+    published_files,
+    read_json,
+    unpublish,
+)
 
 RUNNABLE = ("ready", "external")  # external: a model folder oga-npu did not make (loads as it is)
 MAX_SUFFIX = 99  # <name>-2 ... <name>-99 before prepare gives up on a default name
@@ -188,21 +199,6 @@ def _lock_holder(folder: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid and pid != os.getpid() and _pid_alive(pid) else None
-
-
-def disk_usage(folder: Path) -> int:
-    """Bytes the folder takes on disk (hard links counted once: published files link to stages/)."""
-    seen, total = set(), 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
 
 
 # ---------------------------------------------------------------- the store
@@ -442,19 +438,33 @@ class ModelStore:
         assert e is not None
         return e
 
-    def remove(self, entry: ModelEntry) -> int:
-        """Remove an entry from `removal`; returns the bytes freed. The manifest goes first, so a
-        removal cut short leaves a folder that reads as incomplete, never as ready."""
+    def remove(self, entry: ModelEntry) -> tuple[int, int]:
+        """Remove an entry from `removal`, and the cache entries only it uses (its GGUF's
+        dequantized copy, its expanded form; see cache.py). Returns the bytes freed in the
+        folder and in the cache. The manifest goes first, so a removal cut short leaves a
+        folder that reads as incomplete, never as ready."""
+        from . import cache
+
         path = entry.path
         if path.is_symlink():
             path.unlink()
-            return 0
+            return 0, 0
         freed = disk_usage(path)
-        content = (read_json(path / MANIFEST) or {}).get("content_hash")
+        manifest = read_json(path / MANIFEST) or {}
+        manifest = {**manifest, "source": norm_source(str(manifest.get("source") or "")) or None}
+        cached = cache.entries(manifest, self._other_records(path))
         unpublish(path)
         shutil.rmtree(path)
-        if content:  # its expanded form in the cache (gguf-native models)
-            from .gguf.expand import remove_entries
+        return freed, cache.remove(cached)
 
-            freed += remove_entries(content)
-        return freed
+    def _other_records(self, path: Path) -> list[dict]:
+        """The manifests and prepare.json of the store's folders other than `path` (sources normalized)."""
+        out = []
+        for d in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if not d.is_dir() or (self.inside(path) and d.name == path.name):
+                continue
+            for f in (MANIFEST, REQUEST):
+                data = read_json(d / f)
+                if isinstance(data, dict):
+                    out.append({**data, "source": norm_source(str(data.get("source") or "")) or None})
+        return out

@@ -308,6 +308,37 @@ def test_rm_removes_a_store_model_and_nothing_else(capsys, tmp_path, store, tiny
     assert code == 1 and "no model named 'tiny-cpu'" in err
 
 
+def test_rm_removes_the_cache_entries_only_that_model_uses(capsys, tmp_path, monkeypatch, store, tiny_model):
+    """The GGUF's dequantized copy and the expanded form go with the last model that uses them;
+    `models` says where the cache is and what it takes."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("OGA_NPU_HOME", str(home))
+    gguf = str(tmp_path / "tiny.Q4_1.gguf")
+    for name in ("a-cpu", "b-cpu"):
+        shutil.copytree(tiny_model, store / name)
+        data = json.loads((store / name / MANIFEST).read_text())
+        data.update(source=gguf, source_key="gguf:tiny-q4_1-0123")
+        (store / name / MANIFEST).write_text(json.dumps(data))
+    content = json.loads((store / "a-cpu" / MANIFEST).read_text())["content_hash"]
+    copy, expanded, other = (
+        home / "gguf" / "tiny-q4_1-0123",
+        home / "cache" / "expanded" / f"{content[:16]}-v1",
+        home / "gguf" / "other-1",
+    )
+    for d, mb in ((copy, 1), (expanded, 2), (other, 4)):
+        d.mkdir(parents=True)
+        (d / "weights").write_bytes(b"\0" * mb * 1_000_000)
+    (home / "gguf" / "tiny-q4_1-0123.lock").write_text("")
+    code, out, err = call(capsys, "models")
+    assert code == 0 and f"cache: {home} (7.0 MB: GGUF copies 5.0 MB, expanded forms 2.0 MB; OGA_NPU_HOME" in err, err
+    code, out, err = call(capsys, "rm", "a-cpu", "-y")
+    assert code == 0 and "in the cache" not in out and copy.is_dir() and expanded.is_dir(), out  # b-cpu uses them
+    code, out, err = call(capsys, "rm", "b-cpu", "-y")
+    assert code == 0 and "MB freed, 3.0 MB of it in the cache (its entries no other model uses)" in out, out
+    assert not copy.exists() and not expanded.exists() and not (home / "gguf" / "tiny-q4_1-0123.lock").exists()
+    assert (other / "weights").is_file()
+
+
 def test_rm_asks_on_a_terminal(store, tiny_model, monkeypatch):
     shutil.copytree(tiny_model, store / "tiny-cpu")
     from oga_npu.cli import models as models_cmd  # rm looks stdin_tty up there
