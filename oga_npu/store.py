@@ -22,9 +22,20 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import disk_usage
 from .errors import LockedError, ModelChoiceError, ModelFolderError, ModelNotFoundError, OutputExistsError
 from .hf_folder import safetensors_params
-from .workdir import LOCK, MANIFEST, _pid_alive, folder_state, models_dir_origin, published_files, read_json, unpublish
+from .workdir import (
+    LOCK,
+    MANIFEST,
+    REQUEST,
+    _pid_alive,
+    folder_state,
+    models_dir_origin,
+    published_files,
+    read_json,
+    unpublish,
+)
 
 RUNNABLE = ("ready", "external")  # external: a model folder oga-npu did not make (loads as it is)
 MAX_SUFFIX = 99  # <name>-2 ... <name>-99 before prepare gives up on a default name
@@ -190,21 +201,6 @@ def _lock_holder(folder: Path) -> int | None:
     return pid if pid and pid != os.getpid() and _pid_alive(pid) else None
 
 
-def disk_usage(folder: Path) -> int:
-    """Bytes the folder takes on disk (hard links counted once: published files link to stages/)."""
-    seen, total = set(), 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
-    return total
-
-
 # ---------------------------------------------------------------- the store
 
 
@@ -326,18 +322,31 @@ class ModelStore:
         e = self.find(s)  # a name, or the hub id a model was prepared from
         if e is not None:
             return e.path
+        self._refuse_ambiguous(s)  # a prefix of several names, or the hub id several were prepared from
         if _looks_like_path(s) or p.exists():
             return p  # loading it says what is wrong with it (a missing path: "did you mean")
         close = self.close_names(s)
         near = f"; close: {', '.join(close)}" if close else ""
-        sources = [e for e in self.entries(facts=False) if e.source == s]
-        if len(sources) > 1:
-            near = f"; prepared from it: {', '.join(e.name for e in sources)}"
         raise ModelNotFoundError(
             f"no model named '{s}' in {self.root}{near}",
             "`oga-npu models` lists the models; `oga-npu prepare SOURCE` makes one "
             "(a folder elsewhere: -m path/to/folder)",
         )
+
+    def _refuse_ambiguous(self, name: str) -> None:
+        """A name that fits several models (a prefix of several, or the hub id several were
+        prepared from): ModelChoiceError (exit 2) listing them."""
+        runnable = [e for e in self.entries(facts=False) if e.runnable]
+        for what, fits in (
+            ("prepared from it", [e for e in runnable if e.source and e.source == name]),
+            ("whose names start with it", [e for e in runnable if e.name.lower().startswith(name.lower())]),
+        ):
+            if len(fits) > 1:
+                listing = "\n".join(f"  {e.name}" for e in fits)
+                raise ModelChoiceError(
+                    f"'{name}' is ambiguous in {self.root}: {len(fits)} models {what}:\n{listing}",
+                    f"name one: -m {fits[0].name}",
+                )
 
     def only_model(self, command: str = "run") -> ModelEntry:
         """The model to use when none is named: the store's only runnable one. Otherwise
@@ -429,19 +438,33 @@ class ModelStore:
         assert e is not None
         return e
 
-    def remove(self, entry: ModelEntry) -> int:
-        """Remove an entry from `removal`; returns the bytes freed. The manifest goes first, so a
-        removal cut short leaves a folder that reads as incomplete, never as ready."""
+    def remove(self, entry: ModelEntry) -> tuple[int, int]:
+        """Remove an entry from `removal`, and the cache entries only it uses (its GGUF's
+        dequantized copy, its expanded form; see cache.py). Returns the bytes freed in the
+        folder and in the cache. The manifest goes first, so a removal cut short leaves a
+        folder that reads as incomplete, never as ready."""
+        from . import cache
+
         path = entry.path
         if path.is_symlink():
             path.unlink()
-            return 0
+            return 0, 0
         freed = disk_usage(path)
-        content = (read_json(path / MANIFEST) or {}).get("content_hash")
+        manifest = read_json(path / MANIFEST) or {}
+        manifest = {**manifest, "source": norm_source(str(manifest.get("source") or "")) or None}
+        cached = cache.entries(manifest, self._other_records(path))
         unpublish(path)
         shutil.rmtree(path)
-        if content:  # its expanded form in the cache (gguf-native models)
-            from .gguf.expand import remove_entries
+        return freed, cache.remove(cached)
 
-            freed += remove_entries(content)
-        return freed
+    def _other_records(self, path: Path) -> list[dict]:
+        """The manifests and prepare.json of the store's folders other than `path` (sources normalized)."""
+        out = []
+        for d in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if not d.is_dir() or (self.inside(path) and d.name == path.name):
+                continue
+            for f in (MANIFEST, REQUEST):
+                data = read_json(d / f)
+                if isinstance(data, dict):
+                    out.append({**data, "source": norm_source(str(data.get("source") or "")) or None})
+        return out

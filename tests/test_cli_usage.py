@@ -158,3 +158,23 @@ def test_devices_lines_have_no_nested_parentheses(capsys):
             depth += (ch == "(") - (ch == ")")
             deepest = max(deepest, depth)
         assert deepest <= 1, line
+
+
+def test_serve_on_a_port_in_use_is_one_error_before_the_banner(capsys, tmp_path):
+    """Not the banner and then uvicorn's `[Errno 98]` (exit 3): the port is checked first,
+    nothing is loaded, and the fix names a free port."""
+    import socket
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "genai_config.json").write_text('{"model": {"context_length": 2048}}')
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        code, out, err = call(capsys, "serve", "-m", str(model), "--port", str(port))
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "" and len(lines) == 2, err
+    assert lines[0] == f"Error: port {port} on 127.0.0.1 is in use"
+    assert lines[1].startswith("Fix: pass --port ") and f"or stop the program listening on {port}" in lines[1]
+    assert "oga-npu serve:" not in err and "Errno" not in err

@@ -184,6 +184,23 @@ def test_unknown_name_is_one_error_with_the_close_names(capsys, store):
     assert code == 1 and "no model named 'nothing-like-it'" in err and "close" not in err
 
 
+def test_an_ambiguous_name_lists_the_models_it_fits(capsys, store):
+    """A prefix of several models (or the hub id several were prepared from) is ambiguous, not unknown."""
+    external(store, "smollm2-135m-instruct-cpu")
+    external(store, "smollm2-135m-instruct-q4_1-cpu")
+    external(store, "qwen3-0.6b-cpu")
+    code, out, err = call(capsys, "run", "-m", "smollm2", "Hi")
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "", err
+    assert lines[0] == f"Error: 'smollm2' is ambiguous in {store}: 2 models whose names start with it:"
+    assert [ln.strip() for ln in lines[1:3]] == ["smollm2-135m-instruct-cpu", "smollm2-135m-instruct-q4_1-cpu"]
+    assert lines[3] == "Fix: name one: -m smollm2-135m-instruct-cpu"
+    for name in ("smollm2-135m-instruct-cpu", "smollm2-135m-instruct-q4_1-cpu"):
+        (store / name / MANIFEST).write_text(json.dumps({"source": HUB, "files": {}, "source_kind": "hub"}))
+    with pytest.raises(ModelChoiceError, match="2 models prepared from it"):
+        ModelStore().resolve(HUB)
+
+
 def test_without_m_an_empty_store_says_how_to_make_a_model(capsys, tmp_path):
     code, out, err = call(capsys, "run", "Hi")
     assert code == 1 and f"Error: no models in {tmp_path / 'models'}" in err and "oga-npu prepare SOURCE" in err
@@ -289,6 +306,37 @@ def test_rm_removes_a_store_model_and_nothing_else(capsys, tmp_path, store, tiny
     assert code == 0 and not outside.exists() and (tmp_path / "mine").is_dir()
     code, _, err = call(capsys, "rm", "tiny-cpu", "-y")
     assert code == 1 and "no model named 'tiny-cpu'" in err
+
+
+def test_rm_removes_the_cache_entries_only_that_model_uses(capsys, tmp_path, monkeypatch, store, tiny_model):
+    """The GGUF's dequantized copy and the expanded form go with the last model that uses them;
+    `models` says where the cache is and what it takes."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("OGA_NPU_HOME", str(home))
+    gguf = str(tmp_path / "tiny.Q4_1.gguf")
+    for name in ("a-cpu", "b-cpu"):
+        shutil.copytree(tiny_model, store / name)
+        data = json.loads((store / name / MANIFEST).read_text())
+        data.update(source=gguf, source_key="gguf:tiny-q4_1-0123")
+        (store / name / MANIFEST).write_text(json.dumps(data))
+    content = json.loads((store / "a-cpu" / MANIFEST).read_text())["content_hash"]
+    copy, expanded, other = (
+        home / "gguf" / "tiny-q4_1-0123",
+        home / "cache" / "expanded" / f"{content[:16]}-v1",
+        home / "gguf" / "other-1",
+    )
+    for d, mb in ((copy, 1), (expanded, 2), (other, 4)):
+        d.mkdir(parents=True)
+        (d / "weights").write_bytes(b"\0" * mb * 1_000_000)
+    (home / "gguf" / "tiny-q4_1-0123.lock").write_text("")
+    code, out, err = call(capsys, "models")
+    assert code == 0 and f"cache: {home} (7.0 MB: GGUF copies 5.0 MB, expanded forms 2.0 MB; OGA_NPU_HOME" in err, err
+    code, out, err = call(capsys, "rm", "a-cpu", "-y")
+    assert code == 0 and "in the cache" not in out and copy.is_dir() and expanded.is_dir(), out  # b-cpu uses them
+    code, out, err = call(capsys, "rm", "b-cpu", "-y")
+    assert code == 0 and "MB freed, 3.0 MB of it in the cache (its entries no other model uses)" in out, out
+    assert not copy.exists() and not expanded.exists() and not (home / "gguf" / "tiny-q4_1-0123.lock").exists()
+    assert (other / "weights").is_file()
 
 
 def test_rm_asks_on_a_terminal(store, tiny_model, monkeypatch):

@@ -29,7 +29,8 @@ TraceSpec = Annotated[
 
 
 def models(root: Root = None, as_json: AsJson = False, where: Where = False) -> None:
-    """List the model store: parameters, bits, context, size, target, recipe, state."""
+    """List the model store: parameters, bits, context, size, target, recipe, state; and the cache's size."""
+    from .. import cache
     from ..store import ModelStore, format_params
 
     store = ModelStore(root)
@@ -41,6 +42,7 @@ def models(root: Root = None, as_json: AsJson = False, where: Where = False) -> 
         print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
         return
     print(f"store: {store.root} ({store.origin})" if root is None else f"models in {store.root}", file=sys.stderr)
+    print(cache.summary(), file=sys.stderr)
     if not rows:
         print(f"no models in {store.root} (make one: oga-npu prepare SOURCE)", file=sys.stderr)
         return
@@ -73,8 +75,12 @@ def rm_cmd(model: RmName, yes: Yes = False, outside_store: OutsideStore = False)
         if not typer.confirm(f"Remove {what}?", default=False, err=True):
             print("nothing was removed", file=sys.stderr)
             raise typer.Exit(1)
-    freed = store.remove(entry)
-    print(f"removed {entry.path}" + (f" ({freed / 1e6:.1f} MB freed)" if entry.state != "link" else " (the link only)"))
+    freed, cached = store.remove(entry)
+    if entry.state == "link":
+        print(f"removed {entry.path} (the link only)")
+        return
+    also = f", {cached / 1e6:.1f} MB of it in the cache (its entries no other model uses)" if cached else ""
+    print(f"removed {entry.path} ({(freed + cached) / 1e6:.1f} MB freed{also})")
 
 
 def trace(spec: TraceSpec, as_json: AsJson = False) -> None:

@@ -73,18 +73,6 @@ def entries_of(content_hash: str) -> list[Path]:
     return [p for p in root.iterdir() if p.name.startswith((f"{key}-v", f".{key}-v"))]
 
 
-def remove_entries(content_hash: str) -> int:
-    """Delete a folder's cache entries (`oga-npu rm`); returns the bytes freed."""
-    freed = 0
-    for p in entries_of(content_hash):
-        if p.is_dir():
-            freed += sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.stat().st_nlink == 1)
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
-    return freed
-
-
 def wanted(manifest: dict | None) -> str | None:
     """The cache key of the expanded form a prepared folder is opened from (its content hash),
     or None: not gguf-native, or expansion off."""

@@ -13,6 +13,7 @@ A thin layer in rooms; a chat request goes route -> plan -> models -> worker -> 
 - `worker.py`: the decode loop in the model's thread, tokens handed to the event loop;
 - `stream.py`: OpenAI envelopes, usage, SSE framing, whole answers;
 - `ollama.py`: Ollama's API (/api/chat, /api/generate, ...) as a translation onto the above;
+- `ollama_models.py`: Ollama's model descriptions (/api/tags, /api/ps, /api/show);
 - `app.py`: create_app() (the door: Host header and API key; error handlers; routers);
 - `http.py`: body size, hostile JSON, Host names, paths scrubbed from messages;
 - `metrics.py` (Prometheus), `log.py` (a line per request), `web/` (the chat page at `/`);

@@ -28,7 +28,8 @@ from ..errors import ContextLengthError
 from ..generate import GenerationEvent
 from . import plan, worker
 from .errors import ApiError, from_validation, not_supported
-from .models import describe, listing, using
+from .models import describe, using
+from .ollama_models import described, infos, show, tag
 from .routes import body_of, unless_gone
 from .schemas import ChatRequest, CompletionRequest
 from .stream import Stream
@@ -307,84 +308,6 @@ def ollama_body(e: ApiError) -> dict:
     return {"error": scrub_paths(e.message)}
 
 
-# ---------------------------------------------------------------- model descriptions
-
-
-def _details(info: dict) -> dict:
-    params = info.get("params")
-    bits = info.get("bits")
-    return {
-        "parent_model": "",
-        "format": "onnx",
-        "family": info.get("architecture") or "",
-        "families": None,
-        "parameter_size": _param_size(params),
-        "quantization_level": _quant(bits),
-    }
-
-
-def _param_size(params) -> str:
-    from ..store import format_params
-
-    return format_params(params) if params else ""
-
-
-def _quant(bits) -> str:
-    """weight_bits' "4", "4/8" or a float type -> Ollama's quantization_level ("Q4", "Q4/Q8", "fp16")."""
-    if not bits:
-        return ""
-    return "/".join(f"Q{b}" if b.isdigit() else b for b in str(bits).split("/"))
-
-
-def infos(provider) -> list[dict]:
-    """listing(), with each folder's size on disk where the listing has none (serve -m)."""
-    from ..store import disk_usage
-
-    out = []
-    get = getattr(provider, "get", None)
-    for i in listing(provider):
-        if not i.get("size") and get is not None and get(i["id"]) is not None:
-            i = {**i, "size": disk_usage(get(i["id"]).folder)}
-        out.append(i)
-    return out
-
-
-def _modified(info: dict) -> str:
-    return datetime.fromtimestamp(info.get("created") or 0, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def tag(info: dict) -> dict:
-    return {
-        "name": info["id"],
-        "model": info["id"],
-        "modified_at": _modified(info),
-        "size": info.get("size") or 0,
-        "details": _details(info),
-    }
-
-
-def show(info: dict) -> dict:
-    ctx = info.get("context_length")
-    model_info = {
-        "general.architecture": info.get("architecture") or "",
-        "general.parameter_count": info.get("params"),
-        "oga_npu.context_length": ctx,
-        "oga_npu.target": info.get("target"),
-        "oga_npu.recipe": info.get("recipe"),
-        "oga_npu.loaded": info.get("loaded"),
-    }
-    caps = ["completion"]
-    return {
-        "modelfile": "",
-        "parameters": f"num_ctx {ctx}" if ctx else "",
-        "template": "",
-        "details": _details(info),
-        "model_info": model_info,
-        "capabilities": caps,
-        "modified_at": _modified(info),
-    }
-
-
 # ---------------------------------------------------------------- routes
 
 
@@ -423,7 +346,8 @@ async def show_model(request: Request):
     name = req.model or req.name
     if not name:
         raise ApiError(400, "model is required", param="model", code="invalid_value")
-    return show(describe(_st(request).provider, name))
+    provider = _st(request).provider
+    return show(described(provider, describe(provider, name)))
 
 
 @router.post("/api/chat")

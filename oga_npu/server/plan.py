@@ -109,6 +109,14 @@ def auto_grammar(schema: dict) -> tuple[str, str]:
 
 
 NO_GUIDANCE = "this model/runtime has no guided output"
+# response_format json_object (Ollama's format "json"): an object with at least one member, and
+# some whitespace allowed between tokens. Held to compact JSON, a small model closes `{` at
+# once (it wanted a newline): `{}` every time.
+JSON_OBJECT = {
+    "type": "object",
+    "minProperties": 1,
+    "x-guidance": {"whitespace_flexible": True, "whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,8}"},
+}
 
 
 def response_format_guidance(req: ChatRequest, guided: bool, why_not: str = "") -> tuple[str, str] | None:
@@ -118,7 +126,7 @@ def response_format_guidance(req: ChatRequest, guided: bool, why_not: str = "") 
     if not guided:
         raise not_supported(f"response_format {rf.type} ({why_not or NO_GUIDANCE})", "response_format")
     if rf.type == "json_object":
-        return schema_guidance({"type": "object"})
+        return schema_guidance(JSON_OBJECT)
     if rf.json_schema is None:
         raise ApiError(
             400, "response_format json_schema needs a json_schema object", param="response_format.json_schema"

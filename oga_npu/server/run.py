@@ -34,11 +34,11 @@ def serve(
     max_loaded: int = 1,
     loader=None,
 ) -> int:
-    """Run until SIGINT/SIGTERM. Open streams then get an error event and [DONE]. `folders`:
-    these models, loaded at start; none: every model of the store (`models_dir`), on demand.
-    `loader` replaces model.load (the CLI's speculative decoding attaches its drafter there)."""
+    """Run until SIGINT/SIGTERM (open streams then get an error event and [DONE]). `folders`: these models,
+    loaded at start; none: the store's (`models_dir`), on demand. `loader` replaces model.load (speculative)."""
     import uvicorn
 
+    check_port(host, port)  # before anything loads or the banner: one line, not uvicorn's [Errno 98]
     serverlog.setup(log_level)
     models = manager(
         folders,
@@ -95,6 +95,43 @@ def serve(
     if stopped:
         print("oga-npu serve: stopped", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def _bind(host: str, port: int) -> OSError | None:
+    """Bind host:port as uvicorn will (SO_REUSEADDR), and let go; the error, or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        return e
+    family, kind, proto, _name, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return e
+    return None
+
+
+def check_port(host: str, port: int) -> None:
+    """OgaNpuError naming the port and a free one when host:port cannot be bound."""
+    import errno
+
+    err = _bind(host, port)
+    if err is None:
+        return
+    if err.errno != errno.EADDRINUSE:
+        raise OgaNpuError(
+            f"cannot listen on {host} port {port}: {err.strerror or err}", "pass another --host or --port"
+        )
+    free = next((p for p in range(port + 1, min(port + 50, 65536)) if _bind(host, p) is None), None)
+    raise OgaNpuError(
+        f"port {port} on {host} is in use",
+        (f"pass --port {free} (free now), " if free else "pass another --port, ")
+        + f"or stop the program listening on {port}",
+    )
 
 
 def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelManager:

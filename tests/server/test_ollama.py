@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import httpx
@@ -14,8 +15,11 @@ from serverutil import running
 
 from oga_npu.generate import GenerationEvent
 from oga_npu.server import ollama as ol
+from oga_npu.server import plan
 from oga_npu.server.errors import ApiError
+from oga_npu.server.ollama_models import folder_facts
 from oga_npu.server.schemas import ChatRequest, CompletionRequest
+from oga_npu.workdir import MANIFEST
 
 KEY = "test-key-ollama"
 
@@ -162,6 +166,46 @@ def test_client_tags_show_ps_version(server, client, model_id):
     assert client.show(f"{model_id}:latest").modelinfo == info.modelinfo  # the tag clients add
     r = httpx.get(server.base + "/api/version", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200 and r.json()["version"]
+
+
+def test_show_details_family_parameters_quantization(server, client, model_id, tiny_model, tmp_path):
+    """details.family is the model's type (genai_config.json), never empty; a gguf-native model's
+    quantization_level is its GGUF's type."""
+    family = json.loads((tiny_model / "genai_config.json").read_text())["model"]["type"]
+    d = client.show(model_id).details
+    assert d.family == family and d.families == [family] and d.format == "onnx"
+    assert d.parameter_size and d.quantization_level
+    assert client.list().models[0].details.family == family
+    copy = tmp_path / "native-cpu"
+    shutil.copytree(tiny_model, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest.update(source="/m/SmolLM2-135M-Instruct.Q4_1.gguf", source_kind="gguf", recipe="gguf-native")
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    facts = folder_facts(copy)
+    assert facts["architecture"] == family and facts["quantization"] == "Q4_1" and facts["params"]
+
+
+def test_format_json_is_an_object_with_a_member(client, model_id):
+    """format "json": held to compact JSON with `{}` allowed, a small model answered `{}`; the
+    grammar asks for at least one member and allows a little whitespace."""
+    kind, grammar = plan.response_format_guidance(
+        ChatRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}
+        ),
+        True,
+    )
+    assert kind == "json_schema" and json.loads(grammar)["minProperties"] == 1
+    r = client.chat(
+        model=model_id,
+        messages=[{"role": "user", "content": "Describe a cat as JSON."}],
+        format="json",
+        options={"temperature": 0, "num_predict": 60},
+    )
+    text = r.message.content
+    assert text.lstrip().startswith("{") and not text.replace(" ", "").replace("\n", "").startswith("{}"), text
+    if r.done_reason == "stop":  # a random model may write a long object; what came is an object's start
+        obj = json.loads(text)
+        assert isinstance(obj, dict) and len(obj) >= 1
 
 
 def test_client_chat_whole_and_streamed(server, client, model_id):
