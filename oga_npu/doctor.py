@@ -133,9 +133,10 @@ def rai_env_info() -> dict | None:
 
 def linux_npu_ready() -> bool:
     """Ryzen AI 1.8 runs NPU-only models on Linux once XRT, the device and memlock are set up."""
-    from .ryzenai import host_os, linux_npu_checks
+    from .ryzenai import host_os
+    from .ryzenai_folders import linux_checks
 
-    return host_os() == "Linux" and all(c.ok for c in linux_npu_checks())
+    return host_os() == "Linux" and all(c.ok for c in linux_checks())
 
 
 def runtime_report() -> dict:
@@ -242,10 +243,10 @@ def doctor(model: Path | None = None, min_free_gb: float = 10.0) -> DoctorReport
 
 
 def _linux_npu(rep: DoctorReport, model: Path | None) -> None:
-    """What AMD's Linux page needs for NPU models (oga_npu.ryzenai.doctor_checks)."""
+    """What AMD's Linux page needs for NPU models (oga_npu.ryzenai_folders.doctor_checks)."""
     import json
 
-    from .ryzenai import doctor_checks
+    from .ryzenai_folders import doctor_checks
 
     cfg = None
     if model is not None and (model / "genai_config.json").is_file():
@@ -253,7 +254,7 @@ def _linux_npu(rep: DoctorReport, model: Path | None) -> None:
             cfg = json.loads((model / "genai_config.json").read_text(encoding="utf-8"))
         except ValueError:
             cfg = None
-    for c in doctor_checks(cfg):
+    for c in doctor_checks(cfg, model):
         if c.ok:
             rep.checks.append(c.what)
         else:

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import guard
+from . import guard, ryzenai_folders
 from .errors import ModelFolderError, ModelLoadError, ModelNotFoundError, ProviderError
+from .providers import (  # noqa: F401 - model.PROVIDERS, model.provider_available, ... as before
+    OGA_PROVIDER_NAME,
+    PROVIDERS,
+    choose_provider,
+    configured_providers,
+    provider_available,
+)
 from .runtime_errors import translate
 from .workdir import folder_content_hash, require_ready
 
@@ -25,9 +31,6 @@ log = logging.getLogger(__name__)
 
 LFS_MAGIC = b"version https://git-lfs"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-PROVIDERS = ("cpu", "webgpu", "dml", "cuda", "ryzenai")
-# genai_config provider names as OGA spells them.
-OGA_PROVIDER_NAME = {"webgpu": "WebGPU", "dml": "dml", "cuda": "cuda", "ryzenai": "RyzenAI"}
 HYBRID_MAX_SEQ = 4096
 
 
@@ -116,56 +119,6 @@ def check_folder(path: Path, deep: bool = True) -> FolderReport:
             if (path / t).is_file() and is_lfs_pointer(path / t):
                 rep.problems.append(f"{t} is a git-lfs pointer file (run `git lfs pull`)")
     return rep
-
-
-def configured_providers(config: dict) -> list[str]:
-    so = config.get("model", {}).get("decoder", {}).get("session_options", {})
-    opts = so.get("provider_options", [])
-    if "onnx_custom_ops" in str(so.get("custom_ops_library", "")) and not opts:
-        return ["ryzenai"]  # RAI <= 1.6 hybrid models load AMD's custom ops instead of a provider
-    names = []
-    for entry in opts:
-        for k in entry:
-            names.append(k.lower())
-    return names or ["cpu"]
-
-
-def provider_available(provider: str) -> tuple[bool, str]:
-    """Whether this onnxruntime-genai can run `provider` here, and why not."""
-    from .capabilities import CPU_EXTRA_FIX, installed_runtime
-
-    if installed_runtime().distribution is None:
-        return False, f"no onnxruntime-genai is installed ({CPU_EXTRA_FIX})"
-    import onnxruntime_genai as og
-
-    if provider == "cpu":
-        return True, ""
-    if provider == "cuda":
-        return bool(
-            og.is_cuda_available()
-        ), "this onnxruntime-genai build has no CUDA (pip install onnxruntime-genai-cuda)"
-    if provider == "dml":
-        return bool(og.is_dml_available()), "DirectML needs Windows and onnxruntime-genai-directml"
-    if provider == "webgpu":
-        from .capabilities import capabilities
-        from .webgpu import ep as webgpu
-
-        if not capabilities().ep_library:
-            return False, (
-                f"onnxruntime-genai {capabilities().version} cannot load plugin execution providers "
-                "(no register_execution_provider_library)"
-            )
-
-        return webgpu.available()
-    if provider == "ryzenai":
-        ep = os.environ.get("RYZENAI_EP_PATH")
-        if not ep or not Path(ep).exists():
-            return False, (
-                "the RyzenAI execution provider was not found: set RYZENAI_EP_PATH to its library "
-                "(Ryzen AI Software on Windows with a Strix/Krackan NPU)"
-            )
-        return True, ""
-    return False, f"unknown provider '{provider}' (known: {', '.join(PROVIDERS)})"
 
 
 @dataclass
@@ -344,7 +297,7 @@ def check(
     runtime = require_runtime()
     check_folder_runtime(state)  # built for a newer OGA than this one: say so, not "invalid dimensions"
     config = _checked_config(path)
-    wanted = choose_provider(config, provider, fallback, state.manifest)
+    wanted = choose_provider(config, provider, fallback, state.manifest, path)
     choice, direct = _decoder_choice(path, wanted, decoder)
     key = expand.wanted(state.manifest)  # a gguf-native folder opens its expanded form, in the cache
     entry = expand.finished_entry(key) if key else None
@@ -382,29 +335,6 @@ def _checked_config(path: Path) -> dict:
     return config
 
 
-def choose_provider(config: dict, provider: str | None, fallback: str | None, manifest: dict | None) -> str:
-    """The provider asked for (else the folder's), when available here; cpu only when
-    `fallback="cpu"` says so."""
-    wanted = (provider or configured_providers(config)[0]).lower()
-    if wanted not in PROVIDERS:
-        raise ProviderError(f"unknown provider '{wanted}'", f"use one of: {', '.join(PROVIDERS)}")
-    ok, why = provider_available(wanted)
-    if ok and wanted == "ryzenai":  # on Linux: NPU-only models, once AMD's setup is done (oga_npu.ryzenai)
-        from .ryzenai import runtime_problem
-
-        why = runtime_problem(config, manifest) or ""
-        ok = not why
-    if ok:
-        return wanted
-    if fallback != "cpu":
-        raise ProviderError(
-            f"provider {wanted} is not available: {why}",
-            "install it, or pass --fallback cpu to run on the CPU instead (slower)",
-        )
-    log.warning("provider %s is not available (%s); falling back to cpu as asked", wanted, why)
-    return "cpu"
-
-
 def _decoder_choice(path: Path, provider: str, decoder: str | None) -> tuple[str, bool]:
     """(the decoder asked for, whether the direct engine decodes)."""
     from .webgpu import engine as eng
@@ -437,6 +367,7 @@ def open(state: CheckedFolder) -> LoadedModel:  # model.open, as io.open (the bu
     import onnxruntime_genai as og
 
     path, wanted = state.path, state.provider
+    ryzenai_folders.prepare_process(state.config, state.manifest, state.files)  # DD_PLUGINS_ROOT, DLL path
     try:
         ogc = og.Config(str(state.files))
         if wanted != state.configured_provider:

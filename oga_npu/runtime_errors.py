@@ -38,6 +38,22 @@ KNOWN_ERRORS: list[tuple[str, str, str]] = [
         "a Ryzen AI hybrid model on an unsupported CPU or a mismatched Ryzen AI runtime",
         "run it on a Strix/Krackan NPU with the Ryzen AI release it was made with",
     ),
+    (  # onnxruntime-genai 0.12-0.14 src/ryzenai/interface.cpp, SetupProvider
+        r"No RyzenAI devices detected",
+        "onnxruntime-genai loaded the RyzenAI execution provider but it offers no NPU: no Ryzen AI NPU "
+        "here, its driver is not loaded, or the EP library was loaded before onnxruntime-genai registered "
+        "it (0.12-0.14 then skip the registration)",
+        "run on a Strix/Krackan PC with the NPU driver installed (Windows: Device Manager > Neural "
+        "processors; Linux: /dev/accel/accel0, `oga-npu doctor`), and do not preload the EP library",
+    ),
+    (  # onnxruntime-genai after 0.15 (main), src/ryzenai/interface.cpp
+        r"Failed to register RyzenAI execution provider library",
+        "onnxruntime-genai could not load the RyzenAI execution provider library (a missing or wrong "
+        "file, or a library it needs not on the search path)",
+        "point RYZENAI_EP_PATH at the library of this Ryzen AI release (Linux: "
+        "$PWD/deployment/lib/libonnxruntime_providers_ryzenai.so with deployment/lib on LD_LIBRARY_PATH; "
+        "Windows: onnxruntime_providers_ryzenai.dll), then `oga-npu doctor -m DIR`",
+    ),
     (
         r"total_sequence_length must equal past_sequence_length",
         "the model's genai_config.json asks for a sliding-window KV cache its graph does not use (an older build)",

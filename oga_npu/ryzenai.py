@@ -10,8 +10,9 @@ onnxruntime-genai), RYZEN_AI_INSTALLATION_PATH when it holds a Python. The relea
 from `--rai-version`, the env's name, its `model-generate` package, or the onnxruntime-genai
 version AMD pins per release. Nothing here starts a process: the env is read from its files.
 
-Linux (Ryzen AI 1.8): NPU-only models run through the RyzenAI EP (RYZENAI_EP_PATH) once XRT
-is set up, the amdxdna driver's /dev/accel/accel0 is there and the memlock limit is raised;
+Linux (Ryzen AI 1.8): NPU-only models run through the RyzenAI EP once XRT is set up, the
+amdxdna driver's /dev/accel/accel0 is there and the memlock limit is raised (linux_npu_checks;
+which folder runs where, and the library it loads: oga_npu.ryzenai_folders);
 `model_generate` does not run on Linux, so models are made on Windows.
 OGA_NPU_HOST_OS (a test hook, like OGA_NPU_SYSFS_ROOT) overrides the host OS name.
 """
@@ -244,7 +245,7 @@ def _release_of(prefix: Path, packages: dict, explicit: str | None) -> tuple[Rel
         return release(packages["model-generate"]), f"model-generate {packages['model-generate']}"
     amd = packages.get("onnxruntime-genai-directml-ryzenai")
     if amd:
-        matches = [r for r in RELEASES.values() if r.oga == amd]
+        matches = [r for r in RELEASES.values() if vtuple(r.oga) == vtuple(amd)]  # AMD's 0.9.2.1 is 0.9.2
         if len(matches) == 1:
             return matches[0], f"onnxruntime-genai-directml-ryzenai {amd}"
         if matches:
@@ -350,7 +351,8 @@ def memlock_limit() -> int | None:
 
 
 def linux_npu_checks() -> list[Check]:
-    """What AMD's Linux page (Ryzen AI 1.8) needs before an NPU model runs, each with its fix."""
+    """What AMD's Linux page (Ryzen AI 1.8) needs before an NPU model runs, each with its fix
+    (the library the folder loads: oga_npu.ryzenai_folders.library_checks)."""
     out = []
     xrt = os.environ.get("XILINX_XRT")
     setup = XRT_ROOT / "setup.sh"
@@ -392,70 +394,7 @@ def linux_npu_checks() -> list[Check]:
                 "/etc/security/limits.conf, then log in again)",
             )
         )
-    ep = os.environ.get("RYZENAI_EP_PATH")
-    if ep and Path(ep).exists():
-        out.append(Check(True, f"RyzenAI EP: RYZENAI_EP_PATH={ep}"))
-    else:
-        out.append(
-            Check(
-                False,
-                "RYZENAI_EP_PATH " + (f"={ep} does not exist" if ep else "is not set"),
-                "set RYZENAI_EP_PATH to the RyzenAI execution provider library of the Ryzen AI 1.8 Linux install",
-            )
-        )
     return out
-
-
-def runtime_problem(config: dict, manifest: dict | None) -> str | None:
-    """Why a RyzenAI folder cannot run on this host (None: it may). On Linux only NPU-only
-    models run (Ryzen AI 1.8), after the checks of linux_npu_checks()."""
-    if host_os() == "Windows":
-        return None
-    if folder_kind(config, manifest) == "hybrid":
-        return (
-            f"this is a hybrid (NPU + iGPU) model: hybrid models run on Windows 11 only (this is {host_os()}); "
-            "Ryzen AI 1.8 runs NPU-only models on Linux (prepare --target npu on Windows)"
-        )
-    bad = [c for c in linux_npu_checks() if not c.ok]
-    if bad:
-        return "; ".join(f"{c.what} (fix: {c.fix})" for c in bad)
-    return None
-
-
-def folder_kind(config: dict, manifest: dict | None) -> str:
-    """hybrid | npu for a RyzenAI model folder: the manifest's target, else its options."""
-    target = (manifest or {}).get("target")
-    if target in ("hybrid", "npu"):
-        return target
-    so = config.get("model", {}).get("decoder", {}).get("session_options", {})
-    text = str(so)
-    return "hybrid" if "hybrid_opt" in text or so.get("custom_ops_library") else "npu"
-
-
-def doctor_checks(model_config: dict | None = None) -> list[Check]:
-    """Linux NPU checks for `doctor`: run where an NPU, XRT or the RyzenAI EP is there or a
-    RyzenAI model is being checked; elsewhere one line says they were skipped."""
-    from .devices import find_npus
-
-    if host_os() != "Linux":
-        return []
-    ryzenai_model = (
-        bool(model_config)
-        and "ryzenai" in str(model_config.get("model", {}).get("decoder", {}).get("session_options", {})).lower()
-    )
-    npus = find_npus()
-    if not (npus or ryzenai_model or os.environ.get("XILINX_XRT") or os.environ.get("RYZENAI_EP_PATH")):
-        return [Check(True, "no Ryzen AI NPU here: the Linux NPU checks (XRT, /dev/accel/accel0, memlock) are skipped")]
-    checks = linux_npu_checks()
-    if npus and not any(n.supports_hybrid for n in npus):
-        checks.append(
-            Check(
-                False,
-                f"the NPU is {npus[0].name}: Ryzen AI LLMs need Strix or Krackan",
-                "run NPU models on a Strix/Krackan PC",
-            )
-        )
-    return checks
 
 
 def plugins_root(manifest: dict | None) -> Path | None:

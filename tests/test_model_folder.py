@@ -1,6 +1,7 @@
 """Loading checks: what a user sees for each broken-folder case."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -188,3 +189,35 @@ def test_float32_logits_pass_keeps_values(tmp_path):
     np.testing.assert_allclose(after, before.astype(np.float32), rtol=2e-3, atol=2e-3)
     assert (tmp_path / "model.onnx.data").read_bytes() == data
     assert cast_logits_to_float32(path) is False  # already float32: nothing to do
+
+
+def test_compiled_op_model_gets_dd_plugins_root_before_oga_opens_it(copy, tmp_path, monkeypatch, caplog):
+    """A folder whose manifest records the plugins stage's dd_plugins folder: DD_PLUGINS_ROOT is
+    set for the process before onnxruntime-genai creates the model (run, chat, serve and bench
+    all load through model.load/open), and a value the user set is kept."""
+    import logging
+
+    import onnxruntime_genai as og
+
+    plugins = tmp_path / "dd_plugins"
+    plugins.mkdir()
+    m = json.loads((copy / MANIFEST).read_text())
+    m.setdefault("stages", {})["plugins"] = {"detail": {"dd_plugins_root": str(plugins)}}
+    (copy / MANIFEST).write_text(json.dumps(m))
+    monkeypatch.setenv("DD_PLUGINS_ROOT", "x")  # recorded, so the test leaves the variable as it found it
+    monkeypatch.delenv("DD_PLUGINS_ROOT")
+    seen = {}
+    real = og.Model
+
+    def model(cfg):
+        seen["root"] = os.environ.get("DD_PLUGINS_ROOT")
+        return real(cfg)
+
+    monkeypatch.setattr(og, "Model", model)
+    with caplog.at_level(logging.DEBUG, logger="oga_npu.ryzenai_folders"):
+        load(copy)
+    assert seen["root"] == str(plugins)
+    assert any("DD_PLUGINS_ROOT" in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("DD_PLUGINS_ROOT", str(tmp_path / "mine"))
+    load(copy)
+    assert seen["root"] == str(tmp_path / "mine")

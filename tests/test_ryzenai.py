@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 from rai_env import PINS, env_for, make_rai_env, path_head
 
-from oga_npu import ryzenai
+from oga_npu import ryzenai, ryzenai_folders
 from oga_npu.errors import PreflightError, ProviderError
 
 RELEASES = ("1.6", "1.7", "1.7.1", "1.8")
@@ -521,19 +521,21 @@ def linux_host(monkeypatch, tmp_path):
     (root / "dev" / "accel" / "accel0").write_text("")
     monkeypatch.setenv("OGA_NPU_SYSFS_ROOT", str(root))
     monkeypatch.setattr(ryzenai, "memlock_limit", lambda: -1)
-    ep = tmp_path / "libonnxruntime_providers_ryzenai.so"
+    ep = tmp_path / "deployment" / "lib" / "libonnxruntime_providers_ryzenai.so"  # AMD's Linux layout
+    ep.parent.mkdir(parents=True)
     ep.write_bytes(b"\0")
     monkeypatch.setenv("RYZENAI_EP_PATH", str(ep))
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(ep.parent))
     return root
 
 
 def test_linux_checks_name_each_fix(linux_host, monkeypatch):
-    assert all(c.ok for c in ryzenai.linux_npu_checks())
+    assert all(c.ok for c in ryzenai_folders.linux_checks())
     monkeypatch.delenv("XILINX_XRT")
     (linux_host / "dev" / "accel" / "accel0").unlink()
     monkeypatch.setattr(ryzenai, "memlock_limit", lambda: 8 * 1024 * 1024)
     monkeypatch.delenv("RYZENAI_EP_PATH")
-    bad = {c.what: c.fix for c in ryzenai.linux_npu_checks() if not c.ok}
+    bad = {c.what: c.fix for c in ryzenai_folders.linux_checks() if not c.ok}
     fixes = " | ".join(bad.values())
     assert len(bad) == 4
     assert f"source {ryzenai.XRT_ROOT / 'setup.sh'}" in fixes
@@ -586,7 +588,7 @@ def test_npu_folder_on_linux_goes_to_the_ryzenai_ep(linux_host, npu_folder, monk
         model_mod.load(npu_folder)
     # a hybrid folder does not run on Linux at all
     cfg = json.loads((npu_folder / "genai_config.json").read_text())
-    assert ryzenai.runtime_problem(cfg, {"target": "hybrid"}).startswith("this is a hybrid")
+    assert ryzenai_folders.runtime_problem(cfg, {"target": "hybrid"}).startswith("this is a hybrid")
 
 
 def test_run_of_an_npu_folder_on_linux_says_what_is_missing(npu_folder, tmp_path):

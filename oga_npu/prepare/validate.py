@@ -102,7 +102,7 @@ def runnable_here(ctx, model_dir: Path) -> tuple[bool, str]:
     config_path = model_dir / "genai_config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     provider = model_mod.configured_providers(config)[0]
-    return model_mod.provider_available(provider)
+    return model_mod.provider_available(provider, config, model_dir)
 
 
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
