@@ -142,3 +142,18 @@ def test_built_tokenizer_loads(built):
     assert AutoTokenizer.from_pretrained(out)(text, add_special_tokens=False)["input_ids"] == want
     ids = list(og.Tokenizer(og.Model(str(out))).encode(text))
     assert ids[-len(want) :] == want, (ids, want)  # the runtime may add a BOS
+
+
+def test_cited_builder_lines_are_in_this_builder():
+    """Each fact tests/builder_facts.py cites for this version is on its line in the wheel."""
+    import importlib.util
+
+    from builder_facts import FACTS
+
+    root = Path(importlib.util.find_spec("onnxruntime_genai").origin).parent.parent
+    version = __import__("onnxruntime_genai").__version__
+    facts = [f for f in FACTS if f[0] == version]
+    assert facts, f"no cited lines for onnxruntime-genai {version}"
+    for _, path, line, text, why in facts:
+        lines = (root / path).read_text(encoding="utf-8").splitlines()
+        assert text in lines[line - 1], f"{path}:{line} ({why}): {lines[line - 1]!r}"

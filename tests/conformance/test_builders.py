@@ -3,15 +3,14 @@ transformers 4.57.6) and AMD's quantize settings really are, each fact with its 
 assertion, and oga-npu's quantize stage held to them.
 
 Builder sources: the public PyPI wheels (`pip download --no-deps onnxruntime-genai==X`), paths
-inside the wheel. Where scripts/test_builders.sh has unpacked them ($OGA_NPU_VERSION_VENVS, default
-.venv-oga, builder-oga-X/), test_cited_builder_lines reads the cited line itself; elsewhere it
-skips. The behaviour those lines give is checked end to end by tests/builders_check.py.
+inside the wheel, listed in tests/builder_facts.py; tests/builders_check.py (run by
+scripts/test_builders.sh with each wheel on the path) reads each cited line in the wheel itself,
+and checks end to end the behaviour those lines give.
 AMD docs: github.com/amd/ryzen-ai-documentation, docs/oga_model_prepare.rst, per release branch.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,47 +19,6 @@ from oga_npu.prepare.builder_compat import EXPRESSIBLE, TOKENIZER_CLASS, legacy_
 from oga_npu.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-B = "onnxruntime_genai/models/builder.py"
-B14 = "onnxruntime_genai/models/builders/base.py"
-
-# (version, file in the wheel, line, text on that line, what oga-npu relies on)
-FACTS = [
-    ("0.9.2", B, 4301, "config = AutoConfig.from_pretrained(", "config.json is read through AutoConfig only"),
-    ("0.11.2", B, 4654, "config = AutoConfig.from_pretrained(", "config.json is read through AutoConfig only"),
-    ("0.14.0", "onnxruntime_genai/models/builder.py", 198, "config = AutoConfig.from_pretrained(", "same"),
-    ("0.9.2", B, 176, 'rope_theta = config.rope_theta if hasattr(config, "rope_theta")', "top-level rope_theta"),
-    ("0.11.2", B, 178, 'rope_theta = config.rope_theta if hasattr(config, "rope_theta")', "top-level rope_theta"),
-    ("0.14.0", B14, 234, "config.rope_theta", "top-level rope_theta"),
-    ("0.9.2", B, 191, 'if hasattr(config, "rope_scaling") and config.rope_scaling is not None:', "legacy rope_scaling"),
-    ("0.11.2", B, 193, 'if hasattr(config, "rope_scaling") and config.rope_scaling is not None:', "same"),
-    ("0.14.0", B14, 258, 'if hasattr(config, "rope_scaling") and config.rope_scaling is not None:', "same"),
-    # longrope / llama3 are told apart by their KEYS, not by rope_type
-    ("0.9.2", B, 308, 'if "short_factor" in config.rope_scaling:', "longrope by key"),
-    ("0.9.2", B, 326, 'elif "low_freq_factor" in config.rope_scaling:', "llama3 by key"),
-    ("0.11.2", B, 310, 'if "short_factor" in config.rope_scaling:', "longrope by key"),
-    ("0.14.0", B14, 429, 'if "short_factor" in config.rope_scaling:', "longrope by key"),
-    # hasattr() on a dict is always False: 0.9.2/0.11.2 read the llama3 old context length at the top level only
-    ("0.9.2", B, 41, 'hasattr(config.rope_scaling, "original_max_position_embeddings")', "top-level original_max"),
-    ("0.11.2", B, 41, 'hasattr(config.rope_scaling, "original_max_position_embeddings")', "top-level original_max"),
-    ("0.14.0", B14, 61, "isinstance(config.rope_scaling, Mapping)", "0.14.0 also reads it from rope_scaling"),
-    # save_processing: AutoTokenizer under transformers 4.57.6, which has no TokenizersBackend
-    ("0.9.2", B, 476, "tokenizer = AutoTokenizer.from_pretrained(", "the tokenizer class must exist in 4.57"),
-    ("0.11.2", B, 496, "tokenizer = AutoTokenizer.from_pretrained(", "same"),
-    ("0.14.0", B14, 715, "tokenizer = AutoTokenizer.from_pretrained(", "same"),
-]
-
-
-def _wheel_dir(version: str) -> Path:
-    return Path(os.environ.get("OGA_NPU_VERSION_VENVS", REPO / ".venv-oga")) / f"builder-oga-{version}"
-
-
-@pytest.mark.parametrize("version,path,line,text,why", FACTS, ids=[f"{f[0]}:{f[2]}" for f in FACTS])
-def test_cited_builder_lines(version, path, line, text, why):
-    src = _wheel_dir(version) / path
-    if not src.is_file():
-        pytest.skip(f"onnxruntime-genai {version} is not unpacked here (bash scripts/test_builders.sh does it)")
-    lines = src.read_text(encoding="utf-8").splitlines()
-    assert text in lines[line - 1], f"{src}:{line} ({why}): {lines[line - 1]!r}"
 
 
 def test_keys_the_old_builders_read_are_written():
