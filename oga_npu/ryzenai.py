@@ -183,6 +183,19 @@ class RaiEnv:
             f"{self.release_source}; builder {self.builder_id})"
         )
 
+    def builder_needs(self) -> list[str]:
+        """The builder's own imports (torch; onnx_ir from 0.11) that the env lacks: a fresh 1.6/1.7
+        env has neither (AMD's oga_model_prepare.rst 1.6 and 1.7: `pip install onnx_ir`,
+        `pip install torch==2.7.1` in the env before the build)."""
+        need = [("torch", "torch==2.7.1")] + ([("onnx-ir", "onnx_ir")] if vtuple(self.oga[1]) >= (0, 11) else [])
+        missing = [pin for dist, pin in need if dist not in self.packages]
+        if not missing:
+            return []
+        return [
+            f"the builder in {self.prefix} needs {' and '.join(m.split('==')[0] for m in missing)}, which this env "
+            f"lacks (AMD's prepare page: in the env, pip install {' '.join(missing)})"
+        ]
+
     def problems(self, tools: list[str], builder: bool) -> list[str]:
         """What this env lacks for the given tools and the -e dml build."""
         out = []
@@ -194,6 +207,8 @@ class RaiEnv:
                     f"no onnxruntime-genai in {self.prefix} (AMD's onnxruntime-genai-directml-ryzenai "
                     "holds the builder)"
                 )
+            elif self.packages:
+                out += self.builder_needs()
         for t in tools:
             if self.tool(t) is None:
                 out.append(f"{t} not found in {self.prefix} (Scripts/, bin/)")

@@ -34,6 +34,7 @@ def make_rai_env(
     python: bool = True,
     oga: str | None = None,
     packages: bool = True,
+    builder_deps: bool = True,
 ) -> Path:
     oga = oga or PINS[release]
     prefix = Path(root) / (name or f"ryzen-ai-{release}" + (".0" if release.count(".") == 1 else ""))
@@ -46,6 +47,8 @@ def make_rai_env(
     sp.mkdir(parents=True, exist_ok=True)
     if packages:
         (sp / f"onnxruntime_genai_directml_ryzenai-{oga}.dist-info").mkdir(exist_ok=True)
+        for dist in ("torch-2.7.1", "onnx_ir-0.1.12") if builder_deps else ():  # what AMD's prepare page installs
+            (sp / f"{dist}.dist-info").mkdir(exist_ok=True)
         (sp / "onnxruntime_vitisai-1.23.0.dist-info").mkdir(exist_ok=True)
         if release == "1.8":
             (sp / "model_generate-1.8.0.dist-info").mkdir(exist_ok=True)

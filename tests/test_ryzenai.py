@@ -301,6 +301,34 @@ def test_release_from_the_active_conda_env(tmp_path, hybrid_base):
     assert "--input" in mg["argv"] and mg["exe"] == str(env / "bin" / "model_generate")
 
 
+@pytest.mark.parametrize("release, missing", [("1.6", "torch"), ("1.7", "torch and onnx_ir")])
+def test_a_fresh_env_without_the_builders_imports_names_them(tmp_path, tiny_hf, release, missing):
+    """A fresh 1.6/1.7 env has no torch / onnx_ir, which its builder imports (AMD's
+    oga_model_prepare.rst, branches 1.6 and 1.7: `pip install onnx_ir`, `pip install torch==2.7.1`
+    in the env): refused up front, naming them and the pip line, nothing written."""
+    env = make_rai_env(tmp_path, release, builder_deps=False)
+    out = tmp_path / "m"
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--rai-env",
+        str(env),
+        "--rai-version",
+        release,
+        env=env_for(env),
+        cwd=tmp_path,
+    )
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]
+    assert r.returncode == 1 and len(err) == 1, r.stderr
+    assert f"needs {missing}" in err[0] and "pip install torch==2.7.1" in err[0], err[0]
+    assert not out.exists()
+
+
 def test_broken_env_one_line_nothing_written(tmp_path, tiny_hf):
     env = make_rai_env(tmp_path, "1.8", python=False, packages=False)
     out = tmp_path / "m"
