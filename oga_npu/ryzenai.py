@@ -184,10 +184,11 @@ class RaiEnv:
         )
 
     def builder_needs(self) -> list[str]:
-        """The builder's own imports (torch; onnx_ir from 0.11) that the env lacks: a fresh 1.6/1.7
-        env has neither (AMD's oga_model_prepare.rst 1.6 and 1.7: `pip install onnx_ir`,
+        """The builder's own imports that the env lacks (torch, and onnx_ir: builder.py imports it
+        at line 21 in 0.9.2 and 0.11.2, 18 in 0.14.0, and no wheel declares it): a fresh 1.6/1.7 env
+        has neither (AMD's oga_model_prepare.rst 1.6 and 1.7: `pip install onnx_ir`,
         `pip install torch==2.7.1` in the env before the build)."""
-        need = [("torch", "torch==2.7.1")] + ([("onnx-ir", "onnx_ir")] if vtuple(self.oga[1]) >= (0, 11) else [])
+        need = [("torch", "torch==2.7.1"), ("onnx-ir", "onnx_ir")]
         missing = [pin for dist, pin in need if dist not in self.packages]
         if not missing:
             return []

@@ -301,7 +301,7 @@ def test_release_from_the_active_conda_env(tmp_path, hybrid_base):
     assert "--input" in mg["argv"] and mg["exe"] == str(env / "bin" / "model_generate")
 
 
-@pytest.mark.parametrize("release, missing", [("1.6", "torch"), ("1.7", "torch and onnx_ir")])
+@pytest.mark.parametrize("release, missing", [("1.6", "torch and onnx_ir"), ("1.7", "torch and onnx_ir")])
 def test_a_fresh_env_without_the_builders_imports_names_them(tmp_path, tiny_hf, release, missing):
     """A fresh 1.6/1.7 env has no torch / onnx_ir, which its builder imports (AMD's
     oga_model_prepare.rst, branches 1.6 and 1.7: `pip install onnx_ir`, `pip install torch==2.7.1`
