@@ -614,8 +614,11 @@ def test_npu_folder_on_linux_goes_to_the_ryzenai_ep(linux_host, npu_folder, monk
     monkeypatch.setattr(ryzenai, "memlock_limit", lambda: 65536)
     with pytest.raises(ProviderError, match="ulimit -l unlimited"):
         model_mod.load(npu_folder)
-    # a hybrid folder does not run on Linux at all
+    # a hybrid folder does not run on Linux at all: the same config with the hybrid backend
+    # (hybrid_opt_token_backend "gpu", what classes a folder before the manifest's target)
     cfg = json.loads((npu_folder / "genai_config.json").read_text())
+    for opts in cfg["model"]["decoder"]["session_options"]["provider_options"]:
+        opts.get("RyzenAI", {})["hybrid_opt_token_backend"] = "gpu"
     assert ryzenai_folders.runtime_problem(cfg, {"target": "hybrid"}).startswith("this is a hybrid")
 
 
