@@ -163,6 +163,9 @@ class Capabilities:
     eos_token_ids: bool  # Tokenizer.eos_token_ids (older: genai_config's eos_token_id only)
     ep_library: bool  # register_execution_provider_library (plugin EPs such as WebGPU)
     speculative: bool = False  # GeneratorParams.set_speculative_options (n-gram / draft model; 0.18)
+    # JSON schema minProperties in guided output: 0.9.2's llguidance answers "Error creating
+    # grammar: Unimplemented keys: ["minProperties"]" (seen; 0.11.2 and 0.14.0 take it). No API tells.
+    min_properties: bool = True
 
     def reuse_note(self) -> str:
         return (
@@ -189,7 +192,15 @@ def capabilities() -> Capabilities:
         eos_token_ids=hasattr(tok, "eos_token_ids"),
         ep_library=hasattr(og, "register_execution_provider_library"),
         speculative=hasattr(params, "set_speculative_options"),
+        min_properties=_at_least(str(version), (0, 11)),
     )
+
+
+def _at_least(version: str, floor: tuple[int, ...]) -> bool:
+    try:
+        return tuple(int(p) for p in base_version(version).split(".")[:2]) >= floor
+    except ValueError:  # "unknown" or a local build's name: assume a current runtime
+        return True
 
 
 # -- folders: the runtime a folder is built for and the oldest it needs ------------------------

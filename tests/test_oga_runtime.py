@@ -159,7 +159,8 @@ def test_serve_reports_reuse_and_guidance_and_answers(folder):
             text = choice["message"]["content"] or ""
             assert code == 200 and text.lstrip().startswith("{"), out
             if choice["finish_reason"] == "stop":
-                assert isinstance(json.loads(text), dict) and json.loads(text), text
+                obj = json.loads(text)  # a member where the runtime's grammar takes minProperties
+                assert isinstance(obj, dict) and (obj or not capabilities().min_properties), text
         else:
             assert code == 400 and info["guided_output_note"] in out["error"]["message"], out
     finally:

@@ -126,7 +126,14 @@ def response_format_guidance(req: ChatRequest, guided: bool, why_not: str = "") 
     if not guided:
         raise not_supported(f"response_format {rf.type} ({why_not or NO_GUIDANCE})", "response_format")
     if rf.type == "json_object":
-        return schema_guidance(JSON_OBJECT)
+        from ..capabilities import capabilities
+
+        schema = (
+            JSON_OBJECT
+            if capabilities().min_properties
+            else {k: v for k, v in JSON_OBJECT.items() if k != "minProperties"}
+        )
+        return schema_guidance(schema)
     if rf.json_schema is None:
         raise ApiError(
             400, "response_format json_schema needs a json_schema object", param="response_format.json_schema"
