@@ -106,6 +106,23 @@ def test_dry_run_shows_the_plan_against_the_disk(tmp_path, tiny_model, tiny_hf):
     assert not (tmp_path / "new").exists()
 
 
+def test_dry_run_builder_command_matches_the_target_runtime(tmp_path, tiny_hf):
+    """For an older target runtime the dry run's builder command leaves out what the note
+    says is left out (the real run's argv), and keeps it for the newest."""
+    from oga_npu.prepare import PrepareRequest, prepare
+
+    def builder_line(**kw):
+        req = PrepareRequest(source=str(tiny_hf), recipe="cpu-fast", output=tmp_path / "o", dry_run=True, **kw)
+        lines = prepare(req).plan
+        return next(ln for ln in lines if "onnxruntime_genai.models.builder" in ln), lines
+
+    old, lines = builder_line(oga_version="0.11.2")
+    assert any("prune_lm_head left out" in ln for ln in lines), lines
+    assert "prune_lm_head" not in old and "accuracy_level=4" in old
+    new, _ = builder_line()
+    assert "prune_lm_head=true" in new
+
+
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_hf):
     out = tmp_path / "dry"
     r = run_cli("prepare", str(tiny_hf), "--output", str(out), "--dry-run")

@@ -207,6 +207,7 @@ def dry_run_rows(plan: Plan) -> DryRun:
         dd_plugins=probe.dd_plugins,
         tools=_planned_tools(plan),
         rai_env=probe.rai_env,
+        oga_version=probe.oga_version,
     )
     status = _disk_status(request, ctx, plan.stages)
     extra = []
