@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -50,14 +51,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, store: Path, args=(), env=None, log: Path | None = None):
+    def __init__(self, store: Path, args=(), env=None, log: Path | None = None, nofile: int | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log or Path(tempfile.mkstemp(prefix="campaign-serve-", suffix=".log")[1])
         e = {**os.environ, "OGA_NPU_MODELS": str(store), "PYTHONPATH": str(REPO), **(env or {})}
         self.fh = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         argv = [PY, "-m", "oga_npu", "serve", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(argv, stdout=self.fh, stderr=subprocess.STDOUT, env=e, start_new_session=True)
+        pre = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))) if nofile else None
+        self.proc = subprocess.Popen(
+            argv, stdout=self.fh, stderr=subprocess.STDOUT, env=e, start_new_session=True, preexec_fn=pre
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -387,28 +391,35 @@ def _worker_pid(s, model):
     raise RuntimeError("no worker process found")
 
 
-@case("w3", "600 slow-header connections: /health and a short chat still answer in 2 s")
+@case("w3", "1,100 slow-header connections at a 1024 open-file limit: /health and a chat answer in 2 s")
 def cw3(s, m, store=None):
+    k = Server(store, nofile=1024)
     socks = []
-    for _ in range(600):
-        try:
-            c = socket.create_connection(("127.0.0.1", s.port), timeout=2)
-            c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            socks.append(c)
-        except OSError:
-            break
-    t = time.monotonic()
-    h = s.c.get("/health", timeout=2).status_code
-    dh = time.monotonic() - t
-    t = time.monotonic()
-    r = s.chat("camp-b", max_tokens=2)
-    dc = time.monotonic() - t
-    for c in socks:
-        c.close()
-    size = s.log.stat().st_size
-    return h == 200 and dh < 2 and r.status_code == 200 and dc < 2, (
-        f"{len(socks)} held open; /health {h} in {dh:.2f} s; chat {r.status_code} in {dc:.2f} s; log {size} bytes"
-    )
+    try:
+        k.chat("camp-b", max_tokens=2)  # loaded before the flood
+        before = k.log.stat().st_size
+        for _ in range(1100):
+            try:
+                c = socket.create_connection(("127.0.0.1", k.port), timeout=2)
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                socks.append(c)
+            except OSError:
+                break
+        time.sleep(1)
+        t = time.monotonic()
+        h = k.c.get("/health", timeout=2).status_code
+        dh = time.monotonic() - t
+        t = time.monotonic()
+        r = k.chat("camp-b", max_tokens=2)
+        dc = time.monotonic() - t
+        time.sleep(2)
+        grew = k.log.stat().st_size - before
+    finally:
+        for c in socks:
+            c.close()
+        k.stop()
+    ok = h == 200 and dh < 2 and r.status_code == 200 and dc < 2 and grew < 20000
+    return ok, f"{len(socks)} opened; /health {h} in {dh:.2f} s; chat {r.status_code} in {dc:.2f} s; log +{grew} bytes"
 
 
 @case("w4", "live store: a model copied in after start answers; a deleted one gives 404")
