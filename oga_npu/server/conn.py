@@ -17,7 +17,9 @@ connections below the process's open-file limit, and one log line per condition 
   `LOG_INTERVAL_S` with the count: never one traceback per connection.
 
 `Server` is uvicorn's Server with this protocol (uvicorn's h11 protocol plus the timers and the
-cap) and the rate-limited exception handler on its loop.
+cap), its own accept loop (`Acceptor`: asyncio's takes a whole backlog of sockets before any
+protocol sees one) and the rate-limited exception handler on its loop. On Windows' proactor
+loop asyncio's accept loop stays (no readers there); the cap and the timers still hold.
 """
 
 from __future__ import annotations
@@ -69,15 +71,15 @@ def fit_file_limit(max_connections: int) -> tuple[int, str]:
     if soft != resource.RLIM_INFINITY and soft < new:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            note, soft = f"; open-file limit raised from {soft} to {new}", new
+            note, soft = f" (open-file limit raised from {soft} to {new})", new
         except (ValueError, OSError) as e:
-            note = f"; the open-file limit {soft} could not be raised ({e})"
+            note = f" (the open-file limit {soft} could not be raised: {e})"
     if soft == resource.RLIM_INFINITY or soft >= need:
         return max_connections, f"at most {max_connections} connections" + note
     cap = soft - FD_RESERVE if soft >= 2 * FD_RESERVE else max(1, soft // 2)
     return cap, (
         f"at most {cap} connections, not {max_connections}: the open-file limit is {soft} (hard limit {hard}), "
-        f"{soft - cap} kept for the server's own files{note}; raise it with `ulimit -n`"
+        f"{soft - cap} kept for the server's own files{note}: raise it with `ulimit -n`"
     )
 
 
@@ -233,7 +235,8 @@ class Conn(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._active and not self._got_bytes:
             self._got_bytes = True
-            self._arm(self.door.limits.header_timeout)  # a head begins: it has the whole timeout
+            if self._timer is None:  # a head begins after a response: it has the whole timeout
+                self._arm(self.door.limits.header_timeout)
         super().data_received(data)
         if self._active and self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
             self._arm(self.door.limits.header_timeout)  # a body: at most this long between reads
@@ -276,7 +279,8 @@ class Conn(H11Protocol):
                 "(serve --header-timeout)",
             )
         elif self._got_bytes:
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            if not self.transport.get_write_buffer_size():
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             self.door.tally.count(
                 "head",
                 logging.INFO,
@@ -284,7 +288,10 @@ class Conn(H11Protocol):
                 "(serve --header-timeout)",
             )
         self.door.left(self)
-        self.transport.close()
+        if self.transport.get_write_buffer_size():  # a client that does not read: close() would wait on it
+            self.transport.abort()
+        else:
+            self.transport.close()
 
 
 # ---------------------------------------------------------------- accepting

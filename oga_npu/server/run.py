@@ -95,7 +95,7 @@ def uvicorn_server(app, host: str, port: int, log_level: str, limits: ConnLimits
 
     cap, note = conn.fit_file_limit(limits.max_connections)
     serverlog.log.info(
-        "connections: %s; a request head within %g s, idle keep-alive %g s",
+        "%s; a request head within %g s, idle keep-alive %g s",
         note,
         limits.header_timeout,
         limits.keep_alive,

@@ -150,6 +150,7 @@ def test_a_stalled_body_is_closed_without_a_traceback(server, caplog):
     assert got == b"" and after < 3
     text = caplog.text
     assert "request body paused more than 0.6 s" in text and "Traceback" not in text and "request failed" not in text
+    assert " 499 " not in text  # the request's own line is DEBUG: the tally's line says it
 
 
 def test_at_the_cap_the_oldest_waiting_connection_makes_room(server, caplog):
@@ -182,6 +183,16 @@ def test_past_the_cap_with_every_connection_busy_a_503(server, caplog):
         assert status == b"HTTP/1.1 503 Service Unavailable" and b"Retry-After: 2" in rest, got
         assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "too_many_connections"
     assert caplog.text.count("with 503: 4 connections are open") == 1  # one line for three refusals
+
+
+def test_garbage_on_many_connections_logs_one_line(server, caplog, capfd):
+    with caplog.at_level(logging.WARNING):
+        for _ in range(20):
+            c = server.connect()
+            c.sendall(b"\x16\x03\x01 not http\r\n\r\n")
+            assert _closed_after(c)[0].startswith(b"HTTP/1.1 400 ")
+    assert caplog.text.count("invalid HTTP request(s)") == 1
+    assert "Invalid HTTP request received" not in capfd.readouterr().err
 
 
 def test_the_tally_says_the_first_at_once_and_the_rest_in_one_line_per_interval(caplog):
@@ -283,6 +294,6 @@ def test_1100_slow_header_connections_at_1024_files_leave_health_and_chat_answer
         grown = os.path.getsize(s.log.name) - log_before
         out = s.output()
     assert files < 1024
-    assert "to make room for new ones: the connection cap (896) is reached" in out
+    assert f"to make room for new ones: the connection cap ({1024 - connmod.FD_RESERVE}) is reached" in out
     assert "Too many open files" not in out and "Traceback" not in out
     assert grown < 4000, out
