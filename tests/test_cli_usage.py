@@ -178,3 +178,19 @@ def test_serve_on_a_port_in_use_is_one_error_before_the_banner(capsys, tmp_path)
     assert lines[0] == f"Error: port {port} on 127.0.0.1 is in use"
     assert lines[1].startswith("Fix: pass --port ") and f"or stop the program listening on {port}" in lines[1]
     assert "oga-npu serve:" not in err and "Errno" not in err
+
+
+def test_serve_connection_limits_come_from_options_and_the_environment(capsys, monkeypatch, tmp_path):
+    from oga_npu.server import ConnLimits
+
+    seen = {}
+    monkeypatch.setattr("oga_npu.server.serve", lambda folders, **kw: seen.update(kw) or 0)
+    monkeypatch.setenv("OGA_NPU_MAX_CONNECTIONS", "50")
+    code, _, err = call(
+        capsys, "serve", "--models-dir", str(tmp_path), "--header-timeout", "3", "--keep-alive-timeout", "2"
+    )
+    assert code == 0, err
+    assert seen["limits"] == ConnLimits(header_timeout=3, keep_alive=2, max_connections=50)
+    for opt, bad in (("--header-timeout", "0"), ("--keep-alive-timeout", "-1"), ("--max-connections", "0")):
+        code, _, err = call(capsys, "serve", "--models-dir", str(tmp_path), opt, bad)
+        assert code == 2 and opt in err, err

@@ -85,6 +85,37 @@ CorsOrigin = Annotated[
         help="Let web pages from ORIGIN call the API (repeatable). Default: no CORS.",
     ),
 ]
+HeaderTimeout = Annotated[
+    float,
+    typer.Option(
+        "--header-timeout",
+        metavar="S",
+        envvar="OGA_NPU_HEADER_TIMEOUT",
+        help="A connection must send its request head within S seconds (of opening, or of its first byte after a "
+        "response), and its body may pause at most S seconds; past it: closed (slow clients, slowloris). "
+        "A running request or stream is never timed.",
+    ),
+]
+KeepAlive = Annotated[
+    float,
+    typer.Option(
+        "--keep-alive-timeout",
+        metavar="S",
+        envvar="OGA_NPU_KEEP_ALIVE_TIMEOUT",
+        help="An idle connection between requests is closed after S seconds.",
+    ),
+]
+MaxConnections = Annotated[
+    int,
+    typer.Option(
+        "--max-connections",
+        metavar="N",
+        envvar="OGA_NPU_MAX_CONNECTIONS",
+        help="At most N open connections (lowered to fit the open-file limit, which is raised toward its hard limit "
+        "when needed). At N a new connection closes the oldest one waiting for a request; when every one has a "
+        "request in progress: 503 with Retry-After.",
+    ),
+]
 NoKvReuse = Annotated[
     bool, typer.Option("--no-kv-reuse", help="Prefill every prompt in full (no KV cache kept between requests).")
 ]
@@ -109,6 +140,9 @@ def serve(
     speculative: Speculative = None,
     draft_model: DraftModel = None,
     draft_tokens: DraftTokens = 4,
+    header_timeout: HeaderTimeout = 10,
+    keep_alive_timeout: KeepAlive = 5,
+    max_connections: MaxConnections = 1000,
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, /health, /metrics);
     without -m every ready model of the store, loaded on demand."""
@@ -121,6 +155,7 @@ def serve(
             + ("" if api_key else "; nothing protects it (pass --api-key)"),
             file=sys.stderr,
         )
+    limits = _limits(header_timeout, keep_alive_timeout, max_connections)
     loader = _loader(speculative, draft_model, draft_tokens)
     folders = [model_folder(m, "serve") for m in model] if model else None
     rc = run_server(
@@ -140,6 +175,7 @@ def serve(
         cors_origin=tuple(cors_origin or ()),
         kv_reuse=not no_kv_reuse,
         loader=loader,
+        limits=limits,
     )
     if rc:
         raise typer.Exit(rc)
@@ -169,6 +205,17 @@ def _check(model, models_dir, max_loaded, max_queue, stream_interval, api_key, m
     if not 0 < max_body_mb <= 1024:
         raise typer.BadParameter("must be more than 0 and at most 1024", param_hint="--max-body-mb")
     return api_key
+
+
+def _limits(header_timeout: float, keep_alive: float, max_connections: int):
+    from ..server import ConnLimits
+
+    for name, v in (("--header-timeout", header_timeout), ("--keep-alive-timeout", keep_alive)):
+        if not 0 < v <= 3600:
+            raise typer.BadParameter("must be more than 0 and at most 3600 (seconds)", param_hint=name)
+    if max_connections < 1:
+        raise typer.BadParameter("must be 1 or more", param_hint="--max-connections")
+    return ConnLimits(header_timeout, keep_alive, max_connections)
 
 
 def _loader(speculative, draft_model, draft_tokens):

@@ -17,6 +17,8 @@ A thin layer in rooms; a chat request goes route -> plan -> models -> worker -> 
 - `app.py`: create_app() (the door: Host header and API key; error handlers; routers);
 - `http.py`: body size, hostile JSON, Host names, paths scrubbed from messages;
 - `metrics.py` (Prometheus), `log.py` (a line per request), `web/` (the chat page at `/`);
+- `conn.py`: the connections under uvicorn: header and keep-alive timeouts, the cap under
+  the open-file limit, one log line per condition per interval;
 - `run.py`: serve() under uvicorn.
 
 The model provider is injected (`create_app(provider)`): tests may pass any object with
@@ -25,6 +27,7 @@ with 400 ("... is not supported"), never ignored silently; README.md has the tab
 """
 
 from .app import create_app
+from .conn import ConnLimits
 from .run import serve
 
-__all__ = ["create_app", "serve"]
+__all__ = ["ConnLimits", "create_app", "serve"]

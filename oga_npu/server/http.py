@@ -37,12 +37,17 @@ async def read_body(request, max_bytes: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise too_big
+    from starlette.requests import ClientDisconnect
+
     parts, n = [], 0
-    async for chunk in request.stream():
-        n += len(chunk)
-        if n > max_bytes:
-            raise too_big
-        parts.append(chunk)
+    try:
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > max_bytes:
+                raise too_big
+            parts.append(chunk)
+    except ClientDisconnect:  # gone mid-body (or cut by serve --header-timeout): no traceback
+        raise Refused(499, "the connection closed before the request body ended", "client_closed") from None
     return b"".join(parts)
 
 

@@ -26,6 +26,7 @@ log = logging.getLogger("oga_npu.server")
 
 _current: contextvars.ContextVar[dict | None] = contextvars.ContextVar("oga_npu_request", default=None)
 QUIET = ("/health", "/metrics", "/favicon.ico")
+CUT_KEY = "oga_npu.cut"  # in a request's scope: conn.py closed it (a stalled body); its line is DEBUG, conn.py counts
 
 
 def quiet(path: str) -> bool:
@@ -55,7 +56,7 @@ class RequestLog:
             line = format_line(
                 scope["method"], scope["path"], rec["status"], time.perf_counter() - t0, rec["gen"], rec["error"]
             )
-            log.log(logging.DEBUG if quiet(scope["path"]) else logging.INFO, "%s", line)
+            log.log(logging.DEBUG if quiet(scope["path"]) or CUT_KEY in scope else logging.INFO, "%s", line)
 
 
 def error(code: str | None, message: str) -> None:

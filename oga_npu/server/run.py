@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import GenerationError, OgaNpuError
 from . import log as serverlog
 from .app import DEFAULT_STREAM_INTERVAL_MS, create_app
+from .conn import ConnLimits
 from .http import DEFAULT_MAX_BODY_MB
 from .models import DEFAULT_MAX_QUEUE, ModelManager
 
@@ -33,11 +34,11 @@ def serve(
     models_dir: Path | None = None,
     max_loaded: int = 1,
     loader=None,
+    limits: ConnLimits | None = None,
 ) -> int:
     """Run until SIGINT/SIGTERM (open streams then get an error event and [DONE]). `folders`: these models,
-    loaded at start; none: the store's (`models_dir`), on demand. `loader` replaces model.load (speculative)."""
-    import uvicorn
-
+    loaded at start; none: the store's (`models_dir`), on demand. `loader` replaces model.load (speculative);
+    `limits`: timeouts and the connection cap (conn.py)."""
     check_port(host, port)  # before anything loads or the banner: one line, not uvicorn's [Errno 98]
     serverlog.setup(log_level)
     models = manager(
@@ -63,20 +64,9 @@ def serve(
         )
     except ValueError as e:
         raise GenerationError(str(e), "pass a non-empty key (or set OGA_NPU_API_KEY), or leave --api-key out") from e
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, access_log=False
-    )
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig, frame):
-            app.state.server.stopping = True  # open streams end with an error event, then [DONE]
-            super().handle_exit(sig, frame)
-            stopped.append(sig)
-            self._captured_signals.clear()  # a clean stop exits 0 instead of re-raising the signal
-
-    server = Server(config)
-    failed: list[OgaNpuError] = []
     stopped: list[int] = []
+    server = uvicorn_server(app, host, port, log_level, limits or ConnLimits(), stopped)
+    failed: list[OgaNpuError] = []
 
     def on_error(e: OgaNpuError):
         failed.append(e)
@@ -95,6 +85,33 @@ def serve(
     if stopped:
         print("oga-npu serve: stopped", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def uvicorn_server(app, host: str, port: int, log_level: str, limits: ConnLimits, stopped: list[int]):
+    """uvicorn's Server with the bounded connections of conn.py; a signal lands in `stopped`."""
+    import uvicorn
+
+    from . import conn
+
+    cap, note = conn.fit_file_limit(limits.max_connections)
+    serverlog.log.info(
+        "%s; a request head within %g s, idle keep-alive %g s",
+        note,
+        limits.header_timeout,
+        limits.keep_alive,
+    )
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, access_log=False
+    )
+
+    class Server(conn.Server):
+        def handle_exit(self, sig, frame):
+            app.state.server.stopping = True  # open streams end with an error event, then [DONE]
+            super().handle_exit(sig, frame)
+            stopped.append(sig)
+            self._captured_signals.clear()  # a clean stop exits 0 instead of re-raising the signal
+
+    return Server(config, limits, cap)
 
 
 def _bind(host: str, port: int) -> OSError | None:

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, *models: Path, args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(self, *models: Path, args: tuple[str, ...] = (), env: dict | None = None, preexec=None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         full_env = dict(os.environ)
@@ -34,7 +34,9 @@ class ServerProcess:
         for m in models:
             argv += ["-m", str(m)]
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"oga-npu-serve-{self.port}.log", "w+")  # noqa: SIM115 - the server's log, closed by stop()
-        self.proc = subprocess.Popen([*argv, *args], stdout=self.log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen(
+            [*argv, *args], stdout=self.log, stderr=subprocess.STDOUT, env=full_env, preexec_fn=preexec
+        )
 
     def wait_ready(self, timeout: float = 120) -> list[int]:
         """Poll /health until 200; returns the status codes seen (503 while loading)."""
@@ -93,9 +95,10 @@ class ServerProcess:
 
 
 @contextmanager
-def running(*models: Path, args: tuple[str, ...] = (), env: dict | None = None):
-    """A server started and ready, stopped when the block ends (a fixture: `with running(...) as s: yield s`)."""
-    s = ServerProcess(*models, args=args, env=env)
+def running(*models: Path, args: tuple[str, ...] = (), env: dict | None = None, preexec=None):
+    """A server started and ready, stopped when the block ends (a fixture: `with running(...) as s: yield s`);
+    `preexec` runs in the child before exec (resource limits)."""
+    s = ServerProcess(*models, args=args, env=env, preexec=preexec)
     try:
         s.wait_ready()
         yield s
