@@ -34,6 +34,7 @@ from .workdir import (
     models_dir_origin,
     published_files,
     read_json,
+    resume_command,
     unpublish,
 )
 
@@ -193,7 +194,8 @@ def _looks_like_path(s: str) -> bool:
     return any(c in s for c in seps) or s.startswith((".", "~")) or (len(s) > 1 and s[1] == ":")
 
 
-def _lock_holder(folder: Path) -> int | None:
+def lock_holder(folder: Path) -> int | None:
+    """The pid of the live prepare holding `folder`'s lock, or None (no lock, or its process is gone)."""
     try:
         pid = int((folder / LOCK).read_text().strip() or 0)
     except (OSError, ValueError):
@@ -228,8 +230,11 @@ class ModelStore:
                 return None
             state, reason = "external", ""
         elif st.state == "incomplete":
-            pid = _lock_holder(folder)
-            state, reason = "incomplete", (f"prepare is running (pid {pid})" if pid else st.detail)
+            pid = lock_holder(folder)
+            state, reason = (
+                "incomplete",
+                (f"prepare is running (pid {pid})" if pid else f"interrupted: re-run `{resume_command(st)}` to resume"),
+            )
         else:
             state, reason = st.state, st.detail
         manifest = st.manifest or {}
@@ -431,7 +436,7 @@ class ModelStore:
                 f"{path} is not an oga-npu model folder ({what}); nothing was removed",
                 "oga-npu rm removes only folders made by `oga-npu prepare`",
             )
-        pid = _lock_holder(path)
+        pid = lock_holder(path)
         if pid:
             raise LockedError(f"a prepare (pid {pid}) is working on {path}", "wait for it to finish, or stop it")
         e = self.entry(path, facts=False)

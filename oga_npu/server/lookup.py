@@ -11,6 +11,9 @@ def listing(provider) -> list[dict]:
     """/v1/models: every model the provider offers, loaded or not (none while preloading)."""
     if not provider.ready:
         return []
+    refresh = getattr(provider, "refresh", None)
+    if refresh is not None:
+        refresh()  # the store read again (throttled): models added or removed since start
     if hasattr(provider, "entries"):
         return [e.info() for e in provider.entries()]
     return [{**sm.info(), "loaded": True} for sm in provider.models.values()]
@@ -19,6 +22,9 @@ def listing(provider) -> list[dict]:
 def describe(provider, model_id: str) -> dict:
     """/v1/models/{id}: one model's entry, without loading it."""
     check_ready(provider)
+    refresh = getattr(provider, "refresh", None)
+    if refresh is not None:
+        refresh()
     get = getattr(provider, "get", None)
     e = get(model_id) if get else None
     if e is not None:

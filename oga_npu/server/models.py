@@ -13,7 +13,9 @@ The manager's API (the OpenAI, Lemonade and Ollama routes use it):
     manager.ready / .error            started (preloaded models loaded) / the preload failed
     manager.models                    {id: ServedModel} of the loaded ones
     manager.entries()                 every Entry, loaded or not (`entry.loaded`, `entry.problem`)
-    manager.get(id)                   the Entry, or None
+    manager.get(id)                   the Entry, or None (an id not listed is looked for in the store)
+    manager.refresh(force=False)      the store read again, at most once a second: store_scan.Changes
+                                      (added, removed, changed ids); listing() calls it
     await manager.ensure(id)          the ServedModel, loading it first (the caller waits)
     await manager.load(id) / unload(id)   for clients that manage models (/api/v1/load, /unload)
     async with using(manager, id) as sm:  ensure + a lease: never unloaded while leased
@@ -26,7 +28,8 @@ down, runs gc and hands freed heap back to the OS (malloc_trim).
 Two ways to fill it: `ModelManager.preloaded(folders)` (serve -m: all loaded in a background
 thread at start; /health says 503 until then) and `ModelManager.from_store(store)` (serve
 without -m: every model folder of the store listed, each loaded on its first request;
-/health is 200 at once). Tests may pass any object with `.ready`, `.error`, `.models`.
+/health is 200 at once; the store followed live, see store_scan.py). Tests may pass any
+object with `.ready`, `.error`, `.models`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..kvcache import PromptCache, reuse_support
 from . import watch
 from .errors import ApiError
 from .http import known_path
+from .store_scan import Entry, LiveStore, StoreScan, entry_of
 
 log = logging.getLogger("oga_npu.server")
 
@@ -204,68 +208,7 @@ def guidance_support(lm) -> tuple[bool, str]:
         return False, f"this onnxruntime-genai build has no guided output ({first})"
 
 
-@dataclass
-class Entry:
-    """One model the server offers: loadable (problem None) or listed with the reason it is not."""
-
-    id: str
-    folder: Path
-    facts: dict = field(default_factory=dict)  # size, target, recipe, context_length, ... (for /v1/models)
-    problem: str | None = None
-    served: ServedModel | None = None
-    last_used: float = 0.0
-    leases: int = 0  # requests that hold it (see `using`)
-    loading: asyncio.Future | None = None  # its load, while one runs
-    weights: dict = field(default_factory=dict)  # {file: (size, mtime)} at load (watch.py)
-    crashes: list = field(default_factory=list)  # when its worker process died (monotonic)
-
-    @property
-    def loaded(self) -> bool:
-        return self.served is not None
-
-    @property
-    def busy(self) -> bool:
-        return self.leases > 0 or (self.served is not None and self.served.queue.depth > 0)
-
-    def info(self) -> dict:
-        if self.served is not None:
-            return {**self.facts, **self.served.info(), "loaded": True, "loadable": True}
-        out = {
-            "id": self.id,
-            "object": "model",
-            "created": _mtime(self.folder),
-            "owned_by": "oga-npu",
-            **self.facts,
-            "loaded": False,
-            "loadable": self.problem is None,
-        }
-        if self.problem is not None:
-            out["not_loadable_reason"] = self.problem
-        return out
-
-
-def _mtime(folder: Path) -> int:
-    try:
-        return int(folder.stat().st_mtime)
-    except OSError:
-        return 0
-
-
-def folder_problem(folder: Path) -> str | None:
-    """Why a folder cannot be served (the quick integrity check), or None."""
-    from ..model import check_folder
-    from ..workdir import folder_state
-
-    st = folder_state(folder)
-    if st.state == "damaged":
-        return st.detail
-    if st.state not in ("ready", "foreign"):
-        return st.detail or st.state
-    rep = check_folder(folder, deep=False)
-    return None if rep.ok else "; ".join(rep.problems)
-
-
-class ModelManager:
+class ModelManager(LiveStore):
     """The models a server offers, the loaded ones, loading on demand (see the module docstring)."""
 
     def __init__(
@@ -295,6 +238,8 @@ class ModelManager:
         self.error: OgaNpuError | None = None
         self.ready = False
         self._load_lock: asyncio.Lock | None = None
+        self._scan: StoreScan | None = None  # from_store: the store, live (store_scan.py)
+        self._retiring: set[asyncio.Task] = set()
         for e in entries:
             known_path(e.folder, e.id)
 
@@ -310,20 +255,10 @@ class ModelManager:
     def from_store(cls, store, **kw) -> ModelManager:
         """serve without -m: every model folder of the store; the damaged and unfinished ones
         listed as not loadable with the reason."""
-        entries = []
-        for se in store.entries():
-            facts = {
-                "size": se.size,
-                "target": se.target,
-                "recipe": se.recipe,
-                "context_length": se.context,
-                "params": se.params,
-                "bits": se.bits,
-                "source": se.source,
-            }
-            problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
-            entries.append(Entry(se.name, se.path, facts, problem))
-        m = cls(entries, **kw)
+        m = cls([entry_of(se) for se in store.entries()], **kw)
+        m._scan = StoreScan(store)
+        for e in m.entries():
+            m._scan.note(e.id, e.folder)
         m.ready = True
         return m
 
@@ -386,18 +321,28 @@ class ModelManager:
         return list(self._entries.values())
 
     def get(self, model_id: str) -> Entry | None:
-        return self._entries.get(model_id)
+        """The entry; a name not listed is looked for in the store (a model added since)."""
+        e = self._entries.get(model_id)
+        if e is None and self._scan is not None:
+            folder = self._scan.folder_for(model_id)
+            if folder is not None:
+                self._reread(model_id, folder)
+                e = self._entries.get(model_id)
+        return e
+
+    def _not_found(self, model_id: str) -> ApiError:
+        return ApiError(
+            404,
+            f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
+            type_="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
 
     def entry_or_error(self, model_id: str) -> Entry:
-        e = self._entries.get(model_id)
+        e = self.get(model_id)
         if e is None:
-            raise ApiError(
-                404,
-                f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
-                type_="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+            raise self._not_found(model_id)
         if e.problem is not None:
             raise ApiError(
                 404,
@@ -411,6 +356,9 @@ class ModelManager:
     async def ensure(self, model_id: str) -> ServedModel:
         """The loaded model; loads it first (unloading the least recently used idle ones).
         The load runs to its end even when the asking client leaves (the next one uses it)."""
+        e = self.get(model_id)
+        if e is not None and self._scan is not None:
+            self._recheck(e)  # its folder changed: re-read (gone, re-prepared, damaged, restored)
         e = self.entry_or_error(model_id)
         await self._check(e)
         e.last_used = time.monotonic()
@@ -421,6 +369,8 @@ class ModelManager:
                     e.loading = asyncio.ensure_future(self._bring_in(e))
                     e.loading.add_done_callback(lambda t: t.cancelled() or t.exception())
                 await asyncio.shield(e.loading)
+                if self._entries.get(model_id) is not e:  # its folder was removed meanwhile
+                    raise self._not_found(model_id)
                 if e.problem is not None:
                     self.entry_or_error(model_id)
         finally:
@@ -436,6 +386,8 @@ class ModelManager:
         if why is not None:
             e.problem = watch.weights_problem(e.id, why)
             log.error("model %s: %s", e.id, e.problem)
+            if self._scan is not None:
+                self._scan.note(e.id, e.folder)  # refused until its files change again
             if dead or not e.busy:
                 await self._unload(e)
             raise watch.changed_error(e.id, e.problem)
@@ -456,6 +408,8 @@ class ModelManager:
                 if e.served is None:
                     await self._make_room()
                     await self._load(e)
+                    if self._entries.get(e.id) is not e:  # removed from the store while it loaded
+                        self._retire(e)
         finally:
             e.loading = None
 
@@ -507,6 +461,9 @@ class ModelManager:
         for e in targets:
             await self._unload(e)
         return [e.id for e in targets]
+
+    def _release(self, sm) -> None:  # store_scan.LiveStore: a retired model's memory
+        release_memory(sm)
 
     async def _unload(self, e: Entry) -> None:
         sm, e.served = e.served, None

@@ -5,6 +5,8 @@ Two copies of the tiny prepared model and a damaged one in a store; `--max-loade
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 
 import psutil
@@ -130,3 +132,25 @@ def test_ollama_client_through_the_router(server):
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="bad-cpu", messages=[{"role": "user", "content": "Hi"}])
     assert e.value.status_code == 404 and "bad-cpu" in e.value.error
+
+
+def test_a_model_copied_in_after_start_answers_and_once_removed_is_404_and_its_worker_stops(server, store, tiny_model):
+    """The store is live (store_scan.py): no restart to see a model come or go."""
+    shutil.copytree(tiny_model, store / "late-cpu")
+    try:
+        status, body = chat(server, "late-cpu")  # named before any listing saw it
+        assert status == 200 and body["model"] == "late-cpu", body
+        assert models(server)["late-cpu"]["loaded"] is True
+        pids = re.findall(r"model late-cpu: worker process (\d+)", server.output())
+        workers_on = os.environ.get("OGA_NPU_SERVE_WORKERS", "1") != "0"
+        assert pids or not workers_on, server.output()
+        worker = psutil.Process(int(pids[-1])) if pids else None
+    finally:
+        shutil.rmtree(store / "late-cpu")
+    status, body = chat(server, "late-cpu")
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
+    assert "late-cpu" not in models(server)
+    if worker is not None:  # its worker process stopped
+        worker.wait(20)
+        assert not worker.is_running()
+    assert server.get("/health")[0] == 200 and server.proc.poll() is None
