@@ -47,6 +47,7 @@ from ..kvcache import PromptCache, reuse_support
 from . import watch
 from .errors import ApiError
 from .http import known_path
+from .plan import default_max_tokens
 
 log = logging.getLogger("oga_npu.server")
 
@@ -148,6 +149,9 @@ class ServedModel:
             "created": int(Path(self.lm.path).stat().st_mtime),
             "owned_by": "oga-npu",
             "context_length": self.lm.context_length,
+            "default_max_tokens": default_max_tokens(
+                min(self.lm.context_length, getattr(self.lm, "hybrid_limit", None) or self.lm.context_length)
+            ),
             "provider": self.lm.provider,
             "decoder": self.lm.decoder,
             "target": man.get("target"),
@@ -237,8 +241,11 @@ class Entry:
             "owned_by": "oga-npu",
             **self.facts,
             "loaded": False,
+            "loading": self.loading is not None,  # a request is loading it now
             "loadable": self.problem is None,
         }
+        if self.facts.get("context_length"):
+            out["default_max_tokens"] = default_max_tokens(self.facts["context_length"])
         if self.problem is not None:
             out["not_loadable_reason"] = self.problem
         return out
@@ -294,6 +301,7 @@ class ModelManager:
         self.max_restarts = max_restarts or watch.MAX_RESTARTS
         self.error: OgaNpuError | None = None
         self.ready = False
+        self.store = None  # the ModelStore it lists (from_store): only its folders may be deleted
         self._load_lock: asyncio.Lock | None = None
         for e in entries:
             known_path(e.folder, e.id)
@@ -324,7 +332,7 @@ class ModelManager:
             problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
             entries.append(Entry(se.name, se.path, facts, problem))
         m = cls(entries, **kw)
-        m.ready = True
+        m.ready, m.store = True, store
         return m
 
     def start(self, on_error=None) -> None:
@@ -390,6 +398,15 @@ class ModelManager:
 
     def entry_or_error(self, model_id: str) -> Entry:
         e = self._entries.get(model_id)
+        if e is None and not self._entries:
+            raise ApiError(
+                404,
+                f"the model '{model_id}' does not exist: no model is installed yet "
+                "(oga-npu pull NAME or oga-npu prepare SOURCE, or the chat page's Models panel)",
+                type_="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
         if e is None:
             raise ApiError(
                 404,
@@ -507,6 +524,10 @@ class ModelManager:
         for e in targets:
             await self._unload(e)
         return [e.id for e in targets]
+
+    def forget(self, model_id: str) -> None:
+        """No longer offered (its folder was deleted); the caller unloaded it first."""
+        self._entries.pop(model_id, None)
 
     async def _unload(self, e: Entry) -> None:
         sm, e.served = e.served, None
