@@ -86,5 +86,8 @@ async def delete_v1(request: Request):
 
 @router.api_route("/api/delete", methods=["DELETE", "POST"])
 async def delete_ollama(request: Request):
-    await delete_model(request.app.state.server.provider, await _name(request))
+    name = await _name(request)
+    if name.endswith(":latest"):  # Ollama clients name models NAME:latest (as /api/tags lists them)
+        name = name[: -len(":latest")]
+    await delete_model(request.app.state.server.provider, name)
     return Response(status_code=200)

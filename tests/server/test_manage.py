@@ -75,7 +75,7 @@ def test_delete_needs_the_key_unloads_first_and_removes_the_folder(store):
     )
     assert r.status_code == 404
     # Ollama's shape: DELETE (or POST) with "name" or "model", 200 and an empty body
-    r = c.request("DELETE", "/api/delete", json={"name": "tiny-b"}, headers=AUTH)
+    r = c.request("DELETE", "/api/delete", json={"name": "tiny-b:latest"}, headers=AUTH)
     assert r.status_code == 200 and r.content == b""
     assert list(store.iterdir()) == [] and c.get("/api/tags", headers=AUTH).json()["models"] == []
     assert c.post("/api/delete", json={"model": "tiny-b"}, headers=AUTH).status_code == 404
