@@ -708,7 +708,7 @@
         }
       }
     } catch (e) {
-      if (e.name === "AbortError") answer.stopped = true;
+      if (e.name === "AbortError" || leaving) answer.stopped = true;
       else if (e.status === 401) needKey = true;
       else answer.error = explain(e);
     }
@@ -833,7 +833,18 @@
     }
   });
 
-  window.addEventListener("pagehide", () => { if (state.busy) saveChats(); });
+  // a reload or a closed tab: the answer streaming now is kept with its text, as stopped (its
+  // fetch then fails with a network error, which is no error of the answer's)
+  let leaving = false;
+  window.addEventListener("pagehide", () => {
+    leaving = true;
+    if (!state.busy) return;
+    const answer = state.busy.answer;
+    delete answer.pending;
+    delete answer.loading;
+    answer.stopped = true;
+    saveChats();
+  });
 
   // what manager.js (the model manager) uses
   window.ogaPage = { api, el, errorOf, explain, state, refreshModels, showBanner, refocus };
