@@ -230,3 +230,107 @@ def test_edit_and_resend_the_meter_and_the_default_length(browser, server):
     body = json.loads(browser.execute_script("return window.__sent[0]"))
     assert "max_tokens" not in body
     assert 0 < tokens(find(browser, ".msg.assistant .stats").text) <= 128
+
+
+CATALOG = [
+    {
+        "name": "smollm2-135m-cpu",
+        "repo": "org/SmolLM2-135M-Instruct-onnx",
+        "variant": "cpu-int4",
+        "target": "cpu",
+        "release": None,
+        "oga_version": "0.9",
+        "size_bytes": 2_000_000,
+        "context": 2048,
+        "license": "apache-2.0",
+        "fits": True,
+        "why": "",
+        "installed": False,
+    },
+    {
+        "name": "llama-3.2-3b-hybrid",
+        "repo": "amd/Llama-3.2-3B-Instruct-awq-g128-int4-asym-fp16-onnx-hybrid",
+        "variant": "",
+        "target": "hybrid",
+        "release": "1.7",
+        "oga_version": "0.9",
+        "size_bytes": 3_100_000_000,
+        "context": 4096,
+        "license": "llama3.2",
+        "fits": False,
+        "why": "needs a Ryzen AI NPU (none here)",
+        "installed": False,
+    },
+]
+
+
+def test_the_catalog_and_a_pull_with_progress(browser, server):
+    """The catalog and pull routes come from another branch; here a stand-in for fetch answers
+    them exactly in their contract's shapes (GET /api/v1/catalog, NDJSON from POST /api/v1/pull)."""
+    lines = [
+        {"status": "pulling manifest"},
+        {"status": "pulling sha256:ab12", "digest": "sha256:ab12", "total": 2_000_000, "completed": 0},
+        {"status": "pulling sha256:ab12", "digest": "sha256:ab12", "total": 2_000_000, "completed": 1_000_000},
+        {"status": "pulling sha256:ab12", "digest": "sha256:ab12", "total": 2_000_000, "completed": 2_000_000},
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "success", "model": "smollm2-135m-cpu"},
+    ]
+    open_page(browser, server)
+    browser.execute_script(
+        """const real = window.fetch, catalog = arguments[0], lines = arguments[1];
+        window.__pulls = []; window.__progress = [];
+        window.fetch = (url, opts) => {
+          const u = String(url);
+          if (u.endsWith('/api/v1/catalog'))
+            return Promise.resolve(new Response(JSON.stringify({data: catalog}), {status: 200,
+              headers: {'Content-Type': 'application/json'}}));
+          if (!u.endsWith('/api/v1/pull')) return real(url, opts);
+          window.__pulls.push(JSON.parse(opts.body));
+          const enc = new TextEncoder();
+          const stream = new ReadableStream({async start(c) {
+            for (const l of lines) {
+              c.enqueue(enc.encode(JSON.stringify(l) + '\\n'));
+              await new Promise((r) => setTimeout(r, 60));
+              const bar = document.getElementById('pull-progress');
+              window.__progress.push([bar.value, bar.max, document.getElementById('pull-text').textContent]);
+            }
+            catalog[0].installed = true;
+            c.close(); }});
+          const headers = {'Content-Type': 'application/x-ndjson'};
+          return Promise.resolve(new Response(stream, {status: 200, headers}));
+        };""",
+        CATALOG,
+        lines,
+    )
+    find(browser, "#open-models").click()
+    wait(browser, lambda: find(browser, "#catalog-section").is_displayed(), what="the catalog")
+    rows = find_all(browser, "#catalog-list .catalog-row")
+    assert [r.get_attribute("data-name") for r in rows] == ["smollm2-135m-cpu", "llama-3.2-3b-hybrid"]
+    assert "does not fit" in rows[1].text and "needs a Ryzen AI NPU" in rows[1].text and "3.1 GB" in rows[1].text
+    assert "fits here" in rows[0].text and "2 MB · cpu" in rows[0].text
+    click(browser, '.catalog-row[data-name="smollm2-135m-cpu"] .pull')
+    wait(browser, lambda: "is installed" in find(browser, "#pull-text").text, what="the pull to finish")
+    assert browser.execute_script("return window.__pulls") == [{"model": "smollm2-135m-cpu", "variant": "cpu-int4"}]
+    progress = browser.execute_script("return window.__progress")
+    texts = [t for _, _, t in progress]
+    assert "smollm2-135m-cpu: pulling manifest" in texts
+    halfway = next(p for p in progress if "1 MB of 2 MB" in p[2])
+    assert halfway[:2] == [1_000_000, 2_000_000]
+    assert "smollm2-135m-cpu: verifying sha256 digest" in texts
+    wait(
+        browser,
+        lambda: "installed" in find(browser, '.catalog-row[data-name="smollm2-135m-cpu"]').text,
+        what="the catalog says installed",
+    )
+    # a refusal before the stream: said in words
+    browser.execute_script(
+        """const real = window.fetch;
+        window.fetch = (url, opts) => String(url).endsWith('/api/v1/pull')
+          ? Promise.resolve(new Response(JSON.stringify({error: "no model named 'nope' in the catalog"}),
+              {status: 404, headers: {'Content-Type': 'application/json'}}))
+          : real(url, opts);"""
+    )
+    find(browser, "#pull-name").send_keys("nope")
+    find(browser, "#pull-name-go").click()
+    wait(browser, lambda: "no model named 'nope'" in find(browser, "#models-message").text, what="the refusal")
