@@ -16,6 +16,7 @@ The manager's API (the OpenAI, Lemonade and Ollama routes use it):
     manager.get(id)                   the Entry, or None
     await manager.ensure(id)          the ServedModel, loading it first (the caller waits)
     await manager.load(id) / unload(id)   for clients that manage models (/api/v1/load, /unload)
+    manager.forget(id), .store          a deleted model no longer offered; the store listed (manage.py)
     async with using(manager, id) as sm:  ensure + a lease: never unloaded while leased
 
 A request holds a lease from the lookup until its generation holds the device queue
