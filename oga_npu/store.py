@@ -446,8 +446,9 @@ class ModelStore:
     def remove(self, entry: ModelEntry) -> tuple[int, int]:
         """Remove an entry from `removal`, and the cache entries only it uses (its GGUF's
         dequantized copy, its expanded form; see cache.py). Returns the bytes freed in the
-        folder and in the cache. The manifest goes first, so a removal cut short leaves a
-        folder that reads as incomplete, never as ready."""
+        folder and in the cache. The manifest goes first, then the folder is renamed to a hidden
+        trash name before it is deleted: a removal cut short leaves a folder that reads as
+        incomplete (or none), never as ready."""
         from . import cache
 
         path = entry.path
@@ -459,7 +460,12 @@ class ModelStore:
         manifest = {**manifest, "source": norm_source(str(manifest.get("source") or "")) or None}
         cached = cache.entries(manifest, self._other_records(path))
         unpublish(path)
-        shutil.rmtree(path)
+        trash = path.with_name(f".{path.name}.removing-{os.getpid()}")  # hidden: no listing shows it
+        try:
+            os.replace(path, trash)  # gone from the store at once; the slow delete follows
+        except OSError:
+            trash = path
+        shutil.rmtree(trash)
         return freed, cache.remove(cached)
 
     def _other_records(self, path: Path) -> list[dict]:

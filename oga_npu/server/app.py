@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import log as serverlog
-from . import ollama, routes, web
+from . import manage, ollama, routes, web
 from .errors import ApiError
 from .http import DEFAULT_MAX_BODY_MB, allowed_hosts, host_ok
 from .state import ServerState
@@ -59,13 +59,14 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origin),
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
     for exc, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc, handler)
     app.include_router(routes.router)
     app.include_router(ollama.router)  # Ollama's /api/* (ollama.py): a translation, same path
+    app.include_router(manage.router)  # deleting a store model: /api/v1/delete, Ollama's /api/delete
     web.add_routes(app)  # GET / (the chat page) and /web/*, no key: they hold no data
     app.add_middleware(serverlog.RequestLog)  # added last: the outermost layer, sees every response
     return app

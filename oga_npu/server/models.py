@@ -18,6 +18,7 @@ The manager's API (the OpenAI, Lemonade and Ollama routes use it):
                                       (added, removed, changed ids); listing() calls it
     await manager.ensure(id)          the ServedModel, loading it first (the caller waits)
     await manager.load(id) / unload(id)   for clients that manage models (/api/v1/load, /unload)
+    manager.forget(id), .store          a deleted model no longer offered; the store listed (manage.py)
     async with using(manager, id) as sm:  ensure + a lease: never unloaded while leased
 
 A request holds a lease from the lookup until its generation holds the device queue
@@ -50,6 +51,7 @@ from ..kvcache import PromptCache, reuse_support
 from . import watch
 from .errors import ApiError
 from .http import known_path
+from .plan import default_max_tokens
 from .store_scan import Entry, LiveStore, StoreScan, entry_of
 
 log = logging.getLogger("oga_npu.server")
@@ -152,6 +154,9 @@ class ServedModel:
             "created": int(Path(self.lm.path).stat().st_mtime),
             "owned_by": "oga-npu",
             "context_length": self.lm.context_length,
+            "default_max_tokens": default_max_tokens(
+                min(self.lm.context_length, getattr(self.lm, "hybrid_limit", None) or self.lm.context_length)
+            ),
             "provider": self.lm.provider,
             "decoder": self.lm.decoder,
             "target": man.get("target"),
@@ -237,6 +242,7 @@ class ModelManager(LiveStore):
         self.max_restarts = max_restarts or watch.MAX_RESTARTS
         self.error: OgaNpuError | None = None
         self.ready = False
+        self.store = None  # the ModelStore it lists (from_store): only its folders may be deleted
         self._load_lock: asyncio.Lock | None = None
         self._scan: StoreScan | None = None  # from_store: the store, live (store_scan.py)
         self._retiring: set[asyncio.Task] = set()
@@ -259,7 +265,7 @@ class ModelManager(LiveStore):
         m._scan = StoreScan(store)
         for e in m.entries():
             m._scan.note(e.id, e.folder)
-        m.ready = True
+        m.ready, m.store = True, store
         return m
 
     def start(self, on_error=None) -> None:
@@ -331,6 +337,15 @@ class ModelManager(LiveStore):
         return e
 
     def _not_found(self, model_id: str) -> ApiError:
+        if not self._entries:
+            return ApiError(
+                404,
+                f"the model '{model_id}' does not exist: no model is installed yet "
+                "(oga-npu pull NAME or oga-npu prepare SOURCE, or the chat page's Models panel)",
+                type_="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
         return ApiError(
             404,
             f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
@@ -464,6 +479,12 @@ class ModelManager(LiveStore):
 
     def _release(self, sm) -> None:  # store_scan.LiveStore: a retired model's memory
         release_memory(sm)
+
+    def forget(self, model_id: str) -> None:
+        """No longer offered (its folder was deleted); the caller unloaded it first."""
+        self._entries.pop(model_id, None)
+        if self._scan is not None:
+            self._scan.forget(model_id)
 
     async def _unload(self, e: Entry) -> None:
         sm, e.served = e.served, None

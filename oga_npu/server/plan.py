@@ -16,9 +16,15 @@ from ..generate import GenerationOptions, check_fits, encode_chat, encode_raw, r
 from .errors import ApiError, from_library, not_supported
 from .schemas import ChatRequest, CompletionRequest, NamedToolChoice, Sampling, Tool
 
-# max_tokens when a request gives none: the rest of the context, at most this (the KV cache
-# is sized by prompt + max_tokens; a 128k-context model would otherwise allocate all of it)
-DEFAULT_MAX_TOKENS = 4096
+# max_tokens when a request gives none: a quarter of the context, at most this, and never more
+# than the room left (a small model otherwise rambles to the end of its context; the KV cache
+# is sized by prompt + max_tokens). /v1/models says it per model (`default_max_tokens`).
+DEFAULT_MAX_TOKENS = 1024
+
+
+def default_max_tokens(context_length: int) -> int:
+    """The answer length a request without max_tokens gets: min(1024, context / 4)."""
+    return max(1, min(DEFAULT_MAX_TOKENS, context_length // 4))
 
 
 @dataclass
@@ -50,7 +56,7 @@ def options(
     if max_tokens is None:
         if limit - n_prompt < 1:
             raise from_library(ContextLengthError(n_prompt, 1, limit), prompt_param)
-        max_tokens = min(limit - n_prompt, DEFAULT_MAX_TOKENS)
+        max_tokens = min(limit - n_prompt, default_max_tokens(limit))
     kw: dict[str, Any] = {
         "max_tokens": max_tokens,
         "stop": tuple(stops),

@@ -153,7 +153,7 @@ def check_port(host: str, port: int) -> None:
 
 def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelManager:
     """-m folders (checked now, loaded at start), or the store's models (loaded on demand)."""
-    from ..errors import ModelFolderError, ModelNotFoundError
+    from ..errors import ModelFolderError
     from ..model import check_folder
     from ..store import ModelStore
     from .procworker import ProcessModel
@@ -168,18 +168,22 @@ def manager(folders: list[Path] | None, models_dir: Path | None, **kw) -> ModelM
                     f"{f} cannot be served: " + "; ".join(rep.problems), "pass a folder made by `oga-npu prepare`"
                 )
         return ModelManager.preloaded(folders, **{k: v for k, v in kw.items() if k != "max_loaded"})
-    store = ModelStore(models_dir)
-    models = ModelManager.from_store(store, **kw)
-    if not any(e.problem is None for e in models.entries()):
-        listing = "".join(f"\n  {e.id}: {e.problem}" for e in models.entries())
-        raise ModelNotFoundError(
-            f"no model in {store.root} can be served{listing}", "make one: oga-npu prepare SOURCE, or pass -m DIR"
-        )
-    return models
+    return ModelManager.from_store(ModelStore(models_dir), **kw)  # empty: the page and /api/pull fill it
 
 
 def banner(models: ModelManager, preload: bool, max_loaded: int) -> str:
     names = ", ".join(e.id for e in models.entries() if e.problem is None)
+    if not preload and not names:
+        where = getattr(models.store, "root", "the model store")
+        return (
+            f"no model in {where} yet: add one with oga-npu pull NAME or oga-npu prepare SOURCE, "
+            "or from the chat page's Models panel"
+            + (
+                f"; not loadable: {', '.join(e.id for e in models.entries())} (see /v1/models)"
+                if models.entries()
+                else ""
+            )
+        )
     if preload:
         return f"models: {names}; loading, /health says when ready"
     skipped = [e.id for e in models.entries() if e.problem is not None]

@@ -29,6 +29,7 @@ from ..store import lock_holder
 from ..workdir import LOCK, MANIFEST, REQUEST, STAGES_DIR
 from . import watch
 from .http import known_path
+from .plan import default_max_tokens
 
 log = logging.getLogger("oga_npu.server")
 
@@ -69,8 +70,11 @@ class Entry:
             "owned_by": "oga-npu",
             **self.facts,
             "loaded": False,
+            "loading": self.loading is not None,  # a request is loading it now
             "loadable": self.problem is None,
         }
+        if self.facts.get("context_length"):
+            out["default_max_tokens"] = default_max_tokens(self.facts["context_length"])
         if self.problem is not None:
             out["not_loadable_reason"] = self.problem
         return out

@@ -22,6 +22,7 @@ FILES = {
     "style.css": "text/css; charset=utf-8",
     "markdown.js": "text/javascript; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "manager.js": "text/javascript; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
 CSP = (

@@ -1,7 +1,9 @@
 /* The oga-npu chat page: talks to this server's OpenAI-compatible routes (/v1/models,
    /v1/chat/completions streamed as server-sent events). No framework, no build step, nothing
    from another site. Conversations, settings and the API key live in localStorage
-   ("oga-npu.*"). The model's text is rendered by markdown.js as DOM nodes (never as HTML). */
+   ("oga-npu.*"); an answer is stored as it streams, so a reload or a closed tab keeps its
+   text (shown as stopped). The model's text is rendered by markdown.js as DOM nodes (never
+   as HTML). The model manager (manager.js) uses what this file hands it in window.ogaPage. */
 "use strict";
 
 (() => {
@@ -37,7 +39,8 @@
 
   const SAMPLING = ["temperature", "top_p", "top_k", "max_tokens"];
   const state = {
-    models: [],
+    models: [],                 // the loadable models (the picker)
+    allModels: [],              // every model /v1/models lists (the manager), with loaded / loadable
     chats: store.get("chats", []),
     current: store.get("current", null),
     settings: Object.assign({ model: "", system: "", temperature: "", top_p: "", top_k: "", max_tokens: "" },
@@ -55,7 +58,8 @@
   const ui = {
     app: $("app"), sidebar: $("sidebar"), toggle: $("toggle-sidebar"), newChat: $("new-chat"),
     chatList: $("chat-list"), openSettings: $("open-settings"), forgetKey: $("forget-key"),
-    model: $("model"), modelInfo: $("model-info"), serverState: $("server-state"), banner: $("banner"),
+    model: $("model"), modelInfo: $("model-info"), meter: $("context-meter"), meterBar: $("context-bar"),
+    meterText: $("context-text"), defaultLength: $("default-length"), serverState: $("server-state"), banner: $("banner"),
     messages: $("messages"), composer: $("composer"), input: $("input"), send: $("send"), stop: $("stop"),
     settings: $("settings"), system: $("set-system"), keyDialog: $("key-dialog"), keyInput: $("key-input"),
     keyMessage: $("key-message"),
@@ -218,7 +222,10 @@
       return;
     }
     // a model folder the server cannot load is listed with the reason; the page offers the others
-    const data = ((await resp.json()).data || []).filter((m) => m.loadable !== false);
+    const all = (await resp.json()).data || [];
+    state.allModels = all;
+    const data = all.filter((m) => m.loadable !== false);
+    document.dispatchEvent(new CustomEvent("oga-models"));
     if (!data.length) {
       waitUntilReady();
       return;
@@ -229,11 +236,40 @@
     showBanner("");
   }
 
+  /* The list again (after a load, an answer, a delete): the picker's marks, the header. */
+  async function refreshModels() {
+    try {
+      const resp = await api("/v1/models");
+      if (!resp.ok) return;
+      const all = (await resp.json()).data || [];
+      state.allModels = all;
+      state.models = all.filter((m) => m.loadable !== false);
+      document.dispatchEvent(new CustomEvent("oga-models"));
+      if (!state.models.length) {
+        ui.model.replaceChildren();
+        showModelInfo();
+        return waitUntilReady();
+      }
+      if (!state.busy) fillModels(true);
+      else markLoaded();
+      setServerState("ready");
+      showBanner("");
+    } catch (e) { /* the next call says it */ }
+  }
+
+  const EMPTY = "No model is installed yet. Open Models to download one, or run oga-npu pull NAME "
+    + "(or oga-npu prepare SOURCE) and reload.";
+
   async function waitUntilReady() {
     setServerState("loading", "loading models");
     try {
       const resp = await fetch("/health");
       const body = await resp.json().catch(() => ({}));
+      if (resp.ok && body.status === "ok" && !state.allModels.some((m) => m.loadable !== false)) {
+        setServerState("empty", "no models");   // an empty store: the manager fills it
+        showBanner(EMPTY);
+        return;
+      }
       if (resp.ok) return loadModels();
       if (body.status === "error") {
         setServerState("error");
@@ -247,19 +283,33 @@
     setTimeout(waitUntilReady, 1000);
   }
 
-  function fillModels() {
+  function fillModels(keep) {
+    const was = ui.model.value;
     ui.model.replaceChildren();
     for (const m of state.models) {
       const o = el("option", null, m.id);
       o.value = m.id;
       ui.model.appendChild(o);
     }
+    markLoaded();
     const chat = currentChat();
-    const want = [chat && chat.model, state.settings.model].find((id) => state.models.some((m) => m.id === id));
+    const want = [keep && was, chat && chat.model, state.settings.model].find((id) => state.models.some((m) => m.id === id));
     ui.model.value = want || state.models[0].id;
     showModelInfo();
     renderMessages();
   }
+
+  /* The picker marks the loaded models. */
+  function markLoaded() {
+    for (const o of ui.model.options) {
+      const m = state.models.find((x) => x.id === o.value);
+      const loaded = !!(m && m.loaded);
+      o.dataset.loaded = loaded ? "true" : "false";
+      o.textContent = loaded ? `${o.value} ● loaded` : o.value;
+    }
+  }
+
+  const modelOf = (id) => state.models.find((x) => x.id === id) || null;
 
   function showModelInfo() {
     const m = state.models.find((x) => x.id === ui.model.value);
@@ -271,7 +321,10 @@
     if (m.provider) bits.push(m.provider);
     else if (m.target) bits.push(m.target);
     if (m.decoder && m.decoder !== "oga") bits.push(`${m.decoder} decoder`);
-    if (m.loaded === false) bits.push("loads on first use");
+    const loading = state.busy && state.busy.answer.loading && state.busy.answer.model === m.id;
+    if (loading) bits.push("loading…");
+    else if (m.loaded === false) bits.push("loads on first use");
+    else bits.push("loaded");
     ui.modelInfo.textContent = bits.join(" · ");
   }
 
@@ -338,8 +391,29 @@
     }
   }
 
+  /* Tokens the conversation holds of the model's context: the last answer's prompt + answer. */
+  function renderMeter(chat) {
+    const last = chat ? [...chat.messages].reverse().find((m) => m.role === "assistant" && m.stats
+      && m.stats.prompt_tokens != null) : null;
+    const m = last && (modelOf(last.stats.model) || modelOf(chat.model));
+    if (!last || !m || !m.context_length) {
+      ui.meter.hidden = true;
+      return;
+    }
+    const used = last.stats.prompt_tokens + (last.stats.completion_tokens || 0);
+    ui.meter.hidden = false;
+    ui.meterBar.max = m.context_length;
+    ui.meterBar.value = Math.min(used, m.context_length);
+    ui.meterBar.high = m.context_length * 0.8;
+    ui.meterBar.optimum = 0;
+    ui.meterText.textContent = `${used} / ${m.context_length} tokens`;
+    ui.meter.title = `This conversation holds ${used} of the ${m.context_length} tokens of ${m.id}'s context `
+      + "(its prompt and the last answer); the next message must fit in the rest.";
+  }
+
   function renderMessages() {
     const chat = currentChat();
+    renderMeter(chat);
     ui.messages.replaceChildren();
     if (!chat || !chat.messages.length) {
       const empty = el("div", "empty");
@@ -353,7 +427,7 @@
     if (chat.system) ui.messages.appendChild(systemNote(chat));
     const lastAssistant = chat.messages.length - 1 - [...chat.messages].reverse().findIndex((m) => m.role === "assistant");
     chat.messages.forEach((msg, i) => {
-      ui.messages.appendChild(msg.role === "user" ? userNode(msg) : answerNode(chat, msg, i === lastAssistant
+      ui.messages.appendChild(msg.role === "user" ? userNode(chat, msg, i) : answerNode(chat, msg, i === lastAssistant
         && i === chat.messages.length - 1));
     });
     scrollToEnd(true);
@@ -369,10 +443,44 @@
     return n;
   }
 
-  function userNode(msg) {
+  function userNode(chat, msg, index) {
     const row = el("div", "msg user");
     row.appendChild(el("div", "bubble", msg.content));
+    const actions = el("div", "user-actions");
+    actions.appendChild(actionButton("Edit", "edit", () => editMessage(chat, index, row)));
+    row.appendChild(actions);
     return row;
+  }
+
+  /* Edit-and-resend: the message changed in place, the conversation after it dropped, answered again. */
+  function editMessage(chat, index, row) {
+    if (state.busy) return;
+    const box = el("textarea", "edit-box");
+    box.value = chat.messages[index].content;
+    box.rows = Math.min(10, box.value.split("\n").length + 1);
+    box.setAttribute("aria-label", "Edit the message");
+    const send = actionButton("Send", "edit-send", () => {
+      const text = box.value;
+      if (!text.trim() || state.busy) return;
+      chat.messages = chat.messages.slice(0, index);
+      chat.messages.push({ role: "user", content: text });
+      if (index === 0) chat.title = titleOf(text);
+      generate(chat);
+    });
+    const cancel = actionButton("Cancel", "edit-cancel", () => renderMessages());
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing && e.keyCode !== 229) {
+        e.preventDefault();
+        send.click();
+      } else if (e.key === "Escape") {
+        e.preventDefault();
+        renderMessages();
+      }
+    });
+    const bar = el("div", "user-actions editing");
+    bar.append(cancel, send);
+    row.replaceChildren(box, bar);
+    box.focus();
   }
 
   function answerNode(chat, msg, last) {
@@ -383,7 +491,7 @@
     paintBody(msg, body);
     const foot = el("div", "foot");
     if (msg.pending) {
-      foot.appendChild(el("span", "pending", "generating…"));
+      foot.appendChild(el("span", "pending", msg.loading ? `loading ${msg.model}…` : "generating…"));
     } else {
       if (msg.error) row.appendChild(el("div", "error", msg.error));
       if (msg.stopped) foot.appendChild(el("span", "badge", "stopped"));
@@ -528,9 +636,34 @@
     generate(chat);
   }
 
+  /* The conversation stored while an answer streams (at most every 250 ms): a reload or a
+     closed tab keeps the text so far. */
+  let lastSave = 0;
+  function saveSoon() {
+    const now = performance.now();
+    if (now - lastSave < 250) return;
+    lastSave = now;
+    saveChats();
+  }
+
+  function firstEvent(answer) {
+    if (!answer.loading) return;
+    delete answer.loading;
+    const row = state.nodes.get(answer);
+    const label = row && row.querySelector(".pending");
+    if (label) label.textContent = "generating…";
+    const m = modelOf(answer.model);
+    if (m) m.loaded = true;
+    markLoaded();
+    showModelInfo();
+  }
+
   async function generate(chat) {
     const model = ui.model.value;
+    const info = modelOf(model);
     const answer = { role: "assistant", content: "", model, pending: true };
+    const firstLoad = !!(info && info.loaded === false);
+    if (firstLoad) answer.loading = true;   // its first request loads it: "loading MODEL…" until the server answers
     chat.model = model;
     chat.messages.push(answer);
     chat.updated = Date.now();
@@ -541,6 +674,7 @@
     const controller = new AbortController();
     state.busy = { controller, chat, answer };
     setBusy(true);
+    showModelInfo();
     const body = Object.assign({ model, messages: requestMessages(chat, answer), stream: true,
       stream_options: { include_usage: true } }, sampling());
     const t0 = performance.now();
@@ -558,6 +692,7 @@
         throw apiError(0, { message: String(e.message || e) });
       }
       if (!resp.ok) throw await errorOf(resp);
+      firstEvent(answer);   // the server answers once the model is loaded
       for await (const ev of sseEvents(resp)) {
         if (ev.error) throw apiError(ev.error.code === "shutting_down" ? 503 : 500, ev.error);
         if (ev.usage) usage = ev.usage;
@@ -567,17 +702,19 @@
             if (tFirst === null) tFirst = performance.now();
             answer.content += text;
             paintAnswer(answer);
+            saveSoon();
           }
           if (c.finish_reason) finish = c.finish_reason;
         }
       }
     } catch (e) {
-      if (e.name === "AbortError") answer.stopped = true;
+      if (e.name === "AbortError" || leaving) answer.stopped = true;
       else if (e.status === 401) needKey = true;
       else answer.error = explain(e);
     }
     const tEnd = performance.now();
     const server = usage && !answer.stopped && !answer.error ? await serverStats(model, usage) : null;
+    delete answer.loading;
     delete answer.pending;
     state.busy = null;
     setBusy(false);
@@ -609,6 +746,7 @@
     saveChats();
     renderAll();
     ui.input.focus();
+    if (firstLoad || answer.error) refreshModels();   // the header and the picker say it is loaded now
   }
 
   // ------------------------------------------------------------ settings
@@ -616,6 +754,12 @@
     const chat = currentChat();
     ui.system.value = chat ? chat.system || "" : state.settings.system || "";
     for (const name of SAMPLING) $("set-" + name).value = state.settings[name] ?? "";
+    const m = modelOf(ui.model.value);
+    const n = m && m.default_max_tokens;
+    $("set-max_tokens").placeholder = n ? String(n) : "";
+    ui.defaultLength.textContent = n ? `Empty: ${m.id}'s default answer length, ${n} tokens (of its `
+      + `${m.context_length}-token context). A number here applies to every model.`
+      : "Empty: the server's default answer length for the model.";
     ui.settings.showModal();
   }
 
@@ -688,6 +832,22 @@
       renderAll();
     }
   });
+
+  // a reload or a closed tab: the answer streaming now is kept with its text, as stopped (its
+  // fetch then fails with a network error, which is no error of the answer's)
+  let leaving = false;
+  window.addEventListener("pagehide", () => {
+    leaving = true;
+    if (!state.busy) return;
+    const answer = state.busy.answer;
+    delete answer.pending;
+    delete answer.loading;
+    answer.stopped = true;
+    saveChats();
+  });
+
+  // what manager.js (the model manager) uses
+  window.ogaPage = { api, el, errorOf, explain, state, refreshModels, showBanner, refocus };
 
   updateKeyButton();
   renderAll();
