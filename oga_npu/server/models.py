@@ -265,6 +265,24 @@ def folder_problem(folder: Path) -> str | None:
     return None if rep.ok else "; ".join(rep.problems)
 
 
+def store_entries(store) -> list[Entry]:
+    """Every model folder of the store as an Entry; the damaged and unfinished ones with the reason."""
+    entries = []
+    for se in store.entries():
+        facts = {
+            "size": se.size,
+            "target": se.target,
+            "recipe": se.recipe,
+            "context_length": se.context,
+            "params": se.params,
+            "bits": se.bits,
+            "source": se.source,
+        }
+        problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
+        entries.append(Entry(se.name, se.path, facts, problem))
+    return entries
+
+
 class ModelManager:
     """The models a server offers, the loaded ones, loading on demand (see the module docstring)."""
 
@@ -293,6 +311,7 @@ class ModelManager:
         self._spawn = spawn  # procworker.ProcessModel.start: each loaded model in its own process
         self.max_restarts = max_restarts or watch.MAX_RESTARTS
         self.error: OgaNpuError | None = None
+        self.store = None  # the ModelStore it lists (from_store), for refresh()
         self.ready = False
         self._load_lock: asyncio.Lock | None = None
         for e in entries:
@@ -310,22 +329,24 @@ class ModelManager:
     def from_store(cls, store, **kw) -> ModelManager:
         """serve without -m: every model folder of the store; the damaged and unfinished ones
         listed as not loadable with the reason."""
-        entries = []
-        for se in store.entries():
-            facts = {
-                "size": se.size,
-                "target": se.target,
-                "recipe": se.recipe,
-                "context_length": se.context,
-                "params": se.params,
-                "bits": se.bits,
-                "source": se.source,
-            }
-            problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
-            entries.append(Entry(se.name, se.path, facts, problem))
-        m = cls(entries, **kw)
+        m = cls(store_entries(store), **kw)
+        m.store = store
         m.ready = True
         return m
+
+    def refresh(self) -> list[str]:
+        """Models that appeared in the store since (a pull): listed now. Known ones stay as they
+        are (a loaded model is never touched); only a store-backed manager has a store."""
+        store = self.store
+        if store is None:
+            return []
+        new = [e for e in store_entries(store) if e.id not in self._entries or self._entries[e.id].problem]
+        for e in new:
+            old = self._entries.get(e.id)
+            if old is None or (not old.loaded and old.loading is None):
+                self._entries[e.id] = e
+                known_path(e.folder, e.id)
+        return [e.id for e in new]
 
     def start(self, on_error=None) -> None:
         """Load every entry in a background thread (preloaded); on_error(e) if one fails."""

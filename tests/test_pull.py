@@ -1,0 +1,223 @@
+"""`oga-npu pull` (oga_npu/pull/) against a local hub-shaped server (tests/hubserver.py) through
+huggingface_hub's own client: OGA folders by variant, GGUF files prepared, AMD hybrid folders
+listed and refused here, resume, sha256, 401/404, offline; and the catalog's shape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import tomllib
+from conftest import call, run_cli, smollm2_gguf
+from hubserver import HubServer, folder_files
+
+from oga_npu.errors import HubError, IntegrityError, PullError
+from oga_npu.pull import PullRequest, pull
+from oga_npu.pull import catalog as cat
+from oga_npu.store import ModelStore
+from oga_npu.workdir import MANIFEST, read_json
+
+CPU_REPO = "acme/tiny-onnx"
+HYBRID_REPO = "amd/Tiny-onnx-ryzenai-1.7-hybrid"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """A hub-shaped server, and huggingface_hub (already imported) pointed at it, online."""
+    from huggingface_hub import constants
+
+    with HubServer() as h:
+        cache = tmp_path / "hf_home" / "hub"
+        for k, v in {
+            "ENDPOINT": h.url,
+            "HUGGINGFACE_CO_URL_TEMPLATE": h.url + "/{repo_id}/resolve/{revision}/{filename}",
+            "HF_HUB_OFFLINE": False,
+            "HF_HUB_CACHE": str(cache),
+        }.items():
+            monkeypatch.setattr(constants, k, v)
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        yield h
+
+
+def _dml_copy(tiny_model, dst):
+    shutil.copytree(tiny_model, dst, ignore=shutil.ignore_patterns("stages", "logs", MANIFEST, "prepare.json"))
+    cfg = json.loads((dst / "genai_config.json").read_text())
+    cfg["model"]["decoder"]["session_options"]["provider_options"] = [{"dml": {}}]
+    (dst / "genai_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _hybrid_copy(tiny_model, dst):
+    shutil.copytree(tiny_model, dst, ignore=shutil.ignore_patterns("stages", "logs", MANIFEST, "prepare.json"))
+    cfg = json.loads((dst / "genai_config.json").read_text())
+    cfg["model"]["decoder"]["session_options"]["provider_options"] = [
+        {"RyzenAI": {"external_data_file": "model_jit.pb.bin", "hybrid_opt_max_seq_length": "4096"}}
+    ]
+    (dst / "genai_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _cpu_repo(hub, tiny_model, tmp_path):
+    files = {**folder_files(tiny_model, "cpu_and_mobile/cpu-int4/"), "README.md": b"# tiny\n"}
+    files.update(folder_files(_dml_copy(tiny_model, tmp_path / "dml"), "directml/dml-int4/"))
+    return hub.add(CPU_REPO, files)
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+def test_every_catalog_entry_has_its_shape():
+    raw = tomllib.loads(cat.CATALOG_FILE.read_text())["model"]
+    assert all(cat.check_entry(r) == [] for r in raw), [(r["name"], cat.check_entry(r)) for r in raw]
+    entries = cat.load()
+    targets = {e.target for e in entries}
+    assert {"hybrid", "npu", "cpu", "dml", "gguf"} <= targets
+    assert {e.release for e in entries if e.target in ("hybrid", "npu")} >= {"1.6", "1.7", "1.8"}
+    assert len({e.name for e in entries}) == len(entries)
+    # a malformed row is caught (the check is not vacuous)
+    bad = dict(raw[0], target="tpu", repo="no-slash", size_bytes=0)
+    assert len(cat.check_entry(bad)) == 3
+
+
+def test_fits_here_reads_memory_npu_and_runtime():
+    e = next(x for x in cat.load() if x.target == "hybrid" and x.release == "1.7")
+    linux = cat.Machine(16 << 30, True, "Linux", "0.11.2", True, ("1.7", "1.7.1"))
+    assert cat.fits(e, linux) == (False, pytest.approx(cat.fits(e, linux)[1])) and "Windows" in cat.fits(e, linux)[1]
+    win = cat.Machine(32 << 30, True, "Windows", "0.14.0", True, ("1.8",))
+    ok, why = cat.fits(e, win)
+    assert not ok and "1.7" in why and "1.8" in why
+    ok, _ = cat.fits(e, cat.Machine(32 << 30, True, "Windows", "0.11.2", True, ("1.7", "1.7.1")))
+    assert ok
+    small = cat.Machine(1 << 30, False, "Linux", "0.18.0", False, ())
+    assert "memory" in cat.fits(next(x for x in cat.load() if x.size_bytes > 2e9 and x.target == "cpu"), small)[1]
+    assert "pull" in cat.suggestion(list(cat.load()), win)
+
+
+def test_models_available_lists_the_catalog(capsys):
+    code, out, err = call(capsys, "models", "--available", "--json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == len(cat.load())
+    assert set(rows[0]) == set(cat.FIELDS) | {"fits", "why", "installed"}
+    assert all(r["fits"] is False for r in rows if r["target"] == "hybrid")  # no NPU here
+
+
+# ---------------------------------------------------------------- OGA folders
+
+
+def test_oga_folder_by_variant_is_checked_placed_and_runs(hub, tiny_model, tmp_path, capsys):
+    repo = _cpu_repo(hub, tiny_model, tmp_path)
+    with pytest.raises(PullError) as e:
+        pull(PullRequest(CPU_REPO))
+    assert "2 model variants" in e.value.message and "directml/dml-int4" in e.value.message
+    events = []
+    res = pull(PullRequest(CPU_REPO, variant="cpu"), events.append)
+    assert res.path == ModelStore().root / "tiny-onnx-cpu-int4" and res.revision == repo.commit
+    m = read_json(res.path / MANIFEST)
+    assert m["pull"]["repo"] == CPU_REPO and m["pull"]["variant"] == "cpu_and_mobile/cpu-int4"
+    assert m["pull"]["revision"] == repo.commit and m["target"] == "cpu"
+    assert m["pull"]["checked"]["model.onnx"] == "sha256" and "README.md" not in m["files"]
+    statuses = [ev.status for ev in events]
+    assert statuses[0] == "pulling manifest" and statuses[-3:] == [
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
+    assert any(ev.digest and ev.completed == ev.total > 0 for ev in events)
+    assert not (res.path.parent / (res.path.name + ".partial")).exists()
+    assert pull(PullRequest(CPU_REPO, variant="cpu")).already  # a second pull finds it
+    code, out, err = call(capsys, "run", "-m", res.name, "--max-tokens", "3", "Hi")
+    assert code == 0, err
+    code, out, _ = call(capsys, "models", "--json")
+    row = next(r for r in json.loads(out) if r["name"] == res.name)
+    assert row["state"] == "ready" and row["target"] == "cpu"
+
+
+def test_hybrid_folder_is_listed_with_its_release_and_refused_with_the_reason(hub, tiny_model, tmp_path, capsys):
+    hub.add(HYBRID_REPO, folder_files(_hybrid_copy(tiny_model, tmp_path / "hy")))
+    res = pull(PullRequest(HYBRID_REPO))
+    m = read_json(res.path / MANIFEST)
+    assert m["target"] == "hybrid" and m["pull"]["release"] == "1.7"
+    assert m["requires"]["onnxruntime-genai"] == "0.11.2"
+    code, out, err = call(capsys, "run", "-m", res.name, "Hi")
+    assert code != 0 and "hybrid" in err.lower() and "Fix" in err
+
+
+def test_interrupted_pull_shows_incomplete_and_a_dropped_connection_resumes(hub, tiny_model, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 4096)  # bytes reach the .incomplete file before the drop
+    _cpu_repo(hub, tiny_model, tmp_path)
+    store = ModelStore()
+    (store.root / "tiny-onnx-cpu-int4.partial").mkdir(parents=True)
+    (store.root / "tiny-onnx-cpu-int4.partial" / "prepare.json").write_text('{"source": "x", "pull": true}')
+    assert {e.name: e.state for e in store.entries(facts=False)}["tiny-onnx-cpu-int4.partial"] == "incomplete"
+    big = "cpu_and_mobile/cpu-int4/model.onnx"
+    hub.drop_once.add(f"{CPU_REPO}/{big}")
+    res = pull(PullRequest(CPU_REPO, variant="cpu"))
+    ranges = [r for m, p, r in hub.requests if p.endswith(big) and m == "GET"]
+    assert len(ranges) == 2 and ranges[0] is None and ranges[1].startswith("bytes=")  # resumed, not restarted
+    assert (res.path / "model.onnx").read_bytes() == (tiny_model / "model.onnx").read_bytes()
+    assert [e.name for e in store.entries(facts=False)] == ["tiny-onnx-cpu-int4"]
+
+
+def test_sha256_mismatch_is_refused_and_the_bad_copy_dropped(hub, tiny_model, tmp_path):
+    _cpu_repo(hub, tiny_model, tmp_path)
+    hub.tamper.add(f"{CPU_REPO}/cpu_and_mobile/cpu-int4/model.onnx")
+    with pytest.raises(IntegrityError) as e:
+        pull(PullRequest(CPU_REPO, variant="cpu"))
+    assert "sha256" in e.value.message and e.value.fix
+    assert not (ModelStore().root / "tiny-onnx-cpu-int4").exists()
+    hub.tamper.clear()
+    assert pull(PullRequest(CPU_REPO, variant="cpu")).path.is_dir()  # the next pull downloads it again
+
+
+@pytest.mark.parametrize("code,words", [(401, "private"), (404, "not found")])
+def test_401_and_404_give_one_line_and_a_fix(hub, code, words):
+    hub.add("acme/secret", {"config.json": b"{}"})
+    hub.status["acme/secret"] = code
+    with pytest.raises(HubError) as e:
+        pull(PullRequest("acme/secret"))
+    assert words in e.value.message and "\n" not in e.value.message and "HF_TOKEN" in e.value.fix
+
+
+def test_offline_with_a_populated_cache(hub, tiny_model, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    _cpu_repo(hub, tiny_model, tmp_path)
+    first = pull(PullRequest(CPU_REPO, variant="cpu"))
+    shutil.rmtree(first.path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    n = len(hub.requests)
+    res = pull(PullRequest(CPU_REPO, variant="cpu"))
+    assert len(hub.requests) == n  # nothing asked of the hub
+    assert read_json(res.path / MANIFEST)["pull"]["offline"] is True
+    assert read_json(res.path / MANIFEST)["pull"]["checked"]["model.onnx"] == "sha256"  # the blob's name
+
+
+def test_unknown_name_and_missing_quant_say_what_exists(hub):
+    hub.add("acme/m-GGUF", {"m-Q8_0.gguf": b"GGUF" + b"\0" * 64})
+    with pytest.raises(PullError) as e:
+        pull(PullRequest("acme/m-GGUF:Q4_1"))
+    assert "Q8_0" in e.value.message
+    with pytest.raises(PullError) as e:
+        pull(PullRequest("smollm"))
+    assert "smollm2-135m-instruct" in e.value.fix
+
+
+# ---------------------------------------------------------------- GGUF: pulled, prepared, run (the CLI)
+
+
+@pytest.mark.slow
+def test_gguf_by_quant_then_run_answers(tmp_path, session_home):
+    gguf = smollm2_gguf()
+    with HubServer() as h:
+        h.add("acme/SmolLM2-135M-Instruct-GGUF", {"SmolLM2-135M-Instruct.Q4_1.gguf": gguf, "README.md": b"x"})
+        env = {"HF_ENDPOINT": h.url, "HF_HUB_OFFLINE": "0", "OGA_NPU_HOME": str(session_home)}
+        r = run_cli("pull", "acme/SmolLM2-135M-Instruct-GGUF:Q4_1", env=env)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    assert name == "smollm2-135m-instruct-q4_1-cpu" and "pulling manifest" in r.stderr
+    r = run_cli("run", "-m", name, "--max-tokens", "8", "What is the capital of France?", env=env)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
