@@ -142,6 +142,9 @@ def test_hybrid_folder_is_listed_with_its_release_and_refused_with_the_reason(hu
     assert m["requires"]["onnxruntime-genai"] == "0.11.2"
     code, out, err = call(capsys, "run", "-m", res.name, "Hi")
     assert code != 0 and "hybrid" in err.lower() and "Fix" in err
+    code, out, err = call(capsys, "models")
+    assert code == 0 and f"{res.name}: a Ryzen AI 1.7 hybrid model; runs here: no (" in err
+    assert "hybrid" in next(line for line in out.splitlines() if line.startswith(res.name))
 
 
 def test_interrupted_pull_shows_incomplete_and_a_dropped_connection_resumes(hub, tiny_model, tmp_path, monkeypatch):
@@ -152,7 +155,8 @@ def test_interrupted_pull_shows_incomplete_and_a_dropped_connection_resumes(hub,
     store = ModelStore()
     (store.root / "tiny-onnx-cpu-int4.partial").mkdir(parents=True)
     (store.root / "tiny-onnx-cpu-int4.partial" / "prepare.json").write_text('{"source": "x", "pull": true}')
-    assert {e.name: e.state for e in store.entries(facts=False)}["tiny-onnx-cpu-int4.partial"] == "incomplete"
+    partial = {e.name: e for e in store.entries(facts=False)}["tiny-onnx-cpu-int4.partial"]
+    assert partial.state == "incomplete" and "oga-npu pull x resumes it" in partial.reason
     big = "cpu_and_mobile/cpu-int4/model.onnx"
     hub.drop_once.add(f"{CPU_REPO}/{big}")
     res = pull(PullRequest(CPU_REPO, variant="cpu"))
@@ -221,3 +225,52 @@ def test_gguf_by_quant_then_run_answers(tmp_path, session_home):
     assert name == "smollm2-135m-instruct-q4_1-cpu" and "pulling manifest" in r.stderr
     r = run_cli("run", "-m", name, "--max-tokens", "8", "What is the capital of France?", env=env)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
+
+
+# ---------------------------------------------------------------- the server: Ollama's pull, /api/v1/pull, the catalog
+
+KEY = "test-key-pull"
+
+
+def test_ollama_client_pull_streams_progress_and_the_model_then_chats(tiny_model, tmp_path):
+    import ollama
+    from serverutil import running
+
+    store = tmp_path / "models"
+    shutil.copytree(tiny_model, store / "tiny", ignore=shutil.ignore_patterns("stages", "logs"))
+    with HubServer() as h:
+        files = {**folder_files(tiny_model, "cpu_and_mobile/cpu-int4/")}
+        h.add(CPU_REPO, files)
+        h.add(HYBRID_REPO, folder_files(_hybrid_copy(tiny_model, tmp_path / "hy")))
+        env = {"HF_ENDPOINT": h.url, "HF_HUB_OFFLINE": "0", "OGA_NPU_MODELS": str(store)}
+        with running(args=("--api-key", KEY), env=env) as s:
+            client = ollama.Client(host=s.base, headers={"Authorization": f"Bearer {KEY}"})
+            parts = list(client.pull(CPU_REPO, stream=True))
+            statuses = [p.status for p in parts]
+            assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+            assert any(p.digest and p.total and p.completed == p.total for p in parts)
+            assert "verifying sha256 digest" in statuses and "writing manifest" in statuses
+            reply = client.chat(
+                model="tiny-onnx", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 3}
+            )
+            assert reply.message.role == "assistant"
+            # the same pull again: already in the store, one final object with stream=false
+            assert client.pull(CPU_REPO, stream=False).status == "success"
+            # /api/v1/pull: behind the key, NDJSON lines, the last one names the model
+            code, _, body = s.post("/api/v1/pull", {"model": HYBRID_REPO})
+            assert code == 401
+            code, _, body = s.post(
+                "/api/v1/pull", {"model": HYBRID_REPO, "stream": False}, {"Authorization": f"Bearer {KEY}"}
+            )
+            assert code == 200 and body == {"status": "success", "model": "tiny-onnx-ryzenai-1.7-hybrid"}
+            # a 404 from the hub: Ollama's error shape with a 4xx
+            code, _, body = s.post(
+                "/api/pull", {"model": "acme/nope", "stream": False}, {"Authorization": f"Bearer {KEY}"}
+            )
+            assert code == 404 and "not found" in body["error"]
+            code, text = s.get("/api/v1/catalog", {"Authorization": f"Bearer {KEY}"})
+            rows = json.loads(text)["data"]
+            assert code == 200 and set(rows[0]) == set(cat.FIELDS) | {"fits", "why", "installed"}
+            code, text = s.get("/v1/models", {"Authorization": f"Bearer {KEY}"})
+            ids = [m["id"] for m in json.loads(text)["data"]]
+            assert "tiny-onnx" in ids and "tiny-onnx-ryzenai-1.7-hybrid" in ids

@@ -67,6 +67,21 @@ def models(root: Root = None, as_json: AsJson = False, where: Where = False, ava
             f"{r.size_mb:>7.1f}MB  {r.target or '-':<7} {r.recipe or '-':<12} {r.quality_line():<{q}}  "
             f"{r.state_line()}"
         )
+    _amd_notes(rows)
+
+
+def _amd_notes(rows) -> None:
+    """For pulled AMD models: the Ryzen AI release each needs and whether it runs here (stderr)."""
+    from ..pull.place import runs_here
+
+    for r in rows:
+        if r.runnable and (r.release or r.target in ("hybrid", "npu")):
+            ok, why = runs_here(r.path)
+            print(
+                f"{r.name}: a Ryzen AI {r.release or '?'} {r.target} model; runs here: "
+                + ("yes" if ok else f"no ({why})"),
+                file=sys.stderr,
+            )
 
 
 def _available(store, as_json: bool) -> None:

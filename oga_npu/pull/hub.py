@@ -84,6 +84,11 @@ def translate(e: Exception, repo: str, what: str = "") -> HubError:
             f"{thing} could not be downloaded: the hub is not reachable and it is not in the cache",
             "check the network (or HF_ENDPOINT) and pull again: the download resumes",
         )
+    if isinstance(e, hfe.HfHubHTTPError) and _status(e) in ("401", "403"):
+        return HubError(
+            f"{thing}: the hub refused access ({_status(e)}): the repo is private or gated, or HF_TOKEN is wrong",
+            "set HF_TOKEN to a token with access to it (or run `hf auth login`), then pull again",
+        )
     if isinstance(e, hfe.HfHubHTTPError):
         return HubError(
             f"{thing}: hub request failed: {str(e).splitlines()[0]}", "try again later: the download resumes"
