@@ -251,7 +251,7 @@ def test_ollama_client_pull_streams_progress_and_the_model_then_chats(tiny_model
             assert any(p.digest and p.total and p.completed == p.total for p in parts)
             assert "verifying sha256 digest" in statuses and "writing manifest" in statuses
             reply = client.chat(
-                model="tiny-onnx", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 3}
+                model="tiny-onnx-cpu-int4", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 3}
             )
             assert reply.message.role == "assistant"
             # the same pull again: already in the store, one final object with stream=false
@@ -273,4 +273,4 @@ def test_ollama_client_pull_streams_progress_and_the_model_then_chats(tiny_model
             assert code == 200 and set(rows[0]) == set(cat.FIELDS) | {"fits", "why", "installed"}
             code, text = s.get("/v1/models", {"Authorization": f"Bearer {KEY}"})
             ids = [m["id"] for m in json.loads(text)["data"]]
-            assert "tiny-onnx" in ids and "tiny-onnx-ryzenai-1.7-hybrid" in ids
+            assert "tiny-onnx-cpu-int4" in ids and "tiny-onnx-ryzenai-1.7-hybrid" in ids

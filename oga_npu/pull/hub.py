@@ -20,6 +20,7 @@ from ..errors import HubError, IntegrityError, PullError
 from ..workdir import sha256_file
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SHA1 = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,6 @@ def translate(e: Exception, repo: str, what: str = "") -> HubError:
         )
     if isinstance(e, hfe.RevisionNotFoundError):
         return HubError(f"{repo}: revision not found", "check --revision (a branch, tag or commit of the repo)")
-    if isinstance(e, hfe.EntryNotFoundError):
-        return HubError(
-            f"{thing} is not in the repo (404)",
-            f"check the file name; the repo's files: https://huggingface.co/{repo}/tree/main",
-        )
     if isinstance(e, (hfe.LocalEntryNotFoundError, hfe.OfflineModeIsEnabled)):
         if offline():
             return HubError(
@@ -83,6 +79,11 @@ def translate(e: Exception, repo: str, what: str = "") -> HubError:
         return HubError(
             f"{thing} could not be downloaded: the hub is not reachable and it is not in the cache",
             "check the network (or HF_ENDPOINT) and pull again: the download resumes",
+        )
+    if isinstance(e, hfe.EntryNotFoundError):  # after LocalEntryNotFoundError, its subclass
+        return HubError(
+            f"{thing} is not in the repo (404)",
+            f"check the file name; the repo's files: https://huggingface.co/{repo}/tree/main",
         )
     if isinstance(e, hfe.HfHubHTTPError) and _status(e) in ("401", "403"):
         return HubError(
@@ -116,7 +117,27 @@ def listing(repo: str, revision: str | None) -> Listing:
                 pass
         raise translate(e, repo) from e
     files = {s.rfilename: HubFile(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in (info.siblings or [])}
-    return Listing(repo, info.sha or (revision or "main"), files)
+    commit = info.sha or (revision or "main")
+    _note_ref(repo, revision or "main", commit)
+    return Listing(repo, commit, files)
+
+
+def _note_ref(repo: str, revision: str, commit: str) -> None:
+    """refs/<revision> in the HF cache, as huggingface_hub writes it when it resolves a branch:
+    files are downloaded by commit (one pull never mixes two), so an offline pull of `main`
+    later finds this snapshot."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if revision == commit or not SHA1.match(commit):
+        return
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "refs" / revision
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.is_file() or ref.read_text().strip() != commit:
+            ref.write_text(commit)
+    except OSError:
+        pass  # a read-only cache: an offline pull then needs --revision COMMIT
 
 
 def _is_connection_error(e: Exception) -> bool:

@@ -94,26 +94,31 @@ async def _events(st, preq, final_model: bool):
         raise ApiError(409, f"a pull of {key} is already running", code="pull_running")
     fut = loop.run_in_executor(None, lambda: pull(preq, progress))
     st.pulls[key] = fut
-    fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                break
-            if item.get("status") == "success":
-                continue  # sent after the refresh, below
+    fut.add_done_callback(lambda f: _pull_done(st, key, f))
+    fut.add_done_callback(lambda _f: queue.put_nowait(None))
+    while True:
+        item = await queue.get()
+        if item is None:
+            break
+        if item.get("status") != "success":  # sent last, below, once the model is listed
             yield item
-        try:
-            result = fut.result()
-        except OgaNpuError as e:
-            yield {"error": e.message + (f" (fix: {e.fix})" if e.fix else ""), "_status": status_for(e)}
-            return
-        refresh = getattr(st.provider, "refresh", None)
-        if refresh is not None:
-            refresh()
-        yield {"status": "success", **({"model": result.name} if final_model else {})}
-    finally:
-        st.pulls.pop(key, None)
+    try:
+        result = fut.result()
+    except OgaNpuError as e:
+        yield {"error": e.message + (f" (fix: {e.fix})" if e.fix else ""), "_status": status_for(e)}
+        return
+    yield {"status": "success", **({"model": result.name} if final_model else {})}
+
+
+def _pull_done(st, key: str, fut) -> None:
+    """The pull is over (even when its client left): the next one may start, and the manager
+    (when it can) lists the new model."""
+    st.pulls.pop(key, None)
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    refresh = getattr(st.provider, "refresh", None)
+    if refresh is not None:
+        refresh()
 
 
 async def _answer(request: Request, cls, final_model: bool):
