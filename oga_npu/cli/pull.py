@@ -42,7 +42,8 @@ class Lines:
             print(e.status, file=sys.stderr)
         elif e.total and e.completed == e.total and self.last != e.digest:
             self.last = e.digest
-            print(f"{e.status} ({e.total / 1e6:.1f} MB) done", file=sys.stderr)
+            what = e.status if e.file and e.file in e.status else f"{e.status} {e.file}"
+            print(f"{what} ({e.total / 1e6:.1f} MB) done", file=sys.stderr)
 
 
 def pull(

@@ -44,6 +44,7 @@ class PullEvent:
     digest: str | None = None
     total: int | None = None
     completed: int | None = None
+    file: str | None = None  # the repo path (for the CLI's lines; not in Ollama's stream)
 
     def to_dict(self) -> dict:
         d = {"status": self.status}
@@ -224,10 +225,11 @@ def _fetch(lst: hub.Listing, f: hub.HubFile, progress: Progress) -> Path:
     def bytes_done(_path: str, done: int, total: int) -> None:
         if done != last[0]:
             last[0] = done
-            progress(PullEvent(status, digest, total or f.size or 0, done))
+            progress(PullEvent(status, digest, total or f.size or 0, done, f.path))
 
     path = hub.download(lst, f, bytes_done if progress is not _noop else None)
-    progress(PullEvent(status, digest, f.size or path.stat().st_size, f.size or path.stat().st_size))
+    size = f.size or path.stat().st_size
+    progress(PullEvent(status, digest, size, size, f.path))
     return path
 
 
