@@ -274,3 +274,33 @@ def test_ollama_client_pull_streams_progress_and_the_model_then_chats(tiny_model
             code, text = s.get("/v1/models", {"Authorization": f"Bearer {KEY}"})
             ids = [m["id"] for m in json.loads(text)["data"]]
             assert "tiny-onnx-cpu-int4" in ids and "tiny-onnx-ryzenai-1.7-hybrid" in ids
+
+
+def test_manager_refresh_lists_a_model_pulled_after_start(tmp_path):
+    from oga_npu.server.models import ModelManager
+
+    store = ModelStore(tmp_path / "store")
+    (store.root / "a").mkdir(parents=True)
+    (store.root / "a" / "genai_config.json").write_text("{}")
+    m = ModelManager.from_store(store)
+    assert [e.id for e in m.entries()] == ["a"]
+    (store.root / "b").mkdir()
+    (store.root / "b" / "genai_config.json").write_text("{}")
+    assert "b" in m.refresh() and {e.id for e in m.entries()} == {"a", "b"}
+    assert m.get("a") is not None and ModelManager.preloaded([]).refresh() == []
+
+
+def test_too_little_disk_is_refused_before_any_download(hub, monkeypatch):
+    import collections
+
+    from oga_npu.pull import place
+
+    cfg = json.dumps({"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}).encode()
+    hub.add("acme/big", {"genai_config.json": cfg, "model.onnx": b"x" * 5000})
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(place.shutil, "disk_usage", lambda _p: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(PullError) as e:
+        pull(PullRequest("acme/big"))
+    assert "GB free" in e.value.message and "HF_HOME" in e.value.fix
+    assert not any("/resolve/" in p for _, p, _ in hub.requests)  # nothing downloaded
+    assert not (ModelStore().root / "big.partial").exists()
