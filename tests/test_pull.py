@@ -304,3 +304,14 @@ def test_too_little_disk_is_refused_before_any_download(hub, monkeypatch):
     assert "GB free" in e.value.message and "HF_HOME" in e.value.fix
     assert not any("/resolve/" in p for _, p, _ in hub.requests)  # nothing downloaded
     assert not (ModelStore().root / "big.partial").exists()
+
+
+def test_revision_pins_the_commit_and_an_unknown_one_is_named(hub):
+    cfg = json.dumps({"model": {"type": "llama", "decoder": {"filename": "model.onnx"}}}).encode()
+    repo = hub.add("acme/pinned", {"genai_config.json": cfg, "model.onnx": b"x" * 5000})
+    res = pull(PullRequest("acme/pinned", revision=repo.commit, name="pinned"))
+    assert read_json(res.path / MANIFEST)["pull"]["revision"] == repo.commit and res.name == "pinned"
+    assert all(repo.commit in p for m, p, _ in hub.requests if "/resolve/" in p)  # every file fetched by commit
+    with pytest.raises(HubError) as e:
+        pull(PullRequest("acme/pinned", revision="v9"))
+    assert "revision not found" in e.value.message and "--revision" in e.value.fix
