@@ -36,6 +36,14 @@ class HubError(SourceError):
     """Download from the Hugging Face hub failed (unknown id, gated, offline)."""
 
 
+class PullError(HubError):
+    """`oga-npu pull` cannot fetch or place a model (no such file, ambiguous variant, no space)."""
+
+
+class IntegrityError(PullError):
+    """A downloaded file's sha256 differs from the hub's metadata."""
+
+
 class ArchitectureError(OgaNpuError):
     """The model's architecture, or its recipe/target combination, cannot be prepared."""
 

@@ -62,6 +62,7 @@ class ModelEntry:
     source: str | None = None  # what prepare was given: hub id, folder or .gguf path
     source_kind: str | None = None
     quality: dict | None = None  # the manifest's `quality` (written by `oga-npu eval`)
+    release: str | None = None  # the Ryzen AI release a pulled AMD model needs (manifest `pull`)
 
     @property
     def runnable(self) -> bool:
@@ -235,6 +236,8 @@ class ModelStore:
                 "incomplete",
                 (f"prepare is running (pid {pid})" if pid else f"interrupted: re-run `{resume_command(st)}` to resume"),
             )
+            if (st.request or {}).get("pull"):  # a pull's folder (oga_npu.pull.place): re-running it resumes
+                state, reason = "incomplete", f"pull did not finish: oga-npu pull {st.request.get('source')} resumes it"
         else:
             state, reason = st.state, st.detail
         manifest = st.manifest or {}
@@ -252,6 +255,7 @@ class ModelStore:
             source=info.get("source"),
             source_kind=manifest.get("source_kind"),
             quality=manifest.get("quality"),
+            release=(manifest.get("pull") or {}).get("release"),
         )
         try:
             e.size = sum(p.stat().st_size for p in published_files(folder))

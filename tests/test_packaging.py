@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,6 +67,8 @@ def test_wheel_lists_recipes_and_plans_from_an_empty_directory(installed, tmp_pa
     assert r.returncode == 0, r.stderr
     assert "quantize: would run" in r.stdout and "nothing was written" in r.stdout
     assert list(empty.iterdir()) == []
+    r = cli(installed, empty, "models", "--available", "--json")  # the catalog ships in the wheel
+    assert r.returncode == 0 and any(row["target"] == "hybrid" for row in json.loads(r.stdout)), r.stderr
 
 
 def test_default_output_names_let_recipes_run_in_any_order(tmp_path, tiny_model, tiny_hf, monkeypatch):

@@ -13,6 +13,12 @@ import typer
 from ._cli_utils import AsJson, stdin_tty
 
 Root = Annotated[Optional[Path], typer.Argument(metavar="[DIR]", help="Folder to list (default: the model store).")]
+Available = Annotated[
+    bool,
+    typer.Option(
+        "--available", help="List the catalog of ready-made models (`oga-npu pull NAME`), with what fits here."
+    ),
+]
 Where = Annotated[bool, typer.Option("--where", help="Print only the model store's folder.")]
 RmName = Annotated[
     str, typer.Argument(metavar="NAME", help="A model's name in the store (or the path of a model folder).")
@@ -28,12 +34,15 @@ TraceSpec = Annotated[
 ]
 
 
-def models(root: Root = None, as_json: AsJson = False, where: Where = False) -> None:
+def models(root: Root = None, as_json: AsJson = False, where: Where = False, available: Available = False) -> None:
     """List the model store: parameters, bits, context, size, target, recipe, state; and the cache's size."""
     from .. import cache
     from ..store import ModelStore, format_params
 
     store = ModelStore(root)
+    if available:
+        _available(store, as_json)
+        return
     if where:
         print(store.root)
         return
@@ -58,6 +67,45 @@ def models(root: Root = None, as_json: AsJson = False, where: Where = False) -> 
             f"{r.size_mb:>7.1f}MB  {r.target or '-':<7} {r.recipe or '-':<12} {r.quality_line():<{q}}  "
             f"{r.state_line()}"
         )
+    _amd_notes(rows)
+
+
+def _amd_notes(rows) -> None:
+    """For pulled AMD models: the Ryzen AI release each needs and whether it runs here (stderr)."""
+    from ..pull.place import runs_here
+
+    for r in rows:
+        if r.runnable and (r.release or r.target in ("hybrid", "npu")):
+            ok, why = runs_here(r.path)
+            print(
+                f"{r.name}: a Ryzen AI {r.release or '?'} {r.target} model; runs here: "
+                + ("yes" if ok else f"no ({why})"),
+                file=sys.stderr,
+            )
+
+
+def _available(store, as_json: bool) -> None:
+    """The catalog: name, target, Ryzen AI release, size, context, fits here (and why not)."""
+    from ..pull.catalog import listing, load, suggestion, this_machine
+    from ..pull.run import installed_names
+
+    machine = this_machine()
+    rows = listing(installed_names(store), machine)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'NAME':<{w}}  {'TARGET':<6}  {'RELEASE':<7}  {'SIZE':>8}  {'CONTEXT':>7}  {'LICENSE':<10}  FITS HERE")
+    for r in rows:
+        fit = ("yes" if r["fits"] else "no") + f" ({r['why']})" + ("  [installed]" if r["installed"] else "")
+        print(
+            f"{r['name']:<{w}}  {r['target']:<6}  {r['release'] or '-':<7}  {r['size_bytes'] / 1e9:>6.2f}GB  "
+            f"{r['context']:>7}  {r['license']:<10}  {fit}"
+        )
+    hint = suggestion(list(load()), machine)
+    if hint:
+        print(hint, file=sys.stderr)
+    print("pull one: oga-npu pull NAME (or any org/repo, org/repo:QUANT)", file=sys.stderr)
 
 
 def rm_cmd(model: RmName, yes: Yes = False, outside_store: OutsideStore = False) -> None:

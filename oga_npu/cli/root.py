@@ -17,6 +17,7 @@ from .eval import eval_cmd
 from .generate import chat, run
 from .models import models, rm_cmd, trace
 from .prepare import prepare
+from .pull import pull
 from .serve import serve
 from .system import architectures, devices_cmd, doctor, env, hello, recipes
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 
 app.command()(prepare)
+app.command()(pull)
 app.command()(run)
 app.command()(chat)
 app.command()(serve)

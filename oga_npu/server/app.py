@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import log as serverlog
-from . import manage, ollama, routes, web
+from . import manage, ollama, pull, routes, web
 from .errors import ApiError
 from .http import DEFAULT_MAX_BODY_MB, allowed_hosts, host_ok
 from .state import ServerState
@@ -65,6 +65,7 @@ def create_app(
     for exc, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc, handler)
     app.include_router(routes.router)
+    app.include_router(pull.router)  # /api/pull, /api/v1/pull, /api/v1/catalog (pull.py)
     app.include_router(ollama.router)  # Ollama's /api/* (ollama.py): a translation, same path
     app.include_router(manage.router)  # deleting a store model: /api/v1/delete, Ollama's /api/delete
     web.add_routes(app)  # GET / (the chat page) and /web/*, no key: they hold no data

@@ -22,6 +22,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     stopping: bool = False  # SIGINT/SIGTERM: open streams end with an error event
     last: dict | None = None  # the last finished generation (/v1/stats)
+    pulls: dict = field(default_factory=dict)  # source -> the running pull (pull.py)
 
     def finished(self, model: str, last: GenerationEvent | None) -> None:
         """A generation is over (its last event; None or unfinished: stopped early)."""
