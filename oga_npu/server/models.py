@@ -13,7 +13,7 @@ The manager's API (the OpenAI, Lemonade and Ollama routes use it):
     manager.ready / .error            started (preloaded models loaded) / the preload failed
     manager.models                    {id: ServedModel} of the loaded ones
     manager.entries()                 every Entry, loaded or not (`entry.loaded`, `entry.problem`)
-    manager.get(id)                   the Entry, or None
+    manager.get(id)                   the Entry (by id or folder path), or None
     await manager.ensure(id)          the ServedModel, loading it first (the caller waits)
     await manager.load(id) / unload(id)   for clients that manage models (/api/v1/load, /unload)
     async with using(manager, id) as sm:  ensure + a lease: never unloaded while leased
@@ -386,18 +386,13 @@ class ModelManager:
         return list(self._entries.values())
 
     def get(self, model_id: str) -> Entry | None:
-        return self._entries.get(model_id)
+        """The entry by its id, or by its folder's path."""
+        return self._entries.get(model_id) or by_folder(self._entries.values(), model_id)
 
     def entry_or_error(self, model_id: str) -> Entry:
-        e = self._entries.get(model_id)
+        e = self.get(model_id)
         if e is None:
-            raise ApiError(
-                404,
-                f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
-                type_="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+            raise not_found(model_id, list(self._entries))
         if e.problem is not None:
             raise ApiError(
                 404,
@@ -405,6 +400,7 @@ class ModelManager:
                 type_="not_found_error",
                 param="model",
                 code="model_not_loadable",
+                echo=(model_id,),
             )
         return e
 
@@ -487,7 +483,7 @@ class ModelManager:
         if model_id is None:
             targets = [e for e in self._entries.values() if e.served is not None and not e.busy]
         else:
-            e = self._entries.get(model_id)
+            e = self.get(model_id)
             if e is None:
                 raise ApiError(
                     404,
@@ -495,6 +491,7 @@ class ModelManager:
                     type_="not_found_error",
                     param="model_name",
                     code="model_not_found",
+                    echo=(model_id,),
                 )
             if e.busy:
                 raise ApiError(
@@ -538,6 +535,6 @@ def trim_heap() -> None:
 
 
 # the lookups the routes use (lookup.py), here too for the callers that import them from models
-from .lookup import check_ready, describe, listing, served, using  # noqa: E402
+from .lookup import by_folder, check_ready, describe, listing, not_found, served, using  # noqa: E402
 
 __all__ = ["check_ready", "describe", "listing", "served", "using"]
