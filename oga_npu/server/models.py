@@ -44,6 +44,7 @@ from typing import Any
 from ..errors import GenerationError, OgaNpuError
 from ..generate import stream_generate
 from ..kvcache import PromptCache, reuse_support
+from ..store import shown_source
 from . import watch
 from .errors import ApiError
 from .http import known_path
@@ -152,7 +153,7 @@ class ServedModel:
             "decoder": self.lm.decoder,
             "target": man.get("target"),
             "recipe": man.get("recipe"),
-            "source": man.get("source"),
+            "source": shown_source(man.get("source"), man.get("source_kind")),
             "hub_id": man.get("hub_id"),
             "revision": man.get("revision"),
             "kv_reuse": reuse,
@@ -319,7 +320,7 @@ class ModelManager:
                 "context_length": se.context,
                 "params": se.params,
                 "bits": se.bits,
-                "source": se.source,
+                "source": shown_source(se.source, se.source_kind),
             }
             problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
             entries.append(Entry(se.name, se.path, facts, problem))

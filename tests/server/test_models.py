@@ -301,3 +301,32 @@ def test_error_text_keeps_url_paths_and_cuts_filesystem_paths():
     # what a client sent stays as sent where it is quoted; paths beside it are still cut
     text = "the model '/srv/m/a' does not exist; see /var/log/x.log"
     assert scrub_paths(text, ("/srv/m/a",)) == "the model '/srv/m/a' does not exist; see x.log"
+
+
+def test_the_listing_shows_a_source_as_the_user_knows_it_not_the_machines_path(tmp_path):
+    """/v1/models: a hub id as is, a local .gguf or HF folder by its name; the full path
+    stays in the store (what `oga-npu models` prints on the machine)."""
+    root = tmp_path / "store"
+    gguf = tmp_path / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    sources = {"g-cpu": (str(gguf), "gguf"), "h-cpu": ("HuggingFaceTB/SmolLM2-135M-Instruct", "hub")}
+    for n in sources:
+        folder(root, n)
+    half = folder(root, "half-cpu", request=True)  # unfinished: only its request, no source kind
+    (half / REQUEST).write_text(json.dumps({"source": str(tmp_path / "hf" / "my-llama") + "/", "target": "cpu"}))
+
+    class WithSource(Loader):
+        def __call__(self, path, **kw):
+            lm = super().__call__(path, **kw)
+            source, kind = sources[Path(path).name]
+            lm.manifest = {"target": "cpu", "source": source, "source_kind": kind}
+            return lm
+
+    m = ModelManager.from_store(ModelStore(root), loader=WithSource(), kv_reuse=False, max_loaded=2)
+    for n in sources:
+        asyncio.run(m.ensure(n))
+    rows = {d["id"]: d for d in listing(m)}
+    assert rows["g-cpu"]["loaded"] and rows["g-cpu"]["source"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert rows["h-cpu"]["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert rows["half-cpu"]["loaded"] is False and rows["half-cpu"]["source"] == "my-llama"
+    assert str(tmp_path) not in json.dumps(listing(m))
+    assert {e.name: e.source for e in ModelStore(root).entries()}["half-cpu"].startswith(str(tmp_path))
