@@ -275,12 +275,27 @@ def test_chat_sigint_stops_answer_and_keeps_session(lm, monkeypatch):
     assert first_len < 200
 
 
-def test_chat_trims_oldest_turns_to_fit(lm):
+def test_chat_trims_oldest_turns_to_fit_in_half_context_steps(lm):
+    """A full conversation drops its oldest turns until the prompt takes half the room, so
+    the next turns append to the cached KV (prefilling only the new message) instead of
+    every turn dropping one turn and re-reading the whole history."""
     from oga_npu.chat import ChatSession
 
-    s = ChatSession(lm, GenerationOptions(max_tokens=60, ignore_eos=True), system="be brief")
-    for i in range(12):
-        list(s.send(f"question number {i} " + "blah " * 10))
-    assert s.notices, "expected a trimming notice"
-    assert s.history[-2]["content"].startswith("question number 11")
-    assert len(s.history) < 24
+    opts = GenerationOptions(max_tokens=60, temperature=0)  # (ignore_eos would turn KV reuse off)
+    s = ChatSession(lm, opts, system="be brief")
+    room = lm.context_length - opts.max_tokens
+    trims, prev = [], None
+    for i in range(16):
+        before = len(s.notices)
+        list(s.send(f"question number {i} " + "blah " * 30))  # fills the context even if answers are short
+        ev = s.last
+        assert ev.prompt_tokens <= room
+        if len(s.notices) > before:
+            trims.append(i)
+            assert ev.prompt_tokens <= room // 2 and s.history[0]["content"] != "question number 0"
+        elif prev is not None:  # the history so far came from the cache: only the new message prefilled
+            assert ev.cached_tokens >= prev.prompt_tokens, (i, ev.cached_tokens, prev.prompt_tokens)
+        prev = ev
+    assert len(trims) >= 2, trims
+    assert all(b - a >= 2 for a, b in zip(trims, trims[1:])), trims  # never one trim (re-prefill) per turn
+    assert s.history[-2]["content"].startswith("question number 15") and len(s.history) < 32
