@@ -1,7 +1,10 @@
 """`oga-npu chat`: a streaming REPL over `stream_generate`, with history trimming.
 
 History rule: the system prompt is always kept; when the next turn would not fit the
-context (prompt + max_tokens), the oldest user/assistant pairs are dropped, with a notice.
+context (prompt + max_tokens), the oldest user/assistant pairs are dropped, with a notice,
+until the prompt takes at most half the room (llama.cpp's context shift frees half the
+context the same way): the turns after that append to the cached KV again, so a full
+conversation re-reads its history once per half context, not on every turn.
 
 KV reuse: the session keeps the model's last Generator (kvcache.PromptCache), so a turn
 prefills only the new message, not the whole history (unless the provider cannot
@@ -58,19 +61,22 @@ class ChatSession:
         return sys_msg + self.history + [{"role": "user", "content": user}]
 
     def _trim(self, user: str) -> list[int]:
-        """Drop the oldest turns until the prompt and max_tokens fit the context; the prompt's ids."""
+        """The prompt's ids; when they and max_tokens do not fit the context, the oldest turns
+        dropped until the prompt takes at most half the room (see the module docstring)."""
         limit = self.lm.context_length
         if self.lm.hybrid_limit:
             limit = min(limit, self.lm.hybrid_limit)
+        room = limit - self.options.max_tokens  # prompt tokens that fit beside the answer
+        ids = encode_chat(self.lm, self.messages(user), self.chat_template)
         dropped = 0
-        while True:
-            ids = encode_chat(self.lm, self.messages(user), self.chat_template)
-            if len(ids) + self.options.max_tokens <= limit or not self.history:
-                break
+        while self.history and len(ids) > (room if not dropped else room // 2):
             self.history = self.history[2:]
             dropped += 1
+            ids = encode_chat(self.lm, self.messages(user), self.chat_template)
         if dropped:
-            self.notices.append(f"(dropped the {dropped} oldest turn(s) to fit the {limit}-token context)")
+            self.notices.append(
+                f"(dropped the {dropped} oldest turn(s): the conversation filled the {limit}-token context)"
+            )
         return ids
 
     def send(self, user: str):

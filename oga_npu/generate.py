@@ -4,7 +4,8 @@ Generator. The Generator is onnxruntime-genai's, or for a model loaded with dire
 decoding (WebGPU, see engine.py) a `DirectGenerator` with the same surface.
 
 Streaming is exact: text is released only as whole characters (no U+FFFD when an emoji
-or CJK character spans tokens), so the concatenated deltas equal a one-shot decode; stop
+or CJK character spans tokens), so the concatenated deltas equal a one-shot decode; a
+character cut by max_tokens is dropped, not ended in U+FFFD; stop
 strings are never emitted, also when split across tokens, and text held back as a
 possible stop-string prefix is flushed when generation ends.
 """
@@ -208,10 +209,12 @@ class _Detokenizer:
         return ""
 
     def flush(self) -> str:
+        """The text still held back. Held ids end in an incomplete character (max_tokens or
+        EOS cut it): that tail is dropped, not sent as U+FFFD, as llama.cpp does."""
         prefix_text = self.tok.decode(self.ids[self.prefix : self.read]) if self.read > self.prefix else ""
         new_text = self.tok.decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
+        return new_text[len(prefix_text) :].rstrip("\ufffd") if len(new_text) > len(prefix_text) else ""
 
 
 class _StopFilter:

@@ -170,6 +170,16 @@ def norm_source(s: str) -> str:
     return str(p.resolve()) if p.exists() else s
 
 
+def shown_source(source: str | None, kind: str | None) -> str | None:
+    """A source as a remote client is shown it (the server's /v1/models): a hub id as is, a
+    local folder or .gguf by its name, never the machine's path (`oga-npu models` shows that)."""
+    if not source or kind == "hub":
+        return source
+    p = source.replace("\\", "/")
+    local = kind in ("folder", "gguf") or p.startswith(("/", ".", "~")) or (len(p) > 1 and p[1] == ":")
+    return (p.rstrip("/").rsplit("/", 1)[-1] or source) if local else source
+
+
 def held_source(folder: Path) -> str | None:
     """The source an oga-npu folder was (or is being) prepared from: prepare.json, else the manifest."""
     for f in ("prepare.json", MANIFEST):

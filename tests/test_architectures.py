@@ -377,6 +377,38 @@ def test_builder_failure_fix_does_not_promise_a_rerun_works():
     assert "fails the same way" in e.fix and "b.log" in e.fix
 
 
+@pytest.mark.parametrize("where", ["oga-npu's env", "a Ryzen AI env"])
+def test_builder_failure_names_the_builders_version(tmp_path, monkeypatch, where):
+    """Quark's failure names its version; the builder's names the onnxruntime-genai whose
+    builder ran: the one beside oga-npu, or the Ryzen AI env's (its distribution too)."""
+    import os
+    from importlib import metadata
+
+    from rai_env import make_rai_env
+
+    from oga_npu.prepare import build
+    from oga_npu.recipe import BuildConfig
+    from oga_npu.ryzenai import find_env
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+    env = {**os.environ, "FAKE_PYTHON_EXIT": "3", "FAKE_PYTHON_STDERR": "ValueError: boom"}
+    if where == "a Ryzen AI env":
+        rai = find_env(make_rai_env(tmp_path, "1.8"))
+        want = "0.14.0 (onnxruntime-genai-directml-ryzenai)"
+    else:
+        rai, want = None, metadata.version("onnxruntime-genai")
+        failing = [sys.executable, "-c", "import sys; sys.stderr.write('ValueError: boom'); sys.exit(3)"]
+        monkeypatch.setattr(build, "python_module_argv", lambda *a, **k: list(failing))
+    opts = build.BuildOptions(BuildConfig(), BuildConfig(), (), {}, rai)
+    with pytest.raises(ToolFailed) as e:
+        build.run(src, tmp_path / "out", "dml", opts, tmp_path / "build.log", env)
+    assert e.value.code == 3 and e.value.version == want
+    assert e.value.message == f"onnxruntime-genai model builder {want} failed with exit code 3: ValueError: boom"
+    assert str(tmp_path / "build.log") in e.value.fix
+
+
 # ---------------------------------------------------------------- the matrix: prepare + run
 
 

@@ -3,6 +3,7 @@
 import io
 import os
 import signal
+import sys
 
 import pytest
 
@@ -53,6 +54,41 @@ def test_detokenizer_work_stays_bounded_on_undecodable_ids():
     out = [d.add(1000 + i) for i in range(500)] + [d.add(5), d.flush()]
     assert Tok.longest <= 2 * _Detokenizer.MAX_PENDING
     assert "".join(out).endswith("a") and "".join(out).count("\ufffd") == 500
+
+
+@pytest.mark.parametrize("text", ["Hi 😀", "Tokyo 東京"])
+def test_a_character_cut_by_max_tokens_is_dropped_not_replaced(lm, monkeypatch, text):
+    """max_tokens landing inside a character (SmolLM2's byte-level BPE splits emoji and CJK
+    over 2-3 tokens): the stream and the whole answer end before it, never in U+FFFD."""
+    g = sys.modules["oga_npu.generate"]  # the package's `generate` attribute is the function
+    ids = encode(lm, text)
+    whole = lm.tokenizer.decode(ids)
+    cut = next(n for n in range(len(ids) - 1, 0, -1) if lm.tokenizer.decode(ids[:n]).endswith("\ufffd"))
+    expect = lm.tokenizer.decode(ids[:cut]).rstrip("\ufffd")
+    assert whole.startswith(expect) and len(expect) < len(whole)  # the cut really is mid-character
+
+    class Scripted:  # the Generator surface stream_generate drives, emitting `ids` in order
+        def __init__(self, *a, **k):
+            self.n = 0
+
+        def is_done(self):
+            return False
+
+        def generate_next_token(self):
+            self.n += 1
+
+        def get_next_tokens(self):
+            return [ids[self.n - 1]]
+
+    monkeypatch.setattr(g, "_oga_generator", Scripted)
+    opts = GenerationOptions(max_tokens=cut, temperature=0.0)
+    events = list(stream_generate(lm, "say it", opts))
+    streamed = "".join(e.text for e in events)
+    assert events[-1].finish_reason == "length" and events[-1].generated_tokens == cut
+    assert streamed == expect and "\ufffd" not in streamed
+    assert generate(lm, "say it", opts)[0] == expect
+    # no cut: the whole text, the character included
+    assert generate(lm, "say it", GenerationOptions(max_tokens=len(ids), temperature=0.0))[0] == whole
 
 
 def test_stream_equals_one_shot(lm):
@@ -239,12 +275,27 @@ def test_chat_sigint_stops_answer_and_keeps_session(lm, monkeypatch):
     assert first_len < 200
 
 
-def test_chat_trims_oldest_turns_to_fit(lm):
+def test_chat_trims_oldest_turns_to_fit_in_half_context_steps(lm):
+    """A full conversation drops its oldest turns until the prompt takes half the room, so
+    the next turns append to the cached KV (prefilling only the new message) instead of
+    every turn dropping one turn and re-reading the whole history."""
     from oga_npu.chat import ChatSession
 
-    s = ChatSession(lm, GenerationOptions(max_tokens=60, ignore_eos=True), system="be brief")
-    for i in range(12):
-        list(s.send(f"question number {i} " + "blah " * 10))
-    assert s.notices, "expected a trimming notice"
-    assert s.history[-2]["content"].startswith("question number 11")
-    assert len(s.history) < 24
+    opts = GenerationOptions(max_tokens=60, temperature=0)  # (ignore_eos would turn KV reuse off)
+    s = ChatSession(lm, opts, system="be brief")
+    room = lm.context_length - opts.max_tokens
+    trims, prev = [], None
+    for i in range(16):
+        before = len(s.notices)
+        list(s.send(f"question number {i} " + "blah " * 30))  # fills the context even if answers are short
+        ev = s.last
+        assert ev.prompt_tokens <= room
+        if len(s.notices) > before:
+            trims.append(i)
+            assert ev.prompt_tokens <= room // 2 and s.history[0]["content"] != "question number 0"
+        elif prev is not None:  # the history so far came from the cache: only the new message prefilled
+            assert ev.cached_tokens >= prev.prompt_tokens, (i, ev.cached_tokens, prev.prompt_tokens)
+        prev = ev
+    assert len(trims) >= 2, trims
+    assert all(b - a >= 2 for a, b in zip(trims, trims[1:])), trims  # never one trim (re-prefill) per turn
+    assert s.history[-2]["content"].startswith("question number 15") and len(s.history) < 32

@@ -22,6 +22,7 @@ from ..threads import physical_cores
 from ..tools import python_module_argv, run_tool, tool_env
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
+BUILDER_NAME = "onnxruntime-genai model builder"  # as a failure names it, with builder_version()
 SHIM_MODULE = "oga_npu.prepare.build"  # main() below: the builder with config fixes applied
 # The builder's execution provider for each prepare target.
 BUILDER_EP = {"cpu": "cpu", "webgpu": "webgpu", "dml": "dml", "hybrid": "dml", "npu": "cpu"}
@@ -124,13 +125,14 @@ def run(
     if rai_env is not None:  # its Python and builder; our fixes are for the 0.18 builder (RaiEnv.build_detail)
         env = rai_env.child_env(env)
     argv = builder_argv(in_dir, out_dir, target, opts, cache, [] if rai_env else fixes)
+    version = builder_version(opts)
     try:
-        result = run_tool(argv, name="onnxruntime-genai model builder", env=env, log_path=log_path)
+        result = run_tool(argv, name=BUILDER_NAME, env=env, log_path=log_path, version=version)
     except ToolFailed as e:
         raise builder_failed(e) from e
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    _check_written(out_dir, argv, log_path)
+    _check_written(out_dir, argv, log_path, version)
     config_path = out_dir / "genai_config.json"
     config = json.loads(config_path.read_text())
     model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
@@ -159,15 +161,30 @@ def run(
     return detail
 
 
-def _check_written(out_dir: Path, argv: list[str], log_path: Path) -> None:
+def builder_version(opts: BuildOptions) -> str | None:
+    """The onnxruntime-genai whose builder runs, for its failure's message: the Ryzen AI
+    env's (with its distribution's name), else the one installed beside oga-npu."""
+    if opts.rai_env is not None:
+        oga = opts.rai_env.oga
+        return f"{oga[1]} ({oga[0]})" if oga else None
+    from importlib import metadata
+
+    try:
+        return metadata.version("onnxruntime-genai")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _check_written(out_dir: Path, argv: list[str], log_path: Path, version: str | None = None) -> None:
     missing = [f for f in REQUIRED_FILES if not (out_dir / f).is_file()]
     if missing or not list(out_dir.glob("*.onnx")):
         raise ToolFailed(
-            "onnxruntime-genai model builder",
+            BUILDER_NAME,
             argv,
             0,
             [f"builder exited 0 but wrote no {', '.join(missing) or '*.onnx'} in {out_dir}"],
             log_path,
+            version,
         )
 
 

@@ -20,16 +20,18 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict | None = None,
+        echo: tuple[str, ...] = (),
         **extra,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers, self.extra = headers or {}, extra
+        self.echo = echo  # what the client sent, quoted '...' in the message: never scrubbed
 
     def body(self) -> dict:
         return {
             "error": {
-                "message": scrub_paths(self.message),
+                "message": scrub_paths(self.message, self.echo),
                 "type": self.type,
                 "param": self.param,
                 "code": self.code,

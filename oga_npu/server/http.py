@@ -8,7 +8,8 @@ the Host header (DNS rebinding), the API key.
 - Host header: only names the server is bound to, loopback names for a loopback bind,
   and --allowed-host (a web page on another name cannot reach a loopback server through
   DNS rebinding).
-- Error messages: filesystem paths are cut to their last part (`scrub_paths`).
+- Error messages: filesystem paths are cut to their last part (`scrub_paths`); the
+  server's URL paths (/api/chat) and the name a client sent stay as they are.
 
 Raises `Refused`; app.py and routes.py turn it into an OpenAI-shaped error (errors.py).
 """
@@ -149,7 +150,12 @@ def host_ok(header: str | None, names: set[str] | None) -> bool:
 
 # ---------------------------------------------------------------- paths out of messages
 
-_PATH = re.compile(r"(?<![\w.:/])(?:[A-Za-z]:[\\/]|/)(?!v1/)(?:[^\s'\"\\/:]+[\\/])+([^\s'\",;)\\/]*)")
+# The server's own URL roots: "/api/chat" or "/v1/models" in a message is an endpoint to
+# name in full, not a file of the machine.
+URL_ROOTS = ("v1", "api")
+_PATH = re.compile(
+    r"(?<![\w.:/])(?:[A-Za-z]:[\\/]|/(?!(?:" + "|".join(URL_ROOTS) + r")/))(?:[^\s'\"\\/:]+[\\/])+([^\s'\",;)\\/]*)"
+)
 
 
 _known: dict[str, str] = {}
@@ -163,8 +169,18 @@ def known_path(path, name: str) -> None:
         _known[p] = name
 
 
-def scrub_paths(text: str) -> str:
-    """'/home/u/models/tiny/model.onnx' -> 'model.onnx': no filesystem layout in errors."""
+def scrub_paths(text: str, keep: tuple[str, ...] = ()) -> str:
+    """'/home/u/models/tiny/model.onnx' -> 'model.onnx': no filesystem layout in errors. The
+    server's URL paths stay, and so does what the client sent (`keep`, quoted as '...' in
+    the message): a model named by a path reads as the name the client gave."""
+    quoted = sorted({f"'{k}'" for k in keep if k}, key=len, reverse=True)
+    if not quoted:
+        return _scrub(text)
+    pieces = re.split("(" + "|".join(map(re.escape, quoted)) + ")", text)
+    return "".join(p if i % 2 else _scrub(p) for i, p in enumerate(pieces))
+
+
+def _scrub(text: str) -> str:
     for p in sorted(_known, key=len, reverse=True):
         text = text.replace(p, _known[p])
     return _PATH.sub(lambda m: m.group(1) or "<path>", text)

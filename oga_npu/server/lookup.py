@@ -4,6 +4,8 @@ The provider: a models.ModelManager, or any object with `.ready`, `.error`, `.mo
 
 from __future__ import annotations
 
+import os
+
 from .errors import RETRY_AFTER_S, ApiError
 
 
@@ -31,9 +33,7 @@ def describe(provider, model_id: str) -> dict:
         return e.info()
     if get is None and model_id in provider.models:
         return {**provider.models[model_id].info(), "loaded": True}
-    raise ApiError(
-        404, f"the model '{model_id}' does not exist", type_="not_found_error", param="model", code="model_not_found"
-    )
+    raise not_found(model_id)
 
 
 class _Lease:
@@ -83,11 +83,31 @@ async def served(provider, model_id: str):
         return await ensure(model_id)
     sm = provider.models.get(model_id)
     if sm is None:
-        raise ApiError(
-            404,
-            f"the model '{model_id}' does not exist (loaded: {', '.join(provider.models)})",
-            type_="not_found_error",
-            param="model",
-            code="model_not_found",
-        )
+        raise not_found(model_id, list(provider.models), "loaded")
     return sm
+
+
+def not_found(model_id: str, names: list[str] | None = None, what: str = "models") -> ApiError:
+    """404 for a name no model has, quoted as the client sent it (a path too: not scrubbed)."""
+    listed = f" ({what}: {', '.join(names)})" if names is not None else ""
+    hint = "; a model is named by its store name, not a path" if "/" in model_id or "\\" in model_id else ""
+    return ApiError(
+        404,
+        f"the model '{model_id}' does not exist{listed}{hint}",
+        type_="not_found_error",
+        param="model",
+        code="model_not_found",
+        echo=(model_id,),
+    )
+
+
+def by_folder(entries, name: str):
+    """The entry (of `entries`, with `.folder`) whose folder `name` is: a client may name a
+    listed model by its folder's path, as `oga-npu run` takes it."""
+    if "/" not in name and "\\" not in name:
+        return None
+    want = os.path.normcase(os.path.normpath(name))
+    for e in entries:
+        if want in {os.path.normcase(str(p)) for p in (e.folder, e.folder.resolve())}:
+            return e
+    return None

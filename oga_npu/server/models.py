@@ -13,7 +13,7 @@ The manager's API (the OpenAI, Lemonade and Ollama routes use it):
     manager.ready / .error            started (preloaded models loaded) / the preload failed
     manager.models                    {id: ServedModel} of the loaded ones
     manager.entries()                 every Entry, loaded or not (`entry.loaded`, `entry.problem`)
-    manager.get(id)                   the Entry, or None (an id not listed is looked for in the store)
+    manager.get(id)                   the Entry (by id or folder path), or None (an id not listed: the store)
     manager.refresh(force=False)      the store read again, at most once a second: store_scan.Changes
                                       (added, removed, changed ids); listing() calls it
     await manager.ensure(id)          the ServedModel, loading it first (the caller waits)
@@ -48,6 +48,7 @@ from typing import Any
 from ..errors import GenerationError, OgaNpuError
 from ..generate import stream_generate
 from ..kvcache import PromptCache, reuse_support
+from ..store import shown_source
 from . import watch
 from .errors import ApiError
 from .http import known_path
@@ -161,7 +162,7 @@ class ServedModel:
             "decoder": self.lm.decoder,
             "target": man.get("target"),
             "recipe": man.get("recipe"),
-            "source": man.get("source"),
+            "source": shown_source(man.get("source"), man.get("source_kind")),
             "hub_id": man.get("hub_id"),
             "revision": man.get("revision"),
             "kv_reuse": reuse,
@@ -327,8 +328,9 @@ class ModelManager(LiveStore):
         return list(self._entries.values())
 
     def get(self, model_id: str) -> Entry | None:
-        """The entry; a name not listed is looked for in the store (a model added since)."""
-        e = self._entries.get(model_id)
+        """The entry by its id or its folder's path; a name not listed is looked for in the store
+        (a model added since)."""
+        e = self._entries.get(model_id) or by_folder(self._entries.values(), model_id)
         if e is None and self._scan is not None:
             folder = self._scan.folder_for(model_id)
             if folder is not None:
@@ -346,13 +348,7 @@ class ModelManager(LiveStore):
                 param="model",
                 code="model_not_found",
             )
-        return ApiError(
-            404,
-            f"the model '{model_id}' does not exist (models: {', '.join(self._entries)})",
-            type_="not_found_error",
-            param="model",
-            code="model_not_found",
-        )
+        return not_found(model_id, list(self._entries))
 
     def entry_or_error(self, model_id: str) -> Entry:
         e = self.get(model_id)
@@ -365,6 +361,7 @@ class ModelManager(LiveStore):
                 type_="not_found_error",
                 param="model",
                 code="model_not_loadable",
+                echo=(model_id,),
             )
         return e
 
@@ -456,7 +453,7 @@ class ModelManager(LiveStore):
         if model_id is None:
             targets = [e for e in self._entries.values() if e.served is not None and not e.busy]
         else:
-            e = self._entries.get(model_id)
+            e = self.get(model_id)
             if e is None:
                 raise ApiError(
                     404,
@@ -464,6 +461,7 @@ class ModelManager(LiveStore):
                     type_="not_found_error",
                     param="model_name",
                     code="model_not_found",
+                    echo=(model_id,),
                 )
             if e.busy:
                 raise ApiError(
@@ -516,6 +514,6 @@ def trim_heap() -> None:
 
 
 # the lookups the routes use (lookup.py), here too for the callers that import them from models
-from .lookup import check_ready, describe, listing, served, using  # noqa: E402
+from .lookup import by_folder, check_ready, describe, listing, not_found, served, using  # noqa: E402
 
 __all__ = ["check_ready", "describe", "listing", "served", "using"]

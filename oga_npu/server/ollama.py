@@ -305,7 +305,7 @@ async def whole(run: worker.Started, piece, started: float, load_s: float) -> di
 def ollama_body(e: ApiError) -> dict:
     from .http import scrub_paths
 
-    return {"error": scrub_paths(e.message)}
+    return {"error": scrub_paths(e.message, e.echo)}
 
 
 # ---------------------------------------------------------------- routes

@@ -213,6 +213,13 @@ def completion_prompt(req: CompletionRequest) -> str:
     if req.suffix:
         raise not_supported("suffix", "suffix")
     prompt = req.prompt
+    if isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt):
+        raise ApiError(
+            400,
+            "token-id prompts are not supported by oga-npu serve: send the prompt as text",
+            param="prompt",
+            code="not_supported",
+        )
     if isinstance(prompt, list):
         if len(prompt) != 1:
             raise not_supported("more than one prompt per request", "prompt")

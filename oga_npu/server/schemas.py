@@ -131,7 +131,8 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[str, list[str]]
+    # token ids (OpenAI's other prompt forms) are parsed to be refused by name (plan.py)
+    prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: int | None = Field(16, ge=1, le=INT32)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..store import lock_holder
+from ..store import lock_holder, shown_source
 from ..workdir import LOCK, MANIFEST, REQUEST, STAGES_DIR
 from . import watch
 from .http import known_path
@@ -110,7 +110,7 @@ def entry_of(se) -> Entry:
         "context_length": se.context,
         "params": se.params,
         "bits": se.bits,
-        "source": se.source,
+        "source": shown_source(se.source, se.source_kind),
     }
     problem = (se.reason or se.state) if not se.runnable else folder_problem(se.path)
     return Entry(se.name, se.path, facts, problem)

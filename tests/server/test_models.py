@@ -257,3 +257,76 @@ def test_unloading_stops_the_model_threads(tmp_path):
     sm = asyncio.run(go())
     assert sm.lm is None and sm.cache is None and sm.executor._shutdown
     assert not any(t.name.startswith("model-a-cpu") for t in threading.enumerate())
+
+
+# ---------------------------------------------------------------- names, paths and error text
+
+
+def test_a_model_named_by_its_folder_path_is_that_listed_model(tmp_path):
+    """A client (or a user who pasted `oga-npu models`' path) names a listed model by its
+    folder: it is that model. An unlisted path is a 404 that quotes the path as sent (not
+    cut to its last part, which read as a listed model that "does not exist")."""
+    m = on_demand(tmp_path, names=("a-cpu", "b-cpu"))
+    a = tmp_path / "store" / "a-cpu"
+
+    async def go(name):
+        async with using(m, name) as sm:
+            return sm.id
+
+    for name in (str(a), str(a) + "/", str(a.resolve()), str(tmp_path / "store" / "x" / ".." / "a-cpu")):
+        assert asyncio.run(go(name)) == "a-cpu"
+    assert m.get(str(a)) is m.get("a-cpu") and m.get("store/a-cpu") is None
+    for name in (str(tmp_path / "elsewhere" / "a-cpu"), "/etc/passwd"):
+        with pytest.raises(ApiError) as e:
+            asyncio.run(go(name))
+        msg = e.value.body()["error"]["message"]
+        assert e.value.status == 404 and e.value.code == "model_not_found"
+        assert f"the model '{name}' does not exist" in msg and "a-cpu, b-cpu" in msg and "store name" in msg
+    with pytest.raises(ApiError) as e:  # a plain unknown name: no word about paths
+        asyncio.run(go("zz"))
+    assert "path" not in e.value.body()["error"]["message"]
+
+
+def test_error_text_keeps_url_paths_and_cuts_filesystem_paths():
+    from oga_npu.server.errors import not_supported
+    from oga_npu.server.http import scrub_paths
+    from oga_npu.server.ollama import ollama_body
+
+    e = not_supported("tools on /api/chat (use /v1/chat/completions)", "tools")
+    msg = "tools on /api/chat (use /v1/chat/completions) is not supported by oga-npu serve"
+    assert e.body()["error"]["message"] == msg and ollama_body(e) == {"error": msg}
+    assert scrub_paths("cannot read /home/u/models/tiny/model.onnx: gone") == "cannot read model.onnx: gone"
+    assert scrub_paths(r"C:\Users\me\models\x\model.onnx is broken") == "model.onnx is broken"
+    assert scrub_paths("C:/api/secret/w.bin is broken") == "w.bin is broken"  # only the server's own URLs stay
+    # what a client sent stays as sent where it is quoted; paths beside it are still cut
+    text = "the model '/srv/m/a' does not exist; see /var/log/x.log"
+    assert scrub_paths(text, ("/srv/m/a",)) == "the model '/srv/m/a' does not exist; see x.log"
+
+
+def test_the_listing_shows_a_source_as_the_user_knows_it_not_the_machines_path(tmp_path):
+    """/v1/models: a hub id as is, a local .gguf or HF folder by its name; the full path
+    stays in the store (what `oga-npu models` prints on the machine)."""
+    root = tmp_path / "store"
+    gguf = tmp_path / "downloads" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    sources = {"g-cpu": (str(gguf), "gguf"), "h-cpu": ("HuggingFaceTB/SmolLM2-135M-Instruct", "hub")}
+    for n in sources:
+        folder(root, n)
+    half = folder(root, "half-cpu", request=True)  # unfinished: only its request, no source kind
+    (half / REQUEST).write_text(json.dumps({"source": str(tmp_path / "hf" / "my-llama") + "/", "target": "cpu"}))
+
+    class WithSource(Loader):
+        def __call__(self, path, **kw):
+            lm = super().__call__(path, **kw)
+            source, kind = sources[Path(path).name]
+            lm.manifest = {"target": "cpu", "source": source, "source_kind": kind}
+            return lm
+
+    m = ModelManager.from_store(ModelStore(root), loader=WithSource(), kv_reuse=False, max_loaded=2)
+    for n in sources:
+        asyncio.run(m.ensure(n))
+    rows = {d["id"]: d for d in listing(m)}
+    assert rows["g-cpu"]["loaded"] and rows["g-cpu"]["source"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert rows["h-cpu"]["source"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert rows["half-cpu"]["loaded"] is False and rows["half-cpu"]["source"] == "my-llama"
+    assert str(tmp_path) not in json.dumps(listing(m))
+    assert {e.name: e.source for e in ModelStore(root).entries()}["half-cpu"].startswith(str(tmp_path))

@@ -70,6 +70,18 @@ def test_every_model_is_listed_unloaded_and_the_damaged_one_is_not_loadable(serv
     assert "model bad-cpu ready" not in server.output()
 
 
+def test_a_model_named_by_its_folder_path_answers_and_sources_show_no_path(server, store, tiny_hf):
+    """A client naming a listed model by its folder path gets that model (the response names
+    its id); /v1/models shows the source by its folder name, not this machine's path."""
+    status, body = chat(server, str(store / "one-cpu") + "/")
+    assert status == 200 and body["model"] == "one-cpu", body
+    status, body = chat(server, str(store / "nope-cpu"))
+    assert status == 404 and f"'{store / 'nope-cpu'}'" in body["error"]["message"]
+    status, text = server.get("/v1/models")
+    assert status == 200 and str(store) not in text and str(tiny_hf) not in text
+    assert {m["source"] for m in models(server).values()} == {tiny_hf.name}
+
+
 def test_requests_alternate_between_two_models_and_both_answer(server):
     for name in ["one-cpu", "two-cpu"] * 3:
         status, body = chat(server, name)

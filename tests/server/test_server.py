@@ -272,6 +272,28 @@ def test_completions_route(client, model_id):
         client.completions.create(model=model_id, prompt="Once upon a time", max_tokens=7, temperature=0, stream=True)
     )
     assert "".join(c.choices[0].text for c in s if c.choices) == r.choices[0].text
+    for ids in ([1, 2, 3], [[1, 2], [3]]):  # OpenAI's token-id prompt forms: refused by name
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=model_id, prompt=ids, max_tokens=3)
+        assert e.value.body["param"] == "prompt" and e.value.body["code"] == "not_supported"
+        assert "token-id prompts are not supported" in e.value.body["message"]
+
+
+@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3]], [[5]], [0]])
+def test_token_id_prompts_are_refused_by_name(prompt):
+    """In process: the body parses (no 'prompt.str: Input should be a valid string') and the
+    plan refuses it with a 400 that says what to send instead."""
+    from oga_npu.server.errors import ApiError
+    from oga_npu.server.plan import completion_prompt
+    from oga_npu.server.schemas import CompletionRequest
+
+    with pytest.raises(ApiError) as e:
+        completion_prompt(CompletionRequest.model_validate({"model": "m", "prompt": prompt}))
+    err = e.value.body()["error"]
+    assert e.value.status == 400 and err["param"] == "prompt" and err["code"] == "not_supported"
+    assert err["message"] == "token-id prompts are not supported by oga-npu serve: send the prompt as text"
+    # text prompts still parse as text
+    assert completion_prompt(CompletionRequest.model_validate({"model": "m", "prompt": ["hi"]})) == "hi"
 
 
 @pytest.mark.parametrize(
