@@ -381,7 +381,7 @@ class ModelManager(LiveStore):
                     e.loading = asyncio.ensure_future(self._bring_in(e))
                     e.loading.add_done_callback(lambda t: t.cancelled() or t.exception())
                 await asyncio.shield(e.loading)
-                if self._entries.get(model_id) is not e:  # its folder was removed meanwhile
+                if self._entries.get(e.id) is not e:  # its folder was removed meanwhile
                     raise self._not_found(model_id)
                 if e.problem is not None:
                     self.entry_or_error(model_id)

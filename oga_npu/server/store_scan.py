@@ -28,7 +28,7 @@ from typing import Any
 from ..store import lock_holder, shown_source
 from ..workdir import LOCK, MANIFEST, REQUEST, STAGES_DIR
 from . import watch
-from .http import known_path
+from .http import known_path, scrub_paths
 from .plan import default_max_tokens
 
 log = logging.getLogger("oga_npu.server")
@@ -75,8 +75,8 @@ class Entry:
         }
         if self.facts.get("context_length"):
             out["default_max_tokens"] = default_max_tokens(self.facts["context_length"])
-        if self.problem is not None:
-            out["not_loadable_reason"] = self.problem
+        if self.problem is not None:  # a listing, like an error, shows no path of the machine
+            out["not_loadable_reason"] = scrub_paths(self.problem)
         return out
 
 
