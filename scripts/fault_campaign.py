@@ -435,6 +435,36 @@ def cw4(s, m, store=None):
     )
 
 
+@case("p1", "pull of an unreachable name: an error line when streamed (as Ollama), else 4xx/503")
+def cp1(s, m):
+    r = s.c.post("/api/pull", json={"model": "nobody/no-such-model-xyz"})
+    last = json.loads(r.text.strip().splitlines()[-1])
+    w = s.c.post("/api/pull", json={"model": "nobody/no-such-model-xyz", "stream": False})
+    ok = r.status_code == 200 and "error" in last and w.status_code in (400, 401, 404, 503) and "error" in w.json()
+    return ok and no_path(r) and no_path(w), f"stream: last line {last}; whole: {w.status_code}"
+
+
+@case("p2", "delete of an unknown model -> 404 in Ollama's shape; the listed models stay")
+def cp2(s, m):
+    r = s.c.request("DELETE", "/api/delete", json={"model": "no-such-model"})
+    ids = [d["id"] for d in s.c.get("/v1/models").json()["data"]]
+    return r.status_code == 404 and "error" in r.json() and m in ids, f"{r.status_code} {r.text[:100]}"
+
+
+@case("p3", "serve on an empty store starts; /v1/models is empty; a chat names the fix")
+def cp3(s, m, store=None):
+    empty = store.parent / "empty-store"
+    empty.mkdir(exist_ok=True)
+    k = Server(empty)
+    try:
+        listed = k.c.get("/v1/models").json()["data"]
+        r = k.chat("anything")
+    finally:
+        k.stop()
+    ok = listed == [] and r.status_code == 404 and "pull" in r.text
+    return ok, f"models {listed}; chat {r.status_code} {r.json()['error']['message'][:90]}"
+
+
 # ---- CLI cases ---------------------------------------------------------------------------------
 
 
