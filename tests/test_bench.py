@@ -2,21 +2,24 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import FAKE_TOOLS, REPO, run_cli
+from conftest import FAKE_TOOLS, REPO, call, run_cli
 
 from oga_npu.bench import BenchRecord
 from oga_npu.model_benchmark import parse_model_benchmark
 
 
-def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
+def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model, capsys):
+    """In process (conftest.call; the SIGINT test below runs the real child process)."""
     j, c, p = tmp_path / "r.jsonl", tmp_path / "r.csv", tmp_path / "r.png"
-    r = run_cli(
+    code, out, err = call(
+        capsys,
         "bench",
         "-m",
         str(tiny_model),
@@ -35,7 +38,7 @@ def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
         "--plot",
         str(p),
     )
-    assert r.returncode == 0, r.stderr
+    assert code == 0, err
     recs = [json.loads(x) for x in j.read_text().splitlines()]
     assert [x["prompt_tokens"] for x in recs] == [16, 64, 600]
     ok = recs[:2]
@@ -51,9 +54,9 @@ def test_sweep_writes_table_json_csv_plot(tmp_path, tiny_model):
     rows = c.read_text().splitlines()
     assert len(rows) == 4 and rows[0].startswith("model,provider,prompt_tokens")
     assert p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG"
-    assert "skipped" in r.stdout and "prefill" in r.stdout
-    r2 = run_cli("bench", "compare", str(j), str(j))
-    assert r2.returncode == 0 and "1.00" in r2.stdout
+    assert "skipped" in out and "prefill" in out
+    code, out, _ = call(capsys, "bench", "compare", str(j), str(j))
+    assert code == 0 and "1.00" in out
 
 
 def test_sigint_mid_sweep_keeps_finished_points(tmp_path, tiny_model):
@@ -189,10 +192,11 @@ def test_bad_lengths(tiny_model):
     assert r.returncode == 1 and "bad prompt lengths" in r.stderr
 
 
-def test_eval_reports_perplexity_and_reference(tiny_model, tiny_hf):
-    r = run_cli("eval", "-m", str(tiny_model), "--window", "128", "--windows", "2", "--json")
-    assert r.returncode == 0, r.stderr
-    rows = json.loads(r.stdout)
+def test_eval_reports_perplexity_and_reference(tiny_model, tiny_hf, capsys):
+    # in process (conftest.call): the transformers reference needs torch, already imported here
+    code, out, err = call(capsys, "eval", "-m", str(tiny_model), "--window", "128", "--windows", "2", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
     assert rows[0]["engine"] == "oga (cpu)" and rows[0]["tokens"] == 254
     assert rows[1]["engine"] == "transformers fp32" and rows[1]["model"] == str(tiny_hf)
     # a random-weight model is near-uniform over the vocabulary: both perplexities are huge and close
@@ -208,8 +212,12 @@ def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, t
     )
     assert "prune_lm_head" not in recipe.read_text()
     full = tmp_path / "full"
-    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full))
+    # From a copy of tiny_model: the quantize stage (its key has no build options) is reused,
+    # the builder runs again with the full-logits options.
+    shutil.copytree(tiny_model, full)
+    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full), "--from", "build")
     assert r.returncode == 0, r.stderr
+    assert "quantize … already done" in r.stderr and "build … done" in r.stderr, r.stderr
     args = ["--window", "64", "--windows", "2", "--ref", "none", "--json"]
     rows = [json.loads(run_cli("eval", "-m", str(m), *args).stdout)[0] for m in (tiny_model, full)]
     assert rows[0]["tokens"] == rows[1]["tokens"] == 126

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_TOOLS, run_cli
+from conftest import FAKE_TOOLS, call, run_cli
 
 from oga_npu.devices import classify_pci, find_npus_linux, find_npus_windows
 from oga_npu.workdir import MANIFEST
@@ -130,21 +130,22 @@ def test_pmode_without_xrt_smi_is_one_line():
     ]
 
 
-def test_doctor_finds_missing_weights_and_lfs_pointer(tmp_path, tiny_model):
+def test_doctor_finds_missing_weights_and_lfs_pointer(tmp_path, tiny_model, capsys):
+    """The CLI in process (conftest.call): three child processes cost more than the checks."""
     d = tmp_path / "m"
     shutil.copytree(tiny_model, d)
-    r = run_cli("doctor", "-m", str(d))
-    assert r.returncode == 0, r.stdout
-    assert "manifest matches every file" in r.stdout
+    code, out, _ = call(capsys, "doctor", "-m", str(d))
+    assert code == 0, out
+    assert "manifest matches every file" in out
     (d / "model.onnx.data").unlink()
-    r = run_cli("doctor", "-m", str(d))
-    assert r.returncode == 1 and "model.onnx.data is missing" in r.stdout and "fix:" in r.stdout
+    code, out, _ = call(capsys, "doctor", "-m", str(d))
+    assert code == 1 and "model.onnx.data is missing" in out and "fix:" in out
     shutil.rmtree(d)
     shutil.copytree(tiny_model, d)
     (d / MANIFEST).unlink()
     (d / "tokenizer.json").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 3522871\n")
-    r = run_cli("doctor", "-m", str(d))
-    assert r.returncode == 1 and "git-lfs pointer" in r.stdout and "git lfs pull" in r.stdout
+    code, out, _ = call(capsys, "doctor", "-m", str(d))
+    assert code == 1 and "git-lfs pointer" in out and "git lfs pull" in out
 
 
 def test_hello_runs_cpu_and_says_why_npu_skipped(tmp_path):

@@ -1,7 +1,5 @@
 """The real bundled model: SmolLM2-135M-Instruct (GGUF) prepared for CPU, end to end."""
 
-from pathlib import Path
-
 import pytest
 from conftest import run_cli, smollm2_gguf
 
@@ -68,8 +66,15 @@ def test_prepare_again_is_fast_and_skips(smol, session_home):
     assert time.monotonic() - t0 < 20
 
 
-def test_real_dml_build_names_dml_and_trace_counts_nodes(tmp_path, session_home):
+def test_real_dml_build_names_dml_and_trace_counts_nodes(smol, tmp_path, session_home):
+    """The real builder run for dml on SmolLM2. It starts from a copy of the cpu folder with
+    --from build: the quantize stage's key does not hold the target for cpu-fast (lm_head is
+    kept for cpu and dml alike), so Quark's minutes are not spent twice; the build and validate
+    stages run for dml."""
+    import shutil
+
     out = tmp_path / "smol-dml"
+    shutil.copytree(smol, out)
     r = run_cli(
         "prepare",
         str(smollm2_gguf()),
@@ -79,9 +84,12 @@ def test_real_dml_build_names_dml_and_trace_counts_nodes(tmp_path, session_home)
         "cpu-fast",
         "--output",
         str(out),
+        "--from",
+        "build",
         env={"OGA_NPU_HOME": str(session_home)},
     )
     assert r.returncode == 0, r.stderr
+    assert "quantize … already done" in r.stderr, r.stderr  # reused, not re-run
     import json
 
     cfg = json.loads((out / "genai_config.json").read_text())
@@ -94,16 +102,18 @@ def test_real_dml_build_names_dml_and_trace_counts_nodes(tmp_path, session_home)
     assert int(line.split()[-1]) >= 30 * 4  # qkv, o, gate/up, down per layer at least
 
 
-def test_eval_reference_and_a_damaged_model(smol, tmp_path, session_home):
+def test_eval_reference_and_a_damaged_model(smol, tmp_path, session_home, capsys):
     import json
     import shutil
 
     import numpy as np
+    from conftest import call
 
     args = ["--window", "256", "--windows", "4", "--json"]
-    r = run_cli("eval", "-m", str(smol), *args, env={"OGA_NPU_HOME": str(session_home)})
-    assert r.returncode == 0, r.stderr
-    ours, ref = json.loads(r.stdout)
+    # in process: the transformers fp32 reference needs torch, already imported here
+    code, out, err = call(capsys, "eval", "-m", str(smol), *args)
+    assert code == 0, err
+    ours, ref = json.loads(out)
     assert ref["engine"] == "transformers fp32" and ref["tokens"] == ours["tokens"] == 4 * 255
     assert ours["perplexity"] < 100 and ref["perplexity"] < 100  # a real model on English text
     assert ours["perplexity"] / ref["perplexity"] < 2.0  # uint4 costs something, not everything (measured +44% at 512)
@@ -130,14 +140,12 @@ def _repeated_line(text: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def smol_default(tmp_path_factory, session_home):
+def smol_default(smol_native):
     """SmolLM2 as the README's quickstart prepares it: no --recipe (gguf-native for a .gguf) and
-    no --output (the store's default folder, named with the file's quantization)."""
-    store = tmp_path_factory.mktemp("smol_store")
-    r = run_cli("prepare", str(smollm2_gguf()), env={"OGA_NPU_HOME": str(session_home), "OGA_NPU_MODELS": str(store)})
-    assert r.returncode == 0, r.stderr
-    out = Path(r.stdout.strip())
-    assert out == store / "smollm2-135m-instruct-q4_1-cpu"
+    no --output (the store's default folder, named with the file's quantization): conftest's
+    session prepare, shared with test_gguf_native."""
+    out, _ = smol_native
+    assert out.name == "smollm2-135m-instruct-q4_1-cpu"
     return out
 
 

@@ -17,6 +17,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
+# `serve` with every model loaded in the server process (run.py's WORKERS_ENV) instead of a worker
+# process a model: a model loads in well under a second instead of a fresh Python's start and
+# imports. For tests about routing, the page or the API, not about the worker processes
+# (test_worker_process.py, test_server.py, test_server_lifecycle.py and test_server_hardening.py
+# keep the default, a worker per model).
+IN_PROCESS = {"OGA_NPU_SERVE_WORKERS": "0"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

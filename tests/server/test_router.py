@@ -1,6 +1,8 @@
 """serve without -m: every model of the store, loaded on demand (a real server process).
 
-Two copies of the tiny prepared model and a damaged one in a store; `--max-loaded 1`."""
+Two copies of the tiny prepared model and a damaged one in a store; `--max-loaded 1`. The models
+load in the server process (serverutil.IN_PROCESS): the module loads a model 15 times, each a
+worker process start otherwise; unloading a worker process is checked in test_worker_process."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import shutil
 
 import psutil
 import pytest
-from serverutil import ServerProcess
+from serverutil import IN_PROCESS, ServerProcess
 
 from oga_npu.workdir import MANIFEST
 
@@ -31,7 +33,7 @@ def store(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(store):
-    s = ServerProcess(args=("--models-dir", str(store), "--max-loaded", "1"))
+    s = ServerProcess(args=("--models-dir", str(store), "--max-loaded", "1"), env=IN_PROCESS)
     s.wait_ready()
     yield s
     s.stop()
@@ -52,7 +54,7 @@ def models(server) -> dict:
 
 
 def rss(server) -> int:
-    """The server's resident memory and its model workers' (each loaded model is a process)."""
+    """The server's resident memory and any child processes' (none here: the models are in process)."""
     proc = psutil.Process(server.proc.pid)
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
 

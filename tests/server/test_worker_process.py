@@ -110,6 +110,23 @@ def test_truncated_weights_fail_that_model_only_and_refuse_it_with_the_fix(serve
     assert server.proc.poll() is None
 
 
+def test_unloading_a_model_ends_its_worker_process(server):
+    """An unload (and an eviction: the same ModelManager._unload) ends the model's worker, so all
+    its memory goes back; test_router checks routing and memory with in-process models."""
+    import psutil
+
+    assert chat(server, "one-cpu")[0] == 200
+    pid = worker_pid(server, "one-cpu")
+    children = {p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)}
+    assert pid in children
+    status, _, body = server.post("/api/v1/unload", {"model_name": "one-cpu"})
+    assert status == 200 and body["unloaded"] == ["one-cpu"], body
+    assert pid not in {p.pid for p in psutil.Process(server.proc.pid).children(recursive=True)}
+    assert not psutil.pid_exists(pid)  # ended and reaped, not a zombie holding its memory
+    assert chat(server, "one-cpu")[0] == 200  # loads again in a new worker
+    assert worker_pid(server, "one-cpu") != pid
+
+
 def test_restarts_are_limited_per_minute():
     now = time.monotonic()
     assert watch.restart_refusal("m", [now - 1, now], limit=3) is None
