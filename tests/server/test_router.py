@@ -7,7 +7,6 @@ worker process start otherwise; unloading a worker process is checked in test_wo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 
@@ -148,15 +147,17 @@ def test_ollama_client_through_the_router(server):
     assert e.value.status_code == 404 and "bad-cpu" in e.value.error
 
 
-def test_a_model_copied_in_after_start_answers_and_once_removed_is_404_and_its_worker_stops(server, store, tiny_model):
-    """The store is live (store_scan.py): no restart to see a model come or go."""
+def test_a_model_copied_in_after_start_answers_and_once_removed_is_404(server, store, tiny_model):
+    """The store is live (store_scan.py): no restart to see a model come or go. (This module's
+    models load in the server process; where workers are on, the removed model's worker must
+    stop too: tests/server/test_store_live.py checks the model is released.)"""
     shutil.copytree(tiny_model, store / "late-cpu")
     try:
         status, body = chat(server, "late-cpu")  # named before any listing saw it
         assert status == 200 and body["model"] == "late-cpu", body
         assert models(server)["late-cpu"]["loaded"] is True
         pids = re.findall(r"model late-cpu: worker process (\d+)", server.output())
-        workers_on = os.environ.get("OGA_NPU_SERVE_WORKERS", "1") != "0"
+        workers_on = IN_PROCESS.get("OGA_NPU_SERVE_WORKERS", "1") != "0"
         assert pids or not workers_on, server.output()
         worker = psutil.Process(int(pids[-1])) if pids else None
     finally:
