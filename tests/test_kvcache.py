@@ -6,7 +6,7 @@ import pytest
 
 from oga_npu.chat import ChatSession
 from oga_npu.generate import GenerationOptions, encode, render_prompt, stream_generate
-from oga_npu.kvcache import PromptCache, common_prefix, reuse_support
+from oga_npu.kvcache import MIN_CAPACITY, PromptCache, common_prefix, reuse_support
 from oga_npu.model import load
 
 
@@ -115,3 +115,34 @@ def test_chat_cli_reports_cached_tokens_and_can_turn_reuse_off(tiny_model):
     assert len(lines) == 2 and "cached" not in lines[0] and "cached)" in lines[1]
     r = run_cli("chat", "-m", str(tiny_model), "-t", "0", "-n", "6", "--timings", "--no-kv-reuse", input=msgs)
     assert r.returncode == 0 and "cached" not in r.stderr
+
+
+def _recorded_max_lengths(monkeypatch) -> list[int]:
+    """Record every max_length a GeneratorParams is given (the real one runs as well)."""
+    import onnxruntime_genai as og
+
+    seen: list[int] = []
+
+    class Recording(og.GeneratorParams):
+        def set_search_options(self, **kw):
+            if "max_length" in kw:
+                seen.append(kw["max_length"])
+            return super().set_search_options(**kw)
+
+    monkeypatch.setattr(og, "GeneratorParams", Recording)
+    return seen
+
+
+def test_the_kv_cache_is_sized_to_the_request_not_the_context(lm, monkeypatch):
+    """onnxruntime-genai allocates the KV cache for max_length (past_present_share_buffer):
+    one generation asks for prompt + max_tokens, not the model's whole context; a reusable
+    chat turn for twice that (room for the next turn), at least MIN_CAPACITY, at most the
+    context."""
+    seen = _recorded_max_lengths(monkeypatch)
+    ids = encode(lm, "Hello there")
+    list(stream_generate(lm, ids, GenerationOptions(max_tokens=7, temperature=0)))
+    assert seen == [len(ids) + 7] and seen[0] < lm.context_length
+    seen.clear()
+    cache = PromptCache(lm)
+    list(stream_generate(lm, ids, GenerationOptions(max_tokens=30, temperature=0), cache=cache))
+    assert seen == [min(lm.context_length, max(MIN_CAPACITY, 2 * (len(ids) + 30)))]
