@@ -118,18 +118,26 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--prompt", type=int, default=1024, help="prompt tokens (0: load only)")
     ap.add_argument("--gen", type=int, default=32, help="generated tokens")
+    ap.add_argument(
+        "--keep-mapped",
+        action="store_true",
+        help="skip load()'s release of the mapped model pages (to measure what it saves)",
+    )
     ap.add_argument("--slack-mb", type=float, default=300.0, help="the budget's allowance over folder + KV")
     args = ap.parse_args()
     import onnxruntime_genai  # noqa: F401  (its import is part of the base, not of the load)
 
+    from oga_npu import model
     from oga_npu.generate import GenerationOptions, stream_generate
-    from oga_npu.model import load
 
-    out: dict = {"folder": str(args.folder), "prompt": args.prompt, "gen": args.gen}
+    if args.keep_mapped:
+        model.release_mapped_pages = lambda folder: 0
+
+    out: dict = {"folder": str(args.folder), "prompt": args.prompt, "gen": args.gen, "keep_mapped": args.keep_mapped}
     out["base"] = phase("base")
     t0 = time.perf_counter()
     with Sampler() as s:
-        lm = load(args.folder)
+        lm = model.load(args.folder)
     out["load_s"] = time.perf_counter() - t0
     out["load"] = phase("load", s)
     time.sleep(1.0)

@@ -146,3 +146,32 @@ def test_the_kv_cache_is_sized_to_the_request_not_the_context(lm, monkeypatch):
     cache = PromptCache(lm)
     list(stream_generate(lm, ids, GenerationOptions(max_tokens=30, temperature=0), cache=cache))
     assert seen == [min(lm.context_length, max(MIN_CAPACITY, 2 * (len(ids) + 30)))]
+
+
+def test_a_long_cpu_prompt_is_prefilled_in_steps(lm, monkeypatch):
+    """The prompt goes in OGA_NPU_PREFILL_CHUNK-position steps on the CPU (the arena keeps
+    the largest step's activations); 0 prefills it whole; other providers are not chunked."""
+    import onnxruntime_genai as og
+
+    from oga_npu.model import PREFILL_CHUNK, prefill_chunk
+
+    steps: list[int] = []
+
+    class Recording(og.Generator):
+        def append_tokens(self, ids):
+            steps.append(len(ids))
+            return super().append_tokens(ids)
+
+    monkeypatch.setattr(og, "Generator", Recording)
+    ids = encode(lm, "one two three four five six seven eight nine ten " * 3)
+    opts = GenerationOptions(max_tokens=3, temperature=0, ignore_eos=True)
+    monkeypatch.setenv("OGA_NPU_PREFILL_CHUNK", "8")
+    evs = list(stream_generate(lm, ids, opts))
+    assert evs[-1].generated_tokens == 3
+    assert steps == [8] * (len(ids) // 8) + ([len(ids) % 8] if len(ids) % 8 else [])
+    steps.clear()
+    monkeypatch.setenv("OGA_NPU_PREFILL_CHUNK", "0")
+    list(stream_generate(lm, ids, opts))
+    assert steps == [len(ids)]
+    monkeypatch.delenv("OGA_NPU_PREFILL_CHUNK")
+    assert prefill_chunk("cpu") == PREFILL_CHUNK and prefill_chunk("webgpu") == 0
