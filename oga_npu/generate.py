@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import guard
 from .errors import ChatTemplateError, ContextLengthError, GenerationError, GuidanceError, OgaNpuError
-from .model import LoadedModel
+from .model import LoadedModel, append_prompt
 from .runtime_errors import translate
 
 Messages = Sequence[dict]
@@ -409,7 +409,7 @@ def _oga_generator(og, lm: LoadedModel, ids: list[int], opts: GenerationOptions,
         if spec:
             params.set_speculative_options(**dict(spec))
         gen = og.Generator(lm.model, params)
-        gen.append_tokens(ids)
+        append_prompt(gen, ids, lm.provider, whole=bool(spec or opts.guidance))  # kept as they were tested
     except Exception as e:
         if opts.guidance and "grammar" in str(e).lower():  # llguidance: "Error creating grammar: ..."
             raise GuidanceError(

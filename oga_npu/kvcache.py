@@ -32,7 +32,7 @@ import dataclasses
 import threading
 from collections.abc import Callable
 
-from .model import LoadedModel
+from .model import LoadedModel, append_prompt
 
 CONTINUING_PROVIDERS = ("cpu", "cuda", "webgpu")
 MIN_CAPACITY = 2048  # positions a cached Generator is made with at least (grown on demand)
@@ -116,7 +116,7 @@ class PromptCache:
             keep = min(common_prefix(seq, ids), len(ids) - 1)
             if keep > 0:
                 gen.rewind_to(keep)
-                gen.append_tokens(ids[keep:])
+                append_prompt(gen, ids[keep:], self.lm.provider)
                 self.stats.hits += 1
                 self.stats.cached_tokens += keep
                 self._gen = None

@@ -9,8 +9,10 @@ unless `fallback="cpu"` makes that explicit.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -433,6 +435,7 @@ def load(
     lm = open(state)
     guard.phase("after loading", path, state.provider)
     release_heap()
+    release_mapped_pages(lm.files_path)
     return lm
 
 
@@ -448,3 +451,73 @@ def release_heap() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+PREFILL_CHUNK = 512  # prompt positions per CPU prefill step (llama.cpp's default micro-batch)
+
+
+def prefill_chunk(provider: str) -> int:
+    """Positions one CPU prefill step takes (OGA_NPU_PREFILL_CHUNK; 0: the whole prompt)."""
+    if provider != "cpu":
+        return 0
+    raw = os.environ.get("OGA_NPU_PREFILL_CHUNK", "").strip()
+    return int(raw) if raw.isdigit() else PREFILL_CHUNK
+
+
+def append_prompt(gen, ids: list[int], provider: str, whole: bool = False) -> None:
+    """Prefill `ids` into an onnxruntime-genai Generator. On the CPU a long prompt goes in
+    steps of prefill_chunk() positions: onnxruntime's arena keeps the largest step's
+    activations (attention scores heads x step x length, the MLP's step x intermediate),
+    so a 1024-token prompt in two steps peaks lower (SmolLM2: 467 -> 395 MB at 256) with the
+    same tokens out. `whole`: one step whatever the length."""
+    step = 0 if whole else prefill_chunk(provider)
+    if step <= 0 or len(ids) <= step:
+        gen.append_tokens(ids)
+        return
+    for i in range(0, len(ids), step):
+        gen.append_tokens(ids[i : i + step])
+
+
+MADV_DONTNEED = 4  # Linux <sys/mman.h>
+
+
+def _clean_mappings(folder: Path) -> list[tuple[int, int]]:
+    """(start, length) of this process's mappings of files in `folder` that hold no page of
+    their own: no anonymous (copy-on-write) page, so each page equals the file's."""
+    out, cur, clean = [], None, True
+    root = str(folder.resolve()) + os.sep
+    with builtins.open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                if cur and clean:
+                    out.append(cur)
+                cur, clean = None, True
+                if len(head) == 6 and head[5].strip().startswith(root):
+                    a, b = (int(x, 16) for x in head[0].split("-"))
+                    cur = (a, b - a)
+            elif cur and head[0] == "Anonymous:" and int(head[1]) != 0:
+                clean = False
+    if cur and clean:
+        out.append(cur)
+    return out
+
+
+def release_mapped_pages(folder: Path) -> int:
+    """Drop the resident pages of the model files onnxruntime memory-maps (its external
+    data), leaving the mappings: onnxruntime reads every initializer once while loading
+    (MatMulNBits' prepacking copies the weights, scales and zero points into its own
+    buffers), and the touched pages stay in RSS though the kernels never read most of them
+    again. A page read later comes back from the page cache. Only mappings with no page
+    of their own (nothing written) are dropped. Returns the bytes advised (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    import ctypes
+
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        spans = _clean_mappings(folder)
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return sum(n for a, n in spans if madvise(a, n, MADV_DONTNEED) == 0)

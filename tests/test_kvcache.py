@@ -6,7 +6,7 @@ import pytest
 
 from oga_npu.chat import ChatSession
 from oga_npu.generate import GenerationOptions, encode, render_prompt, stream_generate
-from oga_npu.kvcache import PromptCache, common_prefix, reuse_support
+from oga_npu.kvcache import MIN_CAPACITY, PromptCache, common_prefix, reuse_support
 from oga_npu.model import load
 
 
@@ -115,3 +115,63 @@ def test_chat_cli_reports_cached_tokens_and_can_turn_reuse_off(tiny_model):
     assert len(lines) == 2 and "cached" not in lines[0] and "cached)" in lines[1]
     r = run_cli("chat", "-m", str(tiny_model), "-t", "0", "-n", "6", "--timings", "--no-kv-reuse", input=msgs)
     assert r.returncode == 0 and "cached" not in r.stderr
+
+
+def _recorded_max_lengths(monkeypatch) -> list[int]:
+    """Record every max_length a GeneratorParams is given (the real one runs as well)."""
+    import onnxruntime_genai as og
+
+    seen: list[int] = []
+
+    class Recording(og.GeneratorParams):
+        def set_search_options(self, **kw):
+            if "max_length" in kw:
+                seen.append(kw["max_length"])
+            return super().set_search_options(**kw)
+
+    monkeypatch.setattr(og, "GeneratorParams", Recording)
+    return seen
+
+
+def test_the_kv_cache_is_sized_to_the_request_not_the_context(lm, monkeypatch):
+    """onnxruntime-genai allocates the KV cache for max_length (past_present_share_buffer):
+    one generation asks for prompt + max_tokens, not the model's whole context; a reusable
+    chat turn for twice that (room for the next turn), at least MIN_CAPACITY, at most the
+    context."""
+    seen = _recorded_max_lengths(monkeypatch)
+    ids = encode(lm, "Hello there")
+    list(stream_generate(lm, ids, GenerationOptions(max_tokens=7, temperature=0)))
+    assert seen == [len(ids) + 7] and seen[0] < lm.context_length
+    seen.clear()
+    cache = PromptCache(lm)
+    list(stream_generate(lm, ids, GenerationOptions(max_tokens=30, temperature=0), cache=cache))
+    assert seen == [min(lm.context_length, max(MIN_CAPACITY, 2 * (len(ids) + 30)))]
+
+
+def test_a_long_cpu_prompt_is_prefilled_in_steps(lm, monkeypatch):
+    """The prompt goes in OGA_NPU_PREFILL_CHUNK-position steps on the CPU (the arena keeps
+    the largest step's activations); 0 prefills it whole; other providers are not chunked."""
+    import onnxruntime_genai as og
+
+    from oga_npu.model import PREFILL_CHUNK, prefill_chunk
+
+    steps: list[int] = []
+
+    class Recording(og.Generator):
+        def append_tokens(self, ids):
+            steps.append(len(ids))
+            return super().append_tokens(ids)
+
+    monkeypatch.setattr(og, "Generator", Recording)
+    ids = encode(lm, "one two three four five six seven eight nine ten " * 3)
+    opts = GenerationOptions(max_tokens=3, temperature=0, ignore_eos=True)
+    monkeypatch.setenv("OGA_NPU_PREFILL_CHUNK", "8")
+    evs = list(stream_generate(lm, ids, opts))
+    assert evs[-1].generated_tokens == 3
+    assert steps == [8] * (len(ids) // 8) + ([len(ids) % 8] if len(ids) % 8 else [])
+    steps.clear()
+    monkeypatch.setenv("OGA_NPU_PREFILL_CHUNK", "0")
+    list(stream_generate(lm, ids, opts))
+    assert steps == [len(ids)]
+    monkeypatch.delenv("OGA_NPU_PREFILL_CHUNK")
+    assert prefill_chunk("cpu") == PREFILL_CHUNK and prefill_chunk("webgpu") == 0
