@@ -603,24 +603,19 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
         builds.append(("vulkan", ref_flags + vf, ("llama-bench",), venv))
     per = max(1, (jobs - 2) // max(1, len(builds)))
     random_small = small_gguf is not None and not small_gguf.exists() and args.small == "auto"
-    with ThreadPoolExecutor(4) as ex:
-        futs = [
-            ex.submit(
-                build_llama,
-                src,
-                plan.work / f"build-{n}",
-                fl,
-                per,
-                plan.logs,
-                t or ("llama-bench", "llama-quantize"),
-                e,
-            )
-            for n, fl, t, e in builds
-        ]
-        f16 = {shape: ex.submit(make_f16, plan, src, tok, shape) for shape in plan.shapes}
-        small_f16 = ex.submit(make_f16, plan, src, tok, "smollm2-135m", 2048) if random_small else None
-        for f in futs:
-            f.result()
+    # The builds run beside the model files; only the reference's llama-quantize is waited for
+    # before quantizing, the others (Vulkan's shaders take longest) at the end of the setup.
+    ex = ThreadPoolExecutor(4)
+    futs = {
+        n: ex.submit(
+            build_llama, src, plan.work / f"build-{n}", fl, per, plan.logs, t or ("llama-bench", "llama-quantize"), e
+        )
+        for n, fl, t, e in builds
+    }
+    f16 = {shape: ex.submit(make_f16, plan, src, tok, shape) for shape in plan.shapes}
+    small_f16 = ex.submit(make_f16, plan, src, tok, "smollm2-135m", 2048) if random_small else None
+    if "noamx" in futs:
+        futs.pop("noamx").result()
     qbin = plan.llama_bin() / "llama-quantize"
     todo = [(f16[shape].result(), plan.gguf(shape, q), q, []) for shape in plan.shapes for q in plan.quants]
     if small_f16:  # the bundled file's mix: every layer Q4_1, the (tied) embedding Q8_0
@@ -650,8 +645,11 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
             )
     jobs_ = [(s, q, r, "cpu") for s in plan.shapes for q, r in plan.cpu_models]
     jobs_ += [(s, q, r, "webgpu") for s in plan.shapes for q, r in plan.gpu_models]
-    with ThreadPoolExecutor(max(1, min(8, len(jobs_)))) as ex:
-        list(ex.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
+    with ThreadPoolExecutor(max(1, min(8, len(jobs_)))) as px:
+        list(px.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
+    for f in futs.values():
+        f.result()
+    ex.shutdown()
 
 
 def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds: list[str]) -> dict:
