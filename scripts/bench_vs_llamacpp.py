@@ -440,9 +440,10 @@ def print_memory(probes: dict, llama_peaks: dict) -> None:
         "peak over the prompt, whole-process peak (VmHWM) against folder + KV + 300 MB"
     )
     print(
-        "| file | recipe | folder | KV | load peak | steady | prompt peak | peak | budget | within | llama.cpp peak |"
+        "| file | recipe | folder | KV | load s | load peak | steady | prompt peak | peak | budget | within "
+        "| llama.cpp peak |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (q, recipe), r in probes.items():
 
         def g(*k, r=r) -> str:
@@ -450,7 +451,8 @@ def print_memory(probes: dict, llama_peaks: dict) -> None:
             return f"{v:.0f}" if isinstance(v, (int, float)) else "-"
 
         print(
-            f"| {q} | {recipe} | {g('folder_mb')} | {g('kv_mb')} | {g('load', 'peak_mb')} | {g('steady', 'rss_mb')} | "
+            f"| {q} | {recipe} | {g('folder_mb')} | {g('kv_mb')} | {_dig(r, 'load_s') or 0:.1f} | "
+            f"{g('load', 'peak_mb')} | {g('steady', 'rss_mb')} | "
             f"{g('prompt_phase', 'peak_mb')} | {g('peak_mb')} | {g('budget_mb')} | "
             f"{'yes' if r.get('within_budget') else 'no'} | {llama_peaks.get(q, 0):.0f} |"
         )
@@ -497,6 +499,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--probe-only", action="store_true", help="no speed benches: prepares and memory probes only")
     ap.add_argument("--gpu", action="store_true", help="also llama.cpp Vulkan against --target webgpu")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU comparison (implies --gpu)")
+    ap.add_argument("--gpu-recipes", default="gguf-native,builder-int4", help="recipes prepared --target webgpu")
+    ap.add_argument("--gpu-shapes", help="shapes measured on the GPU (default: every --shape)")
     ap.add_argument("--vulkan-bin", type=Path, help="a llama-bench built with GGML_VULKAN=ON")
     ap.add_argument("--vulkan-prefix", type=Path, help="unpacked Vulkan headers, loader and glslc to build with")
     ap.add_argument(
@@ -529,7 +533,8 @@ class Plan:
         builder = set(args.builder_for.split(",")) if args.builder_for else set()
         recipes = [(q, "gguf-native") for q in self.quants] + [(q, "builder-int4") for q in self.quants if q in builder]
         self.cpu_models = [] if args.gpu_only else recipes
-        self.gpu_models = recipes if args.gpu else []
+        self.gpu_models = [m for m in recipes if m[1] in args.gpu_recipes.split(",")] if args.gpu else []
+        self.gpu_shapes = args.gpu_shapes.split(",") if args.gpu_shapes else self.shapes
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def gguf(self, shape: str, q: str) -> Path:
@@ -644,7 +649,7 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
                 cpus=small_cpus,
             )
     jobs_ = [(s, q, r, "cpu") for s in plan.shapes for q, r in plan.cpu_models]
-    jobs_ += [(s, q, r, "webgpu") for s in plan.shapes for q, r in plan.gpu_models]
+    jobs_ += [(s, q, r, "webgpu") for s in plan.shapes if s in plan.gpu_shapes for q, r in plan.gpu_models]
     with ThreadPoolExecutor(max(1, min(8, len(jobs_)))) as px:
         list(px.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
     for f in futs.values():
@@ -682,7 +687,8 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                 logs,
                 plan.env,
             )
-        for q in plan.quants if plan.gpu_models else []:
+        gpu_models = plan.gpu_models if shape in plan.gpu_shapes else []
+        for q in plan.quants if gpu_models else []:
             results[("llama.cpp vulkan", q)] = llama_bench(
                 plan.vulkan_bin(),
                 plan.gguf(shape, q),
@@ -695,7 +701,7 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                 decode=True,
                 extra=("-ngl", "99"),
             )
-        for q, recipe in plan.gpu_models:
+        for q, recipe in gpu_models:
             folder = plan.mdir(shape, q, recipe, "webgpu")
             results[("webgpu " + recipe, q)] = oga_bench(
                 folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
