@@ -495,6 +495,8 @@ def parse_args() -> argparse.Namespace:
         help="setup: builds, files and prepares only; bench: reuse them (calls on a lent machine)",
     )
     ap.add_argument("--no-probe", action="store_true", help="skip scripts/memory_probe.py")
+    ap.add_argument("--prepare-jobs", type=int, default=3, help="prepares at once (each caches an fp32 copy)")
+    ap.add_argument("--cache-dir", type=Path, help="where the prepares' caches go (default: --work)")
     ap.add_argument("--probe-len", type=int, default=1024, help="the memory probe's prompt tokens")
     ap.add_argument("--probe-only", action="store_true", help="no speed benches: prepares and memory probes only")
     ap.add_argument("--gpu", action="store_true", help="also llama.cpp Vulkan against --target webgpu")
@@ -585,13 +587,17 @@ def make_f16(plan: Plan, src: Path, tok: Path, shape: str, context: int = 4096) 
 def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus=None) -> None:
     if (folder / "genai_config.json").exists():
         return
-    home = plan.work / f"home-{folder.name}"  # separate caches: prepares of one GGUF started together
+    # Separate caches: prepares of one GGUF started together share its dequantize cache. Each is
+    # an fp32 copy of the model (13 GB at 3B), removed once its prepare is done: three at once
+    # filled a lent machine's 64 GB disk at 3B. --cache-dir puts them elsewhere (e.g. /dev/shm).
+    home = (plan.args.cache_dir or plan.work) / f"home-{folder.name}"
     sh(
         [PY, "-m", "oga_npu", "prepare", gguf, "--target", target, "--recipe", recipe, "-o", folder],
         plan.logs / f"prepare-{folder.name}.log",
         env=dict(plan.env, OGA_NPU_HOME=str(home)),
         cpus=cpus,
     )
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf, small_dir, small_cpus) -> None:
@@ -617,12 +623,13 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
         )
         for n, fl, t, e in builds
     }
-    f16 = {shape: ex.submit(make_f16, plan, src, tok, shape) for shape in plan.shapes}
+    todo_shapes = [sh_ for sh_ in plan.shapes if not all(plan.gguf(sh_, q).exists() for q in plan.quants)]
+    f16 = {shape: ex.submit(make_f16, plan, src, tok, shape) for shape in todo_shapes}
     small_f16 = ex.submit(make_f16, plan, src, tok, "smollm2-135m", 2048) if random_small else None
     if "noamx" in futs:
         futs.pop("noamx").result()
     qbin = plan.llama_bin() / "llama-quantize"
-    todo = [(f16[shape].result(), plan.gguf(shape, q), q, []) for shape in plan.shapes for q in plan.quants]
+    todo = [(f16[shape].result(), plan.gguf(shape, q), q, []) for shape in todo_shapes for q in plan.quants]
     if small_f16:  # the bundled file's mix: every layer Q4_1, the (tied) embedding Q8_0
         todo.append((small_f16.result(), small_gguf, "Q4_1", ["--pure", "--token-embedding-type", "q8_0"]))
     with ThreadPoolExecutor(2) as ex:
@@ -650,7 +657,7 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
             )
     jobs_ = [(s, q, r, "cpu") for s in plan.shapes for q, r in plan.cpu_models]
     jobs_ += [(s, q, r, "webgpu") for s in plan.shapes if s in plan.gpu_shapes for q, r in plan.gpu_models]
-    with ThreadPoolExecutor(max(1, min(8, len(jobs_)))) as px:
+    with ThreadPoolExecutor(max(1, min(args.prepare_jobs, len(jobs_)))) as px:
         list(px.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
     for f in futs.values():
         f.result()
