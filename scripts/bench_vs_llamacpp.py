@@ -48,7 +48,9 @@ with include/, lib/ and bin/glslc, e.g. the Debian packages glslc, libshaderc1, 
 spirv-headers unpacked with dpkg -x; or --vulkan-bin: a built llama-bench) runs every file
 with all layers on the GPU (-ngl 99), and the same files prepared with `--target webgpu`
 (gguf-native; builder-int4 for --builder-for) run through `oga-npu bench`: TTFT and decode on
-the same GPU, one run. --gpu-only leaves out the CPU prepares and benches.
+the same GPU, one run. --gpu-only leaves out the CPU prepares and benches. On a headless
+NVIDIA box the WebGPU EP finds its adapter but gets no session without the GL loader packages
+(libglvnd0, libegl1, libgl1, libglx0, libopengl0, libgles2) beside libvulkan1.
 
 Everything lands under OUT_DIR (JSON, logs); the work files (models, builds) under --work.
 """
