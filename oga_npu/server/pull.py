@@ -92,7 +92,8 @@ async def _events(st, preq, final_model: bool):
     key = preq.source
     if key in st.pulls:
         raise ApiError(409, f"a pull of {key} is already running", code="pull_running")
-    fut = loop.run_in_executor(None, lambda: pull(preq, progress))
+    store = getattr(st.provider, "store", None)  # the store this server lists (--models-dir too); None: the default
+    fut = loop.run_in_executor(None, lambda: pull(preq, progress, store=store))
     st.pulls[key] = fut
     fut.add_done_callback(lambda f: _pull_done(st, key, f))
     fut.add_done_callback(lambda _f: queue.put_nowait(None))

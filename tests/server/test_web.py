@@ -128,13 +128,14 @@ def open_page(driver, server, key: str | None = KEY):
 
 
 def click(driver, css: str):
-    """Click the element now matching `css` (the page re-renders its messages after a dialog)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """Click the element now matching `css` (the page re-renders its messages after a dialog, and
+    the model list after a pull: an element may be replaced, or not yet shown, for a moment)."""
+    from selenium.common.exceptions import ElementNotInteractableException, StaleElementReferenceException
 
-    for _ in range(20):
+    for _ in range(40):
         try:
             return find(driver, css).click()
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, ElementNotInteractableException):
             time.sleep(0.05)
     raise AssertionError(f"{css} kept changing")
 

@@ -47,9 +47,23 @@ def store(tiny_model, tmp_path_factory):
     return root
 
 
+HUB_REPO = "acme/tiny-onnx"  # an OGA CPU folder on the hub-shaped test server (tests/hubserver.py)
+
+
 @pytest.fixture(scope="module")
-def server(store):
-    with running(args=("--models-dir", str(store), "--api-key", KEY, "--max-loaded", "1", "--max-queue", "0")) as s:
+def hub(tiny_model):
+    from hubserver import HubServer, folder_files
+
+    with HubServer() as h:
+        h.add(HUB_REPO, folder_files(tiny_model))
+        yield h
+
+
+@pytest.fixture(scope="module")
+def server(store, hub, tmp_path_factory):
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}
+    args = ("--models-dir", str(store), "--api-key", KEY, "--max-loaded", "1", "--max-queue", "0")
+    with running(args=args, env=env) as s:
         yield s
 
 
@@ -334,3 +348,31 @@ def test_the_catalog_and_a_pull_with_progress(browser, server):
     find(browser, "#pull-name").send_keys("nope")
     find(browser, "#pull-name-go").click()
     wait(browser, lambda: "no model named 'nope'" in find(browser, "#models-message").text, what="the refusal")
+
+
+def test_the_manager_pulls_through_the_real_route_then_loads_and_deletes(browser, server, store):
+    """No stand-in: the page's Pull calls the server's POST /api/v1/pull, which downloads an OGA
+    folder from the hub-shaped server (huggingface_hub's own client, sha256 checked) into the
+    store; the manager lists it, loads it, a chat answers, and it is deleted."""
+    unload_all(server)
+    open_page(browser, server)
+    find(browser, "#open-models").click()
+    wait(browser, lambda: "tiny-a" in rows(browser), what="the installed models")
+    before = set(rows(browser))
+    wait(browser, lambda: find(browser, "#pull-name").is_displayed(), what="the pull field (shown with the catalog)")
+    find(browser, "#pull-name").send_keys(HUB_REPO)
+    find(browser, "#pull-name-go").click()
+    wait(browser, lambda: "is installed" in find(browser, "#pull-text").text, timeout=120, what="the pull to finish")
+    wait(browser, lambda: set(rows(browser)) - before, what="the pulled model in the list")
+    (name,) = set(rows(browser)) - before
+    assert (store / name / "genai_config.json").is_file() and not list(store.glob("*.partial"))
+    manifest = json.loads((store / name / "oga_npu_manifest.json").read_text())
+    assert json.dumps(manifest).count(HUB_REPO) >= 1 and "sha256" in json.dumps(manifest)
+    click(browser, f'.model-row[data-id="{name}"] .load')
+    wait(browser, lambda: rows(browser).get(name) == "loaded", what="the pulled model loaded")
+    code, body = post(server, "/v1/chat/completions", {"model": name, "messages": [{"role": "user", "content": "Hi"}]})
+    assert code == 200 and body["model"] == name, body
+    browser.execute_script("window.confirm = () => true;")
+    click(browser, f'.model-row[data-id="{name}"] .delete')
+    wait(browser, lambda: name not in rows(browser), what="the pulled model deleted")
+    assert not (store / name).exists()
