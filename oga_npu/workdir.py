@@ -245,15 +245,21 @@ def publish(out: Path, model_stage: Path, manifest: dict) -> dict:
         digest = link_or_copy(src, dst)
         st = dst.stat()
         files[src.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-    manifest = dict(
+    manifest = finished_manifest(manifest, files)
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def finished_manifest(manifest: dict, files: dict) -> dict:
+    """The manifest a ready folder gets (prepare's publish, pull's finish): its files (size,
+    mtime, sha256), their content hash, the format version and when it was finished."""
+    return dict(
         manifest,
         files=files,
         content_hash=content_hash(files),
         manifest_version=MANIFEST_VERSION,
         finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
 
 
 def update_manifest(out: Path, **keys) -> bool:

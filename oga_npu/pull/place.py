@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 from ..errors import OutputExistsError, PullError
 from ..workdir import (
     MANIFEST,
-    MANIFEST_VERSION,
     REQUEST,
-    content_hash,
+    finished_manifest,
     folder_state,
     read_json,
     sha256_file,
@@ -144,13 +142,7 @@ def finish(part: Path, final: Path, manifest: dict, hashes: dict[str, str]) -> d
     for rel in sorted(hashes):
         st = (part / rel).stat()
         files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": hashes[rel] or sha256_file(part / rel)}
-    manifest = dict(
-        manifest,
-        files=files,
-        content_hash=content_hash(files),
-        manifest_version=MANIFEST_VERSION,
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    )
+    manifest = finished_manifest(manifest, files)
     (part / REQUEST).unlink(missing_ok=True)
     write_json_atomic(part / MANIFEST, manifest)
     if final.exists():

@@ -87,9 +87,19 @@ async def served(provider, model_id: str):
     return sm
 
 
-def not_found(model_id: str, names: list[str] | None = None, what: str = "models") -> ApiError:
-    """404 for a name no model has, quoted as the client sent it (a path too: not scrubbed)."""
+NONE_INSTALLED = (
+    ": no model is installed yet (oga-npu pull NAME or oga-npu prepare SOURCE, or the chat page's Models panel)"
+)
+
+
+def not_found(
+    model_id: str, names: list[str] | None = None, what: str = "models", empty: str | None = None
+) -> ApiError:
+    """404 for a name no model has, quoted as the client sent it (a path too: not scrubbed);
+    `empty`: what to say instead of the list when `names` is empty."""
     listed = f" ({what}: {', '.join(names)})" if names is not None else ""
+    if empty is not None and names == []:
+        listed = empty
     hint = "; a model is named by its store name, not a path" if "/" in model_id or "\\" in model_id else ""
     return ApiError(
         404,

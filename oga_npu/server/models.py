@@ -339,16 +339,7 @@ class ModelManager(LiveStore):
         return e
 
     def _not_found(self, model_id: str) -> ApiError:
-        if not self._entries:
-            return ApiError(
-                404,
-                f"the model '{model_id}' does not exist: no model is installed yet "
-                "(oga-npu pull NAME or oga-npu prepare SOURCE, or the chat page's Models panel)",
-                type_="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
-        return not_found(model_id, list(self._entries))
+        return not_found(model_id, list(self._entries), empty=NONE_INSTALLED)
 
     def entry_or_error(self, model_id: str) -> Entry:
         e = self.get(model_id)
@@ -514,6 +505,6 @@ def trim_heap() -> None:
 
 
 # the lookups the routes use (lookup.py), here too for the callers that import them from models
-from .lookup import by_folder, check_ready, describe, listing, not_found, served, using  # noqa: E402
+from .lookup import NONE_INSTALLED, by_folder, check_ready, describe, listing, not_found, served, using  # noqa: E402
 
 __all__ = ["check_ready", "describe", "listing", "served", "using"]
