@@ -127,9 +127,9 @@ def reference_dir(lm: LoadedModel) -> Path | None:
         p = Path(m["source"]).expanduser()
         return p if (p / "config.json").is_file() else None
     if m.get("source_kind") == "gguf":
-        from .prepare.source import gguf_cache_dir
+        from .prepare.source import gguf_cache_of
 
-        p = gguf_cache_dir(Path(m["source"]).expanduser().resolve()) if Path(m["source"]).exists() else None
+        p = gguf_cache_of(m["source"]) if Path(m["source"]).exists() else None
         return p if p and (p / "config.json").is_file() else None
     return None
 

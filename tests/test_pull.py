@@ -214,7 +214,9 @@ def test_unknown_name_and_missing_quant_say_what_exists(hub):
 
 
 @pytest.mark.slow
-def test_gguf_by_quant_then_run_answers(tmp_path, session_home):
+def test_gguf_by_quant_then_run_answers(tmp_path, session_home, smol_native):
+    """The session's prepare of the same file (smol_native) dequantized it: the pulled copy (a
+    link to a blob in the HF cache) uses that copy instead of dequantizing it again."""
     gguf = smollm2_gguf()
     with HubServer() as h:
         h.add("acme/SmolLM2-135M-Instruct-GGUF", {"SmolLM2-135M-Instruct.Q4_1.gguf": gguf, "README.md": b"x"})
@@ -223,8 +225,31 @@ def test_gguf_by_quant_then_run_answers(tmp_path, session_home):
     assert r.returncode == 0, r.stderr
     name = r.stdout.strip()
     assert name == "smollm2-135m-instruct-q4_1-cpu" and "pulling manifest" in r.stderr
+    assert "use the dequantized copy of SmolLM2-135M-Instruct.Q4_1.gguf" in r.stderr, r.stderr
     r = run_cli("run", "-m", name, "--max-tokens", "8", "What is the capital of France?", env=env)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
+
+
+def test_a_pulled_gguf_shares_the_dequantize_cache_of_the_same_file(tmp_path):
+    """A pulled GGUF is an HF-cache link named like the file to a blob named by its hash: its
+    dequantize cache (and the source stage's key) is the one the same file gets from its own
+    path, so pulling a GGUF prepared before does not dequantize it again (named by the blob it did)."""
+    from oga_npu.prepare.source import Source, gguf_cache_of, local_key
+
+    own = tmp_path / "own" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    own.parent.mkdir()
+    own.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    blob = tmp_path / "hub" / "blobs" / ("b179c952" * 8)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(own.read_bytes())
+    link = tmp_path / "hub" / "snapshots" / "accb7703" / own.name
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    assert gguf_cache_of(str(link)) == gguf_cache_of(str(own))
+    assert gguf_cache_of(str(link)).name.startswith("smollm2-135m-instruct-")
+    assert local_key(Source(str(link), "gguf", "x")) == local_key(Source(str(own), "gguf", "x"))
+    blob.write_bytes(own.read_bytes()[:-1] + b"x")  # other content: another cache
+    assert gguf_cache_of(str(link)) != gguf_cache_of(str(own))
 
 
 # ---------------------------------------------------------------- the server: Ollama's pull, /api/v1/pull, the catalog

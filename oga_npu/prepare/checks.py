@@ -225,7 +225,7 @@ def check_disk_up_front(src, out: Path) -> None:
     if src.kind != "gguf":
         return
     gguf = Path(src.spec).expanduser().resolve()
-    cache = source_mod.gguf_cache_dir(gguf)
+    cache = source_mod.gguf_cache_of(src.spec)
     weights = gguf_fp32_bytes(gguf)
     needs = {}
     if not source_mod.is_converted(cache):

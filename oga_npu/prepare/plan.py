@@ -256,7 +256,7 @@ def _hf_guess(src) -> Path | None:
     if src.kind == "folder":
         return Path(src.spec).expanduser().resolve()
     if src.kind == "gguf":
-        cached = source_mod.gguf_cache_dir(Path(src.spec).expanduser().resolve())
+        cached = source_mod.gguf_cache_of(src.spec)
         return cached if (cached / "config.json").is_file() else None
     return None
 

@@ -97,7 +97,7 @@ def plan(source: Source) -> str:
             " [offline: cache only]" if offline else ""
         )
     if source.kind == "gguf":
-        cache = gguf_cache_dir(Path(source.spec).expanduser().resolve())
+        cache = gguf_cache_of(source.spec)
         if is_converted(cache):
             return f"use the dequantized copy of {Path(source.spec).name} in {cache}"
         return f"dequantize {source.spec} to fp32 safetensors in {cache} (once, cached)"
@@ -125,7 +125,7 @@ def peek_config(source: Source) -> dict | None:
             raise SourceError(f"{path} is not valid JSON: {e}", "fix or replace the model's config.json") from e
     if source.kind == "gguf":
         p = Path(source.spec).expanduser().resolve()
-        cached = gguf_cache_dir(p) / "config.json"
+        cached = gguf_cache_of(source.spec) / "config.json"
         if cached.is_file():
             return json.loads(cached.read_text())
         from ..architectures import gguf_config
@@ -147,7 +147,7 @@ def local_key(source: Source) -> str | None:
     if source.kind == "folder":
         return "folder:" + folder_fingerprint(p)
     if source.kind == "gguf":
-        return "gguf:" + gguf_cache_dir(p).name
+        return "gguf:" + gguf_cache_of(source.spec).name
     return None
 
 
@@ -157,7 +157,7 @@ def resolve(source: Source) -> ResolvedSource:
         return ResolvedSource(source, Path(source.spec).expanduser().resolve(), local_key(source))
     if source.kind == "gguf":
         p = Path(source.spec).expanduser().resolve()
-        out = gguf_cache_dir(p)
+        out = gguf_cache_of(source.spec)
         cached = is_converted(out)
         if not cached:
             # Two prepares of one GGUF share this cache: the second waits for the first's
@@ -218,6 +218,14 @@ def is_converted(cache: Path) -> bool:
 
 def gguf_cache_dir(path: Path) -> Path:
     return home() / "gguf" / f"{_short_name(path.stem)}-{file_fingerprint(path)}"
+
+
+def gguf_cache_of(spec: str | Path) -> Path:
+    """The dequantize cache of the GGUF named `spec`: named by the file name it was given by, not
+    by the file a link resolves to. A pulled GGUF is a link in the HF cache to a blob named by its
+    hash: named by the blob, its cache missed the one the same file made from its own path (and
+    so dequantized it a second time)."""
+    return gguf_cache_dir(Path(spec).expanduser())
 
 
 def dequantize_gguf(gguf: Path, out: Path) -> Path:
