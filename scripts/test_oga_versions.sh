@@ -5,7 +5,8 @@
 # setup_env.sh). The folders are prepared ONCE with the main venv (prepare needs 0.18's
 # builder); the other venvs hold only the runtime: onnxruntime-genai==X installed first, then
 # `pip install -e ".[ryzenai]" pytest`, which must install no onnxruntime* over it (checked). For
-# 0.14.0 a stub distribution named onnxruntime-genai-directml-ryzenai stands in for AMD's.
+# 0.14.0 a stub distribution named onnxruntime-genai-directml-ryzenai stands in for AMD's (it must
+# stay, and the cpu extra's dry run must show the public 0.18 runtime going in: the check can fail).
 #   OGA_NPU_TEST_OGA_VERSIONS   versions to test (default: "0.9.2 0.11.2 0.14.0")
 #   OGA_NPU_TEST_BUILDERS       builder versions for scripts/test_builders.sh (empty: skip it)
 #   OGA_NPU_VERSION_VENVS       where the venvs and folders live (default: .venv-oga; reused
@@ -75,6 +76,17 @@ for v in $VERSIONS; do
       fail "pip install .[ryzenai] installed an onnxruntime package for $v (see $log)"
     fi
     grep -qi "onnxruntime-genai==$v" <<< "$after" || fail "onnxruntime-genai $v is not installed in $venv: [$after]"
+    if [ "$v" = "0.14.0" ]; then
+      # AMD's distribution is still there beside it, and the check above can fail: the cpu
+      # extra, asked the same way, would put the public 0.18 runtime in.
+      grep -qi "^onnxruntime-genai-directml-ryzenai==$v$" <<< "$after" || fail "the stub AMD distribution is gone from $venv: [$after]"
+      "$venv/bin/python" -m pip install -q --dry-run --report "$BASE/cpu-plan-$v.json" -e "$ROOT[cpu]" > /dev/null \
+        || fail "pip install --dry-run -e .[cpu] failed for $v"
+      cpu_runtime="$("$MAIN_PY" -c 'import json, sys
+plan = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.load(open(sys.argv[1]))["install"]}
+print(plan.get("onnxruntime-genai", ""))' "$BASE/cpu-plan-$v.json")"
+      [[ "$cpu_runtime" == 0.18* ]] || fail "the cpu extra would not install onnxruntime-genai 0.18 into $venv (plan: [$cpu_runtime]): the ryzenai check above proves nothing"
+    fi
     echo "$want" > "$venv/.stamp"
   fi
   echo "test_oga_versions: onnxruntime-genai $v" >&2
