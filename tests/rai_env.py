@@ -65,3 +65,19 @@ def env_for(prefix: Path, **extra) -> dict:
 
 def path_head(call: dict) -> str:
     return call["env"]["PATH"].split(os.pathsep)[0]
+
+
+def fake_env(tmp_path, release="1.6", **extra) -> dict:
+    """The active conda env is a fake Ryzen AI env with no release in its name (--rai-version
+    or CONDA_DEFAULT_ENV tell oga-npu) and 1.6's packages (so the quantize and build stages of
+    the base folder stay valid); its fake tools keep the rules of `release` (FAKE_TOOL_VERSION).
+    The host is taken for Windows, where model_generate runs."""
+    rai = make_rai_env(tmp_path, "1.6", name="rai-env")
+    env = {
+        "FAKE_TOOL_VERSION": f"{release}.0",
+        "CONDA_PREFIX": str(rai),
+        "OGA_NPU_HOST_OS": "Windows",
+        "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl"),
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

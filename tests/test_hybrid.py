@@ -8,25 +8,9 @@ import zipfile
 
 import pytest
 from conftest import run_cli, smollm2_gguf
-from rai_env import make_rai_env
+from rai_env import fake_env, make_rai_env
 
 from oga_npu.workdir import MANIFEST, folder_state
-
-
-def fake_env(tmp_path, release="1.6", **extra) -> dict:
-    """The active conda env is a fake Ryzen AI env with no release in its name (--rai-version
-    or CONDA_DEFAULT_ENV tell oga-npu) and 1.6's packages (so the quantize and build stages of
-    the base folder stay valid); its fake tools keep the rules of `release` (FAKE_TOOL_VERSION).
-    The host is taken for Windows, where model_generate runs."""
-    rai = make_rai_env(tmp_path, "1.6", name="rai-env")
-    env = {
-        "FAKE_TOOL_VERSION": f"{release}.0",
-        "CONDA_PREFIX": str(rai),
-        "OGA_NPU_HOST_OS": "Windows",
-        "OGA_NPU_FAKE_LOG": str(tmp_path / "fake.jsonl"),
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 def calls(tmp_path, tool=None) -> list[dict]:
@@ -36,28 +20,10 @@ def calls(tmp_path, tool=None) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def hybrid_base(tmp_path_factory, tiny_hf):
-    """A tiny model prepared for hybrid with the fakes (RAI 1.6 form, traced)."""
-    root = tmp_path_factory.mktemp("hybrid")
-    out = root / "m"
-    r = run_cli(
-        "prepare",
-        str(tiny_hf),
-        "--target",
-        "hybrid",
-        "--recipe",
-        "cpu-fast",
-        "--output",
-        str(out),
-        "--skip-device-check",
-        "--trace",
-        "--rai-version",
-        "1.6",
-        env=fake_env(root),
-        cwd=root,
-    )
-    assert r.returncode == 0, r.stderr
-    return root, out
+def hybrid_base(tiny_hybrid16):
+    """A tiny model prepared for hybrid with the fakes (RAI 1.6 form, traced): conftest's session
+    prepare, whose quantize stage test_ryzenai's base reuses."""
+    return tiny_hybrid16
 
 
 def test_hybrid_with_fakes_makes_a_ready_folder(hybrid_base):
@@ -308,11 +274,15 @@ def test_phoenix_npu_is_refused_with_the_reason(tmp_path, tiny_hf):
     assert not (tmp_path / "m").exists()
 
 
-def test_npu_target_uses_model_generate_npu(tmp_path, tiny_hf):
+def test_npu_target_uses_model_generate_npu(tmp_path, hybrid_base):
+    """From a copy of the hybrid folder, --from hybrid: the quantize stage model_generate --npu
+    reads is the hybrid build's (reused, not quantized again)."""
+    _, base = hybrid_base
     out = tmp_path / "npu"
+    shutil.copytree(base, out)
     r = run_cli(
         "prepare",
-        str(tiny_hf),
+        json.loads((base / "prepare.json").read_text())["source"],
         "--target",
         "npu",
         "--recipe",
@@ -320,12 +290,15 @@ def test_npu_target_uses_model_generate_npu(tmp_path, tiny_hf):
         "--output",
         str(out),
         "--skip-device-check",
+        "--from",
+        "hybrid",
         "--rai-version",
         "1.6",
         env=fake_env(tmp_path),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
+    assert "quantize … already done" in r.stderr
     (mg,) = calls(tmp_path, "model_generate")
     # the 1.6 form (oga_model_prepare.rst@1.6): model_generate --npu <out> <in> --optimize decode
     part, quant = str(out / "stages" / "hybrid.partial"), str(out / "stages" / "quantize")

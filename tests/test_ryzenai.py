@@ -36,14 +36,18 @@ def calls(log: Path, tool: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def hybrid_base(tmp_path_factory, tiny_hf):
+def hybrid_base(tmp_path_factory, tiny_hf, tiny_hybrid16):
     """The tiny model prepared for hybrid once, in a 1.8 env, with a recipe whose DML build
-    has options in 0.18's names (renamed or left out for older builders)."""
+    has options in 0.18's names (renamed or left out for older builders). It starts from the
+    quantize stage of conftest's hybrid prepare (this recipe quantizes as cpu-fast does: the
+    same key), so Quark runs once for both."""
     root = tmp_path_factory.mktemp("rai")
     recipe = root / "rai-test.toml"
     recipe.write_text(HYBRID_RECIPE)
     env18 = make_rai_env(root, "1.8")
     out = root / "base"
+    shutil.copytree(tiny_hybrid16[1] / "stages" / "quantize", out / "stages" / "quantize")
+    shutil.copy2(tiny_hybrid16[1] / "prepare.json", out / "prepare.json")
     r = run_cli(
         "prepare",
         str(tiny_hf),
@@ -60,6 +64,7 @@ def hybrid_base(tmp_path_factory, tiny_hf):
         cwd=root,
     )
     assert r.returncode == 0, r.stderr
+    assert "quantize … already done" in r.stderr
     return root, recipe, out
 
 
@@ -177,10 +182,14 @@ def test_hybrid_runs_each_stage_in_the_release_env(tmp_path, hybrid_base, tiny_h
     assert m["stages"]["hybrid"]["detail"]["rai_version"] == release
 
 
-def test_dml_builds_with_the_env_builder_when_there_is_one(tmp_path, hybrid_base):
+def test_dml_builds_with_the_env_builder_when_there_is_one(tmp_path, hybrid_base, tiny_model):
+    """From a copy of tiny_model, not of the hybrid base: dml quantizes as cpu does (lm_head
+    kept, float32), so the cpu folder's quantize stage is the one a dml build reads."""
     env = make_rai_env(tmp_path, "1.8")
-    out, r = from_base(hybrid_base, tmp_path, "dml", hybrid_base[1], env, "build")
+    root, recipe, _ = hybrid_base
+    out, r = from_base((root, recipe, tiny_model), tmp_path, "dml", recipe, env, "build")
     assert r.returncode == 0, r.stderr
+    assert "quantize … already done" in r.stderr
     (py,) = calls(tmp_path / "fake.jsonl", "python")
     assert py["exe"] == str(env / "bin" / "python") and py["argv"][py["argv"].index("-e") + 1] == "dml"
     # no env: oga-npu's own builder (the plan names this interpreter)
