@@ -22,21 +22,9 @@ from oga_npu.webgpu.graphpass import GraphPassError, engine_graph, fuse_step_inp
 
 
 @pytest.fixture(scope="module")
-def tiny_webgpu(tmp_path_factory, tiny_hf, session_home) -> Path:
-    out = tmp_path_factory.mktemp("engine") / "tiny-webgpu"
-    r = run_cli(
-        "prepare",
-        str(tiny_hf),
-        "--target",
-        "webgpu",
-        "--recipe",
-        "builder-int4",
-        "--output",
-        str(out),
-        env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
-    )
-    assert r.returncode == 0, r.stderr
-    return out
+def tiny_webgpu(tiny_webgpu_prepare) -> Path:
+    """conftest's session WebGPU prepare of tiny_hf (shared with test_model_folder)."""
+    return tiny_webgpu_prepare[0]
 
 
 def tokens(lm, prompt, opts) -> list[int]:

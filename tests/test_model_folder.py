@@ -111,11 +111,10 @@ def test_eos_list_is_read(copy):
     assert {0, 2} <= set(load(copy).eos_token_ids)
 
 
-def test_webgpu_model_without_adapter_gives_the_adapter_error(tmp_path, tiny_hf):
-    """A webgpu build here: validate records why it was skipped; run names what is missing."""
-    out = tmp_path / "w"
-    r = run_cli("prepare", str(tiny_hf), "--target", "webgpu", "--recipe", "builder-int4", "--output", str(out))
-    assert r.returncode == 0, r.stderr
+def test_webgpu_model_without_adapter_gives_the_adapter_error(tiny_webgpu_prepare):
+    """A webgpu build here (conftest's session prepare, shared with test_engine): validate
+    records why it was skipped; run names what is missing."""
+    out, r = tiny_webgpu_prepare
     cfg = json.loads((out / "genai_config.json").read_text())
     webgpu = cfg["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]
     assert webgpu["enableGraphCapture"] == "1"  # graph capture is on by default for webgpu
