@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import io
 import json
-import runpy
 import sys
 import time
 from pathlib import Path
@@ -27,65 +26,6 @@ from oga_npu.errors import ArchitectureError, ToolFailed
 
 MATRIX = [a for a in A.ARCHITECTURES if a.settings and not a.builder_refusal]
 RECIPE_FILES = {}
-
-
-def _inprocess_run_tool(
-    argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None, tail_lines=20
-):
-    """oga_npu.tools.run_tool for `python -m MODULE ...` argv, run in this process."""
-    from oga_npu.tools import ToolResult
-
-    assert argv[1] == "-m", argv
-    module, args = argv[2], argv[3:]
-    buf = io.StringIO()
-    saved = sys.argv
-    sys.argv = [module, *args]
-    code = 0
-    t0 = time.monotonic()
-    try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            runpy.run_module(module, run_name="__main__", alter_sys=False)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if not isinstance(e.code, int) and e.code is not None:
-            buf.write(str(e.code) + "\n")
-    except Exception:  # noqa: BLE001 - what a child process would print before exiting 1
-        import traceback
-
-        code = 1
-        buf.write(traceback.format_exc())
-    finally:
-        sys.argv = saved
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(buf.getvalue())
-    tail = [ln for ln in buf.getvalue().splitlines() if ln.strip()][-tail_lines:]
-    if code:
-        raise ToolFailed(name or module, argv, code, tail, log_path, version)
-    return ToolResult(argv=argv, code=0, seconds=time.monotonic() - t0, tail=tail, log_path=log_path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread for the in-process Quark runs: on a 2-core box that other work shares,
-    two spinning threads made a tiny model's AWQ 10x slower (60 s vs 4-8 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def inprocess_tools(monkeypatch):
-    import importlib
-
-    import oga_npu.tools as tools
-
-    build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
-    monkeypatch.setattr(tools, "run_tool", _inprocess_run_tool)
-    monkeypatch.setattr(build, "run_tool", _inprocess_run_tool)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, run_cli
+from conftest import REPO, call, run_cli
 
 from oga_npu.workdir import MANIFEST, folder_state
 
@@ -50,14 +50,16 @@ def test_rerun_skips_every_stage(tiny_model, tiny_hf, session_home):
     assert r.stdout.strip() == str(tiny_model)
 
 
-def test_from_stage_resumes_there(tmp_path, tiny_model, tiny_hf):
+def test_from_stage_resumes_there(tmp_path, tiny_model, tiny_hf, capsys, inprocess_tools):
     import shutil
 
     out = tmp_path / "copy"
     shutil.copytree(tiny_model, out)
-    r = run_cli("prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out), "--from", "build")
-    assert r.returncode == 0, r.stderr
-    lines = stage_lines(r.stderr)
+    code, _, err = call(
+        capsys, "prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out), "--from", "build"
+    )
+    assert code == 0, err
+    lines = stage_lines(err)
     assert lines["quantize"] == "already done"
     assert lines["build"].startswith("done")
     assert folder_state(out).state == "ready"
@@ -178,8 +180,16 @@ def test_lock_held_by_live_process_fails_fast(tmp_path, tiny_hf):
         holder.wait()
 
 
-def test_kill_9_during_build_then_run_refuses_then_rerun_completes(tmp_path, tiny_hf, session_home):
+def test_kill_9_during_build_then_run_refuses_then_rerun_completes(tmp_path, tiny_model, tiny_hf, session_home):
+    """The prepare killed here starts where a fresh one stands once its quantize stage is done
+    (tiny_model's, copied: each stage is renamed into place when it ends, so what a later kill
+    can leave is the same; Quark's run is not spent twice)."""
+    import shutil
+
     out = tmp_path / "killed"
+    out.mkdir()
+    shutil.copy2(tiny_model / "prepare.json", out / "prepare.json")
+    shutil.copytree(tiny_model / "stages" / "quantize", out / "stages" / "quantize")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "oga_npu", "prepare", str(tiny_hf), "--recipe", "cpu-fast", "--output", str(out)],
@@ -211,12 +221,16 @@ def test_kill_9_during_build_then_run_refuses_then_rerun_completes(tmp_path, tin
     assert r.returncode == 0, r.stderr
 
 
-def test_awq_recipe_on_tiny_llama(tmp_path, tiny_hf):
+def test_awq_recipe_on_tiny_llama(tmp_path, tiny_hf, capsys, inprocess_tools):
+    """The CLI and its tools in this process (conftest.call, inprocess_tools): Quark's import is
+    paid once for the session, not by a child of this test."""
     out = tmp_path / "awq"
     calib = tmp_path / "calib.txt"
     calib.write_text("The quick brown fox jumps over the lazy dog. " * 200)
-    r = run_cli("prepare", str(tiny_hf), "--recipe", "default", "--output", str(out), "--calib-file", str(calib))
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(
+        capsys, "prepare", str(tiny_hf), "--recipe", "default", "--output", str(out), "--calib-file", str(calib)
+    )
+    assert code == 0, err
     m = json.loads((out / MANIFEST).read_text())
     stats = m["stages"]["quantize"]["detail"]
     assert stats["algorithm"] == "awq" and stats["calibration_tokens"] == 16 * 128
@@ -238,10 +252,11 @@ def test_models_lists_state(tmp_path, tiny_model):
     assert rows["broken-cpu"].endswith("incomplete")
 
 
-def test_hub_source_records_its_revision(tmp_path, tiny_hf, monkeypatch):
+def test_hub_source_records_its_revision(tmp_path, tiny_hf, monkeypatch, inprocess_tools):
     """A hub id prepares from the snapshot huggingface_hub returns (its folder is named by the
     commit) and the manifest records the repo and that revision (it used to stop at the
-    manifest, after every stage had run)."""
+    manifest, after every stage had run). builder-int4: no quantize stage, no Quark run (the
+    revision is the source step's, the same for every recipe)."""
     import shutil
 
     import huggingface_hub
@@ -251,6 +266,6 @@ def test_hub_source_records_its_revision(tmp_path, tiny_hf, monkeypatch):
     snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "0123456789abcdef"
     shutil.copytree(tiny_hf, snap)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: str(snap))
-    res = prepare(PrepareRequest("org/tiny", recipe="cpu-fast", output=tmp_path / "out"))
+    res = prepare(PrepareRequest("org/tiny", recipe="builder-int4", output=tmp_path / "out"))
     assert res.manifest["hub_id"] == "org/tiny" and res.manifest["revision"] == "0123456789abcdef"
     assert folder_state(tmp_path / "out").state == "ready"
