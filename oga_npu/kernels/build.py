@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import KernelBuildError, ToolFailed, ToolNotFound
 from ..tools import capture, find_tool, run_tool, tool_env
-from . import CMAKE_ENV, LIBRARY_NAME, LLAMA_CPP_PYTHON, SOURCE, SRC_ENV, root
+from .spec import CMAKE_ENV, LIBRARY_NAME, LLAMA_CPP_PYTHON, SOURCE, SRC_ENV, root
 
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
 FIX_SOURCE = f"set {SRC_ENV} to a llama-cpp-python sdist or a llama.cpp folder, or use --recipe gguf-native"
