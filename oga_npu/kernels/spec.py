@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..workdir import home
@@ -21,5 +22,9 @@ SUPPORTED = frozenset(
 )
 
 
+ROOT_ENV = "OGA_NPU_KERNELS"  # where libraries are built (default $OGA_NPU_HOME/kernels)
+
+
 def root() -> Path:
-    return home() / "kernels"
+    env = os.environ.get(ROOT_ENV)
+    return Path(env) if env else home() / "kernels"
