@@ -105,7 +105,9 @@ def test_gather_is_the_dequantized_rows(ggml_library):
         "GgmlGather", ["E", "ids"], ["Y"], domain=kernels.DOMAIN, type=int(gguf.GGMLQuantizationType.Q4_K), K=k
     )
     ids_in = helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])
-    s = session(ggml_library, [node], {"E": raw}, [ids_in], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    s = session(
+        ggml_library, [node], {"E": raw}, [ids_in], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]
+    )
     ids = np.array([[0, 49, 7], [3, 3, 1]], dtype=np.int64)
     y = s.run(None, {"ids": ids})[0]
     np.testing.assert_array_equal(y, dequantize("Q4_K", raw, k)[ids])
