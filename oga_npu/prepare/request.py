@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RecipeError
-from ..recipe import DEFAULT_RECIPE, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, load_recipe
+from ..recipe import DEFAULT_RECIPE, GGML_TARGETS, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, load_recipe
 from ..workdir import models_dir
 from . import source as source_mod
 
@@ -130,6 +130,11 @@ def check_gguf_native(recipe: Recipe, src: source_mod.Source, target: str) -> No
         raise RecipeError(
             f"recipe {recipe.name} keeps a GGUF file's own quantization; {src.spec} is a {src.describe()}",
             "prepare a .gguf file with it, or pick another recipe (--recipe default)",
+        )
+    if recipe.quantize.kernels == "ggml" and target not in GGML_TARGETS:
+        raise RecipeError(
+            f"recipe {recipe.name} runs llama.cpp's CPU kernels; --target {target} cannot load them",
+            f"use --target {' or '.join(GGML_TARGETS)}, or --recipe gguf-native for {target}",
         )
     if target not in GGUF_NATIVE_TARGETS:
         raise RecipeError(

@@ -1,0 +1,141 @@
+"""gguf-ggml: a GGUF's raw blocks multiplied by llama.cpp's kernels (oga_npu.gguf.ggml, the
+custom-op library oga_npu.kernels).
+
+One builder run makes the graph of a tiny tied llama in llama.cpp's Q4_K_M mix (q/k rows
+permuted by the converter; a fused qkv of Q4_K + Q4_K + Q6_K; a Q6_K embedding tied to the
+head); the import pass is checked on it without the library (node types, raw bytes in
+the permuted order, the types attributes, one shared initializer), then, with the library,
+against gguf-native's logits on the same graph."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ARCH, QUANT = "llama", "Q4_K_M"
+SHAPE = dict(hidden_size=256, intermediate_size=768, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+IDS = [1, 17, 99, 200, 42, 7, 311, 5, 64, 128]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, session_home) -> tuple[Path, Path, Path]:
+    """(the .gguf, its dequantized HF folder, the builder's model folder before any import pass)."""
+    from gguf_models import write_gguf
+
+    from oga_npu.prepare import build
+    from oga_npu.prepare.source import dequantize_gguf
+    from oga_npu.recipe import load_recipe
+
+    tmp = tmp_path_factory.mktemp("ggml")
+    src = write_gguf(tmp / f"{ARCH}-{QUANT}.gguf", ARCH, QUANT, **SHAPE)
+    hf = dequantize_gguf(src, tmp / "hf")
+    cfg = load_recipe("gguf-ggml").build_for("cpu")
+    opts = build.BuildOptions(cfg, cfg, (), build.resolved_session_options(cfg))
+    out = tmp / "builder"
+    build.run(hf, out, "cpu", opts, tmp / "build.log")  # no gguf: the builder's graph alone
+    return src, hf, out
+
+
+def _copy(folder: Path, dst: Path) -> Path:
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def _ggml_import(built, dst: Path, supported=None):
+    from oga_npu.gguf import ggml
+
+    src, hf, folder = built
+    out = _copy(folder, dst)
+    supported = supported or frozenset({"Q4_K", "Q6_K", "Q8_0"})
+    rep = ggml.import_weights(out / "model.onnx", src, json.loads((hf / "config.json").read_text()), supported)
+    return out, rep
+
+
+def test_projections_become_ggml_matmuls_over_the_files_raw_rows(built, tmp_path):
+    import gguf
+    import onnx
+    from onnx import numpy_helper
+
+    from oga_npu.gguf.ggml import DOMAIN, raw_rows
+    from oga_npu.gguf.reader import GGUFFile, NameMap
+
+    out, rep = _ggml_import(built, tmp_path / "m")
+    m = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in m.graph.node}
+    assert not ops & {"MatMulNBits", "GatherBlockQuantized"} and not any(
+        n.name.startswith("/gguf.") for n in m.graph.node
+    )
+    assert any(o.domain == DOMAIN for o in m.opset_import)
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    mm = [n for n in m.graph.node if n.op_type == "GgmlMatMul"]
+    assert all(n.domain == DOMAIN for n in mm)
+    # per layer: qkv (one node, the file's three tensors), o, gate_up (merged), down; the head
+    assert len(mm) == 2 * 4 + 1 and rep.summary()["matmuls"] == {
+        "Q4_K+Q4_K+Q6_K": 2,
+        "Q4_K+Q4_K": 2,
+        "Q4_K": 2,
+        "Q6_K": 3,
+    }
+    gf = GGUFFile(built[0])
+    cfg = json.loads((built[1] / "config.json").read_text())
+    names = NameMap(gf, cfg["num_hidden_layers"], cfg)
+    qkv = next(n for n in mm if n.name.startswith("/model/layers.0/attn/qkv_proj/MatMul"))
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in qkv.attribute}
+    assert attrs["types"] == [int(gguf.GGMLQuantizationType[t]) for t in ("Q4_K", "Q4_K", "Q6_K")] == [12, 12, 14]
+    assert attrs["K"] == SHAPE["hidden_size"]
+    for w, g in zip(qkv.input[1:], ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")):
+        t = gf.tensors[g]
+        order = names.row_order(g, t.rows)
+        want = raw_rows(t) if order is None else raw_rows(t)[order]
+        assert inits[w].dtype == np.uint8 and np.array_equal(inits[w], want), g
+        assert (order is not None) == (g != "blk.0.attn_v.weight")  # llama.cpp permuted q and k, not v
+    # the tied Q6_K embedding: a GgmlGather over the head's own initializer
+    head = next(n for n in mm if n.name.startswith("/lm_head"))
+    emb = next(n for n in m.graph.node if n.op_type == "GgmlGather")
+    assert emb.input[0] == head.input[1] and emb.input[1] == "input_ids"
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in emb.attribute} == {"type": 14, "K": 256}
+    assert rep.embedding == "Q6_K (shared with the output head)"
+    # the file's quantized bytes once each (the tied table once), nothing decoded beside them
+    quantized = sum(raw_rows(t).nbytes for t in gf.tensors.values() if t.qtype not in ("F32", "F16"))
+    assert sum(a.nbytes for k, a in inits.items() if k.startswith("ggml.")) == quantized
+
+
+def test_a_type_the_library_does_not_take_names_the_other_recipes(built, tmp_path):
+    from oga_npu.gguf.blocks import GGUFImportError
+
+    with pytest.raises(GGUFImportError) as e:
+        _ggml_import(built, tmp_path / "m", supported=frozenset({"Q8_0"}))
+    assert "Q4_K" in str(e.value) and "--recipe gguf-native" in e.value.fix
+
+
+@pytest.mark.parametrize("content", [None, b"not a library"], ids=["missing", "broken"])
+def test_a_folder_whose_kernel_library_is_missing_or_broken_says_so_with_the_fix(tmp_path, content):
+    from oga_npu.errors import ModelFolderError
+    from oga_npu.model import check, check_folder
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    config = {"model": {"decoder": {"filename": "model.onnx", "session_options": {"custom_ops_library": "libx.so"}}}}
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    if content is not None:
+        (folder / "libx.so").write_bytes(content)
+    with pytest.raises(ModelFolderError) as e:
+        check(folder)
+    assert ("is missing" if content is None else "cannot be loaded") in e.value.message
+    assert "oga-npu kernels build" in e.value.fix and "--recipe gguf-native" in e.value.fix
+    assert any("kernel library libx.so" in p for p in check_folder(folder).problems)
+
+
+def test_gguf_ggml_is_for_the_cpu_target_only():
+    from conftest import smollm2_gguf
+
+    from oga_npu.errors import RecipeError
+    from oga_npu.prepare.request import PrepareRequest, resolve
+
+    with pytest.raises(RecipeError) as e:
+        resolve(PrepareRequest(str(smollm2_gguf()), recipe="gguf-ggml", target="webgpu"))
+    assert "--target cpu" in e.value.fix and "--recipe gguf-native" in e.value.fix
