@@ -267,10 +267,10 @@ def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path, ggml
 def ensure_kernels(log_path: Path) -> Path:
     """The ggml kernel library (oga_npu.kernels), built into the cache when it is not there yet
     (KernelBuildError, one line and its fix, when this machine cannot build it)."""
-    from .. import kernels
+    from ..kernels import ensure
 
     with open(log_path, "a", encoding="utf-8") as f:
-        lib = kernels.ensure(progress=lambda msg: f.write(f"kernels: {msg}\n"))
+        lib = ensure(progress=lambda msg: f.write(f"kernels: {msg}\n"))
         f.write(f"kernels: {lib}\n")
     return Path(lib)
 
