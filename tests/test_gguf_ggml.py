@@ -139,3 +139,104 @@ def test_gguf_ggml_is_for_the_cpu_target_only():
     with pytest.raises(RecipeError) as e:
         resolve(PrepareRequest(str(smollm2_gguf()), recipe="gguf-ggml", target="webgpu"))
     assert "--target cpu" in e.value.fix and "--recipe gguf-native" in e.value.fix
+
+
+@pytest.fixture(scope="module")
+def library(session_home) -> Path:
+    """The kernel library, built once into the session's cache (minutes the first time).
+    Skipped only where this machine has no C++ compiler or cmake to build it."""
+    import shutil as sh
+
+    missing = [t for t in ("cmake", "c++") if sh.which(t) is None]
+    if missing:
+        pytest.skip(f"no {' or '.join(missing)} on this machine: the ggml kernel library cannot be built")
+    from oga_npu.kernels import ensure
+
+    return ensure()
+
+
+def _native(built, dst: Path, accuracy_level: int) -> Path:
+    """gguf-native's import on a copy of the same builder graph (its MatMulNBits at accuracy_level)."""
+    import onnx
+
+    from oga_npu.gguf.native import import_weights
+
+    src, hf, folder = built
+    out = _copy(folder, dst)
+    m = onnx.load(str(out / "model.onnx"))
+    for n in m.graph.node:
+        if n.op_type == "MatMulNBits":
+            n.attribute.remove(next(a for a in n.attribute if a.name == "accuracy_level"))
+            n.attribute.append(onnx.helper.make_attribute("accuracy_level", accuracy_level))
+    onnx.save(m, str(out / "model.onnx"))
+    import_weights(out / "model.onnx", src, json.loads((hf / "config.json").read_text()))
+    return out
+
+
+def _logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """Every position's logits (the builder pruned the head to the last one: one step per token)."""
+    import onnxruntime_genai as og
+
+    m = og.Model(str(folder))
+    p = og.GeneratorParams(m)
+    p.set_search_options(max_length=len(ids) + 1)
+    g = og.Generator(m, p)
+    rows = []
+    for i in ids:
+        g.append_tokens([i])
+        rows.append(np.asarray(g.get_output("logits"))[0, -1].astype(np.float64))
+    return np.stack(rows)
+
+
+def test_ggml_logits_match_gguf_native_and_greedy_generation_runs(built, library, tmp_path):
+    """The same file through llama.cpp's kernels and through onnxruntime's MatMulNBits:
+    both exact in the weights, both rounding activations to int8 blocks (ggml: Q8_K per 256
+    for K-quants, Q8_0 per 32 else; onnxruntime's accuracy_level 4: int8 per block), so
+    neither equals the float product. The bound: ggml's distance from the float-activation
+    form (gguf-native at accuracy_level 0, which matches transformers fp32 to 1e-3) is of the
+    order of onnxruntime's own int8 distance from it (within 3x, and 2% of the logits' range).
+    A wrong row order, type or block in any projection gives errors of the logits' own size."""
+    from oga_npu.generate import GenerationOptions, generate
+    from oga_npu.gguf.ggml_folder import install
+    from oga_npu.kernels import SUPPORTED
+    from oga_npu.model import load
+
+    out, _ = _ggml_import(built, tmp_path / "ggml", SUPPORTED)
+    ident = install(library, out, out / "genai_config.json")
+    assert (out / ident["library"]).is_file() and len(ident["sha256"]) == 64
+    exact = _logits(_native(built, tmp_path / "exact", 0), IDS)
+    int8 = _logits(_native(built, tmp_path / "int8", 4), IDS)
+    moved = tmp_path / "moved"  # the folder names its library relative to itself
+    out.rename(moved)
+    ours = _logits(moved, IDS)
+    d_ggml, d_ort, span = np.abs(ours - exact).max(), np.abs(int8 - exact).max(), np.ptp(exact)
+    print(f"max |logits - float-activation|: ggml {d_ggml:.3e}, onnxruntime int8 {d_ort:.3e}, range {span:.2f}")
+    assert d_ggml <= max(3 * d_ort, 1e-3 * span) and d_ggml < 0.02 * span
+    text, ev = generate(load(moved), "Hello there", GenerationOptions(max_tokens=6, temperature=0))
+    assert ev.generated_tokens >= 1 and ev.finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_smollm2_prepared_with_gguf_ggml_answers_through_run(library, tmp_path, session_home):
+    """The bundled SmolLM2 Q4_1 (tied Q8_0 embedding): prepare --recipe gguf-ggml copies the
+    library into the folder, names it relative in genai_config.json and records its hash;
+    `oga-npu run` answers from a copy of the folder elsewhere."""
+    from conftest import run_cli, smollm2_gguf
+
+    from oga_npu.gguf.ggml_folder import identity
+
+    env = {"OGA_NPU_HOME": str(session_home)}
+    out = tmp_path / "made" / "smol-ggml"
+    r = run_cli("prepare", str(smollm2_gguf()), "--recipe", "gguf-ggml", "--output", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "oga_npu_manifest.json").read_text())
+    config = json.loads((out / "genai_config.json").read_text())
+    name = config["model"]["decoder"]["session_options"]["custom_ops_library"]
+    assert manifest["recipe"] == "gguf-ggml" and name == library.name  # relative: inside the folder
+    assert manifest["kernels"] == identity(out / name) and identity(out / name)["sha256"] == identity(library)["sha256"]
+    detail = manifest["stages"]["build"]["detail"]
+    assert detail["gguf_ggml"]["matmuls"] == {"Q4_1": 7 * 30, "Q8_0": 1} and "gguf_native" not in detail
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / "smol-ggml")
+    r = run_cli("run", "-m", str(moved), "What is the capital of France?", "-t", "0", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
