@@ -235,7 +235,10 @@ def test_smollm2_prepared_with_gguf_ggml_answers_through_run(library, tmp_path, 
     assert manifest["recipe"] == "gguf-ggml" and name == library.name  # relative: inside the folder
     assert manifest["kernels"] == identity(out / name) and identity(out / name)["sha256"] == identity(library)["sha256"]
     detail = manifest["stages"]["build"]["detail"]
-    assert detail["gguf_ggml"]["matmuls"] == {"Q4_1": 7 * 30, "Q8_0": 1} and "gguf_native" not in detail
+    # per layer qkv (3 tensors), o, gate_up (2), down; the head on the tied Q8_0 table
+    want = {"Q4_1+Q4_1+Q4_1": 30, "Q4_1": 60, "Q4_1+Q4_1": 30, "Q8_0": 1}
+    assert detail["gguf_ggml"]["matmuls"] == want and "gguf_native" not in detail
+    assert detail["gguf_ggml"]["embedding"] == "Q8_0 (shared with the output head)"
     moved = shutil.copytree(out, tmp_path / "elsewhere" / "smol-ggml")
     r = run_cli("run", "-m", str(moved), "What is the capital of France?", "-t", "0", env=env)
     assert r.returncode == 0, r.stderr
