@@ -141,6 +141,20 @@ def test_gguf_ggml_is_for_the_cpu_target_only():
     assert "--target cpu" in e.value.fix and "--recipe gguf-native" in e.value.fix
 
 
+def test_gguf_ggml_without_a_library_or_compiler_is_refused_before_any_stage(monkeypatch, tmp_path):
+    from conftest import smollm2_gguf
+
+    from oga_npu.errors import KernelBuildError
+    from oga_npu.prepare.request import PrepareRequest, resolve
+
+    monkeypatch.setattr("oga_npu.kernels.built", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cmake, no c++
+    with pytest.raises(KernelBuildError) as e:
+        resolve(PrepareRequest(str(smollm2_gguf()), recipe="gguf-ggml"))
+    assert "cmake" in e.value.message and "oga-npu kernels build" in e.value.fix and "gguf-native" in e.value.fix
+    assert not list((tmp_path / "models").glob("*"))  # nothing written
+
+
 @pytest.fixture(scope="module")
 def library(session_home) -> Path:
     """The kernel library, built once into the session's cache (minutes the first time).
