@@ -97,6 +97,10 @@ class ToolTimeout(ToolFailed):
     pass
 
 
+class KernelBuildError(OgaNpuError):
+    """oga-npu's ggml custom-op library (oga_npu/kernels) cannot be built or loaded here."""
+
+
 class DiskFullError(OgaNpuError):
     """Not enough disk space (checked up front), or the disk filled during a stage."""
 

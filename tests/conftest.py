@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 # not only from those in tests/server/ (pytest puts a test file's own folder on sys.path)
 sys.path.insert(0, str(Path(__file__).resolve().parent / "server"))
 FAKE_TOOLS = Path(__file__).resolve().parent / "fake_tools"
+# The ggml kernel library (oga_npu/kernels) is built once per checkout, here (git-ignored), not
+# in each session's home: a build takes minutes.
+KERNELS_DIR = REPO / ".pytest-kernels"
 
 # A test run started in the background (`cmd &` in a script, nohup) inherits SIGINT ignored,
 # and so would every process it starts: the Ctrl+C tests need it delivered. (A handled signal
@@ -37,6 +40,7 @@ def session_home(tmp_path_factory) -> Path:
 def isolated(tmp_path, monkeypatch, session_home):
     monkeypatch.setenv("OGA_NPU_HOME", str(session_home))
     monkeypatch.setenv("OGA_NPU_MODELS", str(tmp_path / "models"))  # the model store: never the user's
+    monkeypatch.setenv("OGA_NPU_KERNELS", str(KERNELS_DIR))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # (nor with OGA_NPU_MODELS unset)
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "data"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
@@ -46,6 +50,23 @@ def isolated(tmp_path, monkeypatch, session_home):
     monkeypatch.delenv("OGA_NPU_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture(scope="session")
+def ggml_library() -> Path:
+    """liboga_npu_ggml.so, built on first use (cmake + c++, the llama-cpp-python sdist from PyPI
+    or OGA_NPU_GGML_SRC): the gguf-ggml recipe's kernels."""
+    from oga_npu import kernels
+
+    old = os.environ.get("OGA_NPU_KERNELS")
+    os.environ["OGA_NPU_KERNELS"] = str(KERNELS_DIR)
+    try:
+        return kernels.ensure(progress=lambda m: print(f"ggml_library: {m}", file=sys.stderr))
+    finally:
+        if old is None:
+            os.environ.pop("OGA_NPU_KERNELS")
+        else:
+            os.environ["OGA_NPU_KERNELS"] = old
 
 
 def run_cli(

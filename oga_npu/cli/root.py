@@ -15,6 +15,7 @@ from ._errors import debug_enabled, run_app
 from .bench import bench_app
 from .eval import eval_cmd
 from .generate import chat, run
+from .kernels import kernels_app
 from .models import models, rm_cmd, trace
 from .prepare import prepare
 from .pull import pull
@@ -47,6 +48,7 @@ app.command()(recipes)
 app.command()(architectures)
 app.command()(env)
 app.add_typer(bench_app, name="bench")  # a group: listed after the commands
+app.add_typer(kernels_app, name="kernels")
 
 
 def version_callback(value: bool) -> None:
