@@ -269,6 +269,7 @@ def ensure_kernels(log_path: Path) -> Path:
     (KernelBuildError, one line and its fix, when this machine cannot build it)."""
     from ..kernels import ensure
 
+    log_path.parent.mkdir(parents=True, exist_ok=True)  # the builder's run makes it, after this
     with open(log_path, "a", encoding="utf-8") as f:
         lib = ensure(progress=lambda msg: f.write(f"kernels: {msg}\n"))
         f.write(f"kernels: {lib}\n")
