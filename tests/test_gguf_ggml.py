@@ -112,6 +112,46 @@ def test_a_type_the_library_does_not_take_names_the_other_recipes(built, tmp_pat
     assert "Q4_K" in str(e.value) and "--recipe gguf-native" in e.value.fix
 
 
+def test_float_tensors_stay_plain_matmuls_as_in_gguf_native(built, tmp_path):
+    """An F16 file of the same shapes on the same builder graph (the graph depends on the
+    config, not the values): plain MatMul / Gather on the file's values, no custom op, so it
+    loads without the library and gives gguf-native's logits."""
+    from gguf_models import write_gguf
+
+    from oga_npu.gguf.native import import_weights
+
+    f16 = write_gguf(tmp_path / "f16.gguf", ARCH, "F16", **SHAPE)
+    cfg = json.loads((built[1] / "config.json").read_text())
+    out, rep = _ggml_import((f16, built[1], built[2]), tmp_path / "ggml")
+    assert set(rep.summary()["matmuls"]) == {"F16", "F16+F16", "F16+F16+F16"} and rep.embedding == "F16"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+    assert "MatMul" in ops and "Gather" in ops and not {"GgmlMatMul", "GgmlGather", "MatMulNBits"} & ops
+    native = _copy(built[2], tmp_path / "native")
+    import_weights(native / "model.onnx", f16, cfg)
+    assert np.abs(_logits(out, IDS[:3]) - _logits(native, IDS[:3])).max() < 1e-5
+
+
+def test_every_type_the_library_lists_is_taken_as_raw_rows():
+    """No decoder per type: Q2_K, Q3_K and the IQ types (refused by gguf-native) are rows of
+    whole blocks like any other, with their ggml type id."""
+    import gguf
+
+    from oga_npu.gguf.ggml import raw_rows, type_id
+    from oga_npu.gguf.reader import GGUFTensor
+    from oga_npu.kernels import SUPPORTED
+
+    for q in sorted(SUPPORTED):
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]]
+        cols = 256 * 2
+        data = np.arange(3 * cols // block * size, dtype=np.uint8).reshape(3, -1)
+        rows = raw_rows(GGUFTensor("t", q, 3, cols, data))
+        assert rows.shape == (3, cols // block * size) and np.array_equal(rows, data), q
+        assert type_id(q) == int(gguf.GGMLQuantizationType[q])
+    assert {"Q2_K", "Q3_K", "IQ4_XS", "IQ2_XXS"} <= SUPPORTED
+
+
 @pytest.mark.parametrize("content", [None, b"not a library"], ids=["missing", "broken"])
 def test_a_folder_whose_kernel_library_is_missing_or_broken_says_so_with_the_fix(tmp_path, content):
     from oga_npu.errors import ModelFolderError
