@@ -439,10 +439,9 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     if cfg.float32_logits:
         lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
     if ctx.recipe.quantize.engine == "gguf" and ctx.recipe.quantize.kernels == "ggml":
-        lines.append("  then GgmlMatMul/GgmlGather over the GGUF's raw blocks replace them (oga_npu.gguf.ggml)")
-        lines.append(
-            "  then the ggml kernel library (oga_npu.kernels) copied into the folder, named in genai_config.json"
-        )
+        lines.append("  first the ggml kernel library (oga_npu.kernels), built into the cache when missing")
+        lines.append("  then each MatMulNBits a GgmlMatMul over the GGUF's raw blocks, the embedding a GgmlGather")
+        lines.append("  then the library copied into the folder and named in genai_config.json (relative)")
     elif ctx.recipe.quantize.engine == "gguf":
         lines.append("  then the GGUF's own blocks replace the builder's int4 weights (oga_npu.gguf.native)")
     if cfg.direct_decode:
