@@ -99,6 +99,9 @@ def test_projections_become_ggml_matmuls_over_the_files_raw_rows(built, tmp_path
     assert emb.input[0] == head.input[1] and emb.input[1] == "input_ids"
     assert {a.name: onnx.helper.get_attribute_value(a) for a in emb.attribute} == {"type": 14, "K": 256}
     assert rep.embedding == "Q6_K (shared with the output head)"
+    from oga_npu.store import weight_bits
+
+    assert weight_bits(out) == "4/6"  # `oga-npu models`' BITS: the GGUF types' (Q4_K, Q6_K)
     # the file's quantized bytes once each (the tied table once), nothing decoded beside them
     quantized = sum(raw_rows(t).nbytes for t in gf.tensors.values() if t.qtype not in ("F32", "F16"))
     assert sum(a.nbytes for k, a in inits.items() if k.startswith("ggml.")) == quantized

@@ -21,6 +21,19 @@ FIX = (
 )
 
 
+def type_bits(type_id: int) -> int | None:
+    """The nominal bits of a ggml type (Q4_K 4, Q6_K 6, IQ2_XS 2, Q8_0 8), for `oga-npu models`."""
+    import re
+
+    import gguf
+
+    try:
+        m = re.search(r"\d+", gguf.GGMLQuantizationType(type_id).name)
+    except ValueError:
+        return None
+    return int(m.group()) if m else None
+
+
 def library_name(config: dict | None) -> str | None:
     """The custom-op library genai_config.json names (None: none)."""
     opts = (((config or {}).get("model") or {}).get("decoder") or {}).get("session_options") or {}
