@@ -173,6 +173,14 @@ def test_a_folder_whose_kernel_library_is_missing_or_broken_says_so_with_the_fix
     assert any("kernel library libx.so" in p for p in check_folder(folder).problems)
 
 
+def test_onnxruntime_genai_failing_to_load_the_library_names_it_with_the_fix():
+    from oga_npu.runtime_errors import translate
+
+    e = translate(RuntimeError("Failed to load library /m/liboga_npu_ggml.so with error: undefined symbol: x"))
+    assert "custom-op library" in e.message and "undefined symbol" in e.message
+    assert "oga-npu kernels build" in e.fix
+
+
 def test_gguf_ggml_is_for_the_cpu_target_only():
     from conftest import smollm2_gguf
 

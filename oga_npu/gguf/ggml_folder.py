@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 OPTION = "custom_ops_library"
@@ -64,8 +65,10 @@ def install(lib: Path, out_dir: Path, config_path: Path) -> dict:
 
 
 def library_problem(folder: Path, config: dict | None, deep: bool = True) -> str | None:
-    """Why the folder's custom-op library cannot load (None: it names none, or it loads).
-    deep: also open it (dlopen) to find a broken or foreign file."""
+    """Why the folder's custom-op library cannot load (None: it names none, or it looks loadable).
+    deep: also read its first bytes (an ELF or PE file). Never loads it here: loading runs its
+    code in this process (a broken one would crash the check); onnxruntime-genai's own failure
+    to load it is translated at load (runtime_errors)."""
     name = library_name(config)
     if name is None:
         return None
@@ -74,10 +77,9 @@ def library_problem(folder: Path, config: dict | None, deep: bool = True) -> str
     if not lib.is_file():
         return f"its kernel library {name} (the gguf-ggml recipe's custom operators) is missing"
     if deep:
-        import ctypes
-
-        try:
-            ctypes.CDLL(str(lib.resolve()))
-        except OSError as e:
-            return f"its kernel library {name} cannot be loaded: {e}"
+        magic = {"linux": b"\x7fELF", "win32": b"MZ"}.get(sys.platform)
+        with open(lib, "rb") as f:
+            head = f.read(4)
+        if magic and not head.startswith(magic):
+            return f"its kernel library {name} cannot be loaded: not a shared library for {sys.platform}"
     return None
