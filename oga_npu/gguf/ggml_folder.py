@@ -5,6 +5,10 @@ the folder ("liboga_npu_ggml.so"): every onnxruntime-genai in use resolves a rel
 against the model folder first (0.9.2, 0.11.2 and 0.14.0: model folder, then the EP
 libraries' folders, then the working directory; 0.16 and later: the same places, and the
 resolved file must lie inside one of them), so the folder loads after being moved or copied.
+Checked: 0.18.0 and the 0.9.2 / 0.11.2 / 0.14.0 runtimes each opened the library by its
+relative name from another working directory; 0.14.0 and 0.18.0 generate with it (0.9.2 and
+0.11.2 refuse the pruned head's logits shape first, as for a gguf-native folder: the manifest's
+`requires` says so).
 """
 
 from __future__ import annotations
