@@ -293,6 +293,7 @@ def _probe(model: Path, prov: str, rep: DoctorReport) -> None:
 
 
 def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
+    from .gguf.ggml_folder import FIX as KERNELS_FIX
     from .model import check_folder, missing_model_fix
     from .workdir import folder_state
 
@@ -306,6 +307,8 @@ def _check_model(model: Path, rep: DoctorReport, versions: dict) -> None:
         fix = (
             "run `git lfs pull` in the model's repository"
             if "git-lfs" in p
+            else KERNELS_FIX
+            if "kernel library" in p
             else ("re-run prepare for this folder" if st.request else "copy the missing file into the folder")
         )
         rep.problems.append(Problem(f"{model}: {p}", fix))

@@ -92,6 +92,12 @@ def check_folder(path: Path, deep: bool = True) -> FolderReport:
             rep.config = json.loads(cfg_path.read_text(encoding="utf-8"))
         except ValueError as e:
             rep.problems.append(f"genai_config.json is not valid JSON: {e}")
+    if rep.config:
+        from .gguf.ggml_folder import library_problem
+
+        lib = library_problem(path, rep.config, deep)
+        if lib:
+            rep.problems.append(lib)
     decoder_file = None
     if rep.config:
         decoder_file = rep.config.get("model", {}).get("decoder", {}).get("filename")
@@ -295,6 +301,7 @@ def check(
 
     path = Path(path)
     require_exists(path)
+    _require_library(path)  # before the manifest check: its own fix, not "re-run prepare --force"
     state = require_ready(path)  # sizes, mtimes and small files' hashes against the manifest
     runtime = require_runtime()
     check_folder_runtime(state)  # built for a newer OGA than this one: say so, not "invalid dimensions"
@@ -314,6 +321,19 @@ def check(
         files=entry or path,
         expand_key=key if key and entry is None else None,
     )
+
+
+def _require_library(path: Path) -> None:
+    """A gguf-ggml folder's kernel library present and loadable (oga_npu.gguf.ggml_folder)."""
+    from .gguf.ggml_folder import FIX, library_problem
+
+    try:
+        config = json.loads((path / "genai_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # _checked_config says what is wrong with it
+    problem = library_problem(path, config)
+    if problem:
+        raise ModelFolderError(f"{path} cannot be loaded: {problem}", FIX)
 
 
 def _checked_config(path: Path) -> dict:

@@ -26,6 +26,7 @@ else:  # pragma: no cover
 TARGETS = ("cpu", "webgpu", "dml", "hybrid", "npu")
 GGUF_NATIVE_RECIPE = "gguf-native"
 GGUF_NATIVE_TARGETS = ("cpu", "webgpu")
+GGML_TARGETS = ("cpu",)  # the custom-op library runs on onnxruntime's CPU provider
 Target = Literal["cpu", "webgpu", "dml", "hybrid", "npu"]
 DEFAULT_RECIPE = "default"
 AMD_TARGETS = ("hybrid", "npu")  # AMD's model_generate reads the quantized folder
@@ -44,6 +45,10 @@ class QuantizeConfig(_Strict):
     # gguf: a .gguf source keeps its own quantization: the builder makes the graph, then
     # oga_npu.gguf.native puts the file's blocks into it (cpu and webgpu targets).
     engine: Literal["quark", "builder", "gguf"] = "quark"
+    # gguf only: whose kernels multiply the file's blocks. onnxruntime: its MatMulNBits on the
+    # blocks' exact form (gguf-native); ggml: llama.cpp's own kernels on the raw blocks, through
+    # the project's custom-op library (oga_npu.kernels; gguf-ggml, cpu only).
+    kernels: Literal["onnxruntime", "ggml"] = "onnxruntime"
     dtype: Literal["uint4", "int4"] = "uint4"
     group_size: Literal[32, 64, 128] = 128
     # awq and gptq need calibration text; none = plain rounding to the nearest level.

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from .errors import ModelLoadError
+from .gguf.ggml_folder import FIX as GGML_FIX
 from .workdir import MANIFEST, read_json
 
 # Known opaque runtime messages -> (cause, fix). Matched in order, first wins.
@@ -16,6 +17,11 @@ KNOWN_ERRORS: list[tuple[str, str, str]] = [
         r"input_ids size \((\d+)\) \+ current sequence length \((\d+)\) exceeds max length \((\d+)\)",
         "the prompt does not fit the model's max length",
         "shorten the prompt or lower --max-tokens",
+    ),
+    (
+        r"Failed to load library|Could not find an implementation for Ggml|No Op registered for Ggml",
+        "the folder's custom-op library (genai_config.json's custom_ops_library, gguf-ggml's kernels) cannot be loaded",
+        GGML_FIX,
     ),
     (
         r"Protobuf parsing failed",

@@ -141,6 +141,7 @@ def weight_bits(folder: Path) -> str | None:
         return None
     quant = sorted(
         {next((a.i for a in n.attribute if a.name == "bits"), 4) for n in graph.node if n.op_type == "MatMulNBits"}
+        | _ggml_bits(graph)
     )
     if quant:
         return "/".join(str(b) for b in quant)
@@ -153,6 +154,14 @@ def weight_bits(folder: Path) -> str | None:
         }
     )
     return "/".join(floats) or None
+
+
+def _ggml_bits(graph) -> set[int]:
+    """The nominal bits of a gguf-ggml graph's GgmlMatMul weights (their GGUF types)."""
+    from .gguf.ggml_folder import type_bits
+
+    ids = {t for n in graph.node if n.op_type == "GgmlMatMul" for a in n.attribute if a.name == "types" for t in a.ints}
+    return {b for b in map(type_bits, ids) if b is not None}
 
 
 def model_info(model_dir: Path, source_kind: str | None, source: str | None, hf_dir: Path | None = None) -> dict:

@@ -116,8 +116,18 @@ def resolved_session_options(cfg: BuildConfig) -> dict:
 
 
 def run(
-    in_dir: Path, out_dir: Path, target: str, opts: BuildOptions, log_path: Path, env=None, gguf: Path | None = None
+    in_dir: Path,
+    out_dir: Path,
+    target: str,
+    opts: BuildOptions,
+    log_path: Path,
+    env=None,
+    gguf: Path | None = None,
+    kernels: str = "onnxruntime",
 ) -> dict:
+    """kernels (a .gguf source): "onnxruntime" (gguf-native) or "ggml" (gguf-ggml: the custom-op
+    library is made or found first, so a machine that cannot build it fails before the builder)."""
+    lib = ensure_kernels(log_path) if gguf is not None and kernels == "ggml" else None
     cache = out_dir.parent / (out_dir.name + ".cache")
     fixes = opts.fixes(in_dir)
     env = env or tool_env()
@@ -136,8 +146,9 @@ def run(
     config_path = out_dir / "genai_config.json"
     config = json.loads(config_path.read_text())
     model_file = out_dir / config["model"]["decoder"].get("filename", "model.onnx")
-    passes, skipped, native = _graph_passes(model_file, config, opts.builder_cfg, gguf, in_dir, log_path)
+    passes, skipped, native = _graph_passes(model_file, config, opts.builder_cfg, gguf, in_dir, log_path, lib)
     _finish_config(config_path, config, opts.session, passes)
+    library = install_kernels(lib, out_dir, config_path) if lib is not None else None
     from ..capabilities import fix_tokenizer_config
 
     tok_class = fix_tokenizer_config(out_dir, in_dir)  # transformers 5's class name: 0.9.2/0.11.2 refuse it
@@ -153,7 +164,9 @@ def run(
         "provider": providers_in_config(config),
     }
     if native is not None:
-        detail["gguf_native"] = native
+        detail["gguf_ggml" if lib is not None else "gguf_native"] = native
+    if library is not None:
+        detail["ggml_kernels"] = library
     if rai_env is not None:
         detail.update(rai_env.build_detail(opts.extra(in_dir), fixes))
     if tok_class:
@@ -188,12 +201,13 @@ def _check_written(out_dir: Path, argv: list[str], log_path: Path, version: str 
         )
 
 
-def _graph_passes(model_file: Path, config: dict, cfg: BuildConfig, gguf, in_dir: Path, log_path: Path):
-    """(passes run, passes skipped with why, the gguf_native summary or None) on the built model."""
+def _graph_passes(model_file: Path, config: dict, cfg: BuildConfig, gguf, in_dir: Path, log_path: Path, lib=None):
+    """(passes run, passes skipped with why, the GGUF import's summary or None) on the built
+    model. lib: the ggml kernel library (gguf-ggml's import pass), else None (gguf-native's)."""
     passes, skipped, native = [], {}, None
     if gguf is not None:  # before the other passes: they read the graph this one rewrites
-        native = import_gguf(model_file, gguf, in_dir, log_path)
-        passes.append("gguf_native")
+        native = import_gguf(model_file, gguf, in_dir, log_path, ggml=lib is not None)
+        passes.append("gguf_ggml" if lib is not None else "gguf_native")
     if cfg.float32_logits and cast_logits_to_float32(model_file):
         passes.append("float32_logits")
     if cfg.direct_decode:
@@ -223,22 +237,50 @@ def _finish_config(config_path: Path, config: dict, session: dict, passes: list[
         config_path.write_text(json.dumps(config, indent=4) + "\n")
 
 
-def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path) -> dict:
-    """Replace the builder's int4 weights by the GGUF's own blocks (oga_npu.gguf.native)."""
+def import_gguf(model_file: Path, gguf: Path, hf_dir: Path, log_path: Path, ggml: bool = False) -> dict:
+    """Replace the builder's int4 weights by the GGUF's own blocks: their exact form for
+    onnxruntime's kernels (oga_npu.gguf.native), or the raw blocks for the ggml custom ops
+    (oga_npu.gguf.ggml)."""
     import time
 
-    from ..gguf.native import import_weights
-
+    hf_config = json.loads((hf_dir / "config.json").read_text())
     t0 = time.monotonic()
-    rep = import_weights(model_file, gguf, json.loads((hf_dir / "config.json").read_text()))
+    if ggml:
+        from ..gguf import ggml as ggml_pass
+        from ..kernels import SUPPORTED
+
+        rep = ggml_pass.import_weights(model_file, gguf, hf_config, SUPPORTED)
+    else:
+        from ..gguf.native import import_weights
+
+        rep = import_weights(model_file, gguf, hf_config)
     summary = dict(
         rep.summary(), gguf=str(gguf), gguf_bytes=gguf.stat().st_size, seconds=round(time.monotonic() - t0, 2)
     )
     with open(log_path, "a", encoding="utf-8") as f:
-        f.write(f"gguf_native: {json.dumps(summary)}\n")
+        f.write(f"{'gguf_ggml' if ggml else 'gguf_native'}: {json.dumps(summary)}\n")
         for node, kind in rep.nodes.items():
             f.write(f"  {node}: {kind}\n")
     return summary
+
+
+def ensure_kernels(log_path: Path) -> Path:
+    """The ggml kernel library (oga_npu.kernels), built into the cache when it is not there yet
+    (KernelBuildError, one line and its fix, when this machine cannot build it)."""
+    from ..kernels import ensure
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)  # the builder's run makes it, after this
+    with open(log_path, "a", encoding="utf-8") as f:
+        lib = ensure(progress=lambda msg: f.write(f"kernels: {msg}\n"))
+        f.write(f"kernels: {lib}\n")
+    return Path(lib)
+
+
+def install_kernels(lib: Path, out_dir: Path, config_path: Path) -> dict:
+    """The library copied into the folder and named (relative) in genai_config.json; its identity."""
+    from ..gguf.ggml_folder import install
+
+    return install(lib, out_dir, config_path)
 
 
 def gguf_of(in_dir: Path) -> Path:
@@ -367,6 +409,8 @@ def key(ctx) -> dict:
     k = {"ep": BUILDER_EP[ctx.target], **opts.cfg.model_dump(mode="json"), "session": opts.session}
     if ctx.recipe.quantize.engine == "gguf":
         k["gguf_native"] = 1
+        if ctx.recipe.quantize.kernels != "onnxruntime":  # (unchanged keys for gguf-native's folders)
+            k["gguf_kernels"] = ctx.recipe.quantize.kernels
     if opts.rai_env is not None:
         k["builder"] = opts.rai_env.builder_id
     return k
@@ -394,7 +438,11 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     cfg = opts.builder_cfg
     if cfg.float32_logits:
         lines.append("  then model.onnx: a Cast makes the logits output float32 (graph pass)")
-    if ctx.recipe.quantize.engine == "gguf":
+    if ctx.recipe.quantize.engine == "gguf" and ctx.recipe.quantize.kernels == "ggml":
+        lines.append("  first the ggml kernel library (oga_npu.kernels), built into the cache when missing")
+        lines.append("  then each MatMulNBits a GgmlMatMul over the GGUF's raw blocks, the embedding a GgmlGather")
+        lines.append("  then the library copied into the folder and named in genai_config.json (relative)")
+    elif ctx.recipe.quantize.engine == "gguf":
         lines.append("  then the GGUF's own blocks replace the builder's int4 weights (oga_npu.gguf.native)")
     if cfg.direct_decode:
         lines.append("  then model.engine.onnx beside it: one step input, on-device greedy token (direct decoding)")
@@ -403,4 +451,4 @@ def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
 
 def run_stage(ctx, in_dir: Path, out_dir: Path, log_path: Path) -> dict:
     gguf = gguf_of(in_dir) if ctx.recipe.quantize.engine == "gguf" else None
-    return run(in_dir, out_dir, ctx.target, options(ctx), log_path, ctx.tool_env(), gguf)
+    return run(in_dir, out_dir, ctx.target, options(ctx), log_path, ctx.tool_env(), gguf, ctx.recipe.quantize.kernels)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RecipeError
-from ..recipe import DEFAULT_RECIPE, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, load_recipe
+from ..recipe import DEFAULT_RECIPE, GGML_TARGETS, GGUF_NATIVE_TARGETS, TARGETS, Recipe, default_recipe_for, load_recipe
 from ..workdir import models_dir
 from . import source as source_mod
 
@@ -131,9 +131,36 @@ def check_gguf_native(recipe: Recipe, src: source_mod.Source, target: str) -> No
             f"recipe {recipe.name} keeps a GGUF file's own quantization; {src.spec} is a {src.describe()}",
             "prepare a .gguf file with it, or pick another recipe (--recipe default)",
         )
+    if recipe.quantize.kernels == "ggml" and target not in GGML_TARGETS:
+        raise RecipeError(
+            f"recipe {recipe.name} runs llama.cpp's CPU kernels; --target {target} cannot load them",
+            f"use --target {' or '.join(GGML_TARGETS)}, or --recipe gguf-native for {target}",
+        )
+    if recipe.quantize.kernels == "ggml":
+        require_kernel_tools()
     if target not in GGUF_NATIVE_TARGETS:
         raise RecipeError(
             f"recipe {recipe.name} is for --target {' or '.join(GGUF_NATIVE_TARGETS)}; {target} needs "
             "AMD's flow, which takes Quark's uint4 AWQ",
             "use --recipe default (or cpu-fast) for this target",
+        )
+
+
+def require_kernel_tools() -> None:
+    """gguf-ggml on a machine with no kernel library built yet and nothing to build it with:
+    refused here, before any stage runs (the build stage makes the library, oga_npu.kernels)."""
+    import os
+    import shutil
+
+    from ..errors import KernelBuildError
+    from ..kernels import built
+
+    if built() is not None:
+        return
+    missing = [t for t in ("cmake", os.environ.get("CXX") or "c++") if shutil.which(t) is None]
+    if missing:
+        raise KernelBuildError(
+            f"the gguf-ggml recipe needs its kernel library; this machine has no {' or '.join(missing)} to build it",
+            "install cmake and a C++ compiler (apt install cmake g++) and run `oga-npu kernels build`, "
+            "or use --recipe gguf-native",
         )

@@ -186,6 +186,8 @@ def _manifest(plan: Plan, ctx: StageContext, resolved, final_key: str, model_dir
 
     req, src, versions, out = plan.request.req, plan.request.src, ctx.versions, ctx.output
     hub = src.kind == "hub"
+    stages = {r.name: (stage_done(out, r.name) or {}) for r in reports}
+    kernels = ((stages.get("build") or {}).get("detail") or {}).get("ggml_kernels")
     return {
         "key": final_key,
         "source": req.source,
@@ -205,7 +207,9 @@ def _manifest(plan: Plan, ctx: StageContext, resolved, final_key: str, model_dir
         # the runtime it was built for, and the oldest that loads it (checked at load)
         "built_for": {"onnxruntime-genai": ctx.oga_version},
         "requires": {"onnxruntime-genai": folder_requirement(ctx)},
-        "stages": {r.name: (stage_done(out, r.name) or {}) for r in reports},
+        "stages": stages,
+        # gguf-ggml: the custom-op library copied into the folder (name, size, sha256)
+        **({"kernels": kernels} if kernels else {}),
         # what `oga-npu models` and the server show: parameters, weight bits, context
         "model_info": model_info(model_dir, src.kind, src.spec, resolved.hf_dir if src.kind != "gguf" else None),
     }

@@ -37,7 +37,7 @@ def folder_facts(folder: Path) -> dict:
         return out
     out.update(params=e.params, bits=e.bits)
     m = GGUF_QUANT.search(Path(e.source).stem) if e.source_kind == "gguf" and e.source else None
-    if m and e.recipe == "gguf-native":  # the file's own blocks: its quantization, as Ollama names it
+    if m and e.recipe in ("gguf-native", "gguf-ggml"):  # the file's own blocks: its quantization, as Ollama names it
         out["quantization"] = m.group(1).upper()
     return out
 
