@@ -15,8 +15,9 @@ What it does, on any x86-64 Linux box with a C/C++ compiler, cmake and this proj
   2. a random-weight model in the shape (scripts/make_random_model.py), converted to GGUF
      f16 with llama.cpp's convert_hf_to_gguf.py and quantized with llama-quantize to
      Q4_K_M and Q4_0;
-  3. `oga-npu prepare` of each file (gguf-native, the default for a GGUF; builder-int4
-     for Q4_K_M), in parallel with separate caches;
+  3. `oga-npu prepare` of each file with each of --recipes (gguf-native, the default for a
+     GGUF; e.g. gguf-ggml too) and builder-int4 for --builder-for (Q4_K_M), in parallel with
+     separate caches;
   4. llama-bench (prompt processing at each length; decode of --gen tokens at each depth)
      and `oga-npu bench -l LENGTHS -g GEN -r REPS`, one after the other on the quiet box;
   5. the table of TTFT ms / decode tok/s per file and length, and oga-npu's ratios to the
@@ -485,6 +486,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="0 = physical cores")
     ap.add_argument("--jobs", type=int, default=0, help="build jobs (0 = all cores)")
     ap.add_argument("--quants", default="Q4_K_M,Q4_0")
+    ap.add_argument(
+        "--recipes",
+        default="gguf-native",
+        help="CPU recipes prepared, benched and probed for every file, comma-separated "
+        "(e.g. gguf-native,gguf-ggml; builder-int4 comes from --builder-for)",
+    )
     ap.add_argument("--builder-for", default="Q4_K_M", help="files also prepared with --recipe builder-int4")
     ap.add_argument("--no-native", action="store_true", help="skip the native (AMX) llama.cpp build")
     ap.add_argument(
@@ -535,9 +542,14 @@ class Plan:
         for d in (self.work, self.out, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         builder = set(args.builder_for.split(",")) if args.builder_for else set()
-        recipes = [(q, "gguf-native") for q in self.quants] + [(q, "builder-int4") for q in self.quants if q in builder]
-        self.cpu_models = [] if args.gpu_only else recipes
-        self.gpu_models = [m for m in recipes if m[1] in args.gpu_recipes.split(",")] if args.gpu else []
+
+        # builder-int4 only for the --builder-for files (it requantizes: one file type is enough)
+        def models(names: str) -> list[tuple[str, str]]:
+            rs = list(dict.fromkeys(r for r in names.split(",") if r))
+            return [(q, r) for q in self.quants for r in rs if r != "builder-int4" or q in builder]
+
+        self.cpu_models = [] if args.gpu_only else models(args.recipes + ",builder-int4")
+        self.gpu_models = models(args.gpu_recipes) if args.gpu else []
         self.gpu_shapes = args.gpu_shapes.split(",") if args.gpu_shapes else self.shapes
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
