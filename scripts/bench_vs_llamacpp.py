@@ -506,8 +506,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-probe", action="store_true", help="skip scripts/memory_probe.py")
     ap.add_argument("--prepare-jobs", type=int, default=3, help="prepares at once (each caches an fp32 copy)")
     ap.add_argument("--cache-dir", type=Path, help="where the prepares' caches go (default: --work)")
+    ap.add_argument(
+        "--kernels-dir",
+        type=Path,
+        help="$OGA_NPU_HOME/kernels of a ggml kernel library built beforehand (`oga-npu kernels build`, "
+        "with the reference's ISA flags in OGA_NPU_GGML_CMAKE): shared by every prepare's separate home",
+    )
     ap.add_argument("--probe-len", type=int, default=1024, help="the memory probe's prompt tokens")
     ap.add_argument("--probe-only", action="store_true", help="no speed benches: prepares and memory probes only")
+    ap.add_argument(
+        "--print-ref-flags",
+        action="store_true",
+        help="print the reference llama.cpp build's ISA cmake flags on this CPU and stop",
+    )
     ap.add_argument("--gpu", action="store_true", help="also llama.cpp Vulkan against --target webgpu")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU comparison (implies --gpu)")
     ap.add_argument("--gpu-recipes", default="gguf-native,builder-int4", help="recipes prepared --target webgpu")
@@ -605,6 +616,11 @@ def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus
     # an fp32 copy of the model (13 GB at 3B), removed once its prepare is done: three at once
     # filled a lent machine's 64 GB disk at 3B. --cache-dir puts them elsewhere (e.g. /dev/shm).
     home = (plan.args.cache_dir or plan.work) / f"home-{folder.name}"
+    if plan.args.kernels_dir:  # one build of the ggml kernel library (gguf-ggml) for every prepare
+        home.mkdir(parents=True, exist_ok=True)
+        link = home / "kernels"
+        if not link.exists():
+            link.symlink_to(plan.args.kernels_dir.resolve(), target_is_directory=True)
     sh(
         [PY, "-m", "oga_npu", "prepare", gguf, "--target", target, "--recipe", recipe, "-o", folder],
         plan.logs / f"prepare-{folder.name}.log",
@@ -795,6 +811,11 @@ def report_shape(plan: Plan, shape: str, got: dict, threads: int, lengths: list[
 
 def main() -> None:
     args = parse_args()
+    if args.print_ref_flags:  # the reference build's ISA flags, e.g. for OGA_NPU_GGML_CMAKE
+        flags = cpu_flags()
+        amx = any(f.startswith("amx") for f in flags) and "avx512_vnni" in flags
+        print(" ".join(NO_AMX_FLAGS if amx else NATIVE_FLAGS))
+        return
     plan = Plan(args)
     lengths = [int(x) for x in args.lengths.split(",")]
     threads = args.threads or physical_cores()
