@@ -493,6 +493,7 @@ def parse_args() -> argparse.Namespace:
         "(e.g. gguf-native,gguf-ggml; builder-int4 comes from --builder-for)",
     )
     ap.add_argument("--builder-for", default="Q4_K_M", help="files also prepared with --recipe builder-int4")
+    ap.add_argument("--builder-shapes", help="shapes prepared with builder-int4 (default: every --shape)")
     ap.add_argument("--no-native", action="store_true", help="skip the native (AMX) llama.cpp build")
     ap.add_argument(
         "--native-decode", action="store_true", help="decode with the native build too (prefill only by default)"
@@ -504,14 +505,10 @@ def parse_args() -> argparse.Namespace:
         help="setup: builds, files and prepares only; bench: reuse them (calls on a lent machine)",
     )
     ap.add_argument("--no-probe", action="store_true", help="skip scripts/memory_probe.py")
-    ap.add_argument("--prepare-jobs", type=int, default=3, help="prepares at once (each caches an fp32 copy)")
-    ap.add_argument("--cache-dir", type=Path, help="where the prepares' caches go (default: --work)")
     ap.add_argument(
-        "--kernels-dir",
-        type=Path,
-        help="$OGA_NPU_HOME/kernels of a ggml kernel library built beforehand (`oga-npu kernels build`, "
-        "with the reference's ISA flags in OGA_NPU_GGML_CMAKE): shared by every prepare's separate home",
+        "--prepare-jobs", default="3", help="prepares at once (each caches an fp32 copy); N, or one per --shape: 7,4"
     )
+    ap.add_argument("--cache-dir", type=Path, help="where the prepares' caches go (default: --work)")
     ap.add_argument("--probe-len", type=int, default=1024, help="the memory probe's prompt tokens")
     ap.add_argument("--probe-only", action="store_true", help="no speed benches: prepares and memory probes only")
     ap.add_argument(
@@ -562,6 +559,7 @@ class Plan:
         self.cpu_models = [] if args.gpu_only else models(args.recipes + ",builder-int4")
         self.gpu_models = models(args.gpu_recipes) if args.gpu else []
         self.gpu_shapes = args.gpu_shapes.split(",") if args.gpu_shapes else self.shapes
+        self.builder_shapes = args.builder_shapes.split(",") if args.builder_shapes else self.shapes
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def gguf(self, shape: str, q: str) -> Path:
@@ -616,11 +614,6 @@ def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus
     # an fp32 copy of the model (13 GB at 3B), removed once its prepare is done: three at once
     # filled a lent machine's 64 GB disk at 3B. --cache-dir puts them elsewhere (e.g. /dev/shm).
     home = (plan.args.cache_dir or plan.work) / f"home-{folder.name}"
-    if plan.args.kernels_dir:  # one build of the ggml kernel library (gguf-ggml) for every prepare
-        home.mkdir(parents=True, exist_ok=True)
-        link = home / "kernels"
-        if not link.exists():
-            link.symlink_to(plan.args.kernels_dir.resolve(), target_is_directory=True)
     sh(
         [PY, "-m", "oga_npu", "prepare", gguf, "--target", target, "--recipe", recipe, "-o", folder],
         plan.logs / f"prepare-{folder.name}.log",
@@ -628,6 +621,35 @@ def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus
         cpus=cpus,
     )
     shutil.rmtree(home, ignore_errors=True)
+
+
+def prepare_or_log(plan: Plan, m: tuple[str, str, str, str]) -> bool:
+    """One prepare of (shape, quant, recipe, target); a failure is logged and leaves that folder
+    out (the bench stage skips folders not prepared) instead of stopping the others."""
+    try:
+        prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3])
+        return True
+    except SystemExit as e:
+        log(f"prepare {m} failed, left out:\n{e}")
+        return False
+
+
+def build_kernels(plan: Plan, ref_flags: list[str]) -> bool:
+    """`oga-npu kernels build` (gguf-ggml's custom-op library) with the reference build's ISA
+    flags (OGA_NPU_GGML_CMAKE, unless set) and the llama.cpp source the reference is built from;
+    False (logged) when it fails."""
+    env = dict(plan.env)
+    env.setdefault("OGA_NPU_GGML_CMAKE", " ".join(ref_flags))
+    env.setdefault("OGA_NPU_KERNELS", str(plan.work / "kernels"))  # one library for every prepare's home
+    if plan.args.llama_src:
+        env.setdefault("OGA_NPU_GGML_SRC", str(Path(plan.args.llama_src).resolve()))
+    try:
+        sh([PY, "-m", "oga_npu", "kernels", "build"], plan.logs / "kernels-build.log", env=env)
+    except SystemExit as e:
+        log(f"the ggml kernel library did not build: gguf-ggml left out\n{e}")
+        return False
+    plan.env.update({k: env[k] for k in ("OGA_NPU_GGML_CMAKE", "OGA_NPU_GGML_SRC", "OGA_NPU_KERNELS") if k in env})
+    return True
 
 
 def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf, small_dir, small_cpus) -> None:
@@ -646,7 +668,8 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
     random_small = small_gguf is not None and not small_gguf.exists() and args.small == "auto"
     # The builds run beside the model files; only the reference's llama-quantize is waited for
     # before quantizing, the others (Vulkan's shaders take longest) at the end of the setup.
-    ex = ThreadPoolExecutor(4)
+    ex = ThreadPoolExecutor(6)
+    kernels = ex.submit(build_kernels, plan, ref_flags) if any(r == "gguf-ggml" for _, r in plan.cpu_models) else None
     futs = {
         n: ex.submit(
             build_llama, src, plan.work / f"build-{n}", fl, per, plan.logs, t or ("llama-bench", "llama-quantize"), e
@@ -685,10 +708,16 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
                 env=dict(plan.env, OGA_NPU_HOME=str(plan.work / "home-small")),
                 cpus=small_cpus,
             )
-    jobs_ = [(s, q, r, "cpu") for s in plan.shapes for q, r in plan.cpu_models]
-    jobs_ += [(s, q, r, "webgpu") for s in plan.shapes if s in plan.gpu_shapes for q, r in plan.gpu_models]
-    with ThreadPoolExecutor(max(1, min(args.prepare_jobs, len(jobs_)))) as px:
-        list(px.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
+    if kernels is not None and not kernels.result():  # no library: the run goes on without gguf-ggml
+        plan.cpu_models = [m for m in plan.cpu_models if m[1] != "gguf-ggml"]
+    # shape by shape, each with its own number of prepares at once (--prepare-jobs 7,4): a large
+    # shape's prepares each cache an fp32 copy (13 GB at 3B), a small one's are cheap
+    pj = [int(x) for x in str(args.prepare_jobs).split(",")]
+    for i, s in enumerate(plan.shapes):
+        jobs_ = [(s, q, r, "cpu") for q, r in plan.cpu_models if r != "builder-int4" or s in plan.builder_shapes]
+        jobs_ += [(s, q, r, "webgpu") for q, r in plan.gpu_models if s in plan.gpu_shapes]
+        with ThreadPoolExecutor(max(1, min(pj[min(i, len(pj) - 1)], len(jobs_) or 1))) as px:
+            list(px.map(lambda m: prepare_or_log(plan, m), jobs_))
     for f in futs.values():
         f.result()
     ex.shutdown()
@@ -699,6 +728,11 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
     args, logs = plan.args, plan.logs
     results: dict = {}
     probes: dict = {}
+    cpu_models = [m for m in plan.cpu_models if m[1] != "builder-int4" or shape in plan.builder_shapes]
+    missing = [m for m in cpu_models if not (plan.mdir(shape, *m) / "genai_config.json").exists()]
+    if missing:
+        log(f"{shape}: not prepared, left out: {missing}")
+    cpu_models = [m for m in cpu_models if m not in missing]
     if not args.probe_only:
         for q in plan.quants if plan.cpu_models else []:
             for b in builds:
@@ -714,7 +748,7 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                     f"{shape}-{b}-{q}",
                     decode=b == "noamx" or args.native_decode,
                 )
-        for q, recipe in plan.cpu_models:
+        for q, recipe in cpu_models:
             results[(recipe, q)] = oga_bench(
                 plan.mdir(shape, q, recipe),
                 lengths,
@@ -744,7 +778,7 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                 folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
             )
     if not args.no_probe:
-        for q, recipe in plan.cpu_models:
+        for q, recipe in cpu_models:
             folder = plan.mdir(shape, q, recipe)
             r = memory_probe(folder, args.probe_len, plan.out / f"probe-{folder.name}.json", logs, plan.env)
             if r is not None:
