@@ -42,7 +42,15 @@ tokenizer path as 1B). On a lent machine whose calls are limited to minutes, run
 shape; everything already made or measured under --work is reused, so a stage cut off by a
 time limit resumes. --llama-bin takes llama-bench and llama-quantize built earlier (the no-AMX
 reference) instead of building. --probe-only: no speed benches, only the prepares and the
-memory probes (the 8B line: load and memory).
+memory probes (the 8B line: load and memory). --prepare-jobs N or one per shape (7,4: seven 1B
+prepares at once, four 3B ones; each holds an fp32 cache, --cache-dir e.g. /dev/shm).
+
+--recipes (default gguf-native): the CPU recipes prepared, benched and probed for every file
+(builder-int4 joins for --builder-for files, at --builder-shapes). With gguf-ggml in it the setup
+also builds its custom-op library (`oga-npu kernels build`) beside llama.cpp, with the
+reference build's ISA flags (OGA_NPU_GGML_CMAKE, unless set; --print-ref-flags prints them) and
+the same --llama-src, into one OGA_NPU_KERNELS folder that every prepare uses; if it does not
+build, the run goes on without gguf-ggml. A failed prepare is logged and its folder left out.
 
 --gpu (issue 31 item 4, the iGPU peer): llama.cpp built with Vulkan (--vulkan-prefix: a folder
 with include/, lib/ and bin/glslc, e.g. the Debian packages glslc, libshaderc1, libvulkan-dev,
