@@ -15,8 +15,9 @@ What it does, on any x86-64 Linux box with a C/C++ compiler, cmake and this proj
   2. a random-weight model in the shape (scripts/make_random_model.py), converted to GGUF
      f16 with llama.cpp's convert_hf_to_gguf.py and quantized with llama-quantize to
      Q4_K_M and Q4_0;
-  3. `oga-npu prepare` of each file (gguf-native, the default for a GGUF; builder-int4
-     for Q4_K_M), in parallel with separate caches;
+  3. `oga-npu prepare` of each file with each of --recipes (gguf-native, the default for a
+     GGUF; e.g. gguf-ggml too) and builder-int4 for --builder-for (Q4_K_M), in parallel with
+     separate caches;
   4. llama-bench (prompt processing at each length; decode of --gen tokens at each depth)
      and `oga-npu bench -l LENGTHS -g GEN -r REPS`, one after the other on the quiet box;
   5. the table of TTFT ms / decode tok/s per file and length, and oga-npu's ratios to the
@@ -41,7 +42,15 @@ tokenizer path as 1B). On a lent machine whose calls are limited to minutes, run
 shape; everything already made or measured under --work is reused, so a stage cut off by a
 time limit resumes. --llama-bin takes llama-bench and llama-quantize built earlier (the no-AMX
 reference) instead of building. --probe-only: no speed benches, only the prepares and the
-memory probes (the 8B line: load and memory).
+memory probes (the 8B line: load and memory). --prepare-jobs N or one per shape (7,4: seven 1B
+prepares at once, four 3B ones; each holds an fp32 cache, --cache-dir e.g. /dev/shm).
+
+--recipes (default gguf-native): the CPU recipes prepared, benched and probed for every file
+(builder-int4 joins for --builder-for files, at --builder-shapes). With gguf-ggml in it the setup
+also builds its custom-op library (`oga-npu kernels build`) beside llama.cpp, with the
+reference build's ISA flags (OGA_NPU_GGML_CMAKE, unless set; --print-ref-flags prints them) and
+the same --llama-src, into one OGA_NPU_KERNELS folder that every prepare uses; if it does not
+build, the run goes on without gguf-ggml. A failed prepare is logged and its folder left out.
 
 --gpu (issue 31 item 4, the iGPU peer): llama.cpp built with Vulkan (--vulkan-prefix: a folder
 with include/, lib/ and bin/glslc, e.g. the Debian packages glslc, libshaderc1, libvulkan-dev,
@@ -485,7 +494,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="0 = physical cores")
     ap.add_argument("--jobs", type=int, default=0, help="build jobs (0 = all cores)")
     ap.add_argument("--quants", default="Q4_K_M,Q4_0")
+    ap.add_argument(
+        "--recipes",
+        default="gguf-native",
+        help="CPU recipes prepared, benched and probed for every file, comma-separated "
+        "(e.g. gguf-native,gguf-ggml; builder-int4 comes from --builder-for)",
+    )
     ap.add_argument("--builder-for", default="Q4_K_M", help="files also prepared with --recipe builder-int4")
+    ap.add_argument("--builder-shapes", help="shapes prepared with builder-int4 (default: every --shape)")
     ap.add_argument("--no-native", action="store_true", help="skip the native (AMX) llama.cpp build")
     ap.add_argument(
         "--native-decode", action="store_true", help="decode with the native build too (prefill only by default)"
@@ -497,10 +513,17 @@ def parse_args() -> argparse.Namespace:
         help="setup: builds, files and prepares only; bench: reuse them (calls on a lent machine)",
     )
     ap.add_argument("--no-probe", action="store_true", help="skip scripts/memory_probe.py")
-    ap.add_argument("--prepare-jobs", type=int, default=3, help="prepares at once (each caches an fp32 copy)")
+    ap.add_argument(
+        "--prepare-jobs", default="3", help="prepares at once (each caches an fp32 copy); N, or one per --shape: 7,4"
+    )
     ap.add_argument("--cache-dir", type=Path, help="where the prepares' caches go (default: --work)")
     ap.add_argument("--probe-len", type=int, default=1024, help="the memory probe's prompt tokens")
     ap.add_argument("--probe-only", action="store_true", help="no speed benches: prepares and memory probes only")
+    ap.add_argument(
+        "--print-ref-flags",
+        action="store_true",
+        help="print the reference llama.cpp build's ISA cmake flags on this CPU and stop",
+    )
     ap.add_argument("--gpu", action="store_true", help="also llama.cpp Vulkan against --target webgpu")
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU comparison (implies --gpu)")
     ap.add_argument("--gpu-recipes", default="gguf-native,builder-int4", help="recipes prepared --target webgpu")
@@ -535,10 +558,16 @@ class Plan:
         for d in (self.work, self.out, self.logs):
             d.mkdir(parents=True, exist_ok=True)
         builder = set(args.builder_for.split(",")) if args.builder_for else set()
-        recipes = [(q, "gguf-native") for q in self.quants] + [(q, "builder-int4") for q in self.quants if q in builder]
-        self.cpu_models = [] if args.gpu_only else recipes
-        self.gpu_models = [m for m in recipes if m[1] in args.gpu_recipes.split(",")] if args.gpu else []
+
+        # builder-int4 only for the --builder-for files (it requantizes: one file type is enough)
+        def models(names: str) -> list[tuple[str, str]]:
+            rs = list(dict.fromkeys(r for r in names.split(",") if r))
+            return [(q, r) for q in self.quants for r in rs if r != "builder-int4" or q in builder]
+
+        self.cpu_models = [] if args.gpu_only else models(args.recipes + ",builder-int4")
+        self.gpu_models = models(args.gpu_recipes) if args.gpu else []
         self.gpu_shapes = args.gpu_shapes.split(",") if args.gpu_shapes else self.shapes
+        self.builder_shapes = args.builder_shapes.split(",") if args.builder_shapes else self.shapes
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def gguf(self, shape: str, q: str) -> Path:
@@ -602,6 +631,35 @@ def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus
     shutil.rmtree(home, ignore_errors=True)
 
 
+def prepare_or_log(plan: Plan, m: tuple[str, str, str, str]) -> bool:
+    """One prepare of (shape, quant, recipe, target); a failure is logged and leaves that folder
+    out (the bench stage skips folders not prepared) instead of stopping the others."""
+    try:
+        prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3])
+        return True
+    except SystemExit as e:
+        log(f"prepare {m} failed, left out:\n{e}")
+        return False
+
+
+def build_kernels(plan: Plan, ref_flags: list[str]) -> bool:
+    """`oga-npu kernels build` (gguf-ggml's custom-op library) with the reference build's ISA
+    flags (OGA_NPU_GGML_CMAKE, unless set) and the llama.cpp source the reference is built from;
+    False (logged) when it fails."""
+    env = dict(plan.env)
+    env.setdefault("OGA_NPU_GGML_CMAKE", " ".join(ref_flags))
+    env.setdefault("OGA_NPU_KERNELS", str(plan.work / "kernels"))  # one library for every prepare's home
+    if plan.args.llama_src:
+        env.setdefault("OGA_NPU_GGML_SRC", str(Path(plan.args.llama_src).resolve()))
+    try:
+        sh([PY, "-m", "oga_npu", "kernels", "build"], plan.logs / "kernels-build.log", env=env)
+    except SystemExit as e:
+        log(f"the ggml kernel library did not build: gguf-ggml left out\n{e}")
+        return False
+    plan.env.update({k: env[k] for k in ("OGA_NPU_GGML_CMAKE", "OGA_NPU_GGML_SRC", "OGA_NPU_KERNELS") if k in env})
+    return True
+
+
 def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf, small_dir, small_cpus) -> None:
     args = plan.args
     src = llama_source(args.llama_src, plan.work)
@@ -618,7 +676,8 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
     random_small = small_gguf is not None and not small_gguf.exists() and args.small == "auto"
     # The builds run beside the model files; only the reference's llama-quantize is waited for
     # before quantizing, the others (Vulkan's shaders take longest) at the end of the setup.
-    ex = ThreadPoolExecutor(4)
+    ex = ThreadPoolExecutor(6)
+    kernels = ex.submit(build_kernels, plan, ref_flags) if any(r == "gguf-ggml" for _, r in plan.cpu_models) else None
     futs = {
         n: ex.submit(
             build_llama, src, plan.work / f"build-{n}", fl, per, plan.logs, t or ("llama-bench", "llama-quantize"), e
@@ -657,10 +716,16 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
                 env=dict(plan.env, OGA_NPU_HOME=str(plan.work / "home-small")),
                 cpus=small_cpus,
             )
-    jobs_ = [(s, q, r, "cpu") for s in plan.shapes for q, r in plan.cpu_models]
-    jobs_ += [(s, q, r, "webgpu") for s in plan.shapes if s in plan.gpu_shapes for q, r in plan.gpu_models]
-    with ThreadPoolExecutor(max(1, min(args.prepare_jobs, len(jobs_)))) as px:
-        list(px.map(lambda m: prepare(plan, plan.gguf(m[0], m[1]), m[2], plan.mdir(*m), m[3]), jobs_))
+    if kernels is not None and not kernels.result():  # no library: the run goes on without gguf-ggml
+        plan.cpu_models = [m for m in plan.cpu_models if m[1] != "gguf-ggml"]
+    # shape by shape, each with its own number of prepares at once (--prepare-jobs 7,4): a large
+    # shape's prepares each cache an fp32 copy (13 GB at 3B), a small one's are cheap
+    pj = [int(x) for x in str(args.prepare_jobs).split(",")]
+    for i, s in enumerate(plan.shapes):
+        jobs_ = [(s, q, r, "cpu") for q, r in plan.cpu_models if r != "builder-int4" or s in plan.builder_shapes]
+        jobs_ += [(s, q, r, "webgpu") for q, r in plan.gpu_models if s in plan.gpu_shapes]
+        with ThreadPoolExecutor(max(1, min(pj[min(i, len(pj) - 1)], len(jobs_) or 1))) as px:
+            list(px.map(lambda m: prepare_or_log(plan, m), jobs_))
     for f in futs.values():
         f.result()
     ex.shutdown()
@@ -671,6 +736,11 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
     args, logs = plan.args, plan.logs
     results: dict = {}
     probes: dict = {}
+    cpu_models = [m for m in plan.cpu_models if m[1] != "builder-int4" or shape in plan.builder_shapes]
+    missing = [m for m in cpu_models if not (plan.mdir(shape, *m) / "genai_config.json").exists()]
+    if missing:
+        log(f"{shape}: not prepared, left out: {missing}")
+    cpu_models = [m for m in cpu_models if m not in missing]
     if not args.probe_only:
         for q in plan.quants if plan.cpu_models else []:
             for b in builds:
@@ -686,7 +756,7 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                     f"{shape}-{b}-{q}",
                     decode=b == "noamx" or args.native_decode,
                 )
-        for q, recipe in plan.cpu_models:
+        for q, recipe in cpu_models:
             results[(recipe, q)] = oga_bench(
                 plan.mdir(shape, q, recipe),
                 lengths,
@@ -716,7 +786,7 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                 folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
             )
     if not args.no_probe:
-        for q, recipe in plan.cpu_models:
+        for q, recipe in cpu_models:
             folder = plan.mdir(shape, q, recipe)
             r = memory_probe(folder, args.probe_len, plan.out / f"probe-{folder.name}.json", logs, plan.env)
             if r is not None:
@@ -783,6 +853,11 @@ def report_shape(plan: Plan, shape: str, got: dict, threads: int, lengths: list[
 
 def main() -> None:
     args = parse_args()
+    if args.print_ref_flags:  # the reference build's ISA flags, e.g. for OGA_NPU_GGML_CMAKE
+        flags = cpu_flags()
+        amx = any(f.startswith("amx") for f in flags) and "avx512_vnni" in flags
+        print(" ".join(NO_AMX_FLAGS if amx else NATIVE_FLAGS))
+        return
     plan = Plan(args)
     lengths = [int(x) for x in args.lengths.split(",")]
     threads = args.threads or physical_cores()
