@@ -215,7 +215,9 @@ def _link(plan: Plan, src: Path, include: Path, log: Path) -> None:
     argv = [plan.cxx, "-O2", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden"]
     argv += ["-I", str(include), "-I", str(src / "ggml" / "include"), str(SOURCE), "-o", str(tmp)]
     argv += ["-Wl,--whole-archive", str(cpu), "-Wl,--no-whole-archive", str(ggml), str(base)]
-    argv += ["-Wl,--exclude-libs,ALL", "-lpthread", "-ldl", "-lm"]
+    # -z nodelete: onnxruntime dlcloses a custom-op library with the session options that loaded
+    # it, while ggml's pool threads (started by the library) still run its code: never unmap it
+    argv += ["-Wl,--exclude-libs,ALL", "-Wl,-z,nodelete", "-lpthread", "-ldl", "-lm"]
     try:
         run_tool(argv, name="c++", env=tool_env(), log_path=log)
         os.replace(tmp, plan.library)

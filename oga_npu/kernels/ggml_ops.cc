@@ -8,242 +8,132 @@
 //   GgmlGather(W uint8[V, row_bytes], ids int64[...]) -> Y float[..., K]
 //     attributes: type (int), K (int). The rows dequantized by ggml's to_float.
 //
-// A weight ggml can repack for this CPU (Q4_0, Q4_K, IQ4_NL ... with AVX2) is repacked once
-// when the kernel is created, into a buffer of ggml's CPU_REPACK type, as llama.cpp does at
-// load; other weights are read where onnxruntime holds them (no copy). The multiplication is
-// one ggml graph per call (ggml_mul_mat per weight, writing into its columns of Y), computed
-// by one ggml CPU backend with a persistent thread pool, shared by every kernel and guarded
-// by a mutex (one graph at a time per process).
+// The products are ggml's own: A's rows quantized by the weight type's vec_dot_type
+// from_float (Q8_0 / Q8_1 / Q8_K, as llama.cpp), then ggml's vec_dot per (weight row, A row).
+// Weights are read where onnxruntime holds them (the mapped model file): no copy, no repack.
+// The work runs on onnxruntime's own intra-op pool (KernelContext_ParallelFor), not on a
+// second pool: two pools of spinning threads on the same cores starved each other (decode
+// at a tenth of llama.cpp's on 16 cores, measured), and a pool whose barriers wait for every
+// thread stalls whenever one thread is descheduled on a busy machine.
 //
-// Environment: OGA_NPU_GGML_THREADS (default: physical cores, as llama.cpp), OGA_NPU_GGML_POLL (ggml's polling level, 0-100, default 50 as
-// llama.cpp), OGA_NPU_GGML_NO_REPACK=1 (read every weight in place).
+// Tasks: blocks of ROWS weight rows x MROWS rows of A, each Y element written by one task.
+//
+// The library is linked with -z nodelete: onnxruntime dlcloses a custom-op library with the
+// session options that registered it, which must not unmap code another session still runs.
 
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
-#include <sys/mman.h>
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstdlib>
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <set>
-#include <sstream>
-#include <utility>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "ggml-alloc.h"
-#include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
 
 namespace {
 
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (!v || !*v) return fallback;
-  char* end = nullptr;
-  long x = std::strtol(v, &end, 10);
-  return (end && *end == 0 && x >= 0) ? static_cast<int>(x) : fallback;
+constexpr int64_t ROWS = 16;    // weight rows per task (ggml's own tile is 16 x 16)
+constexpr int64_t MROWS = 64;   // A rows per task: a task's quantized A stays in L2
+
+void init_ggml() {
+  static std::once_flag once;
+  std::call_once(once, [] { ggml_cpu_init(); });  // fp16 tables, CPU feature checks
 }
-
-// Physical cores (llama.cpp's default thread count), from sysfs; hardware threads if unknown.
-int physical_cores() {
-  std::set<std::pair<std::string, std::string>> cores;
-  unsigned hw = std::thread::hardware_concurrency();
-  for (unsigned i = 0; i < (hw ? hw : 1); ++i) {
-    std::string base = "/sys/devices/system/cpu/cpu" + std::to_string(i) + "/topology/";
-    std::ifstream pk(base + "physical_package_id"), co(base + "core_id");
-    std::string a, b;
-    if (!(pk >> a) || !(co >> b)) return hw ? static_cast<int>(hw) : 1;
-    cores.insert({a, b});
-  }
-  return cores.empty() ? 1 : static_cast<int>(cores.size());
-}
-
-// After a weight is repacked, the pages onnxruntime mapped from the model's data file are not
-// read again: drop them, as llama.cpp never keeps both. Only a read-only mapping of a file
-// (found in /proc/self/maps) is touched: dropping anonymous or written pages would lose data.
-void release_source(const void* data, size_t size) {
-#ifdef __linux__
-  uintptr_t a = reinterpret_cast<uintptr_t>(data);
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    unsigned long lo = 0, hi = 0;
-    char perms[8] = {0};
-    unsigned long off = 0, inode = 0;
-    char dev[32] = {0}, path[512] = {0};
-    if (std::sscanf(line.c_str(), "%lx-%lx %7s %lx %31s %lu %511s", &lo, &hi, perms, &off, dev, &inode, path) < 6) continue;
-    if (a < lo || a >= hi) continue;
-    if (inode == 0 || path[0] != '/' || perms[1] != '-') return;  // not a read-only file mapping
-    uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-    uintptr_t start = (a + page - 1) & ~(page - 1);
-    uintptr_t end = std::min<uintptr_t>((a + size) & ~(page - 1), hi);
-    if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
-    return;
-  }
-#else
-  (void)data;
-  (void)size;
-#endif
-}
-
-// The one CPU backend and thread pool of the process.
-struct Engine {
-  ggml_backend_t backend = nullptr;
-  ggml_threadpool_t pool = nullptr;
-  ggml_backend_buffer_type_t repack = nullptr;
-  int n_threads = 1;
-  std::mutex mu;
-
-  Engine() {
-    ggml_cpu_init();
-    backend = ggml_backend_cpu_init();
-    if (!backend) throw std::runtime_error("ggml: no CPU backend");
-    n_threads = env_int("OGA_NPU_GGML_THREADS", 0);
-    if (n_threads == 0) n_threads = physical_cores();
-    if (n_threads < 1) n_threads = 1;
-    ggml_threadpool_params p = ggml_threadpool_params_default(n_threads);
-    p.poll = static_cast<uint32_t>(env_int("OGA_NPU_GGML_POLL", 50));
-    pool = ggml_threadpool_new(&p);
-    ggml_backend_cpu_set_n_threads(backend, n_threads);
-    if (pool) ggml_backend_cpu_set_threadpool(backend, pool);
-    if (!env_int("OGA_NPU_GGML_NO_REPACK", 0)) repack = find_repack();
-  }
-
-  static ggml_backend_buffer_type_t find_repack() {
-    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (!dev) return nullptr;
-    auto reg = ggml_backend_dev_backend_reg(dev);
-    auto get = (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
-    if (!get) return nullptr;
-    for (ggml_backend_buffer_type_t* b = get(dev); b && *b; ++b) {
-      if (std::strcmp(ggml_backend_buft_name(*b), "CPU_REPACK") == 0) return *b;
-    }
-    return nullptr;
-  }
-};
-
-Engine& engine() {
-  static Engine e;  // created on first use (thread-safe static)
-  return e;
-}
-
-// Metadata-only ggml context (tensor headers, graph), data pointers set by hand.
-struct Ctx {
-  ggml_context* ctx;
-  explicit Ctx(size_t n_tensors) {
-    ggml_init_params ip = {ggml_tensor_overhead() * n_tensors + ggml_graph_overhead_custom(16, false) + 1024, nullptr, true};
-    ctx = ggml_init(ip);
-    if (!ctx) throw std::runtime_error("ggml_init failed");
-  }
-  ~Ctx() { ggml_free(ctx); }
-};
 
 size_t row_bytes(ggml_type t, int64_t k) { return ggml_row_size(t, k); }
 
 void check_type(int64_t t) {
   if (t < 0 || t >= GGML_TYPE_COUNT || ggml_get_type_traits(static_cast<ggml_type>(t))->blck_size == 0)
     throw std::runtime_error("oga_npu.ggml: unknown ggml type " + std::to_string(t));
+  const auto* cpu = ggml_get_type_traits_cpu(static_cast<ggml_type>(t));
+  if (!cpu->vec_dot || !ggml_get_type_traits_cpu(cpu->vec_dot_type)->from_float)
+    throw std::runtime_error("oga_npu.ggml: ggml has no CPU dot product for type " + std::string(ggml_type_name(static_cast<ggml_type>(t))));
 }
 
-// One weight: a ggml tensor [K, N] (ggml order) over the initializer, or its repacked copy.
-struct Weight {
+struct Part {
   ggml_type type;
-  int64_t n = 0;
-  const void* src = nullptr;  // onnxruntime's data (the key: a different pointer means a different weight)
-  ggml_context* meta = nullptr;
-  ggml_tensor* t = nullptr;
-  ggml_backend_buffer_t buf = nullptr;
-
-  ~Weight() {
-    if (buf) ggml_backend_buffer_free(buf);
-    if (meta) ggml_free(meta);
-  }
-
-  void bind(const void* data, int64_t k, int64_t rows) {
-    if (data == src && t) return;
-    if (buf) ggml_backend_buffer_free(buf), buf = nullptr;
-    if (meta) ggml_free(meta), meta = nullptr;
-    ggml_init_params ip = {ggml_tensor_overhead() * 4 + 1024, nullptr, true};
-    meta = ggml_init(ip);
-    t = ggml_new_tensor_2d(meta, type, k, rows);
-    n = rows;
-    src = data;
-    Engine& e = engine();
-    if (e.repack && try_repack(e, data)) return;
-    t->data = const_cast<void*>(data);
-  }
-
-  bool try_repack(Engine& e, const void* data) {
-    // llama.cpp's test (weight_buft_supported): a mul_mat with the weight in a buffer of the
-    // extra type, asked of the CPU device.
-    ggml_backend_buffer_t probe = ggml_backend_buft_alloc_buffer(e.repack, 0);
-    if (!probe) return false;
-    Ctx c(4);
-    ggml_tensor* w = ggml_new_tensor_2d(c.ctx, type, t->ne[0], t->ne[1]);
-    ggml_tensor* a = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, t->ne[0], 1);
-    w->buffer = probe;
-    ggml_tensor* y = ggml_mul_mat(c.ctx, w, a);
-    ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    bool ok = ggml_backend_dev_supports_op(dev, y);
-    w->buffer = nullptr;
-    ggml_backend_buffer_free(probe);
-    if (!ok) return false;
-    size_t size = ggml_nbytes(t);
-    buf = ggml_backend_buft_alloc_buffer(e.repack, size + ggml_backend_buft_get_alignment(e.repack));
-    if (!buf) return false;
-    if (ggml_backend_tensor_alloc(buf, t, ggml_backend_buffer_get_base(buf)) != GGML_STATUS_SUCCESS) {
-      ggml_backend_buffer_free(buf), buf = nullptr;
-      return false;
-    }
-    ggml_backend_tensor_set(t, data, 0, size);  // repacks
-    release_source(data, size);
-    return true;
-  }
+  ggml_type vdt;  // what A is quantized to for this type's dot product
+  ggml_vec_dot_t dot;
+  const uint8_t* w = nullptr;
+  size_t wrow = 0;  // bytes per weight row
+  int64_t n = 0;    // weight rows (output columns)
+  int64_t off = 0;  // first output column
+  const uint8_t* aq = nullptr;
+  size_t arow = 0;  // bytes per quantized A row
 };
+
+struct Job {
+  std::vector<Part> parts;
+  std::vector<int64_t> first_task;  // per part: index of its first task
+  int64_t m = 0, k = 0, n_total = 0, mblocks = 0;
+  float* y = nullptr;
+  const float* a = nullptr;
+  // quantization tasks: (distinct vec_dot type, row)
+  std::vector<std::pair<ggml_type, uint8_t*>> qbufs;
+};
+
+void quantize_task(void* data, size_t i) {
+  Job& j = *static_cast<Job*>(data);
+  size_t q = i / static_cast<size_t>(j.m), r = i % static_cast<size_t>(j.m);
+  ggml_type t = j.qbufs[q].first;
+  ggml_get_type_traits_cpu(t)->from_float(j.a + r * j.k, j.qbufs[q].second + r * row_bytes(t, j.k), j.k);
+}
+
+void dot_task(void* data, size_t i) {
+  Job& j = *static_cast<Job*>(data);
+  size_t p = 0;
+  while (p + 1 < j.parts.size() && static_cast<int64_t>(i) >= j.first_task[p + 1]) ++p;
+  const Part& x = j.parts[p];
+  int64_t t = static_cast<int64_t>(i) - j.first_task[p];
+  int64_t r0 = (t / j.mblocks) * ROWS, r1 = std::min(r0 + ROWS, x.n);
+  int64_t m0 = (t % j.mblocks) * MROWS, m1 = std::min(m0 + MROWS, j.m);
+  const int k = static_cast<int>(j.k);
+  for (int64_t m = m0; m < m1; ++m) {
+    const uint8_t* aq = x.aq + m * x.arow;
+    float* y = j.y + m * j.n_total + x.off;
+    for (int64_t r = r0; r < r1; ++r) x.dot(k, y + r, 0, x.w + r * x.wrow, 0, aq, 0, 1);
+  }
+}
 
 struct MatMulKernel {
   int64_t K = 0;
-  std::vector<std::unique_ptr<Weight>> w;
+  std::vector<ggml_type> types;
 
   MatMulKernel(const OrtApi&, const OrtKernelInfo* info) {
+    init_ggml();
     Ort::ConstKernelInfo ki(info);
     K = ki.GetAttribute<int64_t>("K");
-    std::vector<int64_t> types = ki.GetAttributes<int64_t>("types");
-    if (types.empty() || types.size() > 3) throw std::runtime_error("GgmlMatMul: 1 to 3 types");
-    for (auto t : types) {
+    std::vector<int64_t> ts = ki.GetAttributes<int64_t>("types");
+    if (ts.empty() || ts.size() > 3) throw std::runtime_error("GgmlMatMul: 1 to 3 types");
+    for (auto t : ts) {
       check_type(t);
       if (K % ggml_blck_size(static_cast<ggml_type>(t)) != 0) throw std::runtime_error("GgmlMatMul: K not a whole number of blocks");
-      auto x = std::make_unique<Weight>();
-      x->type = static_cast<ggml_type>(t);
-      w.push_back(std::move(x));
+      types.push_back(static_cast<ggml_type>(t));
     }
-    // constant weights (initializers) are bound, and repacked, now: at session creation
-    for (size_t i = 0; i < w.size(); ++i) {
+    // a constant weight of the wrong size is refused when the session is made
+    for (size_t i = 0; i < types.size(); ++i) {
       int is_const = 0;
       Ort::ConstValue v = ki.GetTensorConstantInput(1 + i, &is_const);
-      if (is_const) bind(i, v);
+      if (is_const) rows_of(i, v);
     }
   }
 
-  void bind(size_t i, const Ort::ConstValue& v) {
+  int64_t rows_of(size_t i, const Ort::ConstValue& v) const {
     auto shape = v.GetTensorTypeAndShapeInfo().GetShape();
     int64_t bytes = 1;
     for (auto d : shape) bytes *= d;
-    size_t rb = row_bytes(w[i]->type, K);
+    size_t rb = row_bytes(types[i], K);
     int64_t rows = shape.empty() ? 0 : shape[0];
     if (rows <= 0 || static_cast<size_t>(bytes) != rb * static_cast<size_t>(rows))
       throw std::runtime_error("GgmlMatMul: W" + std::to_string(i) + " is not [N, " + std::to_string(rb) + "] bytes");
-    w[i]->bind(v.GetTensorRawData(), K, rows);
+    return rows;
   }
 
   void Compute(OrtKernelContext* context) {
@@ -251,39 +141,54 @@ struct MatMulKernel {
     Ort::ConstValue a = ctx.GetInput(0);
     auto ashape = a.GetTensorTypeAndShapeInfo().GetShape();
     if (ashape.empty() || ashape.back() != K) throw std::runtime_error("GgmlMatMul: A's last dimension is not K");
-    int64_t m = 1;
-    for (size_t d = 0; d + 1 < ashape.size(); ++d) m *= ashape[d];
-    int64_t n_total = 0;
-    for (size_t i = 0; i < w.size(); ++i) {
+    Job j;
+    j.k = K;
+    j.m = 1;
+    for (size_t d = 0; d + 1 < ashape.size(); ++d) j.m *= ashape[d];
+    for (size_t i = 0; i < types.size(); ++i) {
       Ort::ConstValue v = ctx.GetInput(1 + i);
-      if (!v) throw std::runtime_error("GgmlMatMul: W" + std::to_string(i) + " missing");
-      if (v.GetTensorRawData() != w[i]->src) bind(i, v);
-      n_total += w[i]->n;
+      Part x;
+      x.type = types[i];
+      const auto* cpu = ggml_get_type_traits_cpu(x.type);
+      x.vdt = cpu->vec_dot_type;
+      x.dot = cpu->vec_dot;
+      x.n = rows_of(i, v);
+      x.w = static_cast<const uint8_t*>(v.GetTensorRawData());
+      x.wrow = row_bytes(x.type, K);
+      x.off = j.n_total;
+      x.arow = row_bytes(x.vdt, K);
+      j.n_total += x.n;
+      j.parts.push_back(x);
     }
     std::vector<int64_t> yshape(ashape);
-    yshape.back() = n_total;
+    yshape.back() = j.n_total;
     Ort::UnownedValue y = ctx.GetOutput(0, yshape);
-    float* out = y.GetTensorMutableData<float>();
-    if (m == 0) return;
-    const float* in = a.GetTensorData<float>();
+    j.y = y.GetTensorMutableData<float>();
+    j.a = a.GetTensorData<float>();
+    if (j.m == 0) return;
 
-    Engine& e = engine();
-    std::lock_guard<std::mutex> lock(e.mu);
-    Ctx c(4 + 2 * w.size());
-    ggml_tensor* at = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, K, m);
-    at->data = const_cast<float*>(in);
-    ggml_cgraph* g = ggml_new_graph_custom(c.ctx, 16, false);
-    int64_t off = 0;
-    for (auto& x : w) {
-      ggml_tensor* r = ggml_mul_mat(c.ctx, x->t, at);  // [n_i, m]
-      r->nb[1] = sizeof(float) * n_total;                // columns off..off+n_i of Y's rows
-      r->nb[2] = r->nb[1] * m;
-      r->nb[3] = r->nb[2];
-      r->data = out + off;
-      off += x->n;
-      ggml_build_forward_expand(g, r);
+    // A quantized once per distinct vec_dot type (a Q4_K_M qkv: Q4_K, Q4_K, Q6_K -> Q8_K once)
+    std::vector<std::vector<uint8_t>> store;
+    for (auto& x : j.parts) {
+      auto it = std::find_if(j.qbufs.begin(), j.qbufs.end(), [&](auto& q) { return q.first == x.vdt; });
+      if (it == j.qbufs.end()) {
+        store.emplace_back(x.arow * static_cast<size_t>(j.m));
+        j.qbufs.emplace_back(x.vdt, store.back().data());
+        it = j.qbufs.end() - 1;
+      }
+      x.aq = it->second;
     }
-    if (ggml_backend_graph_compute(e.backend, g) != GGML_STATUS_SUCCESS) throw std::runtime_error("GgmlMatMul: ggml compute failed");
+    size_t nq = j.qbufs.size() * static_cast<size_t>(j.m);
+    if (nq == 1) quantize_task(&j, 0);
+    else ctx.ParallelFor(quantize_task, nq, 0, &j);
+
+    j.mblocks = (j.m + MROWS - 1) / MROWS;
+    int64_t tasks = 0;
+    for (auto& x : j.parts) {
+      j.first_task.push_back(tasks);
+      tasks += (x.n + ROWS - 1) / ROWS * j.mblocks;
+    }
+    ctx.ParallelFor(dot_task, static_cast<size_t>(tasks), 0, &j);
   }
 };
 
@@ -293,6 +198,7 @@ struct GatherKernel {
   ggml_to_float_t to_float;
 
   GatherKernel(const OrtApi&, const OrtKernelInfo* info) {
+    init_ggml();
     Ort::ConstKernelInfo ki(info);
     K = ki.GetAttribute<int64_t>("K");
     int64_t t = ki.GetAttribute<int64_t>("type");
@@ -386,8 +292,8 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
 __attribute__((visibility("default"))) const char* oga_npu_ggml_info() {
   static std::string s;
   if (s.empty()) {
-    s = std::string("ggml threads=") + std::to_string(engine().n_threads) + " repack=" + (engine().repack ? "yes" : "no") +
-        " avx2=" + std::to_string(ggml_cpu_has_avx2()) + " avx512=" + std::to_string(ggml_cpu_has_avx512()) +
+    init_ggml();
+    s = std::string("ggml pool=onnxruntime repack=no avx2=") + std::to_string(ggml_cpu_has_avx2()) + " avx512=" + std::to_string(ggml_cpu_has_avx512()) +
         " avx512_vnni=" + std::to_string(ggml_cpu_has_avx512_vnni()) + " amx_int8=" + std::to_string(ggml_cpu_has_amx_int8());
   }
   return s.c_str();
