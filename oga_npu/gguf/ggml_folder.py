@@ -19,6 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..kernels.spec import LIBRARY_NAME
+
 OPTION = "custom_ops_library"
 FIX = (
     "re-run prepare for it (`oga-npu kernels build` first where the library is not built), "
@@ -74,8 +76,8 @@ def library_problem(folder: Path, config: dict | None, deep: bool = True) -> str
     code in this process (a broken one would crash the check); onnxruntime-genai's own failure
     to load it is translated at load (runtime_errors)."""
     name = library_name(config)
-    if name is None:
-        return None
+    if name is None or Path(name).name != LIBRARY_NAME:
+        return None  # none, or another's (AMD's NPU folders name their onnx_custom_ops library)
     p = Path(name)
     lib = p if p.is_absolute() else Path(folder) / p
     if not lib.is_file():
