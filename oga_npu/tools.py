@@ -47,6 +47,13 @@ def reporting(report):
         _reporter.reset(token)
 
 
+def report_progress(text: str) -> None:
+    """A status of work done in this process (not a tool's output) on the stage's progress line."""
+    report = _reporter.get()
+    if report:
+        report(text)
+
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # tqdm: "AWQ:  23%|██▎       | 7/30 [01:05<03:35,  9.37s/it]"
 _TQDM = re.compile(
@@ -60,11 +67,18 @@ _STATUS = re.compile(
 )
 
 
+# ninja / cmake --build: "[12/31] Building CXX object ggml/src/..."
+_NINJA = re.compile(r"^\[(?P<n>\d+)/(?P<total>\d+)\]\s+(Building|Linking)\b")
+
+
 def summarize_output(frame: str) -> str | None:
     """A short status from one line (or tqdm frame) of a tool's output, None for noise."""
     text = _ANSI.sub("", frame).strip()
     if not text:
         return None
+    m = _NINJA.match(text)
+    if m:
+        return f"compiling {m['n']}/{m['total']}"
     m = _TQDM.match(text)
     if m:
         desc = m["desc"].strip() or "progress"

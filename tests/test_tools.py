@@ -106,3 +106,20 @@ def test_tool_progress_reaches_the_reporter_while_the_tool_runs(tmp_path):
     assert first < res.seconds - 0.4  # reported while the tool still ran, not at its end
     assert res.tail == ["AWQ: 100%|####| 4/4 [00:04<00:00, 1.00s/it]"]  # the tail keeps a bar's last frame
     assert "AWQ: 50%" in (tmp_path / "t.log").read_text()  # the log keeps everything
+
+
+def test_progress_lines_summarize_a_cmake_build_and_reach_the_stage_line():
+    """A first gguf-ggml prepare compiles ggml for minutes: ninja's "[n/N] Building ..." lines
+    become "compiling n/N" on the stage's progress line, and work done in the process itself
+    (oga_npu.kernels' own steps) reaches the same line; outside a stage nothing is reported."""
+    from oga_npu import tools
+
+    assert tools.summarize_output("[12/31] Building CXX object ggml/src/ggml-cpu/quants.c.o") == "compiling 12/31"
+    assert tools.summarize_output("[31/31] Linking CXX static library ggml/src/libggml.a") == "compiling 31/31"
+    assert tools.summarize_output("-- Configuring done") is None
+    seen: list[str] = []
+    tools.report_progress("nobody listens")
+    with tools.reporting(seen.append):
+        tools.report_progress("kernel library: building ggml (once)")
+    tools.report_progress("after")
+    assert seen == ["kernel library: building ggml (once)"]

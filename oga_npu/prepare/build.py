@@ -268,10 +268,16 @@ def ensure_kernels(log_path: Path) -> Path:
     """The ggml kernel library (oga_npu.kernels), built into the cache when it is not there yet
     (KernelBuildError, one line and its fix, when this machine cannot build it)."""
     from ..kernels import ensure
+    from ..tools import report_progress
 
     log_path.parent.mkdir(parents=True, exist_ok=True)  # the builder's run makes it, after this
+
+    def progress(msg: str) -> None:  # to the log, and the stage's line: a first build takes minutes
+        f.write(f"kernels: {msg}\n")
+        report_progress(f"kernel library: {msg.rstrip(' .')} (once)")
+
     with open(log_path, "a", encoding="utf-8") as f:
-        lib = ensure(progress=lambda msg: f.write(f"kernels: {msg}\n"))
+        lib = ensure(progress=progress)
         f.write(f"kernels: {lib}\n")
     return Path(lib)
 
