@@ -157,20 +157,28 @@ def test_every_type_the_library_lists_is_taken_as_raw_rows():
 
 @pytest.mark.parametrize("content", [None, b"not a library"], ids=["missing", "broken"])
 def test_a_folder_whose_kernel_library_is_missing_or_broken_says_so_with_the_fix(tmp_path, content):
+    """Only oga-npu's own library is checked: AMD's NPU folders name their onnx_custom_ops
+    library in the same key, and it is theirs to find (oga_npu.ryzenai_folders)."""
     from oga_npu.errors import ModelFolderError
+    from oga_npu.kernels import LIBRARY_NAME
     from oga_npu.model import check, check_folder
 
     folder = tmp_path / "m"
     folder.mkdir()
-    config = {"model": {"decoder": {"filename": "model.onnx", "session_options": {"custom_ops_library": "libx.so"}}}}
+    config = {"model": {"decoder": {"filename": "model.onnx", "session_options": {"custom_ops_library": LIBRARY_NAME}}}}
     (folder / "genai_config.json").write_text(json.dumps(config))
     if content is not None:
-        (folder / "libx.so").write_bytes(content)
+        (folder / LIBRARY_NAME).write_bytes(content)
     with pytest.raises(ModelFolderError) as e:
         check(folder)
     assert ("is missing" if content is None else "cannot be loaded") in e.value.message
     assert "oga-npu kernels build" in e.value.fix and "--recipe gguf-native" in e.value.fix
-    assert any("kernel library libx.so" in p for p in check_folder(folder).problems)
+    assert any(f"kernel library {LIBRARY_NAME}" in p for p in check_folder(folder).problems)
+    amd = tmp_path / "amd"
+    amd.mkdir()
+    config["model"]["decoder"]["session_options"]["custom_ops_library"] = "onnx_custom_ops.dll"
+    (amd / "genai_config.json").write_text(json.dumps(config))
+    assert not any("kernel library" in p for p in check_folder(amd).problems)
 
 
 def test_onnxruntime_genai_failing_to_load_the_library_names_it_with_the_fix():
