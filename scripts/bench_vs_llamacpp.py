@@ -508,9 +508,10 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument(
         "--stage",
-        choices=["all", "setup", "bench"],
+        choices=["all", "setup", "files", "bench"],
         default="all",
-        help="setup: builds, files and prepares only; bench: reuse them (calls on a lent machine)",
+        help="setup: builds, files and prepares only; files: builds and files, no prepares; "
+        "bench: reuse them (calls on a lent machine)",
     )
     ap.add_argument("--no-probe", action="store_true", help="skip scripts/memory_probe.py")
     ap.add_argument(
@@ -528,6 +529,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--gpu-only", action="store_true", help="only the GPU comparison (implies --gpu)")
     ap.add_argument("--gpu-recipes", default="gguf-native,builder-int4", help="recipes prepared --target webgpu")
     ap.add_argument("--gpu-shapes", help="shapes measured on the GPU (default: every --shape)")
+    ap.add_argument("--gpu-quants", help="files measured on the GPU (default: every --quants)")
+    ap.add_argument("--probe-quants", help="files whose folders are memory-probed (default: every --quants)")
     ap.add_argument("--vulkan-bin", type=Path, help="a llama-bench built with GGML_VULKAN=ON")
     ap.add_argument("--vulkan-prefix", type=Path, help="unpacked Vulkan headers, loader and glslc to build with")
     ap.add_argument(
@@ -565,7 +568,9 @@ class Plan:
             return [(q, r) for q in self.quants for r in rs if r != "builder-int4" or q in builder]
 
         self.cpu_models = [] if args.gpu_only else models(args.recipes + ",builder-int4")
-        self.gpu_models = models(args.gpu_recipes) if args.gpu else []
+        gq = set(args.gpu_quants.split(",")) if args.gpu_quants else set(self.quants)
+        self.gpu_models = [m for m in models(args.gpu_recipes) if m[0] in gq] if args.gpu else []
+        self.probe_quants = set(args.probe_quants.split(",")) if args.probe_quants else set(self.quants)
         self.gpu_shapes = args.gpu_shapes.split(",") if args.gpu_shapes else self.shapes
         self.builder_shapes = args.builder_shapes.split(",") if args.builder_shapes else self.shapes
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
@@ -615,20 +620,44 @@ def make_f16(plan: Plan, src: Path, tok: Path, shape: str, context: int = 4096) 
     return f16
 
 
+def gguf_home(plan: Plan, gguf: Path) -> Path:
+    """One OGA_NPU_HOME per GGUF file: its prepares share one dequantized fp32 copy (13 GB at
+    3B), made once by dequantize_once before they start, removed after the shape's prepares.
+    --cache-dir puts them elsewhere (e.g. /dev/shm: three at once filled a 64 GB disk at 3B)."""
+    return (plan.args.cache_dir or plan.work) / f"home-{gguf.stem}"
+
+
+def dequantize_once(plan: Plan, gguf: Path) -> None:
+    """The prepares' first stage for one file, run once before its prepares run side by side
+    (two at once would each remove the other's partial copy)."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from oga_npu.prepare.source import dequantize_gguf, gguf_cache_of, is_converted; "
+        "c = gguf_cache_of(sys.argv[1]); is_converted(c) or dequantize_gguf(Path(sys.argv[1]).resolve(), c)"
+    )
+    sh(
+        [PY, "-c", code, gguf],
+        plan.logs / f"dequantize-{gguf.stem}.log",
+        env=dict(plan.env, OGA_NPU_HOME=str(gguf_home(plan, gguf))),
+    )
+
+
 def prepare(plan: Plan, gguf: Path, recipe: str, folder: Path, target: str, cpus=None) -> None:
     if (folder / "genai_config.json").exists():
         return
-    # Separate caches: prepares of one GGUF started together share its dequantize cache. Each is
-    # an fp32 copy of the model (13 GB at 3B), removed once its prepare is done: three at once
-    # filled a lent machine's 64 GB disk at 3B. --cache-dir puts them elsewhere (e.g. /dev/shm).
-    home = (plan.args.cache_dir or plan.work) / f"home-{folder.name}"
     sh(
         [PY, "-m", "oga_npu", "prepare", gguf, "--target", target, "--recipe", recipe, "-o", folder],
         plan.logs / f"prepare-{folder.name}.log",
-        env=dict(plan.env, OGA_NPU_HOME=str(home)),
+        env=dict(plan.env, OGA_NPU_HOME=str(gguf_home(plan, gguf))),
         cpus=cpus,
     )
-    shutil.rmtree(home, ignore_errors=True)
+
+
+def _logged(fn, *a) -> None:
+    try:
+        fn(*a)
+    except SystemExit as e:
+        log(f"{fn.__name__} failed: {e}")
 
 
 def prepare_or_log(plan: Plan, m: tuple[str, str, str, str]) -> bool:
@@ -721,14 +750,29 @@ def setup(plan: Plan, ref_flags: list[str], native: bool, jobs: int, small_gguf,
     # shape by shape, each with its own number of prepares at once (--prepare-jobs 7,4): a large
     # shape's prepares each cache an fp32 copy (13 GB at 3B), a small one's are cheap
     pj = [int(x) for x in str(args.prepare_jobs).split(",")]
-    for i, s in enumerate(plan.shapes):
+    for i, s in enumerate(plan.shapes if args.stage != "files" else []):
         jobs_ = [(s, q, r, "cpu") for q, r in plan.cpu_models if r != "builder-int4" or s in plan.builder_shapes]
         jobs_ += [(s, q, r, "webgpu") for q, r in plan.gpu_models if s in plan.gpu_shapes]
+        jobs_ = [m for m in jobs_ if not (plan.mdir(*m) / "genai_config.json").exists()]
+        files = list(dict.fromkeys(plan.gguf(m[0], m[1]) for m in jobs_))
+        with ThreadPoolExecutor(max(1, len(files))) as px:  # a failure shows again in that file's prepares
+            list(px.map(lambda g: _logged(dequantize_once, plan, g), files))
         with ThreadPoolExecutor(max(1, min(pj[min(i, len(pj) - 1)], len(jobs_) or 1))) as px:
             list(px.map(lambda m: prepare_or_log(plan, m), jobs_))
+        for g in files:
+            shutil.rmtree(gguf_home(plan, g), ignore_errors=True)
     for f in futs.values():
         f.result()
     ex.shutdown()
+
+
+def _measured(fn, *a, **kw) -> dict | None:
+    """One engine's measurement; a failure is logged and leaves that line out, not the rest."""
+    try:
+        return fn(*a, **kw)
+    except SystemExit as e:
+        log(f"{fn.__name__} failed, left out: {e}")
+        return None
 
 
 def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds: list[str]) -> dict:
@@ -745,7 +789,8 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
         for q in plan.quants if plan.cpu_models else []:
             for b in builds:
                 bindir = plan.llama_bin() if b == "noamx" else plan.work / f"build-{b}" / "bin"
-                results[("llama.cpp " + b, q)] = llama_bench(
+                results[("llama.cpp " + b, q)] = _measured(
+                    llama_bench,
                     bindir,
                     plan.gguf(shape, q),
                     threads,
@@ -757,7 +802,8 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
                     decode=b == "noamx" or args.native_decode,
                 )
         for q, recipe in cpu_models:
-            results[(recipe, q)] = oga_bench(
+            results[(recipe, q)] = _measured(
+                oga_bench,
                 plan.mdir(shape, q, recipe),
                 lengths,
                 args.gen,
@@ -768,7 +814,8 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
             )
         gpu_models = plan.gpu_models if shape in plan.gpu_shapes else []
         for q in plan.quants if gpu_models else []:
-            results[("llama.cpp vulkan", q)] = llama_bench(
+            results[("llama.cpp vulkan", q)] = _measured(
+                llama_bench,
                 plan.vulkan_bin(),
                 plan.gguf(shape, q),
                 threads,
@@ -782,16 +829,17 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
             )
         for q, recipe in gpu_models:
             folder = plan.mdir(shape, q, recipe, "webgpu")
-            results[("webgpu " + recipe, q)] = oga_bench(
+            results[("webgpu " + recipe, q)] = _measured(
+                oga_bench,
                 folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
             )
     if not args.no_probe:
-        for q, recipe in cpu_models:
+        for q, recipe in [m for m in cpu_models if m[0] in plan.probe_quants]:
             folder = plan.mdir(shape, q, recipe)
             r = memory_probe(folder, args.probe_len, plan.out / f"probe-{folder.name}.json", logs, plan.env)
             if r is not None:
                 probes[(q, recipe)] = r
-    return {"results": results, "probes": probes}
+    return {"results": {k: v for k, v in results.items() if v is not None}, "probes": probes}
 
 
 def report_shape(plan: Plan, shape: str, got: dict, threads: int, lengths: list[int], flags: set[str]) -> None:
@@ -881,9 +929,9 @@ def main() -> None:
 
             small_gguf = smollm2_gguf() or plan.work / "smollm2-135m-random-Q4_1.gguf"
     log(f"shapes {plan.shapes}; CPU {threads} cores, AMX {'yes' if has_amx else 'no'}; stage {args.stage}")
-    if args.stage in ("all", "setup"):
+    if args.stage in ("all", "setup", "files"):
         setup(plan, ref_flags, native, jobs, small_gguf, small_dir, small_cpus)
-        if args.stage == "setup":
+        if args.stage in ("setup", "files"):
             print(json.dumps({"setup": "done", "work": str(plan.work)}))
             return
     native_bench = native and (plan.work / "build-native" / "bin" / "llama-bench").exists()
