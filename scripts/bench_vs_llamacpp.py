@@ -830,8 +830,7 @@ def bench_shape(plan: Plan, shape: str, threads: int, lengths: list[int], builds
         for q, recipe in gpu_models:
             folder = plan.mdir(shape, q, recipe, "webgpu")
             results[("webgpu " + recipe, q)] = _measured(
-                oga_bench,
-                folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
+                oga_bench, folder, lengths, args.gen, args.reps, plan.out / f"oga-{folder.name}.jsonl", logs, plan.env
             )
     if not args.no_probe:
         for q, recipe in [m for m in cpu_models if m[0] in plan.probe_quants]:
