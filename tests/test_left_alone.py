@@ -64,3 +64,29 @@ def test_ctrl_c_under_force_says_to_resume_without_it(tiny_hf, tmp_path, monkeyp
     assert e.fix.startswith("re-run the same command without --force to resume at build")
     e = _interrupted_prepare(monkeypatch, tiny_hf, tmp_path / "o", recipe="builder-int4")
     assert e.fix == "re-run the same command to resume"
+
+
+def test_build_estimate_adds_the_kernel_librarys_first_build(tmp_path, monkeypatch):
+    """gguf-ggml before its library is built: the build stage's line says the compile (minutes on
+    2 cores), not only the builder's seconds; once built, or for gguf-native, it does not."""
+    import os
+    from types import SimpleNamespace
+
+    from oga_npu import kernels
+    from oga_npu.prepare import build
+    from oga_npu.prepare.plan import estimate_line
+    from oga_npu.recipe import load_recipe
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(build, "physical_cores", lambda: 2)
+    monkeypatch.setattr(kernels, "built", lambda: None)
+    ggml, native = (SimpleNamespace(recipe=load_recipe(r)) for r in ("gguf-ggml", "gguf-native"))
+    monkeypatch.setattr(build, "estimate", lambda ctx, d: 34.0)
+    assert (
+        estimate_line(build, ggml, tmp_path) == "estimate about 34 s + about 2 min compiling the kernel library, once"
+    )
+    assert estimate_line(build, native, tmp_path) == "estimate about 34 s"
+    monkeypatch.setattr(build, "estimate", lambda ctx, d: None)  # a size it cannot tell: the compile alone
+    assert estimate_line(build, ggml, tmp_path) == "estimate about 2 min compiling the kernel library, once"
+    monkeypatch.setattr(kernels, "built", lambda: tmp_path / "liboga_npu_ggml.so")
+    assert estimate_line(build, ggml, tmp_path) == ""
