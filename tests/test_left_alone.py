@@ -90,3 +90,44 @@ def test_build_estimate_adds_the_kernel_librarys_first_build(tmp_path, monkeypat
     assert estimate_line(build, ggml, tmp_path) == "estimate about 2 min compiling the kernel library, once"
     monkeypatch.setattr(kernels, "built", lambda: tmp_path / "liboga_npu_ggml.so")
     assert estimate_line(build, ggml, tmp_path) == ""
+
+
+def test_a_failed_kernel_build_says_its_folder_is_kept_and_force_starts_clean(tmp_path, monkeypatch):
+    """cmake failing (here: stood in for) keeps build-<key> for the next try, and says so in the
+    fix line: where, how big, and that --force starts clean (which it does)."""
+    import importlib
+
+    from oga_npu import kernels
+    from oga_npu.errors import KernelBuildError, ToolFailed
+
+    kbuild = importlib.import_module("oga_npu.kernels.build")  # (the package's `build` is the function)
+
+    monkeypatch.setenv("OGA_NPU_KERNELS", str(tmp_path / "k"))
+    monkeypatch.setattr(kbuild, "_tools", lambda: {"cmake": "cmake", "cxx": "c++"})
+    monkeypatch.setattr(kbuild, "ort_include", lambda: tmp_path)
+    src = tmp_path / "llama.cpp"
+    (src / "ggml").mkdir(parents=True)
+    (src / "ggml" / "CMakeLists.txt").write_text("")
+    seen = []
+
+    def cmake(plan, source, tools, log):
+        seen.append(sorted(p.name for p in plan.build_dir.iterdir()))
+        (plan.build_dir / "ggml").mkdir(exist_ok=True)
+        (plan.build_dir / "ggml" / "objects.o").write_bytes(b"\0" * 3_000_000)
+        raise ToolFailed("cmake", ["cmake"], 2, ["error: no"], log)
+
+    monkeypatch.setattr(kbuild, "_cmake", cmake)
+    with pytest.raises(KernelBuildError) as e:
+        kernels.ensure(source=src)
+    folder = kbuild.Plan.current(src).build_dir
+    assert (folder / "ggml" / "objects.o").is_file()
+    assert e.value.message.startswith("building the ggml kernels failed: cmake")
+    assert e.value.fix == (
+        f"see {folder / 'build.log'}; its folder (3 MB) is kept for the next try to reuse, "
+        f"`oga-npu kernels build --force` (or deleting {folder}) starts clean"
+    )
+    with pytest.raises(KernelBuildError):
+        kernels.ensure(source=src)  # the next try reuses it
+    with pytest.raises(KernelBuildError):
+        kernels.ensure(source=src, force=True)
+    assert seen == [[], ["ggml"], []]  # --force: nothing of the earlier tries
