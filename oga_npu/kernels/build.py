@@ -171,10 +171,11 @@ def _check_given(plan: Plan, origin: str) -> None:
         else f"set {SRC_ENV} to a llama-cpp-python sdist or a llama.cpp folder (or unset it: the sdist "
         "comes from PyPI), or use --recipe gguf-native"
     )
+    named = f"--source {given}" if origin == "--source" else f"{SRC_ENV}={given}"
     if given.is_dir() and not (given / "ggml" / "CMakeLists.txt").is_file():
-        raise KernelBuildError(f"{origin} {given} is not a llama.cpp folder (no ggml/CMakeLists.txt)", fix)
+        raise KernelBuildError(f"{named} is not a llama.cpp folder (no ggml/CMakeLists.txt)", fix)
     if not given.exists():
-        raise KernelBuildError(f"{origin} {given}: no such file or folder", fix)
+        raise KernelBuildError(f"{named}: no such file or folder", fix)
 
 
 def _llama_source(plan: Plan, say, log: Path) -> Path:
