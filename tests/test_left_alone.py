@@ -131,3 +131,26 @@ def test_a_failed_kernel_build_says_its_folder_is_kept_and_force_starts_clean(tm
     with pytest.raises(KernelBuildError):
         kernels.ensure(source=src, force=True)
     assert seen == [[], ["ggml"], []]  # --force: nothing of the earlier tries
+
+
+def test_a_gguf_recipes_cell_is_its_own_tests_not_gguf_natives(tmp_path):
+    from oga_npu.architectures import UNTESTED, VERIFIED, Support, by_name, check, render, table, tiny_config
+    from oga_npu.recipe import list_recipes, load_recipe
+
+    native, ggml = load_recipe("gguf-native"), load_recipe("gguf-ggml")
+    (tmp_path / "my-gguf.toml").write_text(list_recipes()["gguf-native"].read_text().replace("gguf-native", "my-gguf"))
+    mine = load_recipe(str(tmp_path / "my-gguf.toml"))
+    llama, mistral = (tiny_config(by_name(a), 256) for a in ("llama", "mistral"))
+    cells = {(r.name, c["model_type"]): check(c, r, "cpu")[1] for r in (native, ggml, mine) for c in (llama, mistral)}
+    assert (
+        cells["gguf-native", "mistral"].status == VERIFIED and "test_gguf_native" in cells["gguf-native", "mistral"].how
+    )
+    assert cells["gguf-ggml", "llama"].status == VERIFIED and "test_gguf_ggml" in cells["gguf-ggml", "llama"].how
+    assert cells["gguf-ggml", "mistral"] == Support(
+        UNTESTED,
+        "gguf-ggml: no test here prepares a GGUF of this architecture with it",
+    )
+    assert cells["my-gguf", "llama"].status == UNTESTED and cells["my-gguf", "llama"].how.startswith("my-gguf:")
+    rows = {r["name"]: r["gguf_recipes"] for r in table()}
+    assert rows["mistral"]["gguf-ggml"]["status"] == UNTESTED and rows["llama"]["gguf-ggml"]["status"] == VERIFIED
+    assert "gguf-native verified here for llama, mistral; gguf-ggml verified here for llama;" in render()
