@@ -154,3 +154,19 @@ def test_a_gguf_recipes_cell_is_its_own_tests_not_gguf_natives(tmp_path):
     rows = {r["name"]: r["gguf_recipes"] for r in table()}
     assert rows["mistral"]["gguf-ggml"]["status"] == UNTESTED and rows["llama"]["gguf-ggml"]["status"] == VERIFIED
     assert "gguf-native verified here for llama, mistral; gguf-ggml verified here for llama;" in render()
+
+
+def test_a_mistyped_recipe_names_the_closest_one(capsys, tmp_path):
+    from conftest import call
+
+    src = tmp_path / "model"  # a HF folder, as far as the request's checks look
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    code, out, err = call(capsys, "prepare", str(src), "--recipe", "gguf-gml")
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        "Error: unknown recipe 'gguf-gml' (known: builder-int4, cpu-fast, default, gguf-ggml, gguf-native)",
+        "Fix: use --recipe gguf-ggml (the closest known name), or a path to a .toml file",
+    ]
+    code, _, err = call(capsys, "prepare", str(src), "--recipe", "zzz")
+    assert code == 1 and err.endswith("Fix: pass one of the known names or a path to a .toml file\n")
