@@ -14,12 +14,12 @@ import pytest
 from oga_npu.errors import StageInterrupted
 
 
-def _interrupted_prepare(monkeypatch, source: Path, out: Path, **kw) -> StageInterrupted:
-    """prepare, Ctrl+C in its build stage (before the builder starts)."""
+def _interrupted_prepare(monkeypatch, source: Path, out: Path, raised=KeyboardInterrupt, **kw) -> StageInterrupted:
+    """prepare, Ctrl+C in its build stage (before the builder starts, or in it: `raised`)."""
     from oga_npu.prepare import PrepareRequest, build, prepare
 
     def cut(*a, **k):
-        raise KeyboardInterrupt
+        raise raised
 
     monkeypatch.setattr(build, "run_stage", cut)
     with pytest.raises(StageInterrupted) as e:
@@ -59,11 +59,12 @@ def test_a_folder_recording_a_shipped_recipes_path_resumes_by_its_name(tmp_path)
 
 
 def test_ctrl_c_under_force_says_to_resume_without_it(tiny_hf, tmp_path, monkeypatch):
-    e = _interrupted_prepare(monkeypatch, tiny_hf, tmp_path / "o", recipe="builder-int4", force=True)
-    assert e.message.startswith("interrupted during build;")
+    builder = StageInterrupted("onnxruntime-genai model builder interrupted", "re-run the same command to resume")
+    e = _interrupted_prepare(monkeypatch, tiny_hf, tmp_path / "o", builder, recipe="builder-int4", force=True)
+    assert e.message.startswith("interrupted during build (onnxruntime-genai model builder); ")
     assert e.fix.startswith("re-run the same command without --force to resume at build")
     e = _interrupted_prepare(monkeypatch, tiny_hf, tmp_path / "o", recipe="builder-int4")
-    assert e.fix == "re-run the same command to resume"
+    assert e.message.startswith("interrupted during build; ") and e.fix == "re-run the same command to resume"
 
 
 def test_build_estimate_adds_the_kernel_librarys_first_build(tmp_path, monkeypatch):

@@ -173,7 +173,8 @@ def _run_stage(
         with tools_mod.reporting(report):
             detail = s.run_stage(ctx, in_dir, part, log_path)
     except (KeyboardInterrupt, StageInterrupted) as e:  # (a tool's run: StageInterrupted naming it)
-        tool = f" ({e.message})" if isinstance(e, StageInterrupted) else ""
+        tool = e.message.removesuffix(" interrupted") if isinstance(e, StageInterrupted) else ""
+        tool = f" ({tool})" if tool and not tool.startswith(s.NAME) else ""
         raise StageInterrupted(
             f"interrupted during {s.NAME}{tool}; {partial_dir(out, s.NAME)} is left for the next run to clean", resume
         ) from e
