@@ -23,7 +23,10 @@ from ..tools import capture, find_tool, run_tool, tool_env
 from .spec import CMAKE_ENV, LIBRARY_NAME, LLAMA_CPP_PYTHON, SOURCE, SRC_ENV, root
 
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
-FIX_SOURCE = f"set {SRC_ENV} to a llama-cpp-python sdist or a llama.cpp folder, or use --recipe gguf-native"
+FIX_SOURCE = (
+    f"give a llama-cpp-python sdist or a llama.cpp folder (`oga-npu kernels build --source PATH`, or {SRC_ENV}), "
+    "or use --recipe gguf-native"
+)
 BASE_CMAKE = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
