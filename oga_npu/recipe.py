@@ -7,6 +7,7 @@ so any recipe works with any target; a target without its own table gets default
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -228,8 +229,12 @@ def find_recipe(name_or_path: str) -> Path:
     if name_or_path in known:
         return known[name_or_path]
     names = ", ".join(sorted(known)) or "(none found)"
+    close = difflib.get_close_matches(name_or_path, list(known), n=1)
     raise RecipeError(
-        f"unknown recipe '{name_or_path}' (known: {names})", "pass one of the known names or a path to a .toml file"
+        f"unknown recipe '{name_or_path}' (known: {names})",
+        f"use --recipe {close[0]} (the closest known name), or a path to a .toml file"
+        if close
+        else "pass one of the known names or a path to a .toml file",
     )
 
 

@@ -364,11 +364,21 @@ def resume_command(state: FolderState) -> str:
     if req.get("source"):
         parts = ["oga-npu", "prepare", _q(req["source"]), "--output", _q(str(state.path))]
         if req.get("recipe"):
-            parts += ["--recipe", _q(req["recipe"])]
+            parts += ["--recipe", _q(_recipe_arg(req["recipe"]))]
         if req.get("target"):
             parts += ["--target", req["target"]]
         return " ".join(parts)
     return f"oga-npu prepare SOURCE --output {_q(str(state.path))}"
+
+
+def _recipe_arg(recorded: str) -> str:
+    """A shipped recipe by its name: folders prepared before prepare.json kept the name given
+    recorded the TOML's absolute path inside the package (oga_npu/recipes/NAME.toml)."""
+    from .recipe import list_recipes
+
+    p = Path(recorded)
+    packaged = p.suffix == ".toml" and p.parent.name == "recipes" and p.parent.parent.name == "oga_npu"
+    return p.stem if packaged and p.stem in list_recipes() else recorded
 
 
 def _q(s: str) -> str:

@@ -27,6 +27,8 @@ from .schema import (
     AWQ_LAYOUTS,
     EXPECTED,
     GGUF_NATIVE_VERIFIED,
+    GGUF_RECIPES,
+    GGUF_VERIFIED,
     NOT_HERE,
     QUARK_KV_LAYERS,
     RECIPE_KIND,
@@ -50,6 +52,8 @@ __all__ = [
     "EXPECTED",
     "GGUF_NATIVE_VERIFIED",
     "GGUF_OTHERS",
+    "GGUF_RECIPES",
+    "GGUF_VERIFIED",
     "NOT_HERE",
     "NO_BUILDER_HINTS",
     "QUARK_KV_LAYERS",
@@ -68,6 +72,7 @@ __all__ = [
     "check",
     "config_fixes",
     "gguf_config",
+    "gguf_support",
     "hf_architecture",
     "known_names",
     "lookup",
@@ -96,6 +101,15 @@ def quark_spec(config: dict) -> tuple[str, str | None, list | None]:
 
 def _cells(arch: Architecture) -> dict:
     return {r: {t: arch.support(r, t) for t in TARGETS} for r in RECIPES}
+
+
+def _gguf_cells(arch: Architecture) -> dict:
+    """A GGUF file's recipes on cpu: refused as the builder-kind cell is, or with no GGUF
+    architecture transformers reads as this row; else what each recipe's own tests verify."""
+    base = arch.support("builder", "cpu")
+    if base.allowed and not arch.gguf:
+        base = Support(REFUSED, "transformers reads no GGUF architecture as this one")
+    return {r: gguf_support(arch, r) if base.allowed else base for r in GGUF_RECIPES}
 
 
 def config_fixes(config: dict) -> list[str]:
@@ -214,11 +228,7 @@ def check(config: dict, recipe, target: str) -> tuple[Architecture, Support]:
     if kind == "gptq" and arch.quark_template is not None and cell.allowed:
         cell = Support(UNTESTED, "Quark GPTQ is not tested here")
     if getattr(getattr(recipe, "quantize", None), "engine", None) == "gguf" and cell.allowed and target == "cpu":
-        cell = (
-            Support(VERIFIED, GGUF_NATIVE_VERIFIED[arch.name])
-            if arch.name in GGUF_NATIVE_VERIFIED
-            else Support(UNTESTED, "gguf-native: no test here prepares a GGUF of this architecture with it")
-        )
+        cell = gguf_support(arch, name)
     if cell.allowed:
         return arch, cell
     order = [target] + [x for x in TARGETS if x != target]
@@ -241,6 +251,17 @@ def check(config: dict, recipe, target: str) -> tuple[Architecture, Support]:
         f"{arch.hf_architectures[0]} with recipe {name} for --target {target} is refused: {cell.how}",
         fix + "; nothing was written",
     )
+
+
+def gguf_support(arch: Architecture, recipe: str) -> Support:
+    """The cpu cell of a GGUF recipe (gguf-native, gguf-ggml, or a TOML of the user's) for an
+    architecture whose builder-kind cell is allowed: what that recipe's own tests verify."""
+    how = GGUF_VERIFIED.get(recipe, {}).get(arch.name)
+    if how:
+        return Support(VERIFIED, how)
+    if recipe in GGUF_VERIFIED:
+        return Support(UNTESTED, f"{recipe}: no test here prepares a GGUF of this architecture with it")
+    return Support(UNTESTED, f"{recipe}: a recipe of your own, which no test here runs")
 
 
 def runtime_needs(config: dict) -> RuntimeNeeds:
@@ -303,7 +324,8 @@ def table() -> list[dict]:
                 "runtime": list(a.runtime),
                 "reference": a.reference,
                 "gguf": a.gguf or None,
-                "gguf_verified": a.gguf_verified,
+                "gguf_verified": a.gguf_verified,  # a GGUF of it through the dequantizing recipes
+                "gguf_recipes": {r: {"status": c.status, "how": c.how} for r, c in _gguf_cells(a).items()},
                 "note": a.note,
                 "support": {
                     r: {t: {"status": c.status, "how": c.how} for t, c in cells.items()}
@@ -315,6 +337,15 @@ def table() -> list[dict]:
 
 
 _MARK = {VERIFIED: "V", EXPECTED: "e", UNTESTED: "?", REFUSED: "-"}
+
+
+def _gguf_line(rows: list[dict]) -> str:
+    """Which rows each GGUF recipe is verified for (on cpu), by recipe: their own tests."""
+    said = []
+    for r in GGUF_RECIPES:
+        names = [row["name"] for row in rows if row["gguf_recipes"][r]["status"] == VERIFIED]
+        said.append(f"{r} verified here for {', '.join(names) or 'none'}")
+    return f"a .gguf on cpu: {'; '.join(said)}; other rows with a GGUF architecture untested (--json: gguf_recipes)"
 
 
 def render(rows: list[dict] | None = None, reasons: bool = False) -> str:
@@ -350,6 +381,7 @@ def render(rows: list[dict] | None = None, reasons: bool = False) -> str:
         + VERIFIED_HOW.split(":")[0]
         + "), e = expected (not verifiable on this machine), ? = untested, - = refused by prepare"
     )
+    lines.append(_gguf_line(rows))
     if notes:
         lines.append("why:")
         lines += notes

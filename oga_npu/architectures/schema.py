@@ -11,11 +11,20 @@ TARGETS = ("cpu", "webgpu", "dml", "hybrid", "npu")
 
 VERIFIED, EXPECTED, UNTESTED, REFUSED = "verified", "expected", "untested", "refused"
 VERIFIED_HOW = "tests/test_architectures.py: a tiny random model of the real settings is prepared and runs on CPU"
-# gguf-native (the file's own blocks) is a builder-kind recipe with its own tests.
-GGUF_NATIVE_VERIFIED = {
-    "llama": "tests/test_gguf_native.py: the bundled SmolLM2 Q4_1 GGUF is prepared and scored on CPU",
-    "mistral": "tests/test_gguf_native.py: a tiny Q4_K_M Mistral GGUF matches transformers fp32 on CPU",
+# The GGUF recipes (the file's own blocks; builder-kind graphs) have their own tests, each its own
+# architectures: gguf-native through onnxruntime's kernels, gguf-ggml through llama.cpp's.
+GGUF_RECIPES = ("gguf-native", "gguf-ggml")
+GGUF_VERIFIED = {
+    "gguf-native": {
+        "llama": "tests/test_gguf_native.py: the bundled SmolLM2 Q4_1 GGUF is prepared and scored on CPU",
+        "mistral": "tests/test_gguf_native.py: a tiny Q4_K_M Mistral GGUF matches transformers fp32 on CPU",
+    },
+    "gguf-ggml": {
+        "llama": "tests/test_gguf_ggml.py: a tiny Q4_K_M llama GGUF matches gguf-native's logits and the "
+        "bundled SmolLM2 Q4_1 GGUF answers on CPU",
+    },
 }
+GGUF_NATIVE_VERIFIED = GGUF_VERIFIED["gguf-native"]
 NOT_HERE = "expected (not verifiable here: needs Windows and a Ryzen AI NPU)"
 
 

@@ -23,7 +23,7 @@ Source = Annotated[
         help="llama-cpp-python sdist or llama.cpp folder (default: OGA_NPU_GGML_SRC, else downloaded from PyPI).",
     ),
 ]
-Force = Annotated[bool, typer.Option("--force", help="Build again even if built.")]
+Force = Annotated[bool, typer.Option("--force", help="Build again from a clean folder, even if built.")]
 
 
 @kernels_app.callback()

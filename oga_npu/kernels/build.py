@@ -23,7 +23,10 @@ from ..tools import capture, find_tool, run_tool, tool_env
 from .spec import CMAKE_ENV, LIBRARY_NAME, LLAMA_CPP_PYTHON, SOURCE, SRC_ENV, root
 
 SDIST = f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
-FIX_SOURCE = f"set {SRC_ENV} to a llama-cpp-python sdist or a llama.cpp folder, or use --recipe gguf-native"
+FIX_SOURCE = (
+    f"give a llama-cpp-python sdist or a llama.cpp folder (`oga-npu kernels build --source PATH`, or {SRC_ENV}), "
+    "or use --recipe gguf-native"
+)
 BASE_CMAKE = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -120,6 +123,9 @@ def build(source: Path | None = None, progress=None, force: bool = False) -> Pat
     say = progress or (lambda msg: None)
     tools = _tools()
     include = ort_include()
+    _check_given(plan, "--source" if source else SRC_ENV)  # before anything is written
+    if force:  # a clean build: nothing of an earlier try's folder is reused
+        shutil.rmtree(plan.build_dir, ignore_errors=True)
     plan.build_dir.mkdir(parents=True, exist_ok=True)
     log = plan.build_dir / "build.log"
     try:
@@ -129,7 +135,7 @@ def build(source: Path | None = None, progress=None, force: bool = False) -> Pat
         say("linking liboga_npu_ggml.so ...")
         _link(plan, src, include, log)
     except ToolFailed as e:
-        raise KernelBuildError(f"building the ggml kernels failed: {e.message}", f"see {log}") from None
+        raise KernelBuildError(f"building the ggml kernels failed: {e.message}", _kept_fix(plan, log)) from None
     shutil.rmtree(plan.build_dir, ignore_errors=True)  # ~200 MB of sources and objects; the library is all we keep
     say(f"built {plan.library}")
     return plan.library
@@ -147,17 +153,41 @@ def _tools() -> dict[str, str]:
         ) from None
 
 
+def _kept_fix(plan: Plan, log: Path) -> str:
+    """A failed build keeps its folder (sources unpacked, objects compiled) for the next try."""
+    size = sum(f.stat().st_size for f in plan.build_dir.rglob("*") if f.is_file() and not f.is_symlink())
+    return (
+        f"see {log}; its folder ({size / 1e6:.0f} MB) is kept for the next try to reuse, "
+        f"`oga-npu kernels build --force` (or deleting {plan.build_dir}) starts clean"
+    )
+
+
+def _check_given(plan: Plan, origin: str) -> None:
+    """A source given (--source, or the environment variable) that is not there."""
+    given = Path(plan.source) if plan.source else None
+    if given is None:
+        return
+    fix = (
+        f"pass --source a llama-cpp-python sdist (.tar.gz) or a llama.cpp folder, or leave it out "
+        f"(default: {SRC_ENV}, else llama-cpp-python {LLAMA_CPP_PYTHON} from PyPI)"
+        if origin == "--source"
+        else f"set {SRC_ENV} to a llama-cpp-python sdist or a llama.cpp folder (or unset it: the sdist "
+        "comes from PyPI), or use --recipe gguf-native"
+    )
+    named = f"--source {given}" if origin == "--source" else f"{SRC_ENV}={given}"
+    if given.is_dir() and not (given / "ggml" / "CMakeLists.txt").is_file():
+        raise KernelBuildError(f"{named} is not a llama.cpp folder (no ggml/CMakeLists.txt)", fix)
+    if not given.exists():
+        raise KernelBuildError(f"{named}: no such file or folder", fix)
+
+
 def _llama_source(plan: Plan, say, log: Path) -> Path:
     """vendor/llama.cpp of the sdist (downloaded when no source is given), or the folder given."""
     given = Path(plan.source) if plan.source else None
     if given and given.is_dir():
-        if not (given / "ggml" / "CMakeLists.txt").is_file():
-            raise KernelBuildError(f"{given} is not a llama.cpp folder (no ggml/CMakeLists.txt)", FIX_SOURCE)
         return given
     sdist = given or (root() / "src" / SDIST)
     if not sdist.is_file():
-        if given:
-            raise KernelBuildError(f"{given}: no such file", FIX_SOURCE)
         say(f"downloading llama-cpp-python {LLAMA_CPP_PYTHON} (source of llama.cpp's ggml) from PyPI ...")
         sdist.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]

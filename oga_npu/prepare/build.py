@@ -430,6 +430,25 @@ def estimate(ctx, in_dir: Path) -> float | None:
     return params / 8e6 * 2 / physical_cores() if params else None
 
 
+# gguf-ggml's kernel library, built the first time (oga_npu.kernels): measured about 2.5 min on
+# 2 cores and 33 s on 16 (docs/performance.md); seconds = a + b / cores through those two.
+KERNEL_BUILD_S = (16.0, 267.0)
+
+
+def once(ctx) -> tuple[str, float] | None:
+    """(what, rough seconds) of work this stage does once per machine, not per model: gguf-ggml's
+    kernel library while it is not built (the estimate line adds it)."""
+    q = ctx.recipe.quantize
+    if q.engine != "gguf" or q.kernels != "ggml":
+        return None
+    from ..kernels import built
+
+    if built() is not None:
+        return None
+    a, b = KERNEL_BUILD_S
+    return "compiling the kernel library, once", a + b / physical_cores()
+
+
 def describe(ctx, in_dir: Path, out_dir: Path) -> list[str]:
     opts = options(ctx)
     fixes = opts.fixes(in_dir) if (in_dir / "config.json").is_file() else []

@@ -159,28 +159,42 @@ def file_key(p: Path) -> str:
 
 
 def estimate_line(stage, ctx, in_dir: Path) -> str:
-    """'estimate: about 3 min' for stages that can say (from the model's size and the recipe)."""
-    est = getattr(stage, "estimate", None)
-    try:
-        secs = est(ctx, in_dir) if est else None
-    except (OSError, ValueError, KeyError):
-        secs = None
-    if not secs:
+    """'estimate about 3 min' for stages that can say (from the model's size and the recipe),
+    with work done once per machine named beside it ('+ about 2 min compiling the kernel
+    library, once')."""
+    secs = _stage_call(getattr(stage, "estimate", None), ctx, in_dir)
+    once = _stage_call(getattr(stage, "once", None), ctx)
+    if not secs and not once:
         return ""
-    busy = ""
-    try:  # a machine busy with other work runs the stage slower, about by load / cores
+    factor, busy = _busy_factor()
+    parts = [_about(secs * factor)] if secs and secs * factor >= 20 else []
+    if once:
+        parts.append(f"{_about(once[1] * factor)} {once[0]}")
+    return f"estimate {' + '.join(parts)}{busy}" if parts else ""
+
+
+def _stage_call(fn, *args):
+    try:
+        return fn(*args) if fn else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _busy_factor() -> tuple[float, str]:
+    """A machine busy with other work runs the stage slower, about by load / cores."""
+    try:
         from ..threads import physical_cores
 
         load, cores = os.getloadavg()[0], physical_cores()
         if load > cores + 0.5:
-            secs *= load / cores
-            busy = f", the CPU is busy: load {load:.0f} on {cores} cores"
+            return load / cores, f", the CPU is busy: load {load:.0f} on {cores} cores"
     except (OSError, AttributeError):  # no load average (Windows)
         pass
-    if secs < 20:
-        return ""
-    when = f"about {max(1, round(secs / 60))} min" if secs >= 90 else f"about {secs:.0f} s"
-    return f"estimate {when}{busy}"
+    return 1.0, ""
+
+
+def _about(secs: float) -> str:
+    return f"about {max(1, round(secs / 60))} min" if secs >= 90 else f"about {secs:.0f} s"
 
 
 def dry_run_rows(plan: Plan) -> DryRun:

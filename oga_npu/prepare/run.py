@@ -88,7 +88,9 @@ def run(plan: Plan, progress: Progress = noop) -> PrepareResult:
             out / REQUEST,
             {
                 "source": req.source,
-                "recipe": recipe.path or request.recipe_name,
+                # as the user gave it (a name stays a name, a path the path given): the resume
+                # command (workdir.resume_command) repeats it
+                "recipe": req.recipe or request.recipe_name,
                 "target": req.target,
                 "oga_npu": __version__,
             },
@@ -140,14 +142,24 @@ def _run_stages(plan: Plan, ctx: StageContext, keys: dict, hf_dir: Path, progres
             progress("skip", s.NAME, i, plan.total, "already done")
         else:
             redo = True  # everything after a re-run stage re-runs too
-            reports.append(_run_stage(s, i, plan.total, ctx, in_dir, keys[s.NAME], progress))
+            reports.append(_run_stage(s, i, plan.total, ctx, in_dir, keys[s.NAME], progress, _resume_fix(req, s.NAME)))
         if s.PRODUCES_MODEL:
             model_dir = stage_dir(out, s.NAME)
             in_dir = model_dir
     return reports, model_dir
 
 
-def _run_stage(s, i: int, total: int, ctx: StageContext, in_dir: Path, key: str, progress: Progress) -> StageReport:
+def _resume_fix(req, stage: str) -> str:
+    """What resumes an interrupted stage: the same command, unless it forced a rebuild."""
+    if req.force or req.from_stage:
+        flag = "--force" if req.force else f"--from {req.from_stage}"
+        return f"re-run the same command without {flag} to resume at {stage} (with it, the stages run again)"
+    return "re-run the same command to resume"
+
+
+def _run_stage(
+    s, i: int, total: int, ctx: StageContext, in_dir: Path, key: str, progress: Progress, resume: str
+) -> StageReport:
     out = ctx.output
     progress("start", s.NAME, i, total, estimate_line(s, ctx, in_dir))
     part = begin_stage(out, s.NAME)
@@ -160,10 +172,11 @@ def _run_stage(s, i: int, total: int, ctx: StageContext, in_dir: Path, key: str,
     try:
         with tools_mod.reporting(report):
             detail = s.run_stage(ctx, in_dir, part, log_path)
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, StageInterrupted) as e:  # (a tool's run: StageInterrupted naming it)
+        tool = e.message.removesuffix(" interrupted") if isinstance(e, StageInterrupted) else ""
+        tool = f" ({tool})" if tool and not tool.startswith(s.NAME) else ""
         raise StageInterrupted(
-            f"interrupted during {s.NAME}; {partial_dir(out, s.NAME)} is left for the next run to clean",
-            "re-run the same command to resume",
+            f"interrupted during {s.NAME}{tool}; {partial_dir(out, s.NAME)} is left for the next run to clean", resume
         ) from e
     except (OSError, ToolFailed) as e:
         if not is_disk_full(e):
