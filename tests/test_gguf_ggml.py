@@ -320,3 +320,32 @@ def test_smollm2_prepared_with_gguf_ggml_answers_through_run(library, tmp_path, 
     r = run_cli("run", "-m", str(moved), prompt, "-t", "0", "-n", "16", env=env)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+def test_a_default_gguf_prepare_names_gguf_ggml_only_where_it_can_run(monkeypatch):
+    """The tip after a default (gguf-native) CPU prepare of a .gguf: shown where gguf-ggml can run
+    (its library built, or Linux with cmake and a compiler), never for another recipe or target,
+    a recipe the user chose, or a machine that cannot build the library."""
+    import shutil
+    import sys
+
+    from oga_npu import kernels
+    from oga_npu.cli import prepare as cli_prepare
+
+    native = {"recipe": "gguf-native"}
+    monkeypatch.setattr(kernels, "built", lambda: None)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(shutil, "which", lambda t: f"/usr/bin/{t}")
+    tip = cli_prepare.ggml_tip("m.Q4_K_M.gguf", "cpu", None, native)
+    assert tip and "--recipe gguf-ggml" in tip
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", "gguf-native", native) is None  # chosen by the user
+    assert cli_prepare.ggml_tip("m.gguf", "webgpu", None, native) is None
+    assert cli_prepare.ggml_tip("org/model", "cpu", None, {"recipe": "default"}) is None
+    monkeypatch.setattr(shutil, "which", lambda t: None if t == "cmake" else f"/usr/bin/{t}")
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native) is None  # nothing to build it with
+    monkeypatch.setattr(kernels, "built", lambda: "/lib/liboga_npu_ggml.so")
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native)  # already built: no compiler needed
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(kernels, "built", lambda: None)
+    monkeypatch.setattr(shutil, "which", lambda t: f"C:/bin/{t}")
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native) is None  # no Windows build of the library
