@@ -332,20 +332,26 @@ def test_a_default_gguf_prepare_names_gguf_ggml_only_where_it_can_run(monkeypatc
     from oga_npu import kernels
     from oga_npu.cli import prepare as cli_prepare
 
-    native = {"recipe": "gguf-native"}
+    def native(**types):
+        return {"recipe": "gguf-native", "stages": {"build": {"detail": {"gguf_native": {"gguf_types": types}}}}}
+
+    q4km = native(F32=50, Q4_K=100, Q6_K=20)
     monkeypatch.setattr(kernels, "built", lambda: None)
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(shutil, "which", lambda t: f"/usr/bin/{t}")
-    tip = cli_prepare.ggml_tip("m.Q4_K_M.gguf", "cpu", None, native)
+    tip = cli_prepare.ggml_tip("m.Q4_K_M.gguf", "cpu", None, q4km)
     assert tip and "--recipe gguf-ggml" in tip
-    assert cli_prepare.ggml_tip("m.gguf", "cpu", "gguf-native", native) is None  # chosen by the user
-    assert cli_prepare.ggml_tip("m.gguf", "webgpu", None, native) is None
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native(F32=5, Q4_0=90, Q6_K=1))
+    # a file whose bulk has no repacked kernel (SmolLM2's Q4_1): its prefill is slower, no tip
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native(F32=61, Q4_1=210, Q8_0=1)) is None
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", "gguf-native", q4km) is None  # chosen by the user
+    assert cli_prepare.ggml_tip("m.gguf", "webgpu", None, q4km) is None
     assert cli_prepare.ggml_tip("org/model", "cpu", None, {"recipe": "default"}) is None
     monkeypatch.setattr(shutil, "which", lambda t: None if t == "cmake" else f"/usr/bin/{t}")
-    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native) is None  # nothing to build it with
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, q4km) is None  # nothing to build it with
     monkeypatch.setattr(kernels, "built", lambda: "/lib/liboga_npu_ggml.so")
-    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native)  # already built: no compiler needed
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, q4km)  # already built: no compiler needed
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(kernels, "built", lambda: None)
     monkeypatch.setattr(shutil, "which", lambda t: f"C:/bin/{t}")
-    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, native) is None  # no Windows build of the library
+    assert cli_prepare.ggml_tip("m.gguf", "cpu", None, q4km) is None  # no Windows build of the library

@@ -122,10 +122,13 @@ def prepare(
     print(result.output)
 
 
+REPACKED = ("Q4_0", "Q4_K")  # the bulk types gguf-ggml repacks at load, as llama.cpp does on x86
+
+
 def ggml_tip(source: str, target: str, recipe: str | None, manifest: dict | None) -> str | None:
-    """A .gguf prepared for the CPU by default (gguf-native) on a machine where gguf-ggml can run
-    (its library built, or Linux with cmake and a C++ compiler to build it): the measured reason
-    to pick it. gguf-native stays the default: no compiler needed, Windows too."""
+    """A .gguf whose bulk is Q4_0 or Q4_K, prepared for the CPU by default (gguf-native) on a
+    machine where gguf-ggml can run (its library built, or Linux with cmake and a C++ compiler to
+    build it): the measured reason to pick it. gguf-native stays the default: no compiler needed, Windows too."""
     import os
     import shutil
 
@@ -133,6 +136,10 @@ def ggml_tip(source: str, target: str, recipe: str | None, manifest: dict | None
         return None
     if (manifest or {}).get("recipe") != "gguf-native":
         return None
+    types = (manifest.get("stages", {}).get("build", {}).get("detail", {}).get("gguf_native") or {}).get("gguf_types")
+    quantized = {t: n for t, n in (types or {}).items() if t not in ("F32", "F16", "BF16")}
+    if not quantized or max(quantized, key=quantized.get) not in REPACKED:
+        return None  # measured on Q4_0 / Q4_K_M files; other types have no repacked kernel (slower prefill)
     from ..kernels import built
 
     tools = all(shutil.which(t) for t in ("cmake", os.environ.get("CXX") or "c++"))
