@@ -205,13 +205,10 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def inprocess_tools(monkeypatch):
-    """prepare's `python -m` tools (Quark quantize, the OGA builder, validate) run in this
-    process instead of in a child: torch, transformers and Quark are imported once for the
-    session (a child pays ~30 s for Quark's import alone). The pipeline is otherwise the real
-    one; the child-process path runs in the CLI tests (tiny_model, test_smollm2). One torch
-    thread meanwhile (see test_architectures' one_torch_thread)."""
+@contextlib.contextmanager
+def tools_in_process(mp: pytest.MonkeyPatch):
+    """inprocess_tools' patch on a given MonkeyPatch (session fixtures use
+    pytest.MonkeyPatch.context(), which has no function-scoped monkeypatch)."""
     import importlib
 
     import torch
@@ -219,12 +216,25 @@ def inprocess_tools(monkeypatch):
     import oga_npu.tools as tools
 
     build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
-    monkeypatch.setattr(tools, "run_tool", _inprocess_run_tool)
-    monkeypatch.setattr(build, "run_tool", _inprocess_run_tool)
+    mp.setattr(tools, "run_tool", _inprocess_run_tool)
+    mp.setattr(build, "run_tool", _inprocess_run_tool)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def inprocess_tools(monkeypatch):
+    """prepare's `python -m` tools (Quark quantize, the OGA builder, validate) run in this
+    process instead of in a child: torch, transformers and Quark are imported once for the
+    session (a child pays ~30 s for Quark's import alone). The pipeline is otherwise the real
+    one; the child-process path runs in the CLI tests (tiny_model, test_smollm2). One torch
+    thread meanwhile (see test_architectures' one_torch_thread)."""
+    with tools_in_process(monkeypatch):
+        yield
 
 
 def build_shared_lib(src: str, out: Path) -> Path | None:

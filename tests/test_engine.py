@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import call, run_cli
 
 from oga_npu.errors import ProviderError
 from oga_npu.generate import GenerationOptions, stream_generate
@@ -244,9 +244,10 @@ def test_eval_opens_onnxruntime_genai_lazily(tiny_webgpu, monkeypatch):
     assert load(tiny_webgpu, provider="cpu", decoder="oga").engine is None  # what `oga-npu eval` opens
 
 
-def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
+def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf, capsys, inprocess_tools):
     """direct_decode on a CPU build (a mask layout the passes refuse): prepare still succeeds,
-    says why in the stage log and result, and writes no engine graph."""
+    says why in the stage log and result, and writes no engine graph. The CLI and its builder
+    and validate tools run in this process (conftest.call, inprocess_tools)."""
     recipe = tmp_path / "cpu-direct.toml"
     recipe.write_text(
         (Path(__file__).resolve().parent.parent / "oga_npu" / "recipes" / "builder-int4.toml")
@@ -257,8 +258,8 @@ def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
         )
     )
     out = tmp_path / "m"
-    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(capsys, "prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(out))
+    assert code == 0, err
     assert not (out / eng.ENGINE_FILE).exists()
     manifest = (out / "oga_npu_manifest.json").read_text()
     assert "graph_passes_skipped" in manifest and "attention_mask" in manifest
