@@ -23,7 +23,9 @@ IDS = [1, 17, 99, 200, 42, 7, 311, 5, 64, 128]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, session_home) -> tuple[Path, Path, Path]:
-    """(the .gguf, its dequantized HF folder, the builder's model folder before any import pass)."""
+    """(the .gguf, its dequantized HF folder, the builder's model folder before any import pass).
+    The builder runs in this process (conftest.tools_in_process)."""
+    from conftest import tools_in_process
     from gguf_models import write_gguf
 
     from oga_npu.prepare import build
@@ -36,7 +38,8 @@ def built(tmp_path_factory, session_home) -> tuple[Path, Path, Path]:
     cfg = load_recipe("gguf-ggml").build_for("cpu")
     opts = build.BuildOptions(cfg, cfg, (), build.resolved_session_options(cfg))
     out = tmp / "builder"
-    build.run(hf, out, "cpu", opts, tmp / "build.log")  # no gguf: the builder's graph alone
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
+        build.run(hf, out, "cpu", opts, tmp / "build.log")  # no gguf: the builder's graph alone
     return src, hf, out
 
 

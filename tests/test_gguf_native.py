@@ -173,10 +173,11 @@ def _last_logits_hf(hf_dir, ids):
         return m(torch.tensor([ids])).logits[0, -1].double().numpy()
 
 
-def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path):
+def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path, inprocess_tools):
     """llama.cpp's Q4_K_M mix on an untied Mistral (q/k permuted by the converter; packed qkv of
     Q4_K+Q4_K+Q6_K; Q6_K embedding and head, each its own): the prepared model's logits equal
-    the dequantized model's in transformers fp32. (Tied heads: the SmolLM2 test below.)"""
+    the dequantized model's in transformers fp32. (Tied heads: the SmolLM2 test below.) The
+    builder and validate run in this process (inprocess_tools)."""
     arch, quant = "mistral", "Q4_K_M"
     import json
 
