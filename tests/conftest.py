@@ -107,6 +107,26 @@ TINY_CONFIG = dict(
 )
 
 
+def cli_in_process(*argv: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """`oga-npu ARGV` in this process, as run_cli's result (for session fixtures: no capsys),
+    with env set and cwd the working directory meanwhile, and prepare's `python -m` tools of
+    this interpreter in process too (tools_in_process); other programs stay children."""
+    from oga_npu import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.chdir(cwd)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli.main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess(["oga-npu", *argv], code, out.getvalue(), err.getvalue())
+
+
 def call(capsys, *argv: str) -> tuple[int, str, str]:
     """The CLI in process: (exit code, stdout, stderr) of `oga-npu ARGV`."""
     from oga_npu import cli
@@ -153,13 +173,28 @@ def tiny_hf(tmp_path_factory, smol_tokenizer_dir) -> Path:
     return out
 
 
+_REAL_RUN_TOOL = None  # oga_npu.tools.run_tool before any patch
+
+
 def _inprocess_run_tool(
     argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None, tail_lines=20
 ):
-    """oga_npu.tools.run_tool for `python -m MODULE ...` argv, run in this process."""
+    """oga_npu.tools.run_tool for `python -m MODULE ...` argv of this interpreter, run in this
+    process; another program (a Ryzen AI env's python, a vendor tool) still runs as a child."""
     from oga_npu.errors import ToolFailed
     from oga_npu.tools import ToolResult
 
+    if argv[0] != sys.executable:
+        return _REAL_RUN_TOOL(
+            argv,
+            name=name,
+            env=env,
+            cwd=cwd,
+            log_path=log_path,
+            timeout=timeout,
+            version=version,
+            tail_lines=tail_lines,
+        )
     assert argv[1] == "-m", argv
     module, args = argv[2], argv[3:]
     buf = io.StringIO()
@@ -215,6 +250,9 @@ def tools_in_process(mp: pytest.MonkeyPatch):
 
     import oga_npu.tools as tools
 
+    global _REAL_RUN_TOOL
+    if _REAL_RUN_TOOL is None:
+        _REAL_RUN_TOOL = tools.run_tool
     build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
     mp.setattr(tools, "run_tool", _inprocess_run_tool)
     mp.setattr(build, "run_tool", _inprocess_run_tool)
@@ -320,12 +358,15 @@ def tiny_hybrid16(tmp_path_factory, tiny_hf) -> tuple[Path, Path]:
     """tiny_hf prepared for hybrid with the fake Ryzen AI tools (tests/rai_env.py: the RAI 1.6
     form, traced), once for the session: (the working directory it ran in, with dd_plugins/ and
     the fakes' log fake.jsonl; the folder). test_hybrid checks it; test_ryzenai's base starts
-    from its quantize stage (the same key: one Quark run for both)."""
+    from its quantize stage (the same key: one Quark run for both). The CLI and its Quark
+    quantize run in this process (cli_in_process: Quark is imported once for the session, a
+    child pays ~30 s for it; tiny_model's prepare is the child-process path); the fake Ryzen AI
+    env's builder, onnx_utils and model_generate run as children as before."""
     from rai_env import fake_env
 
     root = tmp_path_factory.mktemp("hybrid")
     out = root / "m"
-    r = run_cli(
+    r = cli_in_process(
         "prepare",
         str(tiny_hf),
         "--target",
