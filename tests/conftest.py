@@ -336,9 +336,10 @@ def smol_native(tmp_path_factory, session_home) -> tuple[Path, subprocess.Comple
 def tiny_webgpu_prepare(tmp_path_factory, tiny_hf, session_home) -> tuple[Path, subprocess.CompletedProcess]:
     """tiny_hf prepared for WebGPU with builder-int4 (no adapter here: validate says why it is
     skipped), once for the session: (folder, the prepare's CompletedProcess). Read by
-    test_engine and test_model_folder; tests that change it work on a copy."""
+    test_engine and test_model_folder; tests that change it work on a copy. The CLI and its
+    builder run in this process (cli_in_process; the child-process prepare is tiny_model's)."""
     out = tmp_path_factory.mktemp("engine") / "tiny-webgpu"
-    r = run_cli(
+    r = cli_in_process(
         "prepare",
         str(tiny_hf),
         "--target",
@@ -348,6 +349,7 @@ def tiny_webgpu_prepare(tmp_path_factory, tiny_hf, session_home) -> tuple[Path, 
         "--output",
         str(out),
         env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
+        cwd=out.parent,
     )
     assert r.returncode == 0, r.stderr
     return out, r
