@@ -200,39 +200,17 @@ def test_doctor_says_which_decoder(tiny_webgpu, tmp_path):
     assert "Generator (no model.engine.onnx: re-run prepare --target webgpu" in r.stdout + r.stderr
 
 
-def test_cli_run_says_direct_decode(tiny_webgpu):
-    r = run_cli(
-        "run",
-        "-m",
-        str(tiny_webgpu),
-        "--provider",
-        "cpu",
-        "Hello",
-        "-n",
-        "5",
-        "-t",
-        "0",
-        "--timings",
-        env={eng.DECODER_ENV: "direct"},
-    )
-    assert r.returncode == 0, r.stderr
-    assert "[cpu, direct decode]" in r.stderr
-    r2 = run_cli(
-        "run",
-        "-m",
-        str(tiny_webgpu),
-        "--provider",
-        "cpu",
-        "Hello",
-        "-n",
-        "5",
-        "-t",
-        "0",
-        "--timings",
-        env={eng.DECODER_ENV: "oga"},
-    )
-    assert r2.returncode == 0 and "[cpu]" in r2.stderr
-    assert r.stdout == r2.stdout  # same greedy text either way
+def test_cli_run_says_direct_decode(tiny_webgpu, capsys, monkeypatch):
+    """The CLI in process (conftest.call); the decoder chosen by the environment as before."""
+    argv = ("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "-t", "0", "--timings")
+    monkeypatch.setenv(eng.DECODER_ENV, "direct")
+    code, out, err = call(capsys, *argv)
+    assert code == 0, err
+    assert "[cpu, direct decode]" in err
+    monkeypatch.setenv(eng.DECODER_ENV, "oga")
+    code2, out2, err2 = call(capsys, *argv)
+    assert code2 == 0 and "[cpu]" in err2
+    assert out == out2  # same greedy text either way
 
 
 def test_eval_opens_onnxruntime_genai_lazily(tiny_webgpu, monkeypatch):
