@@ -188,16 +188,17 @@ def test_decoder_setting_errors(tiny_model, monkeypatch):
     assert r.returncode == 1 and "has no model.engine.onnx" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_doctor_says_which_decoder(tiny_webgpu, tmp_path):
-    r = run_cli("doctor", "-m", str(tiny_webgpu))
-    assert "decoding direct (model.engine.onnx" in r.stdout + r.stderr
+def test_doctor_says_which_decoder(tiny_webgpu, tmp_path, capsys):
+    """The CLI in process (conftest.call)."""
+    _, out, err = call(capsys, "doctor", "-m", str(tiny_webgpu))
+    assert "decoding direct (model.engine.onnx" in out + err
     bare = tmp_path / "bare"
     bare.mkdir()
     for f in tiny_webgpu.iterdir():  # a copied folder without the engine graph (an older prepare)
         if f.is_file() and f.name not in (eng.ENGINE_FILE, "oga_npu_manifest.json", "prepare.json"):
             (bare / f.name).write_bytes(f.read_bytes())
-    r = run_cli("doctor", "-m", str(bare))
-    assert "Generator (no model.engine.onnx: re-run prepare --target webgpu" in r.stdout + r.stderr
+    _, out, err = call(capsys, "doctor", "-m", str(bare))
+    assert "Generator (no model.engine.onnx: re-run prepare --target webgpu" in out + err
 
 
 def test_cli_run_says_direct_decode(tiny_webgpu, capsys, monkeypatch):
