@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from oga_npu import tools as _oga_tools
 from oga_npu.demo import smollm2_gguf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,7 +174,7 @@ def tiny_hf(tmp_path_factory, smol_tokenizer_dir) -> Path:
     return out
 
 
-_REAL_RUN_TOOL = None  # oga_npu.tools.run_tool before any patch
+_REAL_RUN_TOOL = _oga_tools.run_tool  # taken at import, before any test patches it
 
 
 def _inprocess_run_tool(
@@ -250,9 +251,6 @@ def tools_in_process(mp: pytest.MonkeyPatch):
 
     import oga_npu.tools as tools
 
-    global _REAL_RUN_TOOL
-    if _REAL_RUN_TOOL is None:
-        _REAL_RUN_TOOL = tools.run_tool
     build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
     mp.setattr(tools, "run_tool", _inprocess_run_tool)
     mp.setattr(build, "run_tool", _inprocess_run_tool)
