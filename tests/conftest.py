@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from oga_npu import tools as _oga_tools
 from oga_npu.demo import smollm2_gguf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +108,26 @@ TINY_CONFIG = dict(
 )
 
 
+def cli_in_process(*argv: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """`oga-npu ARGV` in this process, as run_cli's result (for session fixtures: no capsys),
+    with env set and cwd the working directory meanwhile, and prepare's `python -m` tools of
+    this interpreter in process too (tools_in_process); other programs stay children."""
+    from oga_npu import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.chdir(cwd)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                cli.main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess(["oga-npu", *argv], code, out.getvalue(), err.getvalue())
+
+
 def call(capsys, *argv: str) -> tuple[int, str, str]:
     """The CLI in process: (exit code, stdout, stderr) of `oga-npu ARGV`."""
     from oga_npu import cli
@@ -153,13 +174,28 @@ def tiny_hf(tmp_path_factory, smol_tokenizer_dir) -> Path:
     return out
 
 
+_REAL_RUN_TOOL = _oga_tools.run_tool  # taken at import, before any test patches it
+
+
 def _inprocess_run_tool(
     argv, *, name=None, env=None, cwd=None, log_path=None, timeout=None, version=None, tail_lines=20
 ):
-    """oga_npu.tools.run_tool for `python -m MODULE ...` argv, run in this process."""
+    """oga_npu.tools.run_tool for `python -m MODULE ...` argv of this interpreter, run in this
+    process; another program (a Ryzen AI env's python, a vendor tool) still runs as a child."""
     from oga_npu.errors import ToolFailed
     from oga_npu.tools import ToolResult
 
+    if argv[0] != sys.executable:
+        return _REAL_RUN_TOOL(
+            argv,
+            name=name,
+            env=env,
+            cwd=cwd,
+            log_path=log_path,
+            timeout=timeout,
+            version=version,
+            tail_lines=tail_lines,
+        )
     assert argv[1] == "-m", argv
     module, args = argv[2], argv[3:]
     buf = io.StringIO()
@@ -205,13 +241,10 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def inprocess_tools(monkeypatch):
-    """prepare's `python -m` tools (Quark quantize, the OGA builder, validate) run in this
-    process instead of in a child: torch, transformers and Quark are imported once for the
-    session (a child pays ~30 s for Quark's import alone). The pipeline is otherwise the real
-    one; the child-process path runs in the CLI tests (tiny_model, test_smollm2). One torch
-    thread meanwhile (see test_architectures' one_torch_thread)."""
+@contextlib.contextmanager
+def tools_in_process(mp: pytest.MonkeyPatch):
+    """inprocess_tools' patch on a given MonkeyPatch (session fixtures use
+    pytest.MonkeyPatch.context(), which has no function-scoped monkeypatch)."""
     import importlib
 
     import torch
@@ -219,12 +252,25 @@ def inprocess_tools(monkeypatch):
     import oga_npu.tools as tools
 
     build = importlib.import_module("oga_npu.prepare.build")  # oga_npu.prepare is also a function name
-    monkeypatch.setattr(tools, "run_tool", _inprocess_run_tool)
-    monkeypatch.setattr(build, "run_tool", _inprocess_run_tool)
+    mp.setattr(tools, "run_tool", _inprocess_run_tool)
+    mp.setattr(build, "run_tool", _inprocess_run_tool)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def inprocess_tools(monkeypatch):
+    """prepare's `python -m` tools (Quark quantize, the OGA builder, validate) run in this
+    process instead of in a child: torch, transformers and Quark are imported once for the
+    session (a child pays ~30 s for Quark's import alone). The pipeline is otherwise the real
+    one; the child-process path runs in the CLI tests (tiny_model, test_smollm2). One torch
+    thread meanwhile (see test_architectures' one_torch_thread)."""
+    with tools_in_process(monkeypatch):
+        yield
 
 
 def build_shared_lib(src: str, out: Path) -> Path | None:
@@ -288,9 +334,10 @@ def smol_native(tmp_path_factory, session_home) -> tuple[Path, subprocess.Comple
 def tiny_webgpu_prepare(tmp_path_factory, tiny_hf, session_home) -> tuple[Path, subprocess.CompletedProcess]:
     """tiny_hf prepared for WebGPU with builder-int4 (no adapter here: validate says why it is
     skipped), once for the session: (folder, the prepare's CompletedProcess). Read by
-    test_engine and test_model_folder; tests that change it work on a copy."""
+    test_engine and test_model_folder; tests that change it work on a copy. The CLI and its
+    builder run in this process (cli_in_process; the child-process prepare is tiny_model's)."""
     out = tmp_path_factory.mktemp("engine") / "tiny-webgpu"
-    r = run_cli(
+    r = cli_in_process(
         "prepare",
         str(tiny_hf),
         "--target",
@@ -300,6 +347,7 @@ def tiny_webgpu_prepare(tmp_path_factory, tiny_hf, session_home) -> tuple[Path, 
         "--output",
         str(out),
         env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
+        cwd=out.parent,
     )
     assert r.returncode == 0, r.stderr
     return out, r
@@ -310,12 +358,15 @@ def tiny_hybrid16(tmp_path_factory, tiny_hf) -> tuple[Path, Path]:
     """tiny_hf prepared for hybrid with the fake Ryzen AI tools (tests/rai_env.py: the RAI 1.6
     form, traced), once for the session: (the working directory it ran in, with dd_plugins/ and
     the fakes' log fake.jsonl; the folder). test_hybrid checks it; test_ryzenai's base starts
-    from its quantize stage (the same key: one Quark run for both)."""
+    from its quantize stage (the same key: one Quark run for both). The CLI and its Quark
+    quantize run in this process (cli_in_process: Quark is imported once for the session, a
+    child pays ~30 s for it; tiny_model's prepare is the child-process path); the fake Ryzen AI
+    env's builder, onnx_utils and model_generate run as children as before."""
     from rai_env import fake_env
 
     root = tmp_path_factory.mktemp("hybrid")
     out = root / "m"
-    r = run_cli(
+    r = cli_in_process(
         "prepare",
         str(tiny_hf),
         "--target",

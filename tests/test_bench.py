@@ -203,9 +203,11 @@ def test_eval_reports_perplexity_and_reference(tiny_model, tiny_hf, capsys):
     assert rows[0]["perplexity"] > 1000 and abs(rows[0]["perplexity"] / rows[1]["perplexity"] - 1) < 0.3
 
 
-def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, tiny_model):
+def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, tiny_model, capsys, inprocess_tools):
     """prune_lm_head (the default) keeps the last position's logits only; eval then scores
-    one token per step. A build that keeps every position's logits must agree."""
+    one token per step. A build that keeps every position's logits must agree. The CLI and its
+    builder and validate tools run in this process (conftest.call, inprocess_tools): the
+    child-process prepare is tiny_model's, eval as a child is test_smollm2's damaged-model case."""
     recipe = tmp_path / "full.toml"
     recipe.write_text(
         (REPO / "oga_npu" / "recipes" / "cpu-fast.toml").read_text().replace(", prune_lm_head = true", "")
@@ -215,11 +217,17 @@ def test_eval_of_a_full_logits_build_matches_the_pruned_one(tmp_path, tiny_hf, t
     # From a copy of tiny_model: the quantize stage (its key has no build options) is reused,
     # the builder runs again with the full-logits options.
     shutil.copytree(tiny_model, full)
-    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full), "--from", "build")
-    assert r.returncode == 0, r.stderr
-    assert "quantize … already done" in r.stderr and "build … done" in r.stderr, r.stderr
+    code, _, err = call(
+        capsys, "prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(full), "--from", "build"
+    )
+    assert code == 0, err
+    assert "quantize … already done" in err and "build … done" in err, err
     args = ["--window", "64", "--windows", "2", "--ref", "none", "--json"]
-    rows = [json.loads(run_cli("eval", "-m", str(m), *args).stdout)[0] for m in (tiny_model, full)]
+    rows = []
+    for m in (tiny_model, full):
+        code, out, err = call(capsys, "eval", "-m", str(m), *args)
+        assert code == 0, err
+        rows.append(json.loads(out)[0])
     assert rows[0]["tokens"] == rows[1]["tokens"] == 126
     assert abs(rows[0]["perplexity"] / rows[1]["perplexity"] - 1) < 1e-3
 

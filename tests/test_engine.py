@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import call, run_cli
 
 from oga_npu.errors import ProviderError
 from oga_npu.generate import GenerationOptions, stream_generate
@@ -188,51 +188,30 @@ def test_decoder_setting_errors(tiny_model, monkeypatch):
     assert r.returncode == 1 and "has no model.engine.onnx" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_doctor_says_which_decoder(tiny_webgpu, tmp_path):
-    r = run_cli("doctor", "-m", str(tiny_webgpu))
-    assert "decoding direct (model.engine.onnx" in r.stdout + r.stderr
+def test_doctor_says_which_decoder(tiny_webgpu, tmp_path, capsys):
+    """The CLI in process (conftest.call)."""
+    _, out, err = call(capsys, "doctor", "-m", str(tiny_webgpu))
+    assert "decoding direct (model.engine.onnx" in out + err
     bare = tmp_path / "bare"
     bare.mkdir()
     for f in tiny_webgpu.iterdir():  # a copied folder without the engine graph (an older prepare)
         if f.is_file() and f.name not in (eng.ENGINE_FILE, "oga_npu_manifest.json", "prepare.json"):
             (bare / f.name).write_bytes(f.read_bytes())
-    r = run_cli("doctor", "-m", str(bare))
-    assert "Generator (no model.engine.onnx: re-run prepare --target webgpu" in r.stdout + r.stderr
+    _, out, err = call(capsys, "doctor", "-m", str(bare))
+    assert "Generator (no model.engine.onnx: re-run prepare --target webgpu" in out + err
 
 
-def test_cli_run_says_direct_decode(tiny_webgpu):
-    r = run_cli(
-        "run",
-        "-m",
-        str(tiny_webgpu),
-        "--provider",
-        "cpu",
-        "Hello",
-        "-n",
-        "5",
-        "-t",
-        "0",
-        "--timings",
-        env={eng.DECODER_ENV: "direct"},
-    )
-    assert r.returncode == 0, r.stderr
-    assert "[cpu, direct decode]" in r.stderr
-    r2 = run_cli(
-        "run",
-        "-m",
-        str(tiny_webgpu),
-        "--provider",
-        "cpu",
-        "Hello",
-        "-n",
-        "5",
-        "-t",
-        "0",
-        "--timings",
-        env={eng.DECODER_ENV: "oga"},
-    )
-    assert r2.returncode == 0 and "[cpu]" in r2.stderr
-    assert r.stdout == r2.stdout  # same greedy text either way
+def test_cli_run_says_direct_decode(tiny_webgpu, capsys, monkeypatch):
+    """The CLI in process (conftest.call); the decoder chosen by the environment as before."""
+    argv = ("run", "-m", str(tiny_webgpu), "--provider", "cpu", "Hello", "-n", "5", "-t", "0", "--timings")
+    monkeypatch.setenv(eng.DECODER_ENV, "direct")
+    code, out, err = call(capsys, *argv)
+    assert code == 0, err
+    assert "[cpu, direct decode]" in err
+    monkeypatch.setenv(eng.DECODER_ENV, "oga")
+    code2, out2, err2 = call(capsys, *argv)
+    assert code2 == 0 and "[cpu]" in err2
+    assert out == out2  # same greedy text either way
 
 
 def test_eval_opens_onnxruntime_genai_lazily(tiny_webgpu, monkeypatch):
@@ -244,9 +223,10 @@ def test_eval_opens_onnxruntime_genai_lazily(tiny_webgpu, monkeypatch):
     assert load(tiny_webgpu, provider="cpu", decoder="oga").engine is None  # what `oga-npu eval` opens
 
 
-def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
+def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf, capsys, inprocess_tools):
     """direct_decode on a CPU build (a mask layout the passes refuse): prepare still succeeds,
-    says why in the stage log and result, and writes no engine graph."""
+    says why in the stage log and result, and writes no engine graph. The CLI and its builder
+    and validate tools run in this process (conftest.call, inprocess_tools)."""
     recipe = tmp_path / "cpu-direct.toml"
     recipe.write_text(
         (Path(__file__).resolve().parent.parent / "oga_npu" / "recipes" / "builder-int4.toml")
@@ -257,8 +237,8 @@ def test_prepare_records_a_skipped_engine_graph(tmp_path, tiny_hf):
         )
     )
     out = tmp_path / "m"
-    r = run_cli("prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(out))
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(capsys, "prepare", str(tiny_hf), "--recipe", str(recipe), "--output", str(out))
+    assert code == 0, err
     assert not (out / eng.ENGINE_FILE).exists()
     manifest = (out / "oga_npu_manifest.json").read_text()
     assert "graph_passes_skipped" in manifest and "attention_mask" in manifest

@@ -13,13 +13,15 @@ import pytest
 @pytest.fixture(scope="module")
 def native(tmp_path_factory, session_home) -> Path:
     """A tiny llama in llama.cpp's Q4_K_M mix (Q4_K with offsets, Q6_K with high bits),
-    prepared with gguf-native and no expanded form yet."""
+    prepared with gguf-native and no expanded form yet. Its builder and validate run in this
+    process (conftest.tools_in_process); the fresh prepare below keeps its child-process validate."""
+    from conftest import tools_in_process
     from gguf_models import write_gguf
 
     from oga_npu.prepare import PrepareRequest, prepare
 
     tmp = tmp_path_factory.mktemp("expand")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
         mp.setenv("OGA_NPU_HOME", str(session_home))
         mp.setenv("OGA_NPU_EXPAND", "0")
         mp.setenv("HF_HUB_OFFLINE", "1")

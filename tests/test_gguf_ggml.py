@@ -23,7 +23,9 @@ IDS = [1, 17, 99, 200, 42, 7, 311, 5, 64, 128]
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, session_home) -> tuple[Path, Path, Path]:
-    """(the .gguf, its dequantized HF folder, the builder's model folder before any import pass)."""
+    """(the .gguf, its dequantized HF folder, the builder's model folder before any import pass).
+    The builder runs in this process (conftest.tools_in_process)."""
+    from conftest import tools_in_process
     from gguf_models import write_gguf
 
     from oga_npu.prepare import build
@@ -36,7 +38,8 @@ def built(tmp_path_factory, session_home) -> tuple[Path, Path, Path]:
     cfg = load_recipe("gguf-ggml").build_for("cpu")
     opts = build.BuildOptions(cfg, cfg, (), build.resolved_session_options(cfg))
     out = tmp / "builder"
-    build.run(hf, out, "cpu", opts, tmp / "build.log")  # no gguf: the builder's graph alone
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
+        build.run(hf, out, "cpu", opts, tmp / "build.log")  # no gguf: the builder's graph alone
     return src, hf, out
 
 
@@ -291,18 +294,22 @@ def test_ggml_logits_match_gguf_native_and_greedy_generation_runs(built, library
 
 
 @pytest.mark.slow
-def test_smollm2_prepared_with_gguf_ggml_answers_through_run(library, tmp_path, session_home):
+def test_smollm2_prepared_with_gguf_ggml_answers_through_run(library, tmp_path, session_home, capsys, inprocess_tools):
     """The bundled SmolLM2 Q4_1 (tied Q8_0 embedding): prepare --recipe gguf-ggml copies the
     library into the folder, names it relative in genai_config.json and records its hash;
-    `oga-npu run` answers from a copy of the folder elsewhere."""
-    from conftest import run_cli, smollm2_gguf
+    `oga-npu run` answers from a copy of the folder elsewhere. The CLI and its builder and
+    validate tools run in this process (conftest.call, inprocess_tools; the GGUF's dequantized
+    copy is the session's, in session_home): the child-process prepare of a GGUF is smol_native's."""
+    import os
+
+    from conftest import call, smollm2_gguf
 
     from oga_npu.gguf.ggml_folder import identity
 
-    env = {"OGA_NPU_HOME": str(session_home)}
+    assert os.environ["OGA_NPU_HOME"] == str(session_home)
     out = tmp_path / "made" / "smol-ggml"
-    r = run_cli("prepare", str(smollm2_gguf()), "--recipe", "gguf-ggml", "--output", str(out), env=env)
-    assert r.returncode == 0, r.stderr
+    code, _, err = call(capsys, "prepare", str(smollm2_gguf()), "--recipe", "gguf-ggml", "--output", str(out))
+    assert code == 0, err
     manifest = json.loads((out / "oga_npu_manifest.json").read_text())
     config = json.loads((out / "genai_config.json").read_text())
     name = config["model"]["decoder"]["session_options"]["custom_ops_library"]
@@ -317,9 +324,9 @@ def test_smollm2_prepared_with_gguf_ggml_answers_through_run(library, tmp_path, 
     # (the validate stage's prompt: on the bare question int8 activations, llama.cpp's too,
     # tip fp32's "The" (0.08 ahead) to "L'", as for gguf-native: test_gguf_native.py)
     prompt = "What is the capital of France? Answer in one sentence."
-    r = run_cli("run", "-m", str(moved), prompt, "-t", "0", "-n", "16", env=env)
-    assert r.returncode == 0, r.stderr
-    assert "Paris" in r.stdout
+    code, out, err = call(capsys, "run", "-m", str(moved), prompt, "-t", "0", "-n", "16")
+    assert code == 0, err
+    assert "Paris" in out
 
 
 def test_a_default_gguf_prepare_names_gguf_ggml_only_where_it_can_run(monkeypatch):

@@ -173,10 +173,11 @@ def _last_logits_hf(hf_dir, ids):
         return m(torch.tensor([ids])).logits[0, -1].double().numpy()
 
 
-def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path):
+def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path, inprocess_tools):
     """llama.cpp's Q4_K_M mix on an untied Mistral (q/k permuted by the converter; packed qkv of
     Q4_K+Q4_K+Q6_K; Q6_K embedding and head, each its own): the prepared model's logits equal
-    the dequantized model's in transformers fp32. (Tied heads: the SmolLM2 test below.)"""
+    the dequantized model's in transformers fp32. (Tied heads: the SmolLM2 test below.) The
+    builder and validate run in this process (inprocess_tools)."""
     arch, quant = "mistral", "Q4_K_M"
     import json
 
@@ -211,36 +212,40 @@ def test_tiny_gguf_model_prepared_native_matches_transformers_fp32(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_default_gguf_recipe_is_native_and_within_1pct_of_fp32(tmp_path, session_home, smol_native):
+def test_smollm2_default_gguf_recipe_is_native_and_within_1pct_of_fp32(tmp_path, session_home, smol_native, capfd):
     """The bundled SmolLM2 Q4_1 (tied Q8_0 embedding) prepared with no --recipe: gguf-native.
     Perplexity within 1% of transformers fp32 on the dequantized weights, recorded in the
     manifest and shown by `oga-npu models`; the folder at most 1.25x the GGUF. (The session's
-    prepare, shared with test_smollm2; eval records into the manifest, so it runs on a copy.)"""
+    prepare, shared with test_smollm2; eval records into the manifest, so it runs on a copy.
+    eval and models run in this process, conftest.call: torch and transformers are imported here
+    already; eval as a child is test_smollm2's damaged-model case. capfd, not capsys: a logging
+    handler that kept the original stderr is caught too.)"""
     import json
+    import os
     import shutil
 
-    from conftest import run_cli, smollm2_gguf
+    from conftest import call, smollm2_gguf
 
     gguf_file = smollm2_gguf()
     prepared, r = smol_native
     assert "de-quantizing" not in r.stderr and "it/s" not in r.stderr  # transformers' own bars stay off
     out = tmp_path / "models" / "smol-native"
     shutil.copytree(prepared, out)
-    env = {"OGA_NPU_HOME": str(session_home)}
+    assert os.environ["OGA_NPU_HOME"] == str(session_home)
     manifest = json.loads((out / "oga_npu_manifest.json").read_text())
     assert manifest["recipe"] == "gguf-native"
     size = sum(e["size"] for e in manifest["files"].values())
     assert size <= 1.25 * gguf_file.stat().st_size, (size, gguf_file.stat().st_size)
-    r = run_cli("eval", "-m", str(out), "--window", "128", "--windows", "2", "--json", env=env)
-    assert r.returncode == 0, r.stderr
-    assert "Loading weights" not in r.stderr and "it/s" not in r.stderr
-    ours, ref = json.loads(r.stdout)
+    code, stdout, stderr = call(capfd, "eval", "-m", str(out), "--window", "128", "--windows", "2", "--json")
+    assert code == 0, stderr
+    assert "Loading weights" not in stderr and "it/s" not in stderr
+    ours, ref = json.loads(stdout)
     assert "evaluation part" in ours["text"] and ref["engine"] == "transformers fp32"
     assert abs(ours["perplexity"] / ref["perplexity"] - 1) < 0.01, (ours["perplexity"], ref["perplexity"])
     quality = json.loads((out / "oga_npu_manifest.json").read_text())["quality"]
     assert quality["perplexity"] == round(ours["perplexity"], 4)
     assert quality["references"]["transformers fp32"] == round(ref["perplexity"], 4)
-    r = run_cli("models", str(out.parent))
-    assert r.returncode == 0 and f"{ours['perplexity']:.2f} (transformers fp32 {ref['perplexity']:.2f})" in r.stdout
+    code, stdout, _ = call(capfd, "models", str(out.parent))
+    assert code == 0 and f"{ours['perplexity']:.2f} (transformers fp32 {ref['perplexity']:.2f})" in stdout
     # (greedy answers are no check here: fp32 itself puts "The" 0.08 above "L'" for the first
     # token of "What is the capital of France?", and int8 activations, as in llama.cpp, flip it)

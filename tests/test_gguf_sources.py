@@ -65,10 +65,14 @@ precision = "fp32"
 
 
 def _prepare(source: Path, out: Path, recipe: str, home: Path) -> Path:
-    """The real pipeline, in process (session fixtures cannot use the per-test home)."""
+    """The real pipeline, in process (session fixtures cannot use the per-test home), its
+    builder and validate tools too (conftest.tools_in_process: no child imports torch and
+    transformers again; the child-process path is tiny_model's and smol_native's)."""
+    from conftest import tools_in_process
+
     from oga_npu.prepare import PrepareRequest, prepare
 
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
         mp.setenv("OGA_NPU_HOME", str(home))
         mp.setenv("HF_HUB_OFFLINE", "1")
         return prepare(PrepareRequest(source=str(source), recipe=recipe, output=out)).output

@@ -105,16 +105,21 @@ def test_common_prefix_and_provider_support(lm):
         assert not PromptCache(fake).reusable(GenerationOptions())
 
 
-def test_chat_cli_reports_cached_tokens_and_can_turn_reuse_off(tiny_model):
-    from conftest import run_cli
+def test_chat_cli_reports_cached_tokens_and_can_turn_reuse_off(tiny_model, capsys, monkeypatch):
+    """The CLI in process (conftest.call), its input piped in as sys.stdin."""
+    import io
+
+    from conftest import call
 
     msgs = "Hello there.\nAnd a second message.\n/exit\n"
-    r = run_cli("chat", "-m", str(tiny_model), "-t", "0", "-n", "6", "--timings", input=msgs)
-    assert r.returncode == 0, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[cpu]")]
+    monkeypatch.setattr("sys.stdin", io.StringIO(msgs))
+    code, _, err = call(capsys, "chat", "-m", str(tiny_model), "-t", "0", "-n", "6", "--timings")
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("[cpu]")]
     assert len(lines) == 2 and "cached" not in lines[0] and "cached)" in lines[1]
-    r = run_cli("chat", "-m", str(tiny_model), "-t", "0", "-n", "6", "--timings", "--no-kv-reuse", input=msgs)
-    assert r.returncode == 0 and "cached" not in r.stderr
+    monkeypatch.setattr("sys.stdin", io.StringIO(msgs))
+    code, _, err = call(capsys, "chat", "-m", str(tiny_model), "-t", "0", "-n", "6", "--timings", "--no-kv-reuse")
+    assert code == 0 and "cached" not in err
 
 
 def _recorded_max_lengths(monkeypatch) -> list[int]:

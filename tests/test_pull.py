@@ -5,11 +5,12 @@ listed and refused here, resume, sha256, 401/404, offline; and the catalog's sha
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 import tomllib
-from conftest import call, run_cli, smollm2_gguf
+from conftest import call, smollm2_gguf
 from hubserver import HubServer, folder_files
 
 from oga_npu.errors import HubError, IntegrityError, PullError
@@ -214,20 +215,22 @@ def test_unknown_name_and_missing_quant_say_what_exists(hub):
 
 
 @pytest.mark.slow
-def test_gguf_by_quant_then_run_answers(tmp_path, session_home, smol_native):
+def test_gguf_by_quant_then_run_answers(tmp_path, session_home, smol_native, hub, capsys, inprocess_tools):
     """The session's prepare of the same file (smol_native) dequantized it: the pulled copy (a
-    link to a blob in the HF cache) uses that copy instead of dequantizing it again."""
+    link to a blob in the HF cache) uses that copy instead of dequantizing it again. The CLI,
+    and the prepare's builder and validate, run in this process (conftest.call, inprocess_tools;
+    huggingface_hub pointed at the hub server by the hub fixture); the pull as a child process is
+    test_ollama_client_pull_streams_progress_and_the_model_then_chats' server."""
     gguf = smollm2_gguf()
-    with HubServer() as h:
-        h.add("acme/SmolLM2-135M-Instruct-GGUF", {"SmolLM2-135M-Instruct.Q4_1.gguf": gguf, "README.md": b"x"})
-        env = {"HF_ENDPOINT": h.url, "HF_HUB_OFFLINE": "0", "OGA_NPU_HOME": str(session_home)}
-        r = run_cli("pull", "acme/SmolLM2-135M-Instruct-GGUF:Q4_1", env=env)
-    assert r.returncode == 0, r.stderr
-    name = r.stdout.strip()
-    assert name == "smollm2-135m-instruct-q4_1-cpu" and "pulling manifest" in r.stderr
-    assert "use the dequantized copy of SmolLM2-135M-Instruct.Q4_1.gguf" in r.stderr, r.stderr
-    r = run_cli("run", "-m", name, "--max-tokens", "8", "What is the capital of France?", env=env)
-    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert os.environ["OGA_NPU_HOME"] == str(session_home)
+    hub.add("acme/SmolLM2-135M-Instruct-GGUF", {"SmolLM2-135M-Instruct.Q4_1.gguf": gguf, "README.md": b"x"})
+    code, out, err = call(capsys, "pull", "acme/SmolLM2-135M-Instruct-GGUF:Q4_1")
+    assert code == 0, err
+    name = out.strip()
+    assert name == "smollm2-135m-instruct-q4_1-cpu" and "pulling manifest" in err
+    assert "use the dequantized copy of SmolLM2-135M-Instruct.Q4_1.gguf" in err, err
+    code, out, err = call(capsys, "run", "-m", name, "--max-tokens", "8", "What is the capital of France?")
+    assert code == 0 and out.strip(), err
 
 
 def test_a_pulled_gguf_shares_the_dequantize_cache_of_the_same_file(tmp_path):

